@@ -1,0 +1,33 @@
+"""Test-wide settings: never touch the network, never write outside tmp dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Hub lookups hang ~30 s before failing without these; offline they fail at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_PNEUMONIA = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, monkeypatch):
+    """Every test gets its own cache and report folders."""
+    monkeypatch.setenv("FMEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FMEVAL_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("FMEVAL_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def pneumonia_root() -> Path:
+    """Folder holding the real PneumoniaMNIST (28 px) shared with this project."""
+    if not SHARED_PNEUMONIA.exists():
+        pytest.skip(f"real PneumoniaMNIST not found at {SHARED_PNEUMONIA}")
+    return SHARED_PNEUMONIA.parent
