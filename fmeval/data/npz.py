@@ -1,0 +1,246 @@
+"""Finding, verifying and reading MedMNIST npz files.
+
+The official layout is one file per dataset and size (``{flag}.npz`` for 28 px,
+``{flag}_{size}.npz`` otherwise) with ``{split}_images`` / ``{split}_labels``.
+We read the npz directly instead of through ``medmnist``'s Dataset class,
+whose ``len()`` insists on the official sample counts (breaking subsets and
+test fixtures); every inconsistency becomes a one-line :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from fmeval.adapters.base import file_digest
+from fmeval.data.info import SIZES, SPLITS, DatasetInfo, dataset_info, is_multilabel
+from fmeval.errors import DataError
+from fmeval.io import atomic_write_json, file_lock
+
+
+def default_data_root() -> Path:
+    """``$FMEVAL_DATA_ROOT``, else where ``medmnist`` keeps its files."""
+    env = os.environ.get("FMEVAL_DATA_ROOT")
+    if env:
+        return Path(env).expanduser()
+    try:
+        from medmnist.info import DEFAULT_ROOT
+
+        return Path(DEFAULT_ROOT)
+    except Exception:  # pragma: no cover - medmnist is a dependency
+        return Path.home() / ".medmnist"
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8 [N, H, W] or [N, H, W, 3]
+    labels: np.ndarray  # int64 [N, label_width]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class MedMNIST:
+    """One dataset at one size, validated against its metadata on first use."""
+
+    info: DatasetInfo
+    size: int
+    path: Path
+    md5_policy: str = "warn"  # "warn" | "strict" | "off"
+    warnings: list[str] = field(default_factory=list)
+    _splits: dict[str, Split] = field(default_factory=dict, repr=False)
+
+    @property
+    def flag(self) -> str:
+        return self.info.flag
+
+    @property
+    def task(self) -> str:
+        return self.info.task
+
+    @cached_property
+    def md5(self) -> str:
+        return cached_md5(self.path)
+
+    @cached_property
+    def md5_verified(self) -> bool | None:
+        """True: the official file; False: differs (warned); None: not checked."""
+        if self.md5_policy == "off":
+            return None
+        expected = self.info.md5(self.size)
+        if expected is None:
+            return None
+        if self.md5 == expected:
+            return True
+        msg = (
+            f"{self.path.name} has MD5 {self.md5}, not the official {expected}: "
+            "results may not be comparable with published numbers"
+        )
+        if self.md5_policy == "strict":
+            raise DataError(msg + " (--md5 strict).")
+        self.warnings.append(msg)
+        return False
+
+    @cached_property
+    def _npz(self):
+        try:
+            return np.load(self.path, allow_pickle=False)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{self.path} is not a readable npz file ({exc}).") from None
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}.")
+        if name not in self._splits:
+            self._splits[name] = self._load_split(name)
+        return self._splits[name]
+
+    def _read(self, key: str) -> np.ndarray:
+        npz = self._npz
+        if key not in npz.files:
+            raise DataError(
+                f"{self.path} has no array {key!r} (found: {', '.join(npz.files) or 'none'}); "
+                "expected the MedMNIST layout train/val/test _images/_labels."
+            )
+        try:
+            return npz[key]
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{self.path}: array {key!r} is corrupt ({exc}).") from None
+
+    def _load_split(self, name: str) -> Split:
+        images = self._read(f"{name}_images")
+        labels = self._read(f"{name}_labels")
+        where = f"{self.path.name} [{name}]"
+        c = self.info.n_channels
+        expect = (self.size, self.size) if c == 1 else (self.size, self.size, 3)
+        if images.dtype != np.uint8:
+            raise DataError(f"{where}: images are {images.dtype}, expected uint8 (0-255).")
+        if images.ndim != len(expect) + 1 or images.shape[1:] != expect:
+            raise DataError(
+                f"{where}: images have shape {images.shape}, expected [N, {', '.join(map(str, expect))}]"
+                f" for {self.flag} at {self.size} px."
+            )
+        width = self.info.label_width
+        if labels.ndim == 1 and width == 1:
+            labels = labels[:, None]
+        if labels.ndim != 2 or labels.shape[1] != width:
+            raise DataError(
+                f"{where}: labels have shape {labels.shape}, expected [N, {width}] for a "
+                f"{self.task} task."
+            )
+        if len(labels) != len(images):
+            raise DataError(f"{where}: {len(images)} images but {len(labels)} labels.")
+        if not np.issubdtype(labels.dtype, np.integer):
+            if not np.all(np.mod(labels, 1) == 0):
+                raise DataError(f"{where}: labels are not integers.")
+        labels = labels.astype(np.int64)
+        hi = 2 if is_multilabel(self.task) else self.info.n_classes
+        if labels.size and (labels.min() < 0 or labels.max() >= hi):
+            raise DataError(
+                f"{where}: labels span [{labels.min()}, {labels.max()}], expected [0, {hi - 1}]"
+                f" ({self.info.n_classes} classes)."
+            )
+        official = self.info.n_samples.get(name)
+        if official is not None and official != len(labels):
+            self.warnings.append(
+                f"{name} split has {len(labels)} samples, the official {self.flag} has {official}"
+            )
+        return Split(images=images, labels=labels)
+
+    def describe(self) -> dict:
+        counts = {f"n_{s}": len(self.split(s)) for s in SPLITS}
+        return {
+            "flag": self.flag,
+            "size": self.size,
+            "task": self.task,
+            "classes": list(self.info.labels),
+            "path": str(self.path),
+            "md5": self.md5,
+            "md5_verified": self.md5_verified,
+            **counts,
+        }
+
+
+def cached_md5(path: Path) -> str:
+    """MD5 of a data file, remembered by (path, size, mtime) in the cache folder.
+
+    224 px files are gigabytes; hashing them on every run would dominate a
+    cached evaluation.
+    """
+    from fmeval.cache import cache_root
+
+    st = path.stat()
+    memo_path = cache_root() / "md5.json"
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if ident in memo:
+        return memo[ident]
+    digest = file_digest(path, "md5")
+    with file_lock(memo_path.with_suffix(".lock")):
+        try:
+            memo = json.loads(memo_path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        memo[ident] = digest
+        atomic_write_json(memo_path, memo)
+    return digest
+
+
+def locate(flag: str, size: int, root: str | Path | None, download: bool) -> Path:
+    info = dataset_info(flag)
+    if size not in SIZES:
+        raise DataError(
+            f"size {size} is not available; MedMNIST+ sizes are {', '.join(map(str, SIZES))}."
+        )
+    root = Path(root).expanduser() if root is not None else default_data_root()
+    path = root / DatasetInfo.filename(info.flag, size)
+    if path.exists():
+        return path
+    if not download:
+        raise DataError(
+            f"{path} not found. Put the official {path.name} there, point --data-root "
+            "(or FMEVAL_DATA_ROOT) at its folder, or pass --download."
+        )
+    _download(info, size, root)
+    return path
+
+
+def _download(info: DatasetInfo, size: int, root: Path) -> None:
+    import medmnist
+
+    root.mkdir(parents=True, exist_ok=True)
+    cls = getattr(medmnist, medmnist.INFO[info.flag]["python_class"])
+    try:
+        cls(split="test", download=True, size=size, root=str(root))
+    except Exception:
+        raise DataError(
+            f"download of {DatasetInfo.filename(info.flag, size)} failed (no network?). "
+            f"Fetch it from {info.url(size)} into {root}."
+        ) from None
+
+
+def load_dataset(
+    flag: str,
+    size: int = 28,
+    root: str | Path | None = None,
+    *,
+    download: bool = False,
+    md5: str = "warn",
+) -> MedMNIST:
+    """Open a MedMNIST(+) dataset from a local root (downloading only if asked)."""
+    if md5 not in ("warn", "strict", "off"):
+        raise DataError(f"md5 policy must be warn, strict or off, not {md5!r}.")
+    path = locate(flag, size, root, download)
+    data = MedMNIST(info=dataset_info(flag), size=size, path=path, md5_policy=md5)
+    data._npz  # fail fast on a corrupt file
+    return data

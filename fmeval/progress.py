@@ -1,0 +1,53 @@
+"""Rich progress bars for every long loop, silent when asked (tests, pipes)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+def progress_enabled() -> bool:
+    return os.environ.get("FMEVAL_PROGRESS", "1") != "0"
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, unit: str = "") -> Iterator["Tick"]:
+    """Yield a callable ``tick(n, **fields)``; a no-op when progress is off."""
+    if not progress_enabled():
+        yield Tick(None, None)
+        return
+    columns = [
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    with Progress(*columns, console=console, transient=False) as prog:
+        task = prog.add_task(description, total=total, info="")
+        yield Tick(prog, task)
+
+
+class Tick:
+    def __init__(self, prog: Progress | None, task) -> None:
+        self._prog, self._task = prog, task
+
+    def __call__(self, advance: int = 1, info: str | None = None) -> None:
+        if self._prog is not None:
+            kw = {"info": info} if info is not None else {}
+            self._prog.update(self._task, advance=advance, **kw)
