@@ -1,0 +1,3 @@
+from fmeval.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Classifiers on cached feature tensors (no encoders, no I/O)."""
