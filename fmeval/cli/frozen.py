@@ -50,11 +50,11 @@ def knn(
 @with_eval_options
 def linprobe(
     common: dict,
-    lr: Annotated[str, typer.Option(help="Learning rates of the grid (comma-separated).")] = "0.001,0.01",
+    lr: Annotated[str, typer.Option(help="Learning rates of the grid (comma-separated).")] = "0.001,0.01,0.1",
     wd: Annotated[str, typer.Option(help="Weight decays of the grid (comma-separated).")] = "0,0.0001,0.001,0.01",
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val loss).")] = 100,
     patience: Annotated[int, typer.Option(help="Epochs without val improvement before a head stops.")] = 10,
-    probe_batch_size: Annotated[int, typer.Option(help="Minibatch size of probe training.")] = 4096,
+    probe_batch_size: Annotated[int, typer.Option(help="Minibatch size of probe training.")] = 1024,
 ) -> None:
     """Linear probe on frozen features: the lr x wd grid trains in parallel, selected on val."""
     from fmeval.modes.linprobe import LinprobeConfig, run_linprobe

@@ -23,10 +23,10 @@ from fmeval.progress import progress_bar
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    lrs: tuple[float, ...] = (1e-3, 1e-2)
+    lrs: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
     weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2)
     epochs: int = 100
-    batch_size: int = 4096
+    batch_size: int = 1024
     patience: int = 10
     seed: int = 0
     betas: tuple[float, float] = (0.9, 0.999)

@@ -1,0 +1,134 @@
+"""The feature cache: hits never run the encoder, any key change misses."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+from fmeval.cache import FeatureCache
+from fmeval.data.synthetic import write_synthetic
+from fmeval.pipeline import EvalConfig, prepare_frozen
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    """Count encoder forward passes of every adapter."""
+    from fmeval.adapters.base import Adapter
+    from fmeval.adapters.timm_models import TimmAdapter
+
+    calls = {"n": 0}
+    original = TimmAdapter.encode_image
+
+    def counted(self, x):
+        calls["n"] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(TimmAdapter, "encode_image", counted)
+    assert issubclass(TimmAdapter, Adapter)
+    return calls
+
+
+def _cfg(root, **kw):
+    base = dict(model="vit-b16", dataset="pneumoniamnist", data_root=str(root), tiny=True, batch_size=16)
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+def test_second_run_does_zero_forward_passes(tmp_path, counting):
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(40, 20, 20))
+    first = prepare_frozen(_cfg(tmp_path))
+    assert counting["n"] == 3 + 2 + 2  # ceil(40/16) + ceil(20/16) * 2
+    assert set(first.cache_hits.values()) == {False}
+    counting["n"] = 0
+    second = prepare_frozen(_cfg(tmp_path))
+    assert counting["n"] == 0
+    assert set(second.cache_hits.values()) == {True}
+    for split in ("train", "val", "test"):
+        assert torch.equal(first.features[split], second.features[split])
+
+
+@pytest.mark.parametrize("change", [
+    {"geometry": "pad"},
+    {"size": 64},
+    {"seed": 1},  # different random weights -> different weights_id
+    {"model": "dino-vitb16"},
+    {"limit": 10},
+])
+def test_changing_a_key_component_misses(tmp_path, counting, change):
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(40, 20, 20))
+    write_synthetic(tmp_path, "pneumoniamnist", 64, n=(40, 20, 20))
+    prepare_frozen(_cfg(tmp_path))
+    counting["n"] = 0
+    other = prepare_frozen(_cfg(tmp_path, **change))
+    assert counting["n"] > 0 and set(other.cache_hits.values()) == {False}
+
+
+def test_changed_data_file_misses(tmp_path, counting):
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(40, 20, 20), seed=0)
+    prepare_frozen(_cfg(tmp_path))
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(40, 20, 20), seed=1)
+    counting["n"] = 0
+    assert set(prepare_frozen(_cfg(tmp_path)).cache_hits.values()) == {False}
+    assert counting["n"] > 0
+
+
+def test_no_cache_flag_recomputes(tmp_path, counting):
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(40, 20, 20))
+    prepare_frozen(_cfg(tmp_path))
+    counting["n"] = 0
+    prepare_frozen(_cfg(tmp_path, use_cache=False))
+    assert counting["n"] == 7
+
+
+def test_entries_clear_and_corrupt_entry_is_a_miss(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    key = {"adapter": "x", "split": "test"}
+    calls = []
+    feats, hit = cache.get_or_compute("image", key, lambda: calls.append(1) or torch.ones(3, 2))
+    assert not hit and len(calls) == 1
+    feats, hit = cache.get_or_compute("image", key, lambda: calls.append(1) or torch.ones(3, 2))
+    assert hit and len(calls) == 1 and torch.equal(feats, torch.ones(3, 2))
+    (entry,) = cache.entries()
+    assert entry.shape == [3, 2] and entry.key == key
+    entry.path.write_bytes(b"garbage")  # a damaged tensor file must not be served
+    feats, hit = cache.get_or_compute("image", key, lambda: calls.append(1) or torch.zeros(3, 2))
+    assert not hit and len(calls) == 2
+    assert cache.clear() == 1 and cache.entries() == []
+    assert not list((tmp_path / "c").rglob("*.tmp"))
+
+
+def test_manifest_mismatch_is_never_served(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    key = {"adapter": "x"}
+    cache.save("image", key, torch.ones(2, 2))
+    (entry,) = cache.entries()
+    manifest = entry.path.with_suffix(".json")
+    m = json.loads(manifest.read_text())
+    m["key"] = {"adapter": "y"}
+    manifest.write_text(json.dumps(m))
+    assert cache.load("image", key) is None
+
+
+def test_concurrent_runs_compute_once(tmp_path):
+    cache_a, cache_b = FeatureCache(tmp_path / "c"), FeatureCache(tmp_path / "c")
+    key = {"adapter": "x"}
+    calls = []
+    started = threading.Event()
+
+    def slow():
+        calls.append(1)
+        started.set()
+        threading.Event().wait(0.3)
+        return torch.arange(6.0).view(3, 2)
+
+    results = {}
+    t = threading.Thread(target=lambda: results.setdefault("a", cache_a.get_or_compute("image", key, slow)))
+    t.start()
+    started.wait(5)
+    results["b"] = cache_b.get_or_compute("image", key, slow)
+    t.join()
+    assert len(calls) == 1
+    assert results["b"][1] is True and torch.equal(results["a"][0], results["b"][0])
