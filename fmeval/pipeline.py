@@ -106,7 +106,9 @@ def feature_key(adapter: Adapter, data: MedMNIST, split: str, cfg: EvalConfig) -
     }
 
 
-def prepare_frozen(cfg: EvalConfig, splits: tuple[str, ...] = SPLITS) -> Frozen:
+def prepare_frozen(
+    cfg: EvalConfig, splits: tuple[str, ...] = SPLITS, *, require_text: bool = False
+) -> Frozen:
     """Load (or extract once and cache) features of ``splits``.
 
     Data is opened and validated before the model is built, so a bad dataset
@@ -119,6 +121,8 @@ def prepare_frozen(cfg: EvalConfig, splits: tuple[str, ...] = SPLITS) -> Frozen:
         data.split(s)
     device = resolve_device(cfg.device)
     adapter = build_adapter(cfg, device)
+    if require_text and not adapter.supports_text:
+        adapter.encode_text([])  # raises the adapter's own "no text encoder" error
     cache = FeatureCache(enabled=cfg.use_cache)
     fz = Frozen(cfg, adapter, data, device, cache=cache)
     for split in splits:

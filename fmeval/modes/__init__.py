@@ -7,7 +7,7 @@ def load_modes() -> None:
     """Import every mode module so that it registers itself."""
     import importlib
 
-    for name in ("knn", "linprobe", "zeroshot", "finetune"):
+    for name in ("knn", "linprobe", "zeroshot", "prompt_compare", "finetune"):
         try:
             importlib.import_module(f"fmeval.modes.{name}")
         except ModuleNotFoundError as exc:  # a mode still being written

@@ -1,0 +1,122 @@
+"""Zero-shot classification from prompt banks, and prompt-style comparisons.
+
+Image features come from the same feature cache as kNN and linear probing;
+text embeddings are cached the same way (keyed by the text tower and the exact
+prompts), so comparing prompt styles re-encodes nothing that was seen before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fmeval.adapters.base import Adapter
+from fmeval.cache import FeatureCache
+from fmeval.data import is_multilabel
+from fmeval.errors import ConfigError
+from fmeval.modes.base import MODES, Timer, finish_run, metric_labels
+from fmeval.pipeline import EvalConfig, prepare_frozen
+
+FROZEN_SPLITS = ("val", "test")
+
+
+@dataclass
+class ZeroshotConfig(EvalConfig):
+    prompts: str | None = None  # bank path or shipped bank name; None: the dataset's bank
+    style: str | None = None  # None: the bank's default style
+    ensemble: str = "mean-embedding"
+    text_batch_size: int = 256
+
+
+def load_bank_for(cfg: ZeroshotConfig):
+    """Validate the bank against the dataset before any model is loaded."""
+    from fmeval.prompts import resolve_bank
+    from fmeval.zeroshot import ENSEMBLES
+
+    ENSEMBLES.get(cfg.ensemble)
+    bank = resolve_bank(cfg.prompts, cfg.dataset)
+    if cfg.style is not None:  # an unknown style fails here, naming the known ones
+        bank.pairs(cfg.style) if bank.multi_label else bank.prompts(cfg.style)
+    return bank
+
+
+def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache,
+                  batch_size: int, device: torch.device):
+    """Per-class prompt embeddings (pairs for multi-label), cached per style.
+
+    Prompts of all classes are encoded together, except for adapters whose
+    text pooling depends on padding (MedCLIP), which ask for per-class batches.
+    """
+    from fmeval.zeroshot import encode_prompts
+
+    if not adapter.supports_text:
+        raise ConfigError(
+            f"model {adapter.name!r} has no text encoder; zero-shot needs a vision-language model "
+            "(clip-vit-b32, clip-vit-b16, biomedclip, medclip)."
+        )
+    per_class = bool(getattr(adapter, "per_class_text", False))
+    groups = bank.pairs(style) if bank.multi_label else bank.prompts(style)
+    flat = [list(g) for pair in groups for g in pair] if bank.multi_label else [list(g) for g in groups]
+    key = {
+        "adapter": adapter.name,
+        "text_id": getattr(adapter, "text_id", adapter.weights_id),
+        "code_version": adapter.code_version,
+        "prompts": flat,
+        "per_class": per_class,
+    }
+
+    def compute() -> torch.Tensor:
+        with torch.inference_mode():
+            feats = encode_prompts(adapter.encode_text, flat, batch_size, per_class=per_class)
+        return torch.cat(feats).float()
+
+    stacked, _ = cache.get_or_compute("text", key, compute, device=device)
+    parts = list(torch.split(stacked, [len(g) for g in flat]))
+    if bank.multi_label:
+        return [(parts[2 * i], parts[2 * i + 1]) for i in range(len(groups))]
+    return parts
+
+
+def zeroshot_scores(adapter: Adapter, image_feats: torch.Tensor, text_feats, ensemble: str) -> torch.Tensor:
+    from fmeval.zeroshot import zeroshot_probs
+
+    return zeroshot_probs(image_feats, text_feats, logit_scale=adapter.logit_scale, ensemble=ensemble)
+
+
+@MODES.register("zeroshot", "zero-shot classification with a prompt bank")
+def run_zeroshot(cfg: ZeroshotConfig):
+    timer = Timer()
+    bank = load_bank_for(cfg)
+    fz = prepare_frozen(cfg, splits=FROZEN_SPLITS, require_text=True)
+    style = cfg.style or bank.default_style
+    text = text_features(fz.adapter, bank, style, fz.cache, cfg.text_batch_size, fz.device)
+    info = fz.data.info
+    return finish_run(
+        mode="zeroshot",
+        model=fz.adapter.describe(),
+        dataset=fz.dataset_record(),
+        task=fz.data.task,
+        class_names=list(info.labels),
+        train_labels=fz.data.split("train").labels,
+        test_labels=fz.labels["test"],
+        test_scores=zeroshot_scores(fz.adapter, fz.features["test"], text, cfg.ensemble),
+        val_labels=fz.labels["val"],
+        val_scores=zeroshot_scores(fz.adapter, fz.features["val"], text, cfg.ensemble),
+        config=cfg.to_dict(),
+        geometry=cfg.geometry,
+        seed=cfg.seed,
+        n_boot=cfg.n_boot,
+        extras={
+            "prompt_bank": bank.describe(style),
+            "prompt_bank_hash": bank.content_hash,
+            "style": style,
+            "ensemble": cfg.ensemble,
+            "logit_scale": float(fz.adapter.logit_scale),
+            "cache_hits": fz.cache_hits,
+        },
+        warnings=fz.data.warnings,
+        wall_time_s=timer.seconds,
+        reports_dir=cfg.reports_dir,
+    )
