@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -55,6 +55,9 @@ def linprobe(
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val loss).")] = 100,
     patience: Annotated[int, typer.Option(help="Epochs without val improvement before a head stops.")] = 10,
     probe_batch_size: Annotated[int, typer.Option(help="Minibatch size of probe training.")] = 1024,
+    init: Annotated[str, typer.Option(help="zeros, or zeroshot: start from the prompt bank's zero-shot classifier (vision-language models).")] = "zeros",
+    prompts: Annotated[Optional[str], typer.Option(help="Prompt bank for --init zeroshot (default: the dataset's).")] = None,
+    style: Annotated[Optional[str], typer.Option(help="Prompt style for --init zeroshot.")] = None,
 ) -> None:
     """Linear probe on frozen features: the lr x wd grid trains in parallel, selected on val."""
     from fmeval.modes.linprobe import LinprobeConfig, run_linprobe
@@ -63,4 +66,4 @@ def linprobe(
     probe = ProbeConfig(lrs=parse_floats(lr, "--lr"), weight_decays=parse_floats(wd, "--wd"),
                         epochs=epochs, patience=patience, batch_size=probe_batch_size,
                         seed=common["seed"])
-    _print_result(run_linprobe(LinprobeConfig(**common, probe=probe)))
+    _print_result(run_linprobe(LinprobeConfig(**common, probe=probe, init=init, prompts=prompts, style=style)))

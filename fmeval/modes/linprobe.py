@@ -1,36 +1,67 @@
-"""Linear probing on frozen features (hyper-parameters selected on validation)."""
+"""Linear probing on frozen features (hyper-parameters selected on validation).
+
+With ``init="zeroshot"`` every head starts from the zero-shot classifier of a
+prompt bank (text embeddings x logit scale, on L2-normalised image features,
+where that classifier is exactly linear), so the probe refines the zero-shot
+solution instead of starting from zero.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+import torch.nn.functional as F
+
 from fmeval.data import is_multilabel
+from fmeval.errors import ConfigError
 from fmeval.modes.base import MODES, Timer, finish_run, target_tensor
 from fmeval.pipeline import EvalConfig, prepare_frozen
 from fmeval.probes.linear import ProbeConfig, train_linear_probe
+
+INITS = ("zeros", "zeroshot")
 
 
 @dataclass
 class LinprobeConfig(EvalConfig):
     probe: ProbeConfig = field(default_factory=ProbeConfig)
-    # Optional [C, D] initial classifier (e.g. zero-shot text weights); set by
-    # the zero-shot mode, never from the command line directly.
-    init_from_zeroshot: str | None = None
+    init: str = "zeros"  # "zeros" | "zeroshot"
+    prompts: str | None = None  # bank for init="zeroshot" (default: the dataset's)
+    style: str | None = None
+
+
+def _zeroshot_init(cfg: LinprobeConfig, fz, bank) -> torch.Tensor:
+    from fmeval.modes.zeroshot import text_features
+    from fmeval.zeroshot import text_classifier_weights
+
+    text = text_features(fz.adapter, bank, cfg.style or bank.default_style, fz.cache, 256, fz.device)
+    return text_classifier_weights(text, ensemble="mean-embedding") * float(fz.adapter.logit_scale)
 
 
 @MODES.register("linprobe", "linear probe on frozen features")
-def run_linprobe(cfg: LinprobeConfig, init_weight=None):
+def run_linprobe(cfg: LinprobeConfig):
+    if cfg.init not in INITS:
+        raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {cfg.init!r}.")
     timer = Timer()
-    fz = prepare_frozen(cfg)
+    bank = None
+    if cfg.init == "zeroshot":
+        from fmeval.prompts import resolve_bank
+
+        bank = resolve_bank(cfg.prompts, cfg.dataset)  # validated before any model loads
+    fz = prepare_frozen(cfg, require_text=bank is not None)
     task, info = fz.data.task, fz.data.info
-    ml = is_multilabel(task)
+    feats = dict(fz.features)
+    init_weight = None
+    if bank is not None:
+        init_weight = _zeroshot_init(cfg, fz, bank)
+        feats = {k: F.normalize(v.float(), dim=1) for k, v in feats.items()}
     probe = train_linear_probe(
-        fz.features["train"],
+        feats["train"],
         target_tensor(task, fz.labels["train"], fz.device),
-        fz.features["val"],
+        feats["val"],
         target_tensor(task, fz.labels["val"], fz.device),
         n_outputs=info.n_classes,
-        multilabel=ml,
+        multilabel=is_multilabel(task),
         config=cfg.probe,
         init_weight=init_weight,
         description=f"linear probe {cfg.model} {info.flag}",
@@ -42,8 +73,11 @@ def run_linprobe(cfg: LinprobeConfig, init_weight=None):
         "grid": probe.grid,
         "curves": probe.curves,
         "cache_hits": fz.cache_hits,
-        "init": "zeroshot-text" if init_weight is not None else "zeros",
+        "init": cfg.init,
     }
+    if bank is not None:
+        extras["prompt_bank"] = bank.describe(cfg.style or bank.default_style)
+        extras["prompt_bank_hash"] = bank.content_hash
     return finish_run(
         mode="linprobe",
         model=fz.adapter.describe(),
@@ -52,9 +86,9 @@ def run_linprobe(cfg: LinprobeConfig, init_weight=None):
         class_names=list(info.labels),
         train_labels=fz.labels["train"],
         test_labels=fz.labels["test"],
-        test_scores=probe.predict_proba(fz.features["test"]),
+        test_scores=probe.predict_proba(feats["test"]),
         val_labels=fz.labels["val"],
-        val_scores=probe.predict_proba(fz.features["val"]),
+        val_scores=probe.predict_proba(feats["val"]),
         config=cfg.to_dict(),
         geometry=cfg.geometry,
         seed=cfg.seed,
