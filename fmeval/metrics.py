@@ -190,6 +190,9 @@ def validate_inputs(
     if n_classes is not None and s.shape[1] != n_classes:
         raise MetricInputError(f"scores have {s.shape[1]} columns but there are {n_classes} class names")
     _check_probabilities(task, s)
+    # float32 rounding leaves probabilities a few ulps outside [0, 1]
+    # (checked above to within 1e-6); sklearn's log-loss refuses those.
+    s = np.clip(s, 0.0, 1.0)
     y = _as_int_labels(y)
     hi = 1 if task == MULTILABEL else s.shape[1] - 1
     if y.min() < 0 or y.max() > hi:

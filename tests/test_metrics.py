@@ -392,3 +392,11 @@ def test_class_names_must_match_columns_and_labels_may_be_n_by_1():
 def test_unknown_metric_name_suggests():
     with pytest.raises(FmevalError, match="Did you mean: auc"):
         M.METRICS.get("acu")
+
+
+def test_float32_rounding_just_above_one_is_accepted():
+    from fmeval.metrics import compute_metrics
+
+    s = np.array([[0.0, 1.0000001], [1.0000001, 0.0], [0.3, 0.7]], dtype=np.float32)
+    rep = compute_metrics("binary-class", np.array([1, 0, 1]), s, class_names=["a", "b"], n_boot=0)
+    assert rep.metrics["acc"].value == 1.0 and np.isfinite(rep.metrics["nll"].value)

@@ -101,25 +101,15 @@ def with_eval_options(fn):
     return wrapper
 
 
-def parse_ints(text: str, what: str) -> tuple[int, ...]:
+def parse_list(text: str, what: str, kind: type = int) -> tuple:
+    """Comma-separated numbers of one kind (``--k 5,11,21``, ``--lr 1e-3,1e-2``)."""
     from fmeval.errors import ConfigError
 
+    noun = "integers" if kind is int else "numbers"
     try:
-        vals = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+        vals = tuple(kind(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}.") from None
-    if not vals:
-        raise ConfigError(f"{what} is empty.")
-    return vals
-
-
-def parse_floats(text: str, what: str) -> tuple[float, ...]:
-    from fmeval.errors import ConfigError
-
-    try:
-        vals = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}.") from None
+        raise ConfigError(f"{what} must be comma-separated {noun}, got {text!r}.") from None
     if not vals:
         raise ConfigError(f"{what} is empty.")
     return vals

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmeval.cli.app import app, console, parse_floats, parse_ints, with_eval_options
+from fmeval.cli.app import app, console, parse_list, with_eval_options
 
 
 def _print_result(result) -> None:
@@ -41,7 +41,7 @@ def knn(
     """kNN classification on frozen features, with metrics, CIs and a report."""
     from fmeval.modes.knn import KnnConfig, run_knn
 
-    cfg = KnnConfig(**common, ks=parse_ints(k, "--k"), rule=rule, temperature=temperature,
+    cfg = KnnConfig(**common, ks=parse_list(k, "--k"), rule=rule, temperature=temperature,
                     select_metric=select_metric)
     _print_result(run_knn(cfg))
 
@@ -63,7 +63,7 @@ def linprobe(
     from fmeval.modes.linprobe import LinprobeConfig, run_linprobe
     from fmeval.probes.linear import ProbeConfig
 
-    probe = ProbeConfig(lrs=parse_floats(lr, "--lr"), weight_decays=parse_floats(wd, "--wd"),
+    probe = ProbeConfig(lrs=parse_list(lr, "--lr", float), weight_decays=parse_list(wd, "--wd", float),
                         epochs=epochs, patience=patience, batch_size=probe_batch_size,
                         seed=common["seed"])
     _print_result(run_linprobe(LinprobeConfig(**common, probe=probe, init=init, prompts=prompts, style=style)))

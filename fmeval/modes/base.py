@@ -99,3 +99,29 @@ def finish_run(
             write_report(result, Path(reports_dir) if reports_dir else None)
         )
     return result
+
+
+def finish_frozen(fz, *, mode: str, test_scores, val_scores, extras: dict, timer: Timer):
+    """:func:`finish_run` for the frozen-feature modes (they share everything but scores)."""
+    cfg = fz.config
+    train_labels = fz.labels["train"] if "train" in fz.labels else fz.data.split("train").labels
+    return finish_run(
+        mode=mode,
+        model=fz.adapter.describe(),
+        dataset=fz.dataset_record(),
+        task=fz.data.task,
+        class_names=list(fz.data.info.labels),
+        train_labels=train_labels,
+        test_labels=fz.labels["test"],
+        test_scores=test_scores,
+        val_labels=fz.labels["val"],
+        val_scores=val_scores,
+        config=cfg.to_dict(),
+        geometry=cfg.geometry,
+        seed=cfg.seed,
+        n_boot=cfg.n_boot,
+        extras={**extras, "cache_hits": fz.cache_hits},
+        warnings=fz.data.warnings,
+        wall_time_s=timer.seconds,
+        reports_dir=cfg.reports_dir,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fmeval.data import is_multilabel
-from fmeval.modes.base import MODES, Timer, finish_run, metric_labels, target_tensor
+from fmeval.modes.base import MODES, Timer, finish_frozen, metric_labels, target_tensor
 from fmeval.pipeline import EvalConfig, prepare_frozen
 from fmeval.probes.knn import KNN_RULES, knn_predict
 
@@ -51,25 +51,9 @@ def run_knn(cfg: KnnConfig):
     sign = 1.0 if getattr(METRICS.entry(cfg.select_metric), "tags", {}).get("better", "higher") == "higher" else -1.0
     best = max(sweep, key=lambda r: (sign * _nan_low(r[f"val_{cfg.select_metric}"]), -r["k"]))
     k = best["k"]
-    return finish_run(
-        mode="knn",
-        model=fz.adapter.describe(),
-        dataset=fz.dataset_record(),
-        task=task,
-        class_names=list(info.labels),
-        train_labels=fz.labels["train"],
-        test_labels=fz.labels["test"],
-        test_scores=test_scores[k],
-        val_labels=fz.labels["val"],
-        val_scores=val_scores[k],
-        config=cfg.to_dict(),
-        geometry=cfg.geometry,
-        seed=cfg.seed,
-        n_boot=cfg.n_boot,
-        extras={"k": k, "k_sweep": sweep, "cache_hits": fz.cache_hits},
-        warnings=fz.data.warnings,
-        wall_time_s=timer.seconds,
-        reports_dir=cfg.reports_dir,
+    return finish_frozen(
+        fz, mode="knn", test_scores=test_scores[k], val_scores=val_scores[k],
+        extras={"k": k, "k_sweep": sweep}, timer=timer,
     )
 
 

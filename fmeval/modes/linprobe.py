@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fmeval.data import is_multilabel
 from fmeval.errors import ConfigError
-from fmeval.modes.base import MODES, Timer, finish_run, target_tensor
+from fmeval.modes.base import MODES, Timer, finish_frozen, target_tensor
 from fmeval.pipeline import EvalConfig, prepare_frozen
 from fmeval.probes.linear import ProbeConfig, train_linear_probe
 
@@ -72,29 +72,12 @@ def run_linprobe(cfg: LinprobeConfig):
         "epochs_run": probe.epochs_run,
         "grid": probe.grid,
         "curves": probe.curves,
-        "cache_hits": fz.cache_hits,
         "init": cfg.init,
     }
     if bank is not None:
         extras["prompt_bank"] = bank.describe(cfg.style or bank.default_style)
         extras["prompt_bank_hash"] = bank.content_hash
-    return finish_run(
-        mode="linprobe",
-        model=fz.adapter.describe(),
-        dataset=fz.dataset_record(),
-        task=task,
-        class_names=list(info.labels),
-        train_labels=fz.labels["train"],
-        test_labels=fz.labels["test"],
-        test_scores=probe.predict_proba(feats["test"]),
-        val_labels=fz.labels["val"],
-        val_scores=probe.predict_proba(feats["val"]),
-        config=cfg.to_dict(),
-        geometry=cfg.geometry,
-        seed=cfg.seed,
-        n_boot=cfg.n_boot,
-        extras=extras,
-        warnings=fz.data.warnings,
-        wall_time_s=timer.seconds,
-        reports_dir=cfg.reports_dir,
+    return finish_frozen(
+        fz, mode="linprobe", test_scores=probe.predict_proba(feats["test"]),
+        val_scores=probe.predict_proba(feats["val"]), extras=extras, timer=timer,
     )

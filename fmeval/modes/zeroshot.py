@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from fmeval.adapters.base import Adapter
 from fmeval.cache import FeatureCache
-from fmeval.data import is_multilabel
 from fmeval.errors import ConfigError
-from fmeval.modes.base import MODES, Timer, finish_run, metric_labels
+from fmeval.modes.base import MODES, Timer, finish_frozen
 from fmeval.pipeline import EvalConfig, prepare_frozen
 
 FROZEN_SPLITS = ("val", "test")
@@ -92,31 +90,17 @@ def run_zeroshot(cfg: ZeroshotConfig):
     fz = prepare_frozen(cfg, splits=FROZEN_SPLITS, require_text=True)
     style = cfg.style or bank.default_style
     text = text_features(fz.adapter, bank, style, fz.cache, cfg.text_batch_size, fz.device)
-    info = fz.data.info
-    return finish_run(
+    return finish_frozen(
+        fz,
         mode="zeroshot",
-        model=fz.adapter.describe(),
-        dataset=fz.dataset_record(),
-        task=fz.data.task,
-        class_names=list(info.labels),
-        train_labels=fz.data.split("train").labels,
-        test_labels=fz.labels["test"],
         test_scores=zeroshot_scores(fz.adapter, fz.features["test"], text, cfg.ensemble),
-        val_labels=fz.labels["val"],
         val_scores=zeroshot_scores(fz.adapter, fz.features["val"], text, cfg.ensemble),
-        config=cfg.to_dict(),
-        geometry=cfg.geometry,
-        seed=cfg.seed,
-        n_boot=cfg.n_boot,
         extras={
             "prompt_bank": bank.describe(style),
             "prompt_bank_hash": bank.content_hash,
             "style": style,
             "ensemble": cfg.ensemble,
             "logit_scale": float(fz.adapter.logit_scale),
-            "cache_hits": fz.cache_hits,
         },
-        warnings=fz.data.warnings,
-        wall_time_s=timer.seconds,
-        reports_dir=cfg.reports_dir,
+        timer=timer,
     )
