@@ -1,0 +1,146 @@
+"""Run folders, the run record and resumable training state.
+
+A fine-tuning run owns ``$FMEVAL_ADAPTERS_DIR/<run_id>/`` (default
+``./adapters``): ``run.json`` (full config, written before training starts,
+so an interrupted run can be resumed from its folder alone),
+``train_state.pt`` (rewritten atomically after every epoch) and, at the end,
+the trained weights. Resuming restores model, optimiser, scheduler, RNG and
+early-stopping state, so the continued run ends exactly where an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmeval.errors import ConfigError
+from fmeval.io import atomic_path, atomic_write_json
+
+RUN_FILE = "run.json"
+STATE_FILE = "train_state.pt"
+RUN_FORMAT = "fmeval-finetune/1"
+
+# Options that may differ on resume: where things are, not what is computed.
+RESUME_FREE = frozenset({
+    "resume", "device", "reports_dir", "data_root", "download", "md5", "use_cache", "n_boot",
+})
+
+
+def adapters_root() -> Path:
+    return Path(os.environ.get("FMEVAL_ADAPTERS_DIR", "adapters")).expanduser()
+
+
+def new_run_dir(method: str, model: str, dataset: str, size: int) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_id = f"{stamp}-ft-{method}-{model}-{dataset}-{size}-{secrets.token_hex(3)}"
+    path = adapters_root() / run_id
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def write_run_record(folder: Path, record: dict) -> None:
+    atomic_write_json(folder / RUN_FILE, {"format": RUN_FORMAT, **record})
+
+
+def read_run_record(folder: str | Path) -> dict:
+    folder = Path(folder).expanduser()
+    path = folder / RUN_FILE
+    if not folder.is_dir():
+        raise ConfigError(f"run folder {folder} does not exist.")
+    if not path.exists():
+        raise ConfigError(f"{folder} has no {RUN_FILE}; it is not a fine-tuning run folder.")
+    try:
+        rec = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}).") from None
+    if rec.get("format") != RUN_FORMAT:
+        raise ConfigError(f"{path} has format {rec.get('format')!r}, expected {RUN_FORMAT!r}.")
+    return rec
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two config dicts (nested), ignoring RESUME_FREE."""
+    out: list[str] = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUME_FREE:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif _norm(a) != _norm(b):
+            out.append(f"{prefix}{key}: run has {a!r}, now {b!r}")
+    return out
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def check_resume(saved_config: dict, current_config: dict, folder: Path) -> None:
+    diffs = config_differences(saved_config, current_config)
+    if diffs:
+        raise ConfigError(
+            f"--resume {folder}: the options differ from the interrupted run "
+            f"({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}). "
+            "Resume with the run's own options."
+        )
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training after epoch ``epoch``."""
+
+    epoch: int  # last completed epoch (0-based)
+    model: dict[str, torch.Tensor]  # the entries of the method's state_keys
+    optimizer: dict
+    scheduler: dict
+    rng: dict[str, Any]
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_metric: float
+    best_val_loss: float
+    bad_epochs: int
+    done: bool
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    epoch_times: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def save_train_state(folder: Path, state: TrainState) -> None:
+    """Write ``train_state.pt`` atomically: a crash mid-write keeps the previous epoch's."""
+    with atomic_path(folder / STATE_FILE) as tmp:
+        torch.save(state.to_dict(), tmp)
+
+
+def load_train_state(folder: Path) -> TrainState | None:
+    path = folder / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"cannot read training state {path}: {exc}") from None
+    return TrainState(**raw)
+
+
+def rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
