@@ -108,3 +108,23 @@ def test_linprobe_initialised_from_zeroshot(tmp_path):
     res = run_linprobe(_cfg(tmp_path, LinprobeConfig, init="zeroshot", reports_dir=str(tmp_path / "r")))
     assert res.extras["init"] == "zeroshot" and len(res.extras["prompt_bank_hash"]) == 64
     assert res.test.metrics["auc"].value == res.test.metrics["auc"].value  # finite
+
+
+def test_medclip_prompts_are_encoded_per_class(tmp_path, monkeypatch):
+    """MedCLIP pools over padding: each class's prompts must be one batch."""
+    from fmeval.adapters.medclip import MedClipAdapter
+
+    batches = []
+    orig = MedClipAdapter.encode_text
+
+    def spy(self, texts):
+        batches.append(list(texts))
+        return orig(self, texts)
+
+    monkeypatch.setattr(MedClipAdapter, "encode_text", spy)
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(20, 10, 10))
+    run_zeroshot(_cfg(tmp_path, model="medclip", style="templates", reports_dir=str(tmp_path / "r")))
+    from fmeval.prompts import resolve_bank
+
+    per_class = resolve_bank("pneumonia", "pneumoniamnist").prompts("templates")
+    assert batches == per_class
