@@ -228,19 +228,15 @@ def load_bank(path: str | Path, dataset: str | None = None) -> PromptBank:
 # --------------------------------------------------------------------------- #
 # Semantic validation against medmnist.INFO
 # --------------------------------------------------------------------------- #
-def _medmnist_info() -> dict[str, dict]:
-    from medmnist.info import INFO  # imported lazily: it pulls in torch
-
-    return INFO
-
-
 def _dataset_info(flag: str) -> dict:
-    info = _medmnist_info()
-    if flag not in info:
-        close = difflib.get_close_matches(flag, info, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise PromptBankError(f"unknown dataset {flag!r}.{hint} Known: {', '.join(info)}.")
-    return info[flag]
+    """medmnist.INFO entry of a 2D dataset, through the data layer's lookup."""
+    from fmeval.data.info import _medmnist_info, dataset_info
+    from fmeval.errors import DataError
+
+    try:
+        return _medmnist_info()[dataset_info(flag).flag]
+    except DataError as exc:
+        raise PromptBankError(str(exc)) from None
 
 
 def _fmt_keys(keys: list[str], labels: Mapping[str, str] | None = None) -> str:

@@ -321,7 +321,7 @@ BAD_BANKS = {
     ),
     "unknown dataset flag": (
         lambda d: d.update(dataset="pnuemoniamnist"),
-        r"unknown dataset 'pnuemoniamnist'\. Did you mean 'pneumoniamnist'\?",
+        r"unknown dataset 'pnuemoniamnist'\. Did you mean: pneumoniamnist",
     ),
     "unknown default style": (
         lambda d: d.update(default_style="fancy"),
