@@ -39,7 +39,12 @@ def _resize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     if x.shape[-1] != size or x.shape[-2] != size:
         mode = pre.interpolation if pre.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
         kw = {} if mode == "nearest" else {"align_corners": False, "antialias": x.shape[-1] > size}
+        gray = x.shape[1] == 3 and x.stride(1) == 0  # one channel broadcast to three
+        if gray:
+            x = x[:, :1]  # resize it once, not three times
         x = F.interpolate(x, size=(size, size), mode=mode, **kw).clamp_(0.0, 1.0)
+        if gray:
+            x = x.expand(-1, 3, -1, -1)
     return _normalise(x, pre)
 
 

@@ -2,8 +2,9 @@
 
 As in DINOv2's linear evaluation, every (learning rate, weight decay) pair is
 its own linear head, and all heads train together on the same minibatches:
-the logits of G heads are one ``einsum``, and a vectorised AdamW step updates
-every head with its own lr and decoupled weight decay. Each head early-stops
+the logits of G heads are one GEMM against a ``[D, G*C]`` weight matrix, and a
+vectorised AdamW step updates every head with its own lr and decoupled weight
+decay. Each head early-stops
 on validation loss independently; the head with the best validation score is
 kept. Features are standardised with training statistics (folded back into
 the exported weights), so one lr grid fits encoders of any feature scale.
@@ -61,14 +62,55 @@ class LinearProbe:
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
     """Per-head mean loss. logits [G, N, C] -> [G]."""
+    return _loss_and_grad(logits.transpose(0, 1), y, multilabel, grad=False)[0]
+
+
+def _loss_and_grad(
+    logits: torch.Tensor, y: torch.Tensor, multilabel: bool, grad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-head mean loss of logits [N, G, C] -> ([G], N * d(sum of losses)/d logits).
+
+    The gradients of softmax cross-entropy and of BCE are closed-form, so a
+    step needs no autograd graph. The returned gradient is *not* divided by N
+    (the caller folds that into its GEMM).
+    """
+    n, g, c = logits.shape
     if multilabel:
-        return F.binary_cross_entropy_with_logits(
-            logits, y.float().expand_as(logits), reduction="none"
-        ).mean(dim=(1, 2))
-    g, n, c = logits.shape
-    return F.cross_entropy(
-        logits.reshape(g * n, c), y.repeat(g), reduction="none"
-    ).view(g, n).mean(1)
+        yf = y.float().unsqueeze(1)  # [N, 1, L]
+        loss = F.binary_cross_entropy_with_logits(logits, yf.expand_as(logits), reduction="none")
+        loss = loss.mean(dim=(0, 2))
+        if not grad:
+            return loss, None
+        return loss, torch.sigmoid(logits).sub_(yf).div_(c)
+    logp = torch.log_softmax(logits, dim=2)
+    loss = -logp.gather(2, y.view(n, 1, 1).expand(n, g, 1)).squeeze(2).mean(0)
+    if not grad:
+        return loss, None
+    onehot = F.one_hot(y, c).to(logp.dtype).unsqueeze(1)  # [N, 1, C]
+    return loss, logp.exp_().sub_(onehot)  # softmax - onehot
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """NaN/Inf check without a [N, D] boolean temporary (min/max propagate NaN)."""
+    if t.numel() == 0 or not t.is_floating_point():
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def _mean_std(x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column mean and (unbiased) std, two passes over row chunks, float64 sums:
+    no full-size temporary, and faster than ``Tensor.std(0)`` on CPU."""
+    n, d = x.shape
+    total = torch.zeros(d, dtype=torch.float64, device=x.device)
+    for i in range(0, n, chunk):
+        total += x[i : i + chunk].float().sum(0, dtype=torch.float64)
+    mu = (total / n).float()
+    sq = torch.zeros(d, dtype=torch.float64, device=x.device)
+    for i in range(0, n, chunk):
+        c = x[i : i + chunk].float() - mu
+        sq += (c * c).sum(0, dtype=torch.float64)
+    return mu, (sq / max(n - 1, 1)).sqrt().float()
 
 
 def train_linear_probe(
@@ -88,78 +130,115 @@ def train_linear_probe(
     ``y`` is int64 [N] (class index) or float/int [N, L] (multi-label).
     ``init_weight`` [C, D] (e.g. zero-shot text embeddings) starts every head
     from that classifier instead of zeros.
+
+    Performance notes: the G heads are one ``[D, G*C]`` matrix, so a step is
+    two GEMMs (logits; weight gradient) around a closed-form loss gradient (no
+    autograd), and the AdamW update is a handful of fused in-place kernels.
+    Features are standardised per minibatch (no standardised copy of the
+    training set). Heads that have early-stopped are dropped from the GEMMs:
+    their weights were frozen anyway, so the result is unchanged (their curve
+    entries repeat their last values).
     """
     dev = x_train.device
     if x_train.shape[0] == 0 or x_val.shape[0] == 0:
         raise ConfigError("the linear probe needs non-empty train and validation splits.")
     for name, t in (("train", x_train), ("val", x_val)):
-        if not torch.isfinite(t).all():
+        if not _all_finite(t):
             raise FmevalError(f"{name} features contain NaN/Inf; cannot train a probe.")
     y_train = y_train.to(dev)
     y_val = y_val.to(dev)
     if not multilabel:
         y_train, y_val = y_train.long().view(-1), y_val.long().view(-1)
 
-    mu = x_train.float().mean(0)
-    sd = x_train.float().std(0).clamp_min(1e-6)
-    xs = (x_train.float() - mu) / sd
-    xv = (x_val.float().to(dev) - mu) / sd
+    xt = x_train.float()  # no copy for float32 input
+    mu, sd = _mean_std(xt)
+    sd = sd.clamp_min(1e-6)
+    inv_sd, shift = 1.0 / sd, -mu / sd  # standardise: x * inv_sd + shift
+    xva = torch.ones(x_val.shape[0], x_val.shape[1] + 1, device=dev)  # standardised val | 1
+    torch.addcmul(shift, x_val.float().to(dev), inv_sd, out=xva[:, :-1])
 
     grid = config.grid()
-    g, d, c = len(grid), xs.shape[1], n_outputs
-    lr = torch.tensor([p[0] for p in grid], device=dev).view(g, 1, 1)
-    wd = torch.tensor([p[1] for p in grid], device=dev).view(g, 1, 1)
-    w = torch.zeros(g, d, c, device=dev)
-    b = torch.zeros(g, 1, c, device=dev)
+    g, d, c = len(grid), xt.shape[1], n_outputs
+    lr_all = torch.tensor([p[0] for p in grid], device=dev)
+    wd_all = torch.tensor([p[1] for p in grid], device=dev)
+    # every head's weights side by side: w [D, G, C], b [G, C]
+    w_all = torch.zeros(d, g, c, device=dev)
+    b_all = torch.zeros(g, c, device=dev)
     if init_weight is not None:
         w0 = init_weight.float().to(dev).T * sd[:, None]  # raw -> standardised space
-        w += w0
-        b += (mu @ init_weight.float().to(dev).T).view(1, 1, c)
-    params = [w.requires_grad_(), b.requires_grad_()]
-    state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        w_all += w0[:, None, :]
+        b_all += (mu @ init_weight.float().to(dev).T).view(1, c)
     b1, b2 = config.betas
 
     best_loss = torch.full((g,), math.inf, device=dev)
     best_epoch = torch.zeros(g, dtype=torch.long, device=dev)
-    best_w, best_b = w.detach().clone(), b.detach().clone()
+    # the bias is row D of the weights: x gets a constant-1 column, so one GEMM
+    # gives the logits and one GEMM the gradients of weights and bias together
+    wa_all = torch.cat([w_all, b_all.unsqueeze(0)])  # [D+1, G, C]
+    best_wa = wa_all.clone()
     active = torch.ones(g, dtype=torch.bool, device=dev)
+    # working set: the heads still training (compacted when some stop)
+    heads = torch.arange(g, device=dev)
+    wa = wa_all.clone()
+    ma, va = torch.zeros_like(wa), torch.zeros_like(wa)
+    last_train = torch.full((g,), math.nan, device=dev)
+    last_val = torch.full((g,), math.nan, device=dev)
+
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
-    n = xs.shape[0]
+    n = xt.shape[0]
     bs = min(config.batch_size, n)
+    xsel = torch.empty(bs, d, device=dev)
+    xa = torch.ones(bs, d + 1, device=dev)  # standardised minibatch | 1
     step = 0
     curves: dict[str, list[list[float]]] = {"train_loss": [], "val_loss": []}
     epochs_run = 0
     with progress_bar(description, config.epochs, "ep") as tick:
         for epoch in range(config.epochs):
             perm = torch.randperm(n, generator=gen).to(dev)
-            total = torch.zeros(g, device=dev)
+            gh = len(heads)
+            lr = lr_all[heads].view(1, gh, 1)
+            decay = torch.ones(d + 1, gh, 1, device=dev)  # decoupled weight decay, not on the bias
+            decay[:d] -= lr * wd_all[heads].view(1, gh, 1)
+            total = torch.zeros(gh, device=dev)
             for start in range(0, n, bs):
                 idx = perm[start : start + bs]
-                logits = torch.einsum("nd,gdc->gnc", xs[idx], w) + b
-                losses = _loss(logits, y_train[idx], multilabel)
-                grads = torch.autograd.grad(losses.sum(), params)
+                nb = len(idx)
+                torch.index_select(xt, 0, idx, out=xsel[:nb])
+                torch.addcmul(shift, xsel[:nb], inv_sd, out=xa[:nb, :d])
+                xb = xa[:nb]
+                logits = torch.mm(xb, wa.view(d + 1, gh * c)).view(nb, gh, c)
+                losses, gz = _loss_and_grad(logits, y_train[idx], multilabel)
+                ga = torch.empty(d + 1, gh * c, device=dev)
+                torch.addmm(ga, xb.T, gz.view(nb, gh * c), beta=0.0, alpha=1.0 / nb, out=ga)
+                ga = ga.view(d + 1, gh, c)
                 step += 1
-                with torch.no_grad():
-                    total += losses.detach() * len(idx)
-                    for p, gr, (m, v) in zip(params, grads, state):
-                        m.mul_(b1).add_(gr, alpha=1 - b1)
-                        v.mul_(b2).addcmul_(gr, gr, value=1 - b2)
-                        mhat = m / (1 - b1**step)
-                        vhat = v / (1 - b2**step)
-                        upd = mhat / (vhat.sqrt() + config.eps)
-                        if p is w:
-                            upd = upd + wd * p
-                        p.sub_(lr * upd * active.view(g, 1, 1))
+                total += losses * nb
+                bc1, bc2 = 1 - b1**step, 1 - b2**step
+                # AdamW: p <- p * (1 - lr wd) - lr * (m / bc1) / (sqrt(v / bc2) + eps)
+                ma.lerp_(ga, 1 - b1)
+                va.mul_(b2).addcmul_(ga, ga, value=1 - b2)
+                denom = va.sqrt().add_(config.eps * math.sqrt(bc2)).div_(lr * (math.sqrt(bc2) / bc1))
+                wa.mul_(decay).addcdiv_(ma, denom, value=-1.0)
             with torch.no_grad():
-                vl = _loss(torch.einsum("nd,gdc->gnc", xv, w) + b, y_val, multilabel)
-                better = (vl < best_loss) & active
-                best_loss = torch.where(better, vl, best_loss)
-                best_epoch = torch.where(better, torch.full_like(best_epoch, epoch), best_epoch)
-                best_w[better] = w.detach()[better]
-                best_b[better] = b.detach()[better]
+                vl, _ = _loss_and_grad(
+                    torch.mm(xva, wa.view(d + 1, gh * c)).view(-1, gh, c), y_val, multilabel, grad=False
+                )
+                last_val[heads] = vl
+                last_train[heads] = total / n
+                better = vl < best_loss[heads]
+                if better.any():
+                    hb = heads[better]
+                    best_loss[hb] = vl[better]
+                    best_epoch[hb] = epoch
+                    best_wa[:, hb] = wa[:, better]
                 active &= (epoch - best_epoch) < config.patience
-            curves["train_loss"].append((total / n).tolist())
-            curves["val_loss"].append(vl.tolist())
+                keep = active[heads]
+                if not keep.all():  # drop stopped heads from the GEMMs
+                    heads = heads[keep]
+                    wa = wa[:, keep].contiguous()
+                    ma, va = ma[:, keep].contiguous(), va[:, keep].contiguous()
+            curves["train_loss"].append(last_train.tolist())
+            curves["val_loss"].append(last_val.tolist())
             epochs_run = epoch + 1
             tick(1, info=f"val loss {best_loss.min().item():.4f}")
             if not active.any():
@@ -168,7 +247,7 @@ def train_linear_probe(
     if not torch.isfinite(best_loss).any():
         raise FmevalError("every linear-probe configuration diverged (NaN validation loss).")
     k = int(torch.argmin(best_loss))
-    w_std, b_std = best_w[k], best_b[k, 0]
+    w_std, b_std = best_wa[:d, k], best_wa[d, k]
     weight = w_std / sd[:, None]
     bias = b_std - mu @ weight
     table = [
