@@ -105,6 +105,19 @@ def report(
 
     root = reports_dir or default_reports()
     board = leaderboard(root, dataset=dataset, mode=mode, metric=metric)
-    console.print(board.to_markdown())
-    paths = write_leaderboard(root, out or root, dataset=dataset, mode=mode, metric=metric)
-    console.print(f"written: {paths}")
+    table = Table(title=f"leaderboard: {len(board.rows)} runs under {root}, by {metric}")
+    short = {"acc": "ACC", "balanced_acc": "bACC", "auc": "AUC", "f1_macro": "F1"}
+    for col in ("model", "mode", "data", "geom"):
+        table.add_column(col, overflow="fold")
+    for col in (*board.metric_columns, "majority"):
+        table.add_column(short.get(col, col), no_wrap=True, justify="right")
+    for row in board.rows:
+        cells = [str(row["model"]), str(row["mode"]), f"{row['dataset']}@{row['size']}",
+                 f"{row['geometry']}/s{row['seed']}"]
+        cells += [f"{row[m]:.3f}" if row[m] == row[m] else "-" for m in board.metric_columns]
+        table.add_row(*cells, f"{row['baseline_acc']:.3f}")
+    console.print(table)
+    for w in board.warnings:
+        console.print(f"[yellow]skipped: {w}[/]")
+    md, csv_path = write_leaderboard(root, out or root, dataset=dataset, mode=mode, metric=metric)
+    console.print(f"written: {md}, {csv_path}")
