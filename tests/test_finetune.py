@@ -267,3 +267,11 @@ def test_losses_by_task_and_class_weights():
     ref = torch.nn.functional.cross_entropy(zz, ce.targets(lab), weight=torch.tensor([1.0, 10.0]))
     assert torch.allclose(loss(zz, ce.targets(lab)), ref)
     assert torch.allclose(ce.scores(zz).sum(1), torch.ones(4))
+
+
+def test_adapter_folder_and_report_share_the_run_id(pneumonia_root, tmp_path):
+    cfg = _cfg(pneumonia_root, "vit-b16", "lora", tmp_path, epochs=1, max_steps_per_epoch=2)
+    cfg = replace(cfg, limit=64)
+    res = run_finetune(cfg)
+    assert Path(res.extras["adapter_path"]).name == res.run_id
+    assert (tmp_path / "reports" / res.run_id / "results.json").exists()

@@ -56,8 +56,13 @@ def finish_run(
     wall_time_s: float = 0.0,
     reports_dir: str | None = None,
     write: bool = True,
+    run_id: str | None = None,
 ):
-    """Score, build the typed result, write JSON/CSV/Markdown/plots."""
+    """Score, build the typed result, write JSON/CSV/Markdown/plots.
+
+    ``run_id`` lets a run that already owns an id (a fine-tuning run's adapter
+    folder) report under the same name.
+    """
     from fmeval.metrics import class_prior, compute_metrics
     from fmeval.provenance import collect_provenance
     from fmeval.report import RunResult, new_run_id, write_report
@@ -78,7 +83,7 @@ def finish_run(
             class_names=class_names, n_boot=0, seed=seed, prior=prior,
         )
     result = RunResult(
-        run_id=new_run_id(mode, model["name"], dataset["flag"], dataset["size"]),
+        run_id=run_id or new_run_id(mode, model["name"], dataset["flag"], dataset["size"]),
         mode=mode,
         model=model,
         dataset=dataset,

@@ -189,7 +189,7 @@ def run_finetune(cfg: FinetuneConfig, *, on_epoch_end=None, write: bool = True):
                   test_scores_sha256=scores_digest(scores["test"]))
     write_run_record(run_dir, record)
     extras = _extras(res, trainable, total, run_dir, cfg)
-    return _report(cfg, p, scores, extras, timer, write)
+    return _report(cfg, p, scores, extras, timer, write, run_id=run_dir.name)
 
 
 def _fit_summary(res: FitResult) -> dict:
@@ -223,7 +223,7 @@ def _extras(res: FitResult, trainable: int, total: int, run_dir: Path, cfg: Fine
 
 
 def _report(cfg: FinetuneConfig, p: Prepared, scores: dict[str, torch.Tensor], extras: dict,
-            timer: Timer, write: bool):
+            timer: Timer, write: bool, run_id: str | None = None):
     data = p.data
     return finish_run(
         mode=f"finetune-{cfg.method}",
@@ -245,6 +245,7 @@ def _report(cfg: FinetuneConfig, p: Prepared, scores: dict[str, torch.Tensor], e
         wall_time_s=timer.seconds,
         reports_dir=cfg.reports_dir,
         write=write,
+        run_id=run_id,
     )
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -39,9 +37,10 @@ def adapters_root() -> Path:
 
 
 def new_run_dir(method: str, model: str, dataset: str, size: int) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_id = f"{stamp}-ft-{method}-{model}-{dataset}-{size}-{secrets.token_hex(3)}"
-    path = adapters_root() / run_id
+    """``adapters/<run_id>``, named like the run's report folder under ``reports/``."""
+    from fmeval.report import new_run_id
+
+    path = adapters_root() / new_run_id(f"finetune-{method}", model, dataset, size)
     path.mkdir(parents=True, exist_ok=False)
     return path
 
