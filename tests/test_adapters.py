@@ -10,7 +10,7 @@ from fmeval.adapters import ADAPTERS, create_adapter
 from fmeval.errors import ModelError
 
 TIMM_MODELS = ["vit-b16", "vit-s16", "dino-vitb16", "dinov2-vits14", "dinov2-vitb14", "sam-vitb",
-               "resnet18", "resnet50", "densenet121"]
+               "resnet18", "resnet50", "densenet121", "resnet18-medmnist", "resnet50-medmnist"]
 
 
 def test_registry_lists_required_families():
@@ -85,3 +85,13 @@ def test_missing_or_corrupt_weights_file(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(ModelError, match="cannot read checkpoint"):
         create_adapter("vit-b16", tiny=True, weights=tmp_path / "junk.pth")
+
+
+def test_medmnist_reference_resnet_has_the_small_stem_and_no_pretrained_weights():
+    a = create_adapter("resnet18-medmnist")  # no hub weights exist: always from scratch
+    assert a.weights_id == "random:resnet18-medmnist:full:seed0"
+    conv1 = a.model.conv1
+    assert conv1.kernel_size == (3, 3) and conv1.stride == (1, 1)
+    assert isinstance(a.model.maxpool, torch.nn.Identity)
+    assert a.preprocess.input_size == 28 and a.preprocess.mean == (0.5, 0.5, 0.5)
+    assert 11.0e6 < sum(p.numel() for p in a.parameters()) < 11.3e6  # ResNet-18 without its fc

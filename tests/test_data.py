@@ -150,3 +150,33 @@ def test_grayscale_preprocess_collapses_rgb():
     rgb[..., 0] = 255
     x = prepare_batch(rgb, pre, "resize")
     assert torch.allclose(x, torch.full_like(x, 0.299), atol=1e-6)
+
+
+def test_download_goes_through_medmnist(tmp_path, monkeypatch):
+    """With --download a missing file is fetched by medmnist's own class (faked here: no network)."""
+    import medmnist
+
+    calls = []
+
+    class FakePneumonia:
+        def __init__(self, split, download, size, root):
+            calls.append((split, download, size, root))
+            write_synthetic(root, "pneumoniamnist", size)
+
+    monkeypatch.setattr(medmnist, "PneumoniaMNIST", FakePneumonia)
+    data = load_dataset("pneumoniamnist", 64, tmp_path / "new", download=True)
+    assert calls == [("test", True, 64, str(tmp_path / "new"))]
+    assert data.split("train").images.shape[1:] == (64, 64)
+
+
+def test_failed_download_is_one_clear_line(tmp_path, monkeypatch):
+    import medmnist
+
+    class Offline:
+        def __init__(self, **kw):
+            raise RuntimeError("Automatic download failed! ...\n many lines")
+
+    monkeypatch.setattr(medmnist, "PathMNIST", Offline)
+    with pytest.raises(DataError, match=r"download of pathmnist_128.npz failed \(no network\?\)") as err:
+        load_dataset("pathmnist", 128, tmp_path, download=True)
+    assert "\n" not in str(err.value) and "zenodo" in str(err.value)

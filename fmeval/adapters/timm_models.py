@@ -45,6 +45,9 @@ class TimmSpec:
     tiny: dict = field(default_factory=dict)
     lora_targets: tuple[str, ...] = VIT_LORA
     resizable: bool = True  # accepts an img_size override (ViTs); CNNs take any size
+    # MedMNIST v2 reference ResNets: 3x3 stride-1 stem, no max-pool, trained from
+    # scratch at 28 px with mean = std = 0.5. No pretrained weights exist for them.
+    medmnist_stem: bool = False
 
 
 SPECS: tuple[TimmSpec, ...] = (
@@ -65,6 +68,12 @@ SPECS: tuple[TimmSpec, ...] = (
              dict(layers=[1, 1, 1, 1]), ("conv1", "conv2"), resizable=False),
     TimmSpec("resnet50", "resnet50.a1_in1k", "cnn", "ResNet-50 CNN baseline (ImageNet-1k)",
              dict(layers=[1, 1, 1, 1]), ("conv1", "conv2", "conv3"), resizable=False),
+    TimmSpec("resnet18-medmnist", "resnet18", "cnn",
+             "ResNet-18 as in the MedMNIST v2 baselines (3x3 stem, no max-pool, from scratch)",
+             dict(layers=[1, 1, 1, 1]), ("conv1", "conv2"), resizable=False, medmnist_stem=True),
+    TimmSpec("resnet50-medmnist", "resnet50", "cnn",
+             "ResNet-50 as in the MedMNIST v2 baselines (3x3 stem, no max-pool, from scratch)",
+             dict(layers=[1, 1, 1, 1]), ("conv1", "conv2", "conv3"), resizable=False, medmnist_stem=True),
     TimmSpec("densenet121", "densenet121.tv_in1k", "cnn",
              "DenseNet-121 CNN baseline (torchvision ImageNet-1k)",
              dict(growth_rate=8, block_config=(2, 2, 2, 2)),
@@ -86,7 +95,7 @@ class TimmAdapter(Adapter):
         kwargs: dict = dict(spec.tiny) if cfg.tiny else {}
         if cfg.input_size is not None and spec.resizable:
             kwargs["img_size"] = cfg.input_size
-        use_hub = cfg.pretrained and cfg.weights is None
+        use_hub = cfg.pretrained and cfg.weights is None and not spec.medmnist_stem
         try:
             self.model = timm.create_model(spec.arch, pretrained=use_hub, num_classes=0, **kwargs)
         except Exception as exc:  # network, hub or config failure -> one line
@@ -97,6 +106,9 @@ class TimmAdapter(Adapter):
                     "for a local checkpoint, or --random-init/--tiny for an offline run."
                 ) from None
             raise ModelError(f"cannot build {spec.name}: {exc}") from None
+        if spec.medmnist_stem:
+            self.model.conv1 = nn.Conv2d(3, self.model.conv1.out_channels, 3, 1, 1, bias=False)
+            self.model.maxpool = nn.Identity()
         if cfg.weights is not None:
             sd = load_state_dict_file(cfg.weights)
             head = self.model.pretrained_cfg.get("classifier", "head")
@@ -108,7 +120,7 @@ class TimmAdapter(Adapter):
         elif use_hub:
             self.weights_id = f"timm:{spec.arch}"
         else:
-            self.weights_id = random_weights_id(cfg, spec.arch)
+            self.weights_id = random_weights_id(cfg, spec.name if spec.medmnist_stem else spec.arch)
 
         data_cfg = timm.data.resolve_model_data_config(self.model)
         # The pretrained config names the native size; an override or a tiny
@@ -124,6 +136,11 @@ class TimmAdapter(Adapter):
             std=tuple(float(v) for v in data_cfg["std"]),  # type: ignore[arg-type]
             interpolation=str(data_cfg.get("interpolation", "bicubic")),
         )
+        if spec.medmnist_stem:  # the MedMNIST protocol: native 28 px, Normalize(0.5, 0.5)
+            self.preprocess = Preprocess(
+                input_size=cfg.input_size or 28, mean=(0.5,) * 3, std=(0.5,) * 3,  # type: ignore[arg-type]
+                interpolation="nearest",
+            )
         self.feature_dim = int(self.model.num_features)
         self.arch = spec.arch
 
