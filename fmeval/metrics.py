@@ -320,12 +320,17 @@ def _per_class_auc(task: str, y: np.ndarray, s: np.ndarray) -> list[float]:
     return out
 
 
+def _label_mean(score_fn: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, pred: np.ndarray) -> float:
+    """Multi-label: a single-label score averaged over the label columns."""
+    return float(np.mean([score_fn(y[:, j], pred[:, j]) for j in range(y.shape[1])]))
+
+
 @METRICS.register("acc", "accuracy (MedMNIST rule: last column > 0.5 / argmax / mean per-label)", better="higher")
 def acc(task: str, y_true: np.ndarray, scores: np.ndarray) -> float:
     y, s = validate_inputs(task, y_true, scores)
     pred = predict_labels(task, s)
     if task == MULTILABEL:
-        return float(np.mean([skm.accuracy_score(y[:, j], pred[:, j]) for j in range(y.shape[1])]))
+        return _label_mean(skm.accuracy_score, y, pred)
     return float(skm.accuracy_score(y, pred))
 
 
@@ -352,7 +357,7 @@ def balanced_acc(task: str, y_true: np.ndarray, scores: np.ndarray) -> float:
     pred = predict_labels(task, s)
     with _quiet_sklearn():
         if task == MULTILABEL:
-            return float(np.mean([skm.balanced_accuracy_score(y[:, j], pred[:, j]) for j in range(y.shape[1])]))
+            return _label_mean(skm.balanced_accuracy_score, y, pred)
         return float(skm.balanced_accuracy_score(y, pred))
 
 

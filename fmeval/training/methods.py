@@ -87,12 +87,15 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def _load_head(model: Classifier, folder: Path) -> None:
-    sd = load_tensors(folder / HEAD_FILE)
+def _load_strict(module: torch.nn.Module, folder: Path, name: str, what: str) -> None:
     try:
-        model.head.load_state_dict(sd, strict=True)
+        module.load_state_dict(load_tensors(folder / name), strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"head weights in {folder} do not fit: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"{what} weights in {folder} do not fit: {str(exc).splitlines()[0]}") from None
+
+
+def _load_head(model: Classifier, folder: Path) -> None:
+    _load_strict(model.head, folder, HEAD_FILE, "head")
 
 
 def _trainable_keys(model: Classifier) -> list[str]:
@@ -156,11 +159,7 @@ def _full_save(model: Classifier, settings: LoraSettings, folder: Path) -> None:
 
 
 def _full_load(model: Classifier, folder: Path) -> None:
-    sd = load_tensors(folder / MODEL_FILE)
-    try:
-        model.backbone.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"model weights in {folder} do not fit: {str(exc).splitlines()[0]}") from None
+    _load_strict(model.backbone, folder, MODEL_FILE, "model")
     _load_head(model, folder)
     for p in model.parameters():
         p.requires_grad_(False)
