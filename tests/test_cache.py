@@ -132,3 +132,16 @@ def test_concurrent_runs_compute_once(tmp_path):
     t.join()
     assert len(calls) == 1
     assert results["b"][1] is True and torch.equal(results["a"][0], results["b"][0])
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from fmeval.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    atomic_write_text(tmp_path / "r.md", "x")
+    mode = stat.S_IMODE((tmp_path / "r.md").stat().st_mode)
+    assert mode == 0o666 & ~mask  # not mkstemp's private 0600
