@@ -54,7 +54,7 @@ def test_registered_with_text_tag():
 
 
 @pytest.mark.parametrize("name", VL_NAMES)
-def test_tiny_shapes_ids_and_speed(name):
+def test_tiny_shapes_and_ids(name):
     a = create_adapter(name, tiny=True)
     assert a.supports_text and not a.training
     img, txt = _outputs(a, _images(a))
@@ -64,12 +64,6 @@ def test_tiny_shapes_ids_and_speed(name):
     assert a.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
     assert a.weights_id.startswith("random:") and ":tiny:seed0" in a.weights_id
     assert a.text_id.startswith(a.weights_id + "|")
-    x8 = _images(a, n=8)
-    with torch.no_grad():
-        a.encode_image(x8)
-        t0 = time.perf_counter()
-        a.encode_image(x8)
-        assert time.perf_counter() - t0 < 0.5  # milliseconds in practice; slack for busy CI
 
 
 def test_preprocess_comes_from_the_model():
