@@ -24,6 +24,7 @@ import torch
 from fmeval.adapters.base import Preprocess
 from fmeval.data.transforms import prepare_batch
 from fmeval.device import autocast
+from fmeval.features import batched_inference
 from fmeval.errors import ConfigError, FmevalError
 from fmeval.progress import progress_bar
 from fmeval.training.checkpoint import (
@@ -134,14 +135,9 @@ def _logits(model: Classifier, images: np.ndarray, pre: Preprocess, geometry: st
             device: torch.device, batch_size: int) -> torch.Tensor:
     """Logits of ``images`` in eval mode, float32 on CPU."""
     model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = prepare_batch(images[start:start + batch_size], pre, geometry, device)
-            with autocast(device):
-                z = model(x)
-            out.append(z.float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    return batched_inference(model, images, preprocess=pre, geometry=geometry,
+                             batch_size=batch_size, device=device, description="predict",
+                             name="classifier")
 
 
 def predict(model: Classifier, images: np.ndarray, *, task: str, preprocess: Preprocess,
