@@ -223,7 +223,7 @@ def _extras(res: FitResult, trainable: int, total: int, run_dir: Path, cfg: Fine
 
 
 def _report(cfg: FinetuneConfig, p: Prepared, scores: dict[str, torch.Tensor], extras: dict,
-            timer: Timer, write: bool, run_id: str | None = None):
+            timer: Timer, write: bool, run_id: str | None = None, warnings: list[str] = ()):
     data = p.data
     return finish_run(
         mode=f"finetune-{cfg.method}",
@@ -241,7 +241,7 @@ def _report(cfg: FinetuneConfig, p: Prepared, scores: dict[str, torch.Tensor], e
         seed=cfg.seed,
         n_boot=cfg.n_boot,
         extras=extras,
-        warnings=data.warnings,
+        warnings=[*data.warnings, *warnings],
         wall_time_s=timer.seconds,
         reports_dir=cfg.reports_dir,
         write=write,
@@ -296,19 +296,11 @@ def evaluate_adapter(folder: str | Path, *, write: bool = True, **overrides):
         "test_scores_sha256": digest,
         "reproduces_training_scores": digest == rec.get("test_scores_sha256"),
     }
-    result = _report(cfg, p, scores, extras, timer, write=False)
-    if not extras["reproduces_training_scores"]:
-        result.warnings.append(
-            "test scores differ from those at the end of training (different device, batch "
-            "size or library versions?)"
-        )
-    if write:
-        from fmeval.report import write_report
-
-        result.extras["report_dir"] = str(
-            write_report(result, Path(cfg.reports_dir) if cfg.reports_dir else None)
-        )
-    return result
+    mismatch = [] if extras["reproduces_training_scores"] else [
+        "test scores differ from those at the end of training (different device, batch "
+        "size or library versions?)"
+    ]
+    return _report(cfg, p, scores, extras, timer, write, warnings=mismatch)
 
 
 def _register(method: str) -> None:
