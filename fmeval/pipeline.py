@@ -1,84 +1,89 @@
-"""Shared plumbing of the frozen modes: config -> adapter, data, cached features.
+"""data -> adapter -> features: what every mode does before its own work.
 
-zero-shot, kNN and linear probing all start the same way; they differ only in
-what they do with the cached feature tensors.
+:func:`open_data` validates the dataset before any model is built (a bad file
+never costs a model load), :func:`build_adapter` creates the encoder at the
+run's input size, :func:`run_transform` fixes the exact pixel pipeline, and
+:func:`prepare_frozen` loads (or extracts once and caches) frozen features.
+Fine-tuning uses the same first three steps.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from fmeval.adapters.base import Adapter, create_adapter
 from fmeval.cache import FeatureCache
+from fmeval.config import RunConfig
 from fmeval.data import SPLITS, MedMNIST, load_dataset
-from fmeval.data.transforms import GEOMETRIES
-from fmeval.device import resolve_device
+from fmeval.data.transforms import DEFAULT_CANVAS, ImageTransform, resolve_transform
+from fmeval.device import resolve_device, resolve_precision
 from fmeval.errors import ConfigError
 from fmeval.features import extract_features
-
-
-@dataclass
-class EvalConfig:
-    """Options common to every evaluation mode (recorded in each report)."""
-
-    model: str
-    dataset: str
-    size: int = 28
-    data_root: str | None = None
-    download: bool = False
-    md5: str = "warn"
-    geometry: str = "resize"
-    pretrained: bool = True
-    tiny: bool = False
-    weights: str | None = None
-    strict: bool = True
-    input_size: int | None = None
-    seed: int = 0
-    batch_size: int = 256
-    device: str = "auto"
-    use_cache: bool = True
-    n_boot: int = 1000
-    limit: int | None = None  # cap per split (quick looks; recorded, never default)
-    reports_dir: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
 class Frozen:
     """Everything a frozen-feature mode needs."""
 
-    config: EvalConfig
+    config: RunConfig
     adapter: Adapter
     data: MedMNIST
     device: torch.device
+    transform: ImageTransform
+    precision: str
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     cache_hits: dict[str, bool] = field(default_factory=dict)
     cache: FeatureCache | None = None
 
     def dataset_record(self) -> dict:
-        rec = self.data.describe()
-        if self.config.limit:
-            rec["limit"] = self.config.limit
-            rec.update({f"n_{s}": len(self.labels[s]) for s in self.labels})
-        return rec
+        return dataset_record(self.data, self.config, self.labels)
 
 
-def open_data(cfg: EvalConfig) -> MedMNIST:
-    GEOMETRIES.get(cfg.geometry)  # validate before any heavy work
+def dataset_record(data: MedMNIST, cfg: RunConfig, labels: dict[str, np.ndarray]) -> dict:
+    rec = data.describe()
+    if cfg.limit:
+        rec["limit"] = cfg.limit
+        rec.update({f"n_{s}": len(labels[s]) for s in labels})
+    return rec
+
+
+def open_data(cfg: RunConfig) -> MedMNIST:
     return load_dataset(cfg.dataset, cfg.size, cfg.data_root, download=cfg.download, md5=cfg.md5)
 
 
-def build_adapter(cfg: EvalConfig, device: torch.device) -> Adapter:
-    return create_adapter(
+def build_input_size(cfg: RunConfig) -> int | None:
+    """The encoder's input size: explicit, else the pad canvas, else the encoder's default."""
+    if cfg.input_size is not None:
+        return cfg.input_size
+    if cfg.geometry == "pad":
+        return cfg.canvas or DEFAULT_CANVAS
+    return None
+
+
+def build_adapter(cfg: RunConfig, device: torch.device, data: MedMNIST | None = None) -> Adapter:
+    adapter = create_adapter(
         cfg.model, pretrained=cfg.pretrained, tiny=cfg.tiny, weights=cfg.weights,
-        strict=cfg.strict, seed=cfg.seed, input_size=cfg.input_size, device=device,
+        strict=cfg.strict, seed=cfg.seed, input_size=build_input_size(cfg), device=device,
+        **({"allow_partial": cfg.allow_partial} if cfg.allow_partial else {}),
+    )
+    native = getattr(adapter, "native_input", False)
+    if native and data is not None and cfg.input_size is None and adapter.preprocess.input_size != data.size:
+        raise ConfigError(
+            f"{cfg.model} takes {adapter.preprocess.input_size} px input, but {data.flag} at --size "
+            f"{data.size} has {data.size} px images; pass --input-size {data.size} for this size explicitly "
+            "or use --protocol medmnist-v2 (its 224 variant upsamples the 28 px images)."
+        )
+    return adapter
+
+
+def run_transform(adapter: Adapter, cfg: RunConfig, data: MedMNIST) -> ImageTransform:
+    return resolve_transform(
+        adapter.preprocess, geometry=cfg.geometry, canvas=cfg.canvas, pad_fill=cfg.pad_fill,
+        interpolation=cfg.interpolation, norm=cfg.norm, image_size=data.size,
     )
 
 
@@ -90,60 +95,60 @@ def subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray | None:
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
-def feature_key(adapter: Adapter, data: MedMNIST, split: str, cfg: EvalConfig) -> dict:
+def feature_key(adapter: Adapter, data: MedMNIST, split: str, cfg: RunConfig,
+                transform: ImageTransform, precision: str) -> dict:
+    """Everything that determines a cached feature tensor."""
     return {
         "adapter": adapter.name,
         "weights_id": adapter.weights_id,
         "code_version": adapter.code_version,
-        "preprocess": adapter.preprocess.as_dict(),
+        "transform": transform.as_dict(),
+        "precision": precision,
         "dataset": data.flag,
         "size": data.size,
         "data_md5": data.md5,
         "split": split,
-        "geometry": cfg.geometry,
         "limit": cfg.limit,
         "limit_seed": cfg.seed if cfg.limit else None,
     }
 
 
 def prepare_frozen(
-    cfg: EvalConfig, splits: tuple[str, ...] = SPLITS, *, require_text: bool = False
+    cfg: RunConfig, splits: tuple[str, ...] = SPLITS, *, require_text: bool = False
 ) -> Frozen:
     """Load (or extract once and cache) features of ``splits``.
 
-    Data is opened and validated before the model is built, so a bad dataset
-    never costs a model load.
+    Data is opened and its labels validated before the model is built; images
+    are decompressed and validated only for splits whose features are not
+    cached yet.
     """
-    if cfg.limit is not None and cfg.limit < 1:
-        raise ConfigError("--limit must be a positive number of samples.")
     data = open_data(cfg)
     for s in splits:
-        data.split(s)
+        if len(data.labels(s)) == 0:
+            raise ConfigError(f"the {s} split of {data.path.name} is empty.")
     device = resolve_device(cfg.device)
-    adapter = build_adapter(cfg, device)
+    adapter = build_adapter(cfg, device, data)
     if require_text and not adapter.supports_text:
         adapter.encode_text([])  # raises the adapter's own "no text encoder" error
+    transform = run_transform(adapter, cfg, data)
+    precision = resolve_precision(cfg.precision, device, adapter.family)
     cache = FeatureCache(enabled=cfg.use_cache)
-    fz = Frozen(cfg, adapter, data, device, cache=cache)
+    fz = Frozen(cfg, adapter, data, device, transform, precision, cache=cache)
     for split in splits:
-        sp = data.split(split)
-        idx = subset_indices(len(sp), cfg.limit, cfg.seed)
-        images = sp.images if idx is None else sp.images[idx]
-        labels = sp.labels if idx is None else sp.labels[idx]
-        key = feature_key(adapter, data, split, cfg)
+        all_labels = data.labels(split)
+        idx = subset_indices(len(all_labels), cfg.limit, cfg.seed)
+        key = feature_key(adapter, data, split, cfg, transform, precision)
 
-        def compute(images=images, split=split) -> torch.Tensor:
+        def compute(split=split, idx=idx) -> torch.Tensor:
+            images = data.split(split).images
             return extract_features(
-                adapter, images, geometry=cfg.geometry, batch_size=cfg.batch_size,
-                device=device, description=f"{cfg.model} {data.flag} {split}",
+                adapter, images if idx is None else images[idx], transform=transform,
+                batch_size=cfg.batch_size, device=device, precision=precision,
+                description=f"{cfg.model} {data.flag} {split}",
             )
 
         feats, hit = cache.get_or_compute("image", key, compute, device=device)
         fz.features[split] = feats
-        fz.labels[split] = labels
+        fz.labels[split] = all_labels if idx is None else all_labels[idx]
         fz.cache_hits[split] = hit
     return fz
-
-
-def reports_root(cfg: EvalConfig) -> Path | None:
-    return Path(cfg.reports_dir) if cfg.reports_dir else None

@@ -714,20 +714,32 @@ def shipped_bank_path(flag: str) -> Path:
     )
 
 
+def bank_path(spec: str | Path) -> Path:
+    """A bank file from what a user typed: an existing path wins; otherwise a
+    shipped bank by name, with or without ``.yaml`` (``pneumonia``,
+    ``pneumonia.yaml``), from any directory."""
+    text = str(spec).strip()
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if os.sep in text and not path.exists():
+        raise PromptBankError(f"prompt bank {text} not found.")
+    stem = text[: -len(path.suffix)] if path.suffix in (".yaml", ".yml") else text
+    return shipped_bank_path(stem)
+
+
+def find_bank(spec: str | Path) -> PromptBank:
+    """Load a bank by path or shipped name, without a dataset to check against."""
+    return load_bank(bank_path(spec))
+
+
 def resolve_bank(spec: str | Path | None, dataset: str) -> PromptBank:
     """Load the bank a user asked for and check it fits ``dataset``.
 
     ``spec`` is a YAML path, a shipped bank name, or ``None`` for the dataset's
     own shipped bank; this is the single entry point the CLI needs.
     """
-    if spec is None:
-        path = shipped_bank_path(dataset)
-    else:
-        text = str(spec)
-        looks_like_path = isinstance(spec, Path) or text.endswith((".yaml", ".yml")) or (
-            os.sep in text
-        )
-        path = Path(text) if looks_like_path else shipped_bank_path(text)
+    path = shipped_bank_path(dataset) if spec is None else bank_path(spec)
     return load_bank(path, dataset=dataset)
 
 
@@ -739,6 +751,8 @@ __all__ = [
     "PROMPTS_DIR_ENV",
     "Source",
     "Style",
+    "bank_path",
+    "find_bank",
     "list_shipped_banks",
     "load_bank",
     "prompts_dirs",

@@ -10,40 +10,24 @@ surface, so any registered encoder works in every mode.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
 
+from fmeval.data.transforms import (  # noqa: F401  (re-exported: adapters build these)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Preprocess,
+    with_input_size,
+)
 from fmeval.errors import ConfigError, ModelError
+from fmeval.io import file_digest  # noqa: F401  (re-exported)
 from fmeval.registry import Registry
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How raw uint8 images must be turned into encoder input.
-
-    Taken from the encoder's own config (never a global default) because
-    normalisation and input size are part of what makes a feature comparable.
-    """
-
-    input_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bicubic"  # "bilinear" | "bicubic" | "nearest"
-    grayscale: bool = False  # collapse RGB to gray (MedCLIP was trained that way)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class AdapterConfig:
@@ -182,15 +166,6 @@ def random_weights_id(cfg: AdapterConfig, arch: str) -> str:
     return f"random:{arch}:{size}{extra}:seed{cfg.seed}"
 
 
-def file_digest(path: Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:
-    """Hex digest of a file, streamed (checkpoints and npz files can be GBs)."""
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint (.safetensors, .pt/.pth/.bin), unwrapping common nestings."""
     try:
@@ -265,7 +240,3 @@ def load_weights(
     ok = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
     module.load_state_dict(ok, strict=False)
     return report
-
-
-def with_input_size(pre: Preprocess, size: int | None) -> Preprocess:
-    return pre if size is None else replace(pre, input_size=size)

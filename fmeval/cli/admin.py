@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from fmeval.cli.app import ReportsDir, app, console
+from fmeval.errors import ConfigError
 
 ls_app = typer.Typer(help="List registered models and available datasets.", no_args_is_help=True)
 cache_app = typer.Typer(help="Inspect or clear the feature cache.", no_args_is_help=True)
@@ -97,27 +98,42 @@ def report(
     reports_dir: ReportsDir = None,
     dataset: Annotated[Optional[str], typer.Option(help="Only runs on this dataset.")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Only runs of this mode.")] = None,
-    metric: Annotated[str, typer.Option(help="Sort the leaderboard by this metric.")] = "auc",
+    metric: Annotated[str, typer.Option(help="Rank by this metric.")] = "auc",
+    include_all: Annotated[bool, typer.Option("--all", help="Also rank --limit subsets and tiny random models.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="More columns (CIs, weights, precision, seed).")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Folder for leaderboard.md/.csv (default: the reports folder).")] = None,
 ) -> None:
-    """Aggregate all runs under the reports folder into one leaderboard (Markdown + CSV)."""
-    from fmeval.report import leaderboard, reports_dir as default_reports, write_leaderboard
+    """Aggregate the runs under the reports folder into a leaderboard per dataset x size (Markdown + CSV)."""
+    import os
 
-    root = reports_dir or default_reports()
-    board = leaderboard(root, dataset=dataset, mode=mode, metric=metric)
-    table = Table(title=f"leaderboard: {len(board.rows)} runs under {root}, by {metric}")
-    short = {"acc": "ACC", "balanced_acc": "bACC", "auc": "AUC", "f1_macro": "F1"}
-    for col in ("model", "mode", "data", "geom"):
-        table.add_column(col, overflow="fold")
-    for col in (*board.metric_columns, "majority"):
-        table.add_column(short.get(col, col), no_wrap=True, justify="right")
-    for row in board.rows:
-        cells = [str(row["model"]), str(row["mode"]), f"{row['dataset']}@{row['size']}",
-                 f"{row['geometry']}/s{row['seed']}"]
-        cells += [f"{row[m]:.3f}" if row[m] == row[m] else "-" for m in board.metric_columns]
-        table.add_row(*cells, f"{row['baseline_acc']:.3f}")
-    console.print(table)
+    from fmeval.io import atomic_write_text
+    from fmeval.report import build_leaderboard, load_runs, print_leaderboard
+
+    root = reports_dir or Path(os.environ.get("FMEVAL_REPORTS_DIR") or "reports")
+    if not root.is_dir():
+        raise ConfigError(f"no reports folder at {root}; run an evaluation first or pass --reports-dir.")
+    runs, skipped = load_runs(root)
+    board = build_leaderboard(runs, metric=metric, include_all=include_all, dataset=dataset, mode=mode,
+                              skipped=skipped)
+    print_leaderboard(board, console, wide=wide)
     for w in board.warnings:
-        console.print(f"[yellow]skipped: {w}[/]")
-    md, csv_path = write_leaderboard(root, out or root, dataset=dataset, mode=mode, metric=metric)
-    console.print(f"written: {md}, {csv_path}")
+        console.print(f"skipped: {w}", style="yellow", markup=False, highlight=False)
+    dest = out or root
+    atomic_write_text(dest / "leaderboard.md", board.to_markdown())
+    atomic_write_text(dest / "leaderboard.csv", board.to_csv())
+    console.print(f"written: {dest / 'leaderboard.md'}, {dest / 'leaderboard.csv'}", markup=False, highlight=False)
+
+
+@app.command("config")
+def config_show() -> None:
+    """Show the user defaults in effect and where each comes from (option > environment > file > built-in)."""
+    from fmeval.settings import USER_SETTINGS, file_settings, resolve
+
+    _, where = file_settings()
+    table = Table(title=f"fmeval settings (file: {where or 'none: fmeval.toml or [tool.fmeval] in pyproject.toml'})")
+    for col in ("setting", "value", "source", "meaning"):
+        table.add_column(col)
+    for s in USER_SETTINGS:
+        value, source = resolve(s.key)
+        table.add_row(s.key, "-" if value is None else str(value), source, s.help)
+    console.print(table)

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fmeval.adapters.base import file_digest
 from fmeval.data.info import SIZES, SPLITS, DatasetInfo, dataset_info, is_multilabel
 from fmeval.errors import DataError
-from fmeval.io import atomic_write_json, file_lock
+from fmeval.io import atomic_write_json, file_digest, file_lock
 
 
 def default_data_root() -> Path:
@@ -56,6 +55,7 @@ class MedMNIST:
     md5_policy: str = "warn"  # "warn" | "strict" | "off"
     warnings: list[str] = field(default_factory=list)
     _splits: dict[str, Split] = field(default_factory=dict, repr=False)
+    _labels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def flag(self) -> str:
@@ -114,19 +114,22 @@ class MedMNIST:
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
             raise DataError(f"{self.path}: array {key!r} is corrupt ({exc}).") from None
 
-    def _load_split(self, name: str) -> Split:
-        images = self._read(f"{name}_images")
-        labels = self._read(f"{name}_labels")
+    def labels(self, name: str) -> np.ndarray:
+        """Validated labels of a split without decompressing its images.
+
+        A cached evaluation needs only the labels; the images are read (and
+        validated) only when features must be computed.
+        """
+        if name in self._splits:
+            return self._splits[name].labels
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}.")
+        if name not in self._labels:
+            self._labels[name] = self._check_labels(name, self._read(f"{name}_labels"))
+        return self._labels[name]
+
+    def _check_labels(self, name: str, labels: np.ndarray) -> np.ndarray:
         where = f"{self.path.name} [{name}]"
-        c = self.info.n_channels
-        expect = (self.size, self.size) if c == 1 else (self.size, self.size, 3)
-        if images.dtype != np.uint8:
-            raise DataError(f"{where}: images are {images.dtype}, expected uint8 (0-255).")
-        if images.ndim != len(expect) + 1 or images.shape[1:] != expect:
-            raise DataError(
-                f"{where}: images have shape {images.shape}, expected [N, {', '.join(map(str, expect))}]"
-                f" for {self.flag} at {self.size} px."
-            )
         width = self.info.label_width
         if labels.ndim == 1 and width == 1:
             labels = labels[:, None]
@@ -135,8 +138,6 @@ class MedMNIST:
                 f"{where}: labels have shape {labels.shape}, expected [N, {width}] for a "
                 f"{self.task} task."
             )
-        if len(labels) != len(images):
-            raise DataError(f"{where}: {len(images)} images but {len(labels)} labels.")
         if not np.issubdtype(labels.dtype, np.integer):
             if not np.all(np.mod(labels, 1) == 0):
                 raise DataError(f"{where}: labels are not integers.")
@@ -149,13 +150,30 @@ class MedMNIST:
             )
         official = self.info.n_samples.get(name)
         if official is not None and official != len(labels):
-            self.warnings.append(
-                f"{name} split has {len(labels)} samples, the official {self.flag} has {official}"
+            msg = f"{name} split has {len(labels)} samples, the official {self.flag} has {official}"
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+        return labels
+
+    def _load_split(self, name: str) -> Split:
+        images = self._read(f"{name}_images")
+        labels = self.labels(name)
+        where = f"{self.path.name} [{name}]"
+        c = self.info.n_channels
+        expect = (self.size, self.size) if c == 1 else (self.size, self.size, 3)
+        if images.dtype != np.uint8:
+            raise DataError(f"{where}: images are {images.dtype}, expected uint8 (0-255).")
+        if images.ndim != len(expect) + 1 or images.shape[1:] != expect:
+            raise DataError(
+                f"{where}: images have shape {images.shape}, expected [N, {', '.join(map(str, expect))}]"
+                f" for {self.flag} at {self.size} px."
             )
+        if len(labels) != len(images):
+            raise DataError(f"{where}: {len(images)} images but {len(labels)} labels.")
         return Split(images=images, labels=labels)
 
     def describe(self) -> dict:
-        counts = {f"n_{s}": len(self.split(s)) for s in SPLITS}
+        counts = {f"n_{s}": len(self.labels(s)) for s in SPLITS}
         return {
             "flag": self.flag,
             "size": self.size,

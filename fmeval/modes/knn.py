@@ -1,61 +1,61 @@
-"""kNN on frozen features: several k in one pass, k chosen on validation."""
+"""kNN on frozen features: every k of a sweep in one pass, k chosen on validation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from fmeval.config import RunConfig
 from fmeval.data import is_multilabel
-from fmeval.modes.base import MODES, Timer, finish_frozen, metric_labels, target_tensor
-from fmeval.pipeline import EvalConfig, prepare_frozen
+from fmeval.errors import ConfigError
+from fmeval.modes.base import Timer, frozen_result, metric_labels, register_mode, target_tensor
+from fmeval.pipeline import prepare_frozen
 from fmeval.probes.knn import KNN_RULES, knn_predict
 
 
-@dataclass
-class KnnConfig(EvalConfig):
-    ks: tuple[int, ...] = (1, 5, 11, 20, 50)
-    rule: str = "cosine"
-    temperature: float = 0.07
-    select_metric: str = "auc"
+def select_k(sweep: list[dict], metric: str) -> dict:
+    """The sweep row with the best validation ``metric`` (ties: the smaller k)."""
+    from fmeval.metrics import higher_is_better
 
-
-@MODES.register("knn", "k-nearest neighbours on frozen features")
-def run_knn(cfg: KnnConfig):
-    """Sweep k on the validation split, report the chosen k on test.
-
-    Selecting k on val (not test) keeps the test estimate honest; every k's
-    test score is still recorded in the report for inspection.
-    """
-    from fmeval.metrics import METRICS
-
-    KNN_RULES.get(cfg.rule)
-    metric_fn = METRICS.get(cfg.select_metric)
-    timer = Timer()
-    fz = prepare_frozen(cfg)
-    task, info = fz.data.task, fz.data.info
-    ml = is_multilabel(task)
-    y_train = target_tensor(task, fz.labels["train"], fz.device)
-    ks = tuple(k for k in sorted(set(cfg.ks)) if k <= len(y_train))
-    common = dict(n_classes=info.n_classes, rule=cfg.rule, temperature=cfg.temperature, multilabel=ml)
-    val_scores = knn_predict(fz.features["train"], y_train, fz.features["val"], ks, **common)
-    test_scores = knn_predict(fz.features["train"], y_train, fz.features["test"], ks, **common)
-    y_val = metric_labels(task, fz.labels["val"])
-    y_test = metric_labels(task, fz.labels["test"])
-    sweep = []
-    for k in ks:
-        sweep.append({
-            "k": k,
-            f"val_{cfg.select_metric}": float(metric_fn(task, y_val, val_scores[k].cpu().numpy())),
-            "test_acc": float(METRICS.get("acc")(task, y_test, test_scores[k].cpu().numpy())),
-            "test_auc": float(METRICS.get("auc")(task, y_test, test_scores[k].cpu().numpy())),
-        })
-    sign = 1.0 if getattr(METRICS.entry(cfg.select_metric), "tags", {}).get("better", "higher") == "higher" else -1.0
-    best = max(sweep, key=lambda r: (sign * _nan_low(r[f"val_{cfg.select_metric}"]), -r["k"]))
-    k = best["k"]
-    return finish_frozen(
-        fz, mode="knn", test_scores=test_scores[k], val_scores=val_scores[k],
-        extras={"k": k, "k_sweep": sweep}, timer=timer,
-    )
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    key = f"val_{metric}"
+    return max(sweep, key=lambda r: (_nan_low(sign * r[key]), -r["k"]))
 
 
 def _nan_low(v: float) -> float:
     return float("-inf") if v != v else v
+
+
+@register_mode("knn", sections=("knn",), frozen=True,
+               description="k-nearest neighbours on frozen features (k chosen on validation)")
+def run_knn(cfg: RunConfig):
+    """Sweep k on the validation split; score test only for the chosen k.
+
+    Per-k numbers are kept for validation only, so nothing invites choosing k
+    on test.
+    """
+    from fmeval.metrics import METRICS
+
+    s = cfg.knn
+    KNN_RULES.get(s.rule)
+    metric_fn = METRICS.get(s.select_metric)
+    timer = Timer()
+    fz = prepare_frozen(cfg)
+    task, info = fz.data.task, fz.data.info
+    y_train = target_tensor(task, fz.labels["train"], fz.device)
+    n_train = len(y_train)
+    too_big = [k for k in s.ks if k > n_train]
+    if too_big:
+        raise ConfigError(
+            f"--k {','.join(map(str, too_big))} exceeds the {n_train} training samples."
+        )
+    ks = tuple(sorted(set(s.ks)))
+    common = dict(n_classes=info.n_classes, rule=s.rule, temperature=s.temperature,
+                  multilabel=is_multilabel(task))
+    val_scores = knn_predict(fz.features["train"], y_train, fz.features["val"], ks, **common)
+    y_val = metric_labels(task, fz.labels["val"])
+    sweep = [{"k": k, f"val_{s.select_metric}": float(metric_fn(task, y_val, val_scores[k].cpu().numpy()))}
+             for k in ks]
+    k = select_k(sweep, s.select_metric)["k"]
+    test_scores = knn_predict(fz.features["train"], y_train, fz.features["test"], (k,), **common)[k]
+    return frozen_result(
+        fz, test_scores=test_scores, val_scores=val_scores[k], extras={"k_sweep": sweep},
+        selection={"k": k, "select_metric": s.select_metric}, timer=timer,
+    )

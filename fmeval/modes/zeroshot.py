@@ -1,4 +1,4 @@
-"""Zero-shot classification from prompt banks, and prompt-style comparisons.
+"""Zero-shot classification from prompt banks.
 
 Image features come from the same feature cache as kNN and linear probing;
 text embeddings are cached the same way (keyed by the text tower and the exact
@@ -7,37 +7,32 @@ prompts), so comparing prompt styles re-encodes nothing that was seen before.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from fmeval.adapters.base import Adapter
 from fmeval.cache import FeatureCache
+from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
-from fmeval.modes.base import MODES, Timer, finish_frozen
-from fmeval.pipeline import EvalConfig, prepare_frozen
+from fmeval.modes.base import Timer, frozen_result, register_mode
+from fmeval.pipeline import prepare_frozen
 
 FROZEN_SPLITS = ("val", "test")
 
 
-@dataclass
-class ZeroshotConfig(EvalConfig):
-    prompts: str | None = None  # bank path or shipped bank name; None: the dataset's bank
-    style: str | None = None  # None: the bank's default style
-    ensemble: str = "mean-embedding"
-    text_batch_size: int = 256
-
-
-def load_bank_for(cfg: ZeroshotConfig):
-    """Validate the bank against the dataset before any model is loaded."""
+def load_bank_for(cfg: RunConfig):
+    """Validate the bank (and style) against the dataset before any model is loaded."""
     from fmeval.prompts import resolve_bank
     from fmeval.zeroshot import ENSEMBLES
 
-    ENSEMBLES.get(cfg.ensemble)
-    bank = resolve_bank(cfg.prompts, cfg.dataset)
-    if cfg.style is not None:  # an unknown style fails here, naming the known ones
-        bank.pairs(cfg.style) if bank.multi_label else bank.prompts(cfg.style)
+    ENSEMBLES.get(cfg.zeroshot.ensemble)
+    bank = resolve_bank(cfg.zeroshot.prompts, cfg.dataset)
+    if cfg.zeroshot.style is not None:  # an unknown style fails here, naming the known ones
+        style_prompts(bank, cfg.zeroshot.style)
     return bank
+
+
+def style_prompts(bank, style: str | None):
+    return bank.pairs(style) if bank.multi_label else bank.prompts(style)
 
 
 def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache,
@@ -55,7 +50,7 @@ def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache
             "(clip-vit-b32, clip-vit-b16, biomedclip, medclip)."
         )
     per_class = bool(getattr(adapter, "per_class_text", False))
-    groups = bank.pairs(style) if bank.multi_label else bank.prompts(style)
+    groups = style_prompts(bank, style)
     flat = [list(g) for pair in groups for g in pair] if bank.multi_label else [list(g) for g in groups]
     key = {
         "adapter": adapter.name,
@@ -83,24 +78,25 @@ def zeroshot_scores(adapter: Adapter, image_feats: torch.Tensor, text_feats, ens
     return zeroshot_probs(image_feats, text_feats, logit_scale=adapter.logit_scale, ensemble=ensemble)
 
 
-@MODES.register("zeroshot", "zero-shot classification with a prompt bank")
-def run_zeroshot(cfg: ZeroshotConfig):
+def bank_extras(bank, style: str, adapter: Adapter, ensemble: str) -> dict:
+    return {"prompt_bank": bank.describe(style), "prompt_bank_hash": bank.content_hash, "style": style,
+            "ensemble": ensemble, "logit_scale": float(adapter.logit_scale)}
+
+
+@register_mode("zeroshot", sections=("zeroshot",), frozen=True, needs_text=True,
+               description="zero-shot classification with a prompt bank")
+def run_zeroshot(cfg: RunConfig):
     timer = Timer()
     bank = load_bank_for(cfg)
     fz = prepare_frozen(cfg, splits=FROZEN_SPLITS, require_text=True)
-    style = cfg.style or bank.default_style
-    text = text_features(fz.adapter, bank, style, fz.cache, cfg.text_batch_size, fz.device)
-    return finish_frozen(
+    z = cfg.zeroshot
+    style = z.style or bank.default_style
+    text = text_features(fz.adapter, bank, style, fz.cache, z.text_batch_size, fz.device)
+    return frozen_result(
         fz,
-        mode="zeroshot",
-        test_scores=zeroshot_scores(fz.adapter, fz.features["test"], text, cfg.ensemble),
-        val_scores=zeroshot_scores(fz.adapter, fz.features["val"], text, cfg.ensemble),
-        extras={
-            "prompt_bank": bank.describe(style),
-            "prompt_bank_hash": bank.content_hash,
-            "style": style,
-            "ensemble": cfg.ensemble,
-            "logit_scale": float(fz.adapter.logit_scale),
-        },
+        test_scores=zeroshot_scores(fz.adapter, fz.features["test"], text, z.ensemble),
+        val_scores=zeroshot_scores(fz.adapter, fz.features["val"], text, z.ensemble),
+        extras=bank_extras(bank, style, fz.adapter, z.ensemble),
+        selection={},
         timer=timer,
     )

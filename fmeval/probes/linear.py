@@ -32,6 +32,25 @@ class ProbeConfig:
     seed: int = 0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    schedule: str = "constant"  # "constant" | "cosine" (per epoch, to 0 at ``epochs``)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "--lr values must be > 0": all(v > 0 for v in self.lrs) and len(self.lrs) > 0,
+            "--wd values must be >= 0": all(v >= 0 for v in self.weight_decays) and len(self.weight_decays) > 0,
+            "--epochs must be >= 1": self.epochs >= 1,
+            "--probe-batch-size must be >= 1": self.batch_size >= 1,
+            "--patience must be >= 1": self.patience >= 1,
+            "probe schedule must be constant or cosine": self.schedule in ("constant", "cosine"),
+        }
+        for msg, ok in checks.items():
+            if not ok:
+                raise ConfigError(msg + ".")
+
+    def lr_factor(self, epoch: int) -> float:
+        if self.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        return 1.0
 
     def grid(self) -> list[tuple[float, float]]:
         return [(lr, wd) for lr in self.lrs for wd in self.weight_decays]
@@ -123,13 +142,17 @@ def train_linear_probe(
     multilabel: bool,
     config: ProbeConfig = ProbeConfig(),
     init_weight: torch.Tensor | None = None,
+    standardize: bool = True,
     description: str = "linear probe",
 ) -> LinearProbe:
     """Train all grid heads; return the one with the lowest validation loss.
 
     ``y`` is int64 [N] (class index) or float/int [N, L] (multi-label).
     ``init_weight`` [C, D] (e.g. zero-shot text embeddings) starts every head
-    from that classifier instead of zeros.
+    from that classifier instead of zeros, and that unchanged classifier is a
+    selection candidate itself (best epoch 0). ``standardize``: train on
+    features standardised with *training* statistics (folded back into the
+    exported head); MedMNIST+'s probe trains on raw features.
 
     Performance notes: the G heads are one ``[D, G*C]`` matrix, so a step is
     two GEMMs (logits; weight gradient) around a closed-form loss gradient (no
@@ -151,8 +174,12 @@ def train_linear_probe(
         y_train, y_val = y_train.long().view(-1), y_val.long().view(-1)
 
     xt = x_train.float()  # no copy for float32 input
-    mu, sd = _mean_std(xt)
-    sd = sd.clamp_min(1e-6)
+    if standardize:  # statistics of the *training* split only
+        mu, sd = _mean_std(xt)
+        sd = sd.clamp_min(1e-6)
+    else:
+        mu = torch.zeros(xt.shape[1], device=dev)
+        sd = torch.ones(xt.shape[1], device=dev)
     inv_sd, shift = 1.0 / sd, -mu / sd  # standardise: x * inv_sd + shift
     xva = torch.ones(x_val.shape[0], x_val.shape[1] + 1, device=dev)  # standardised val | 1
     torch.addcmul(shift, x_val.float().to(dev), inv_sd, out=xva[:, :-1])
@@ -183,6 +210,15 @@ def train_linear_probe(
     ma, va = torch.zeros_like(wa), torch.zeros_like(wa)
     last_train = torch.full((g,), math.nan, device=dev)
     last_val = torch.full((g,), math.nan, device=dev)
+    if init_weight is not None:
+        # The unchanged starting classifier (e.g. zero-shot) is a candidate too:
+        # it is kept when no trained epoch of a head beats it on validation.
+        with torch.no_grad():
+            v0, _ = _loss_and_grad(
+                torch.mm(xva, wa.view(d + 1, g * c)).view(-1, g, c), y_val, multilabel, grad=False
+            )
+        best_loss.copy_(v0)
+        best_epoch.fill_(-1)
 
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     n = xt.shape[0]
@@ -196,7 +232,7 @@ def train_linear_probe(
         for epoch in range(config.epochs):
             perm = torch.randperm(n, generator=gen).to(dev)
             gh = len(heads)
-            lr = lr_all[heads].view(1, gh, 1)
+            lr = lr_all[heads].view(1, gh, 1) * config.lr_factor(epoch)
             decay = torch.ones(d + 1, gh, 1, device=dev)  # decoupled weight decay, not on the bias
             decay[:d] -= lr * wd_all[heads].view(1, gh, 1)
             total = torch.zeros(gh, device=dev)
@@ -251,7 +287,7 @@ def train_linear_probe(
     weight = w_std / sd[:, None]
     bias = b_std - mu @ weight
     table = [
-        {"lr": lr_, "weight_decay": wd_, "val_loss": float(best_loss[i]), "best_epoch": int(best_epoch[i])}
+        {"lr": lr_, "weight_decay": wd_, "val_loss": float(best_loss[i]), "best_epoch": int(best_epoch[i]) + 1}
         for i, (lr_, wd_) in enumerate(grid)
     ]
     return LinearProbe(
@@ -260,7 +296,7 @@ def train_linear_probe(
         multilabel=multilabel,
         lr=grid[k][0],
         weight_decay=grid[k][1],
-        best_epoch=int(best_epoch[k]),
+        best_epoch=int(best_epoch[k]) + 1,  # 1-based; 0 = the unchanged initial head
         val_loss=float(best_loss[k]),
         epochs_run=epochs_run,
         grid=table,

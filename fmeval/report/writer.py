@@ -1,0 +1,84 @@
+"""The only writer of run reports: ``finish`` turns a RunResult into files.
+
+``<root>/<run_id>/results.json`` first (if plotting fails, the numbers are
+already safe), then the plots of the run and of its registered sections,
+then ``report.md``, then one line in ``<root>/runs.csv``. Every file is
+written atomically.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from fmeval.io import atomic_write_json, atomic_write_text
+from fmeval.report.markdown import render_markdown
+from fmeval.report.runs_index import append_run
+from fmeval.report.schema import RESULTS_FILE, ReportError, RunResult, reports_dir, slug
+from fmeval.report.sections import SECTIONS
+
+REPORT_FILE = "report.md"
+
+
+def write_plots(r: RunResult, run_dir: Path) -> list[str]:
+    """Write the PNGs that apply to this run and return their file names."""
+    from fmeval.report.plots import plot_confusion, plot_reliability
+
+    written = []
+    if r.test.confusion:
+        plot_confusion(r.test, run_dir / "confusion.png")
+        written.append("confusion.png")
+    if r.test.reliability.get("count"):
+        plot_reliability(r.test, run_dir / "reliability.png")
+        written.append("reliability.png")
+    for key, value in r.extras.items():
+        if key in SECTIONS and SECTIONS.get(key).plot is not None:
+            written += SECTIONS.get(key).plot(value, r, run_dir)
+    return written
+
+
+def write_report(result: RunResult, root: str | Path | None = None, *, plots: bool = True) -> Path:
+    """Write the run folder and its runs.csv line; return the run folder."""
+    root = Path(root) if root is not None else reports_dir()
+    if slug(result.run_id, 200) != result.run_id:
+        raise ReportError(f"run_id {result.run_id!r} is not a safe folder name; use new_run_id()")
+    run_dir = root / result.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / RESULTS_FILE, result.to_dict())
+    try:
+        images = write_plots(result, run_dir) if plots else []
+    except ImportError as e:  # matplotlib is a dependency, but a report must not die for a plot
+        warnings.warn(f"plots skipped: {e}", stacklevel=2)
+        images = []
+    atomic_write_text(run_dir / REPORT_FILE, render_markdown(result, images))
+    append_run(result, root)
+    result.report_dir = str(run_dir)
+    return run_dir
+
+
+def finish(result: RunResult, root: str | Path | None = None, *, write: bool = True,
+           plots: bool = True) -> RunResult:
+    """Finish a run: write its report (unless ``write=False``) and return it."""
+    if write:
+        write_report(result, root, plots=plots)
+    return result
+
+
+def check_writable(root: str | Path | None) -> Path:
+    """Fail before any work when the reports folder cannot be written."""
+    import os
+    import tempfile
+
+    from fmeval.errors import ConfigError
+
+    root = Path(root) if root is not None else reports_dir()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"reports folder {root} exists and is not a folder.")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write reports to {root}: {exc.strerror or exc}.") from None
+    return root
