@@ -90,13 +90,21 @@ def extract_features(
     adapter: Adapter,
     images: np.ndarray,
     *,
-    transform: Transform,
+    transform: Transform | None = None,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     description: str = "features",
 ) -> torch.Tensor:
-    """Encode ``images`` (stored uint8 samples) -> float32 [N, feature_dim] on CPU."""
+    """Encode ``images`` (stored uint8 samples) -> float32 [N, feature_dim] on CPU.
+
+    ``transform`` defaults to resizing to the encoder's own input (its
+    ``Preprocess``); runs pass the transform they resolved and recorded.
+    """
+    if transform is None:
+        from fmeval.data.transforms import resolve_transform
+
+        transform = resolve_transform(adapter.preprocess)
     device = torch.device(device)
     adapter = adapter.to(device).eval()
     cl = use_channels_last(adapter.family, device, precision)

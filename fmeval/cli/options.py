@@ -190,7 +190,7 @@ FINETUNE = (
     _o("lora", None, bool, "LoRA (peft) on the encoder's attention/conv layers + a linear head.", "--lora", value=True),
     _o("full", None, bool, "Full fine-tuning: every backbone parameter + a linear head.", "--full", value=True),
     _o("epochs", "train.epochs", int, "Maximum epochs.", default_text="100", min=1),
-    _o("lr", "train.lr", float, "Peak learning rate.", default_text="0.0001", min=0.0, min_open=True),
+    _o("lr", "train.lr", float, "Peak learning rate.", default_text="1e-4", min=0.0, min_open=True),
     _o("optimizer", "train.optimizer", str, "adamw or adam.", default_text="adamw"),
     _o("weight_decay", "train.weight_decay", float, "Weight decay on weight matrices (not biases/norms).",
        "--weight-decay", default_text="0.01", min=0.0),
