@@ -11,6 +11,7 @@ from fmeval.adapters.base import (  # noqa: F401
 
 # One import per adapter module; each registers its models on import.
 from fmeval.adapters import timm_models  # noqa: F401,E402
+from fmeval.adapters import torchvision_models  # noqa: F401,E402
 from fmeval.adapters import medvit  # noqa: F401,E402
 from fmeval.adapters import openclip  # noqa: F401,E402
 from fmeval.adapters import medclip  # noqa: F401,E402

@@ -23,7 +23,9 @@ def ls_models() -> None:
     from fmeval.adapters import ADAPTERS
 
     table = Table(title="fmeval models")
-    for col in ("name", "family", "text", "default weights", "description"):
+    # names are what users copy into --model: never wrapped or cut, whatever the width
+    table.add_column("name", no_wrap=True, min_width=max(len(e.name) for e in ADAPTERS))
+    for col in ("family", "text", "default weights", "description"):
         table.add_column(col)
     for e in ADAPTERS:
         table.add_row(e.name, e.tags.get("family", ""), e.tags.get("text", ""),
