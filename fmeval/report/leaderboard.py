@@ -57,7 +57,7 @@ def row_of(r: RunResult) -> dict[str, Any]:
         "limit": r.dataset.get("limit") or "", "md5_official": r.dataset.get("md5_verified"),
         "config_hash": r.config_hash, "study": (r.extras.get("study") or {}).get("name", ""),
     }
-    for m in dict.fromkeys(LEADERBOARD_METRICS):
+    for m in dict.fromkeys([*LEADERBOARD_METRICS, *r.test.metrics]):
         mv = r.test.metrics.get(m)
         row[m] = mv.value if mv else math.nan
         row[f"{m}_ci_low"] = mv.ci_low if mv else math.nan
@@ -72,7 +72,7 @@ def _sort_key(metric: str):
     sign = -1.0 if higher_is_better(metric) else 1.0
 
     def key(row: dict[str, Any]) -> tuple:
-        v = row.get(metric)
+        v = row.get(metric, math.nan)
         ok = isinstance(v, (int, float)) and math.isfinite(v)
         return (0 if ok else 1, sign * v if ok else 0.0, row["run_id"])  # missing values last
 
@@ -147,7 +147,7 @@ class Leaderboard:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(cols)
         for row in rows:
-            writer.writerow([csv_num(row[c]) if isinstance(row[c], float) else row[c] for c in cols])
+            writer.writerow([csv_num(row.get(c)) if isinstance(row.get(c), float) else row.get(c, "") for c in cols])
         return buf.getvalue()
 
 
