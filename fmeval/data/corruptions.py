@@ -201,13 +201,14 @@ _MISSING = object()
 
 
 # ---------------------------------------------------------------------------
-# Kernels: [N, H, W, 3] uint8 -> [N, H, W, 3] uint8
+# Kernels: [N, H, W, C] uint8 -> same (C = 3, or 1 for per-channel kernels on greyscale)
 # ---------------------------------------------------------------------------
 Kernel = Callable[[Any, np.ndarray, int, np.ndarray], np.ndarray]
 KERNELS: Registry[Kernel] = Registry("corruption kernel", CorruptionError)
 
 
 def _as_rgb_array(out: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """medmnistc's output as an array, checked against the shape it should have."""
     arr = np.asarray(out)
     if arr.shape != shape or arr.dtype != np.uint8:
         raise CorruptionError(f"medmnistc's {name} returned {arr.shape} {arr.dtype}, expected {shape} uint8.")
@@ -273,16 +274,22 @@ def _pointwise_lut(corruptor: Any, rgb: np.ndarray, sev: int, seeds: np.ndarray)
     return table[..., 0].reshape(256)[rgb]
 
 
+# per_channel="yes": the kernel treats channels alike and independently, so a greyscale
+# image (three equal channels, whose luma is that channel) can go through as one channel.
 KERNELS.add("MotionBlur", _per_image(_motion_blur_apply), "NumPy-2-safe copy of medmnistc's")
-KERNELS.add("GaussianBlur", _gaussian_blur_batch, "batched torchvision gaussian_blur")
-KERNELS.add("Brightness", _pointwise_lut, "lookup table from medmnistc on a ramp")
-KERNELS.add("GammaCorrection", _pointwise_lut, "lookup table from medmnistc on a ramp")
+KERNELS.add("GaussianBlur", _gaussian_blur_batch, "batched torchvision gaussian_blur", per_channel="yes")
+KERNELS.add("Brightness", _pointwise_lut, "lookup table from medmnistc on a ramp", per_channel="yes")
+KERNELS.add("GammaCorrection", _pointwise_lut, "lookup table from medmnistc on a ramp", per_channel="yes")
 _DEFAULT_KERNEL = _per_image(_medmnistc_apply)
 
 
-def _kernel(corruptor: Any) -> Kernel:
+def _kernel(corruptor: Any) -> tuple[Kernel, bool]:
+    """The kernel for a corruptor, and whether greyscale may skip the RGB round trip."""
     name = type(corruptor).__name__
-    return KERNELS.get(name) if name in KERNELS else _DEFAULT_KERNEL
+    if name not in KERNELS:
+        return _DEFAULT_KERNEL, False
+    entry = KERNELS.entry(name)
+    return entry.obj, entry.tags.get("per_channel") == "yes"
 
 
 def rgb_to_l(rgb: np.ndarray) -> np.ndarray:
@@ -330,16 +337,20 @@ def corrupt(
     if idx.shape != (len(x),):
         raise CorruptionError(f"indices must have one entry per image ({len(x)}), got shape {idx.shape}.")
     seeds = image_seeds(seed, corruption, severity, idx)
-    kernel = _kernel(corruptor)
+    kernel, per_channel = _kernel(corruptor)
+    gray = x.ndim == 3
     out = np.empty_like(x)
     for start in range(0, len(x), _CHUNK):
         part = x[start:start + _CHUNK]
-        rgb = np.repeat(part[..., None], 3, axis=-1) if x.ndim == 3 else part
+        if gray:
+            part = part[..., None] if per_channel else np.repeat(part[..., None], 3, axis=-1)
         try:
-            res = kernel(corruptor, rgb, severity - 1, seeds[start:start + _CHUNK])
+            res = kernel(corruptor, part, severity - 1, seeds[start:start + _CHUNK])
         except ValueError as exc:  # medmnistc's random placements on images too small for them
             raise CorruptionError(
                 f"medmnistc could not apply {corruption!r} to {x.shape[1]}x{x.shape[2]} px images ({exc})."
             ) from None
-        out[start:start + _CHUNK] = rgb_to_l(res) if x.ndim == 3 else res
+        if gray:
+            res = res[..., 0] if per_channel else rgb_to_l(res)
+        out[start:start + _CHUNK] = res
     return out
