@@ -45,7 +45,7 @@ class PredictionsError(DataError):
     """A predictions file does not match the dataset's test split or the format."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare .digest / arrays explicitly
 class Predictions:
     """A validated predictions file, rows in index order."""
 

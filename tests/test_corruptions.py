@@ -184,6 +184,7 @@ def test_image_seeds_are_a_function_of_their_arguments_only():
     for other in (image_seeds(2, "shot_noise", 2, np.arange(5)), image_seeds(1, "gaussian_noise", 2, np.arange(5)),
                   image_seeds(1, "shot_noise", 3, np.arange(5))):
         assert not np.array_equal(a, other)
-    assert a.tolist() == image_seeds(1, "shot_noise", 2, np.arange(5)).tolist()
+    # Pinned: changing the seeding silently would serve stale cached features (bump SCHEME_VERSION).
+    assert a[:3].tolist() == [3832492020, 3695213564, 2629166080]
     with pytest.raises(CorruptionError, match="seed"):
         image_seeds(-1, "shot_noise", 2, np.arange(2))

@@ -53,7 +53,7 @@ NO_FINDING = "none"  # key of the all-negative count in multi-label episodes
 _PURPOSE = {"train": 0x7E1A, "val": 0x5A11}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare .digest / arrays explicitly
 class Episode:
     """One K-shot draw, with what a report needs to show and reproduce it.
 
