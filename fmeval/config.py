@@ -174,11 +174,21 @@ class RunConfig:
         return obj
 
     def with_values(self, values: dict[str, Any]) -> "RunConfig":
-        """A copy with dotted-path fields replaced (values are coerced to the field types)."""
-        cfg = self
+        """A copy with dotted-path fields replaced (values are coerced to the field types).
+
+        All values of a section are applied in one step, so cross-field
+        checks see the final combination, not an intermediate one.
+        """
+        nested: dict[str, Any] = {}
         for path, value in values.items():
-            cfg = _set(cfg, path.split("."), value, path)
-        return cfg
+            node = nested
+            parts = path.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"setting {path!r} conflicts with another setting.")
+            node[parts[-1]] = (path, value)
+        return _apply(self, nested)
 
     @property
     def mode_family(self) -> str:
@@ -256,18 +266,29 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def _set(obj: Any, parts: list[str], value: Any, path: str) -> Any:
+def _apply(obj: Any, nested: dict[str, Any]) -> Any:
     names = {f.name for f in fields(obj)}
-    if parts[0] not in names:
-        import difflib
+    hints = get_type_hints(type(obj))
+    changes = {}
+    for name, item in nested.items():
+        if name not in names:
+            import difflib
 
-        close = difflib.get_close_matches(parts[0], sorted(names), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown setting {path!r}{hint}")
-    if len(parts) == 1:
-        ann = get_type_hints(type(obj))[parts[0]]
-        return replace(obj, **{parts[0]: _coerce(value, ann, path)})
-    return replace(obj, **{parts[0]: _set(getattr(obj, parts[0]), parts[1:], value, path)})
+            path = item[0] if isinstance(item, tuple) else name
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown setting {path!r}{hint}")
+        if isinstance(item, dict):
+            sub = getattr(obj, name)
+            if not is_dataclass(sub):
+                raise ConfigError(f"setting {name!r} has no sub-settings.")
+            changes[name] = _apply(sub, item)
+        else:
+            path, value = item
+            if is_dataclass(getattr(obj, name)):
+                raise ConfigError(f"{path!r} is a section; set its fields, e.g. {path}.<name>.")
+            changes[name] = _coerce(value, hints[name], path)
+    return replace(obj, **changes)
 
 
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
