@@ -108,10 +108,11 @@ def case_prepare(p: dict) -> dict:
     import timm  # noqa: F401  (imported before the timer: both runs pay it equally)
 
     import fmeval.adapters  # noqa: F401
-    from fmeval.pipeline import EvalConfig, prepare_frozen
+    from fmeval.config import RunConfig
+    from fmeval.pipeline import prepare_frozen
 
-    cfg = EvalConfig(
-        model=p["model"], dataset=p["dataset"], size=28, data_root=p["data_root"],
+    cfg = RunConfig(
+        mode="knn", model=p["model"], dataset=p["dataset"], size=28, data_root=p["data_root"],
         pretrained=False, tiny=p["tiny"], input_size=p["input_size"],
         batch_size=p["batch_size"], device=p["device"], limit=p.get("limit"),
     )
