@@ -37,6 +37,7 @@ class Frozen:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     cache_hits: dict[str, bool] = field(default_factory=dict)
+    indices: dict[str, np.ndarray | None] = field(default_factory=dict)  # --limit subsets (None: all)
     cache: FeatureCache | None = None
 
     def dataset_record(self) -> dict:
@@ -151,4 +152,5 @@ def prepare_frozen(
         fz.features[split] = feats
         fz.labels[split] = all_labels if idx is None else all_labels[idx]
         fz.cache_hits[split] = hit
+        fz.indices[split] = idx
     return fz

@@ -100,6 +100,7 @@ def build_result(
     warnings: list[str] | None = None,
     wall_time_s: float = 0.0,
     run_id: str | None = None,
+    test_indices: np.ndarray | None = None,
 ) -> "RunResult":
     """Score test (with bootstrap CIs) and validation, and assemble the typed result.
 
@@ -114,8 +115,9 @@ def build_result(
 
     n_cls = len(class_names)
     prior = class_prior(task, metric_labels(task, train_labels), n_cls)
+    test_np = scores_np(test_scores)
     test = compute_metrics(
-        task, metric_labels(task, test_labels), scores_np(test_scores),
+        task, metric_labels(task, test_labels), test_np,
         class_names=class_names, n_boot=cfg.n_boot, seed=cfg.seed, prior=prior,
     )
     val = None
@@ -125,7 +127,7 @@ def build_result(
             class_names=class_names, n_boot=0, seed=cfg.seed, prior=prior,
         )
     sections = MODES.get(cfg.mode).sections if cfg.mode in MODES else ()
-    return RunResult(
+    result = RunResult(
         run_id=run_id or new_run_id(cfg.mode, model["name"], dataset["flag"], dataset["size"]),
         mode=cfg.mode,
         model=model,
@@ -145,6 +147,9 @@ def build_result(
         warnings=list(dict.fromkeys(list(warnings or []) + list(test.warnings))),
         wall_time_s=wall_time_s,
     )
+    result.test_scores = test_np
+    result.test_indices = test_indices
+    return result
 
 
 def frozen_result(fz, *, test_scores, val_scores, extras: dict, selection: dict, timer: Timer,
@@ -167,4 +172,5 @@ def frozen_result(fz, *, test_scores, val_scores, extras: dict, selection: dict,
         extras={**extras, "cache_hits": fz.cache_hits},
         warnings=[*fz.data.warnings, *warnings],
         wall_time_s=timer.seconds,
+        test_indices=fz.indices.get("test"),
     )

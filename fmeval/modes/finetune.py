@@ -55,6 +55,7 @@ class Prepared:
     setup: RunSetup
     model: Classifier
     method: Method
+    indices: dict[str, np.ndarray | None]
 
 
 def prepare(cfg: RunConfig, *, train_method: bool = True) -> Prepared:
@@ -65,7 +66,7 @@ def prepare(cfg: RunConfig, *, train_method: bool = True) -> Prepared:
     """
     method = METHODS.get(method_of(cfg))
     data = open_data(cfg)
-    images, labels = {}, {}
+    images, labels, indices = {}, {}, {}
     for s in SPLITS:
         sp = data.split(s)
         if len(sp) == 0:
@@ -73,6 +74,7 @@ def prepare(cfg: RunConfig, *, train_method: bool = True) -> Prepared:
         idx = subset_indices(len(sp), cfg.limit, cfg.seed)
         images[s] = sp.images if idx is None else sp.images[idx]
         labels[s] = sp.labels if idx is None else sp.labels[idx]
+        indices[s] = idx
     device = resolve_device(cfg.device)
     adapter = build_adapter(cfg, device, data)
     transform = run_transform(adapter, cfg, data)
@@ -89,7 +91,7 @@ def prepare(cfg: RunConfig, *, train_method: bool = True) -> Prepared:
             for p in adapter.parameters():
                 p.requires_grad_(False)
         model = Classifier(adapter, data.info.n_classes).to(device)
-    return Prepared(data, images, labels, setup, model, method)
+    return Prepared(data, images, labels, setup, model, method, indices)
 
 
 def _classifier_params(model: Classifier) -> tuple[int, int]:
@@ -231,6 +233,7 @@ def _result(cfg: RunConfig, p: Prepared, scores: dict[str, torch.Tensor], extras
         warnings=[*data.warnings, *warnings],
         wall_time_s=timer.seconds,
         run_id=run_id,
+        test_indices=p.indices.get("test"),
     )
 
 

@@ -105,6 +105,11 @@ class RunResult:
     selection: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     report_dir: str | None = None  # set by the reporter; not part of results.json
+    # Per-sample test scores [N, C] and their test-split indices (None: all, in order).
+    # Not part of results.json: the reporter writes them to predictions.csv (the
+    # MedMNIST+ submission format), which `fmeval score` reads back exactly.
+    test_scores: Any = field(default=None, repr=False)
+    test_indices: Any = field(default=None, repr=False)
 
     @property
     def model_name(self) -> str:

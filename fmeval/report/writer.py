@@ -18,6 +18,17 @@ from fmeval.report.schema import RESULTS_FILE, ReportError, RunResult, reports_d
 from fmeval.report.sections import SECTIONS
 
 REPORT_FILE = "report.md"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+def write_predictions_file(result: RunResult, run_dir: Path) -> None:
+    """The run's test scores as ``predictions.csv`` (index + one column per class)."""
+    if result.test_scores is None:
+        return
+    from fmeval.predictions import write_predictions
+
+    write_predictions(run_dir / PREDICTIONS_FILE, result.test_scores, list(result.test.class_names),
+                      result.test_indices)
 
 
 def write_plots(r: RunResult, run_dir: Path) -> list[str]:
@@ -45,6 +56,7 @@ def write_report(result: RunResult, root: str | Path | None = None, *, plots: bo
     run_dir = root / result.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / RESULTS_FILE, result.to_dict())
+    write_predictions_file(result, run_dir)
     try:
         images = write_plots(result, run_dir) if plots else []
     except ImportError as e:  # matplotlib is a dependency, but a report must not die for a plot
