@@ -91,7 +91,7 @@ class FewShotSettings:
 # left out of the run's hash (a study cell keeps its key when moved).
 NON_SEMANTIC = frozenset({
     "data_root", "download", "md5", "device", "use_cache", "reports_dir", "resume", "batch_size",
-    "zeroshot.text_batch_size", "deviations", "protocol_hash",
+    "zeroshot.text_batch_size", "deviations", "protocol_hash", "adapter_dir",
 })
 
 
@@ -122,6 +122,7 @@ class RunConfig:
     weights: str | None = None
     strict: bool = True
     allow_partial: bool = False
+    weights_seed: int | None = None  # seed of random/tiny weights; None: the run's seed
     precision: str = "auto"
     # run
     seed: int = 0
@@ -135,6 +136,7 @@ class RunConfig:
     protocol_variant: str | None = None  # the protocol's reading of the requested size (MedMNIST v2 "224")
     deviations: tuple[str, ...] = ()
     resume: str | None = None
+    adapter_dir: str | None = None  # fine-tuning: the run folder to use (resumed if it holds a checkpoint)
     # mode sections
     knn: KnnSettings = field(default_factory=KnnSettings)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -145,6 +147,8 @@ class RunConfig:
     fewshot: FewShotSettings = field(default_factory=FewShotSettings)
 
     def __post_init__(self) -> None:
+        if self.tiny and self.pretrained and self.weights is None:
+            object.__setattr__(self, "pretrained", False)  # a tiny config has no pretrained weights
         checks = {
             "--batch-size must be >= 1": self.batch_size >= 1,
             "--bootstrap must be >= 0": self.n_boot >= 0,

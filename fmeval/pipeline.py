@@ -9,7 +9,9 @@ Fine-tuning uses the same first three steps.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -65,12 +67,38 @@ def build_input_size(cfg: RunConfig) -> int | None:
     return None
 
 
-def build_adapter(cfg: RunConfig, device: torch.device, data: MedMNIST | None = None) -> Adapter:
-    adapter = create_adapter(
-        cfg.model, pretrained=cfg.pretrained, tiny=cfg.tiny, weights=cfg.weights,
-        strict=cfg.strict, seed=cfg.seed, input_size=build_input_size(cfg), device=device,
+_REUSE: dict | None = None  # see reuse_adapters()
+
+
+@contextlib.contextmanager
+def reuse_adapters() -> Iterator[None]:
+    """Within this block, frozen modes share the last encoder built with the same
+    arguments (a study's cells of one model load it once). Fine-tuning never
+    reuses: it changes the encoder."""
+    global _REUSE
+    old, _REUSE = _REUSE, {}
+    try:
+        yield
+    finally:
+        _REUSE = old
+
+
+def build_adapter(cfg: RunConfig, device: torch.device, data: MedMNIST | None = None, *,
+                  reusable: bool = False) -> Adapter:
+    kwargs = dict(
+        pretrained=cfg.pretrained, tiny=cfg.tiny, weights=cfg.weights, strict=cfg.strict,
+        seed=cfg.seed if cfg.weights_seed is None else cfg.weights_seed,
+        input_size=build_input_size(cfg), device=device,
         **({"allow_partial": cfg.allow_partial} if cfg.allow_partial else {}),
     )
+    key = repr((cfg.model, sorted(kwargs.items(), key=lambda kv: kv[0])))
+    if reusable and _REUSE is not None and key in _REUSE:
+        adapter = _REUSE[key]
+    else:
+        adapter = create_adapter(cfg.model, **kwargs)
+        if reusable and _REUSE is not None:
+            _REUSE.clear()  # keep one encoder in memory: cells come grouped by model
+            _REUSE[key] = adapter
     native = getattr(adapter, "native_input", False)
     if native and data is not None and cfg.input_size is None and adapter.preprocess.input_size != data.size:
         raise ConfigError(
@@ -128,7 +156,7 @@ def prepare_frozen(
         if len(data.labels(s)) == 0:
             raise ConfigError(f"the {s} split of {data.path.name} is empty.")
     device = resolve_device(cfg.device)
-    adapter = build_adapter(cfg, device, data)
+    adapter = build_adapter(cfg, device, data, reusable=True)
     if require_text and not adapter.supports_text:
         adapter.encode_text([])  # raises the adapter's own "no text encoder" error
     transform = run_transform(adapter, cfg, data)

@@ -148,6 +148,8 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
     METHODS.get(method_of(cfg))
     cfg.train.validate()
     run_dir: Path | None = None
+    if cfg.adapter_dir and not cfg.resume and (Path(cfg.adapter_dir) / "run.json").exists():
+        cfg = replace(cfg, resume=cfg.adapter_dir)  # a study cell killed mid-training continues
     if cfg.resume:
         run_dir = Path(cfg.resume).expanduser()
         rec = read_run_record(run_dir)
@@ -155,6 +157,9 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
     p = prepare(cfg)
     model, data = p.model, p.data
     trainable, total = _classifier_params(model)
+    if run_dir is None and cfg.adapter_dir:
+        run_dir = Path(cfg.adapter_dir).expanduser()
+        run_dir.mkdir(parents=True, exist_ok=True)
     if run_dir is None:
         run_dir = new_run_dir(method_of(cfg), cfg.model, data.flag, data.size)
     record = _run_record(cfg, p, run_dir, trainable, total)

@@ -28,7 +28,7 @@ RUN_FORMAT = "fmeval-finetune/1"
 
 # Options that may differ on resume: where things are, not what is computed.
 RESUME_FREE = frozenset({
-    "resume", "device", "reports_dir", "data_root", "download", "md5", "use_cache", "n_boot",
+    "resume", "adapter_dir", "device", "reports_dir", "data_root", "download", "md5", "use_cache", "n_boot",
 })
 
 
