@@ -445,10 +445,11 @@ class MedViTAdapter(Adapter):
                 "download it and pass --weights PATH, or pass --random-init to train from "
                 "scratch (as in the MedMNIST paper)."
             )
+        # Read the checkpoint before building: a bad file fails in milliseconds.
+        sd = read_checkpoint(cfg.weights) if cfg.weights is not None else None
         self.model = build_medvit(variant, tiny=cfg.tiny, num_classes=0)
         self.load_report: LoadReport | None = None
         if cfg.weights is not None:
-            sd = read_checkpoint(cfg.weights)
             self.load_report = load_weights(
                 self.model, sd, strict=cfg.strict, source=str(cfg.weights), ignore=HEAD_KEYS
             )

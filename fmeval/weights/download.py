@@ -107,8 +107,14 @@ def server_digests(headers: Mapping[str, str] | http.client.HTTPMessage) -> dict
     file) or, beside ``X-Repo-Commit``, its ``ETag`` (the git blob id of a
     regular file). Anything else is ignored rather than guessed at.
     """
-    get_all = getattr(headers, "get_all", None)
-    values = (lambda k: get_all(k) or []) if get_all else (lambda k: [headers[k]] if k in headers else [])
+    if isinstance(headers, http.client.HTTPMessage):
+        def values(key: str) -> list[str]:
+            return headers.get_all(key) or []
+    else:
+        lowered = {k.lower(): v for k, v in headers.items()}
+
+        def values(key: str) -> list[str]:
+            return [lowered[key]] if key in lowered else []
     out: dict[str, list[str]] = {}
     for line in values("x-goog-hash"):
         for part in line.split(","):
