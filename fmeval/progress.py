@@ -66,7 +66,7 @@ def download_bar(description: str, total: int | None, completed: int = 0) -> Ite
         return
     columns = [
         TextColumn("[bold blue]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
