@@ -46,7 +46,7 @@ def sha(data: bytes) -> str:
 @dataclass
 class Route:
     body: bytes
-    mode: str = "ok"  # ok | drop | drop_once | norange | html | 404
+    mode: str = "ok"  # ok | drop | drop_once | 503_once | norange | html | 404
     drop_at: int = len(GOOD) // 3
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
@@ -67,6 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404, "Not Found")
             return
         route.served += 1
+        if route.mode == "503_once" and route.served == 1:
+            self.send_error(503, "Busy")
+            return
         body, start = route.body, 0
         etag = route.headers.get("ETag", f'"{sha(body)[:16]}"')
         m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
@@ -315,6 +318,22 @@ def test_a_dropped_connection_is_resumed_automatically(tmp_path, server):
     ranges = [r for p, r in server.log if p == "/asset/model.pth"]
     assert ranges == [None, f"bytes={len(GOOD) // 3}-"]
     assert server.sent("/asset/model.pth") == len(GOOD)  # no byte fetched twice
+
+
+def test_a_busy_server_is_retried(tmp_path, server):
+    route = Route(GOOD, mode="503_once")
+    store = one_file_store(tmp_path, server, route, sha256=sha(GOOD))
+    assert store.fetch("asset").entry.read_bytes() == GOOD and route.served == 2
+
+
+def test_unwritable_weights_cache_is_one_line(tmp_path, server):
+    store = one_file_store(tmp_path, server, Route(GOOD))
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    store = WeightStore(blocked, store.assets)
+    with pytest.raises(WeightsError, match="cannot write the weights cache") as err:
+        store.fetch("asset")
+    one_line(err)
 
 
 def test_server_that_ignores_range_restarts_from_zero(tmp_path, server):

@@ -197,6 +197,8 @@ def _open(url: str, offset: int, meta: _Meta | None, label: str, timeout: float)
         raise cls(f"{label}: HTTP {e.code} {e.reason} from {url}") from None
     except urllib.error.URLError as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, (ConnectionResetError, TimeoutError, http.client.HTTPException)):
+            raise DownloadInterrupted(f"{label}: {_host(url)} dropped the connection ({reason})") from None
         raise Unreachable(f"{label}: cannot reach {_host(url)} ({reason})") from None
     except _DROPPED as e:
         raise DownloadInterrupted(f"{label}: connection to {_host(url)} failed ({e})") from None
@@ -219,7 +221,11 @@ def _attempt(url: str, part: Path, meta_path: Path, label: str, timeout: float) 
     with resp:
         total: int | None
         span = _content_range(resp.headers.get("Content-Range")) if resp.status == 206 else None
-        if resp.status == 206 and span is not None and span[0] == offset:
+        if resp.status == 206 and (span is None or span[0] != offset):
+            discard(part)  # a range we did not ask for: start the next attempt from zero
+            raise DownloadInterrupted(f"{label}: unexpected Content-Range "
+                                      f"{resp.headers.get('Content-Range')!r} from {_host(url)}")
+        if span is not None:
             total = span[1]
         else:  # 200 (range ignored, or the file changed): the whole file follows
             offset = 0
@@ -239,15 +245,22 @@ def _attempt(url: str, part: Path, meta_path: Path, label: str, timeout: float) 
         _Meta(url=url, validator=validator, total=total, digests=digests).write(meta_path)
         with open(part, "ab" if offset else "wb") as f, \
                 download_bar(label, total, completed=offset) as tick:
-            try:
-                while block := resp.read(CHUNK):
+            while True:
+                try:
+                    block = resp.read(CHUNK)
+                except (OSError, http.client.HTTPException) as e:  # reset, timeout, TLS error
+                    raise DownloadInterrupted(
+                        f"{label}: connection dropped at {_mb(f.tell())} of {_mb(total)} "
+                        f"({e or type(e).__name__})"
+                    ) from None
+                if not block:
+                    break
+                try:
                     f.write(block)
-                    tick(len(block))
-            except _DROPPED as e:
-                raise DownloadInterrupted(
-                    f"{label}: connection dropped at {_mb(f.tell())} of {_mb(total)} "
-                    f"({e or type(e).__name__})"
-                ) from None
+                except OSError as e:
+                    raise WeightsError(f"{label}: cannot write {part.parent} "
+                                       f"({e.strerror or e})") from None
+                tick(len(block))
             f.flush()
     size = part.stat().st_size
     if total is not None and size < total:

@@ -208,6 +208,13 @@ class WeightStore:
     def fetch(self, name: str, force: bool = False) -> FetchResult:
         """Download, verify and install ``name`` (no-op when present, unless ``force``)."""
         asset = self.assets.get(name)
+        try:
+            return self._fetch_locked(asset, force)
+        except OSError as e:  # network errors are WeightsErrors already: this is local disk
+            raise WeightsError(f"{asset.name}: cannot write the weights cache {self.root} "
+                               f"({e.strerror or e})") from None
+
+    def _fetch_locked(self, asset: Asset, force: bool) -> FetchResult:
         with file_lock(self.root / ".locks" / f"{asset.name}.lock"):
             before = self.status(asset.name)
             if before.usable and not force:
