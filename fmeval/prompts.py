@@ -687,7 +687,8 @@ def prompts_dirs() -> list[Path]:
     """
     from fmeval.resources import shipped_dir
 
-    dirs = [Path(p).expanduser() for p in os.environ.get(PROMPTS_DIR_ENV, "").split(os.pathsep) if p]
+    env = os.environ.get(PROMPTS_DIR_ENV, "")
+    dirs = [Path(p).expanduser() for p in env.split(os.pathsep) if p]
     dirs.append(shipped_dir("prompts"))
     return dirs
 

@@ -185,9 +185,9 @@ def _open(url: str, offset: int, meta: _Meta | None, label: str, timeout: float)
         headers["Range"] = f"bytes={offset}-"
         if meta is not None and meta.validator:
             headers["If-Range"] = meta.validator
-    req = urllib.request.Request(url, headers=headers)
     try:
-        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - http(s) URLs from the registry
+        req = urllib.request.Request(url, headers=headers)
+        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - registry URLs
     except urllib.error.HTTPError as e:
         e.close()
         if e.code == 416 and offset:
@@ -198,10 +198,13 @@ def _open(url: str, offset: int, meta: _Meta | None, label: str, timeout: float)
     except urllib.error.URLError as e:
         reason = getattr(e, "reason", e)
         if isinstance(reason, (ConnectionResetError, TimeoutError, http.client.HTTPException)):
-            raise DownloadInterrupted(f"{label}: {_host(url)} dropped the connection ({reason})") from None
+            raise DownloadInterrupted(
+                f"{label}: {_host(url)} dropped the connection ({reason})") from None
         raise Unreachable(f"{label}: cannot reach {_host(url)} ({reason})") from None
     except _DROPPED as e:
         raise DownloadInterrupted(f"{label}: connection to {_host(url)} failed ({e})") from None
+    except ValueError as e:  # not an http(s) URL, e.g. a mistyped mirror
+        raise WeightsError(f"{label}: bad URL {url!r} ({e})") from None
 
 
 def _attempt(url: str, part: Path, meta_path: Path, label: str, timeout: float) -> int:

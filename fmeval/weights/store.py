@@ -137,7 +137,8 @@ def unpack_zip(archive: Path, dest: Path, label: str) -> dict[str, dict]:
                         h.update(block)
                         dst.write(block)
             except (zipfile.BadZipFile, OSError, EOFError) as e:
-                raise WeightsError(f"{label}: corrupt archive member {info.filename} ({e})") from None
+                raise WeightsError(
+                    f"{label}: corrupt archive member {info.filename} ({e})") from None
             out[str(rel)] = {"size": target.stat().st_size, "sha256": h.hexdigest()}
     return out
 
@@ -163,7 +164,8 @@ class WeightStore:
 
     def entry(self, name: str) -> Path:
         asset = self.assets.get(name)
-        return self.root / asset.name if asset.entry == "." else self.root / asset.name / asset.entry
+        folder = self.root / asset.name
+        return folder if asset.entry == "." else folder / asset.entry
 
     def _partial(self, asset: Asset) -> Path:
         return self.root / ".partial" / asset.name
@@ -175,7 +177,8 @@ class WeightStore:
         folder, entry = self.folder(name), self.entry(name)
 
         def st(state: str, detail: str = "", manifest: dict | None = None, size: int = 0):
-            return AssetStatus(asset.name, state, folder, entry, asset.pinned, size, manifest, detail)
+            return AssetStatus(asset.name, state, folder, entry, asset.pinned, size, manifest,
+                               detail)
 
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
@@ -194,11 +197,13 @@ class WeightStore:
                 return st("modified", f"{rel} is missing", manifest)
             total += stat.st_size
             if stat.st_size != rec["size"]:
-                return st("modified", f"{rel} has {stat.st_size} bytes, fetched {rec['size']}", manifest)
+                return st("modified", f"{rel} has {stat.st_size} bytes, fetched {rec['size']}",
+                          manifest)
             if verify or stat.st_mtime_ns != rec.get("mtime_ns"):
                 rehashed = True
                 if file_hashes(path, set())["sha256"] != rec["sha256"]:
-                    return st("corrupt", f"{rel} no longer has the SHA-256 recorded at fetch", manifest)
+                    return st("corrupt", f"{rel} no longer has the SHA-256 recorded at fetch",
+                              manifest)
         return st("verified" if rehashed else "present", "", manifest, total)
 
     def list(self, verify: bool = False) -> list[AssetStatus]:
