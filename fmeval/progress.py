@@ -9,11 +9,13 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 console = Console(stderr=True)
@@ -51,3 +53,25 @@ class Tick:
         if self._prog is not None:
             kw = {"info": info} if info is not None else {}
             self._prog.update(self._task, advance=advance, **kw)
+
+
+@contextlib.contextmanager
+def download_bar(description: str, total: int | None, completed: int = 0) -> Iterator["Tick"]:
+    """Byte progress (size, speed, time left) for a download; ``total=None`` if unknown.
+
+    ``completed`` starts a resumed download where its partial file ends.
+    """
+    if not progress_enabled():
+        yield Tick(None, None)
+        return
+    columns = [
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(bar_width=24),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    with Progress(*columns, console=console, transient=False) as prog:
+        task = prog.add_task(description, total=total, completed=completed, info="")
+        yield Tick(prog, task)

@@ -22,6 +22,8 @@ def _isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("FMEVAL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("FMEVAL_REPORTS_DIR", str(tmp_path / "reports"))
     monkeypatch.setenv("FMEVAL_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    for var in ("FMEVAL_WEIGHTS_DIR", "FMEVAL_WEIGHTS_MIRROR", "FMEVAL_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)  # weights cache under the per-test cache dir
     yield
 
 

@@ -121,7 +121,9 @@ def register_adapter(
     """Register a factory ``(AdapterConfig) -> Adapter`` under ``name``.
 
     Tags shown by ``fmeval ls models``: ``family``, ``text`` ("yes"/"no"),
-    ``weights`` (the pretrained tag fetched by default).
+    ``weights`` (the pretrained tag fetched by default). ``asset`` names the
+    entry of :mod:`fmeval.weights` that holds the pretrained weights when no
+    hub has them (MedCLIP, MedViT).
     """
     return ADAPTERS.register(name, description, **tags)
 
@@ -144,19 +146,35 @@ def create_adapter(
     """
     import fmeval.adapters  # noqa: F401  (registers the built-in adapters)
 
-    factory = ADAPTERS.get(name)
-    wpath = Path(weights).expanduser() if weights is not None else None
-    if wpath is not None and not wpath.exists():
-        raise ModelError(f"weights file {wpath} does not exist.")
+    entry = ADAPTERS.entry(name)
+    wpath = _resolve_weights(entry, weights, pretrained=pretrained, tiny=tiny)
     cfg = AdapterConfig(
         name=name.lower(), pretrained=pretrained, tiny=tiny, weights=wpath,
         strict=strict, seed=seed, input_size=input_size,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        adapter = factory(cfg)
+        adapter = entry.obj(cfg)
     adapter.name = cfg.name
     return adapter.to(device).eval()
+
+
+def _resolve_weights(
+    entry, weights: str | Path | None, *, pretrained: bool, tiny: bool
+) -> Path | None:
+    """The local weights a model gets: ``weights`` as a path or asset name, or,
+    for a pretrained model whose weights only fmeval can download (tag
+    ``asset``), that asset from the weights cache (fetched on first use when a
+    network is allowed; offline, one error line naming `fmeval weights fetch`).
+    """
+    from fmeval.weights import WeightStore, resolve_weights
+
+    if weights is not None:
+        return resolve_weights(weights)
+    asset = entry.tags.get("asset")
+    if asset and pretrained and not tiny:
+        return WeightStore().ensure(asset, purpose=f"pretrained {entry.name}")
+    return None
 
 
 def random_weights_id(cfg: AdapterConfig, arch: str) -> str:

@@ -242,7 +242,7 @@ def _resolve_weights(path: Path) -> tuple[Path, Path]:
 
 def _missing_weights_error() -> ModelError:
     return ModelError(
-        "MedCLIP's weights are not on any hub: download "
+        "MedCLIP's weights are not on any hub: run `fmeval weights fetch medclip`, or download "
         f"{MEDCLIP_WEIGHTS_URL}, unzip it, put Bio_ClinicalBERT's vocab.txt "
         f"({BIO_CLINICALBERT_URL}) in the same folder and pass --weights FOLDER "
         "(or use --tiny/--random-init for an offline run)"
@@ -337,8 +337,8 @@ def _synthetic_tokenizer_folder(tiny: bool) -> Path:
 
 @register_adapter(
     "medclip",
-    "MedCLIP-ViT: Swin-Tiny + Bio_ClinicalBERT (MIMIC-CXR/CheXpert), local weights only",
-    family="medclip", text="yes", weights="medclip-vit-pretrained.zip (GCS)",
+    "MedCLIP-ViT: Swin-Tiny + Bio_ClinicalBERT (MIMIC-CXR/CheXpert)",
+    family="medclip", text="yes", weights="medclip (fmeval weights fetch)", asset="medclip",
 )
 def create_medclip(cfg: AdapterConfig) -> Adapter:
     if cfg.input_size is not None and cfg.input_size < 8:
