@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate constraints.txt: the exact version of every dependency fmeval is
 # tested with (Linux x86-64, Python 3.11 -- CI's platform), resolved from
-# pyproject.toml (with the `test` extra).
+# pyproject.toml (with the `test` and `robustness` extras).
 #
 # Deterministic: uv resolves against PyPI as it was at LOCK_DATE
 # (--exclude-newer), so running this again gives the same file until LOCK_DATE
@@ -43,7 +43,7 @@ tmp="$(mktemp)"
 trap 'rm -f "$tmp"' EXIT
 # A fresh output file: uv prefers versions already in -o, which would make the
 # result depend on the previous lock instead of only on LOCK_DATE.
-UV_NO_CONFIG=1 "$uv" pip compile pyproject.toml --extra test \
+UV_NO_CONFIG=1 "$uv" pip compile pyproject.toml --extra test --extra robustness \
   --python-version "$PYTHON_VERSION" --python-platform "$PLATFORM" \
   --exclude-newer "$LOCK_DATE" --index-url https://pypi.org/simple \
   --custom-compile-command "scripts/lock.sh" --no-progress --quiet -o "$tmp"
@@ -51,7 +51,7 @@ UV_NO_CONFIG=1 "$uv" pip compile pyproject.toml --extra test \
 {
   echo "# The exact versions fmeval is tested with (Linux x86-64, Python $PYTHON_VERSION),"
   echo "# resolved from pyproject.toml against PyPI as of $LOCK_DATE. Install with"
-  echo "#   pip install -c constraints.txt -e \".[test]\""
+  echo "#   pip install -c constraints.txt -e \".[test]\"   (the robustness extra: scripts/install-robustness.sh)"
   echo "# Do not edit: regenerate with scripts/lock.sh (tests/test_lock.py checks that"
   echo "# it reproduces this file); .ci/drift tests the newest versions pyproject allows."
   cat "$tmp"
