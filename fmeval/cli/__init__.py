@@ -19,7 +19,7 @@ from rich.markup import escape
 from fmeval.cli.app import app, console
 from fmeval.errors import FmevalError
 
-_COMMAND_MODULES = ("admin", "frozen", "zeroshot", "finetune", "protocols", "weights")
+_COMMAND_MODULES = ("admin", "frozen", "zeroshot", "finetune", "protocols", "weights", "study")
 
 
 def _load_commands() -> None:

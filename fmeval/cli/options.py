@@ -178,7 +178,7 @@ LINPROBE = PROMPTS + (
        default_text="10", min=1),
     _o("probe_batch_size", "probe.batch_size", int, "Minibatch size of probe training.", "--probe-batch-size",
        default_text="1024", min=1),
-    _o("probe_schedule", "probe.schedule", str, "constant or cosine learning rate.", "--probe-schedule",
+    _o("probe_schedule", "probe.schedule", str, "constant, or cosine-epoch (timm's per-epoch cosine, the MedMNIST+ code).", "--probe-schedule",
        default_text="constant"),
     _o("init", "linprobe.init", str, "zeros, or zeroshot: start from the prompt bank's zero-shot classifier "
        "(needs --feature-norm l2).", default_text="zeros"),
@@ -194,11 +194,14 @@ FINETUNE = (
     _o("optimizer", "train.optimizer", str, "adamw or adam.", default_text="adamw"),
     _o("weight_decay", "train.weight_decay", float, "Weight decay on weight matrices (not biases/norms).",
        "--weight-decay", default_text="0.01", min=0.0),
+    _o("decay_scope", "train.decay_scope", str, "Weight decay on weight matrices only, or on all parameters.",
+       "--decay-scope", default_text="matrices"),
     _o("train_batch_size", "train.batch_size", int, "Training minibatch size.", "--train-batch-size",
        default_text="64", min=1),
     _o("accum_steps", "train.accum_steps", int, "Gradient accumulation: minibatches per optimiser step "
        "(effective batch = train batch x accum steps).", "--accum-steps", default_text="1", min=1),
-    _o("schedule", "train.schedule", str, "cosine, multistep or constant.", default_text="cosine"),
+    _o("schedule", "train.schedule", str, "cosine (per step, after --warmup-epochs), cosine-epoch (timm's "
+       "per-epoch cosine, MedMNIST+), multistep (MedMNIST v2) or constant.", default_text="cosine"),
     _o("warmup_epochs", "train.warmup_epochs", float, "Linear LR warm-up length in epochs.", "--warmup-epochs",
        default_text="1.0", min=0.0),
     _o("milestones", "train.milestones", str, "multistep: comma-separated epochs at which the LR is x --gamma.",

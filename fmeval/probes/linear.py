@@ -32,7 +32,7 @@ class ProbeConfig:
     seed: int = 0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    schedule: str = "constant"  # "constant" | "cosine" (per epoch, to 0 at ``epochs``)
+    schedule: str = "constant"  # "constant" | "cosine-epoch" (timm's per-epoch cosine, MedMNIST+)
 
     def __post_init__(self) -> None:
         checks = {
@@ -41,15 +41,17 @@ class ProbeConfig:
             "--epochs must be >= 1": self.epochs >= 1,
             "--probe-batch-size must be >= 1": self.batch_size >= 1,
             "--patience must be >= 1": self.patience >= 1,
-            "probe schedule must be constant or cosine": self.schedule in ("constant", "cosine"),
+            "--probe-schedule must be constant or cosine-epoch": self.schedule in ("constant", "cosine-epoch"),
         }
         for msg, ok in checks.items():
             if not ok:
                 raise ConfigError(msg + ".")
 
     def lr_factor(self, epoch: int) -> float:
-        if self.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        if self.schedule == "cosine-epoch":
+            from fmeval.training.optim import cosine_epoch_factor
+
+            return cosine_epoch_factor(epoch, self.epochs)
         return 1.0
 
     def grid(self) -> list[tuple[float, float]]:

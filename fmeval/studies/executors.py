@@ -159,3 +159,84 @@ def _parallel(plan: Plan, jobs: int, retry_failed: bool, progress: Progress | No
 
 EXECUTORS.add("local", Executor("local", _local, "this machine: in order, or --jobs N worker processes"),
               "this machine")
+
+
+# -- Slurm through submitit ----------------------------------------------------------
+def slurm_tasks(plan: Plan, cells_per_task: int = 0) -> list[list[Cell]]:
+    """The array's tasks: one (model, dataset, size) group each, split into chunks
+    of ``cells_per_task`` when asked (0: whole groups)."""
+    tasks: list[list[Cell]] = []
+    for group in plan.groups():
+        if cells_per_task and len(group) > cells_per_task:
+            tasks += [group[i:i + cells_per_task] for i in range(0, len(group), cells_per_task)]
+        else:
+            tasks.append(group)
+    return tasks
+
+
+def slurm_parameters(plan: Plan) -> dict:
+    s = plan.spec.executor.slurm
+    params = {
+        "slurm_partition": s.partition, "gpus_per_node": s.gpus_per_task, "tasks_per_node": 1,
+        "cpus_per_task": s.cpus_per_task, "mem_gb": s.mem_gb, "timeout_min": s.time_min,
+        "slurm_array_parallelism": s.array_parallelism, "name": f"fmeval-{plan.spec.name}",
+    }
+    extra = {k: v for k, v in (("account", s.account), ("qos", s.qos)) if v}
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _run_task(state_dir: str, cells: list[Cell], retry_failed: bool) -> dict[str, int]:
+    os.environ.setdefault("FMEVAL_PROGRESS", "0")
+    return run_cells(state_dir, cells, retry_failed)
+
+
+def _slurm(plan: Plan, *, retry_failed: bool = False, dry_run: bool = False, executor_factory=None,
+           progress: Progress | None = None, **_: object) -> dict[str, int]:
+    """Submit a job array (one task per group of cells) and wait for it.
+
+    ``executor_factory(folder) -> submitit executor`` is for tests and for other
+    clusters: submitit's ``LocalExecutor`` runs the same pickled tasks in local
+    subprocesses.
+    """
+    tasks = [t for t in slurm_tasks(plan, plan.spec.executor.slurm.cells_per_task)
+             if any(_pending(plan, c, retry_failed) for c in t)]
+    if dry_run:
+        return {"tasks": len(tasks), "cells": sum(len(t) for t in tasks)}
+    import submitit
+
+    folder = plan.root / "slurm" / "%j"
+    if executor_factory is None:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(**slurm_parameters(plan))
+    else:
+        executor = executor_factory(folder)
+    if not tasks:
+        return {"done": 0, "failed": 0, "skipped": len(plan.cells)}
+    jobs = executor.map_array(_run_task, [str(plan.state_dir)] * len(tasks), tasks, [retry_failed] * len(tasks))
+    totals = {"done": 0, "failed": 0, "skipped": 0}
+    for job, task in zip(jobs, tasks):
+        try:
+            counts = job.result()
+        except Exception as exc:  # noqa: BLE001 - a dead task: its cells stay pending, the rest counts
+            counts = {"failed": 0, "done": 0, "skipped": 0}
+            for cell in task:
+                if read_state(plan.state_dir, cell) is None:
+                    write_state(plan.state_dir, cell, status="failed", error=f"array task died: {_one_line(exc)}",
+                                attempts=1)
+                    counts["failed"] += 1
+        for k, v in counts.items():
+            totals[k] += v
+        if progress:
+            for cell in task:
+                progress(cell, (read_state(plan.state_dir, cell) or {}).get("status", "skipped"))
+    return totals
+
+
+def _pending(plan: Plan, cell: Cell, retry_failed: bool) -> bool:
+    st = read_state(plan.state_dir, cell)
+    return st is None or (st["status"] == "failed" and retry_failed)
+
+
+EXECUTORS.add("slurm", Executor("slurm", _slurm, "a Slurm job array through submitit"), "Slurm cluster")

@@ -48,7 +48,8 @@ class TrainConfig:
     epochs: int = 100
     lr: float = 1e-4
     optimizer: str = "adamw"  # a key of training.optim.OPTIMIZERS
-    weight_decay: float = 0.01  # torch's AdamW default; matrices only
+    weight_decay: float = 0.01  # torch's AdamW default
+    decay_scope: str = "matrices"  # "matrices" (timm/ViT recipes) | "all" (a plain optimizer over model.parameters())
     batch_size: int = 64
     accum_steps: int = 1  # minibatches per optimiser step: effective batch = batch_size * accum_steps
     schedule: str = "cosine"  # a key of training.optim.SCHEDULES
@@ -81,6 +82,7 @@ class TrainConfig:
                 self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
             "--pos-weight must be > 0": self.pos_weight is None or self.pos_weight > 0,
             "--sampler must be shuffle or balanced": self.sampler in ("shuffle", "balanced"),
+            "--decay-scope must be matrices or all": self.decay_scope in ("matrices", "all"),
         }
         for msg, ok in checks.items():
             if not ok:
@@ -208,7 +210,7 @@ class _Trainer:
             raise ConfigError(f"the training split has {n} samples; need at least 2.")
         opt_steps = math.ceil(self.n_batches / cfg.accum_steps)
         groups = param_groups(model.backbone, model.head, weight_decay=cfg.weight_decay,
-                              layer_decay=cfg.layer_decay)
+                              layer_decay=cfg.layer_decay, decay_scope=cfg.decay_scope)
         self.optimizer = build_optimizer(groups, cfg.lr, cfg.optimizer)
         spec = ScheduleSpec(warmup_steps=round(cfg.warmup_epochs * opt_steps), steps_per_epoch=opt_steps,
                             epochs=cfg.epochs, milestones=tuple(cfg.milestones), gamma=cfg.gamma)

@@ -86,6 +86,7 @@ def param_groups(
     *,
     weight_decay: float,
     layer_decay: float | None,
+    decay_scope: str = "matrices",
 ) -> list[dict]:
     """AdamW groups with an ``lr_scale`` each (applied by :func:`build_optimizer`)."""
     if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
@@ -94,8 +95,11 @@ def param_groups(
     top = max(ids.values(), default=0) + 1  # the head sits one above the backbone
     groups: dict[tuple[float, bool], dict] = {}
 
+    if decay_scope not in ("matrices", "all"):
+        raise ConfigError(f"weight-decay scope must be matrices or all, not {decay_scope!r}.")
+
     def add(name: str, p: torch.Tensor, scale: float) -> None:
-        decay = _decays(name, p)
+        decay = decay_scope == "all" or _decays(name, p)
         g = groups.setdefault((scale, decay), {
             "params": [], "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0,
         })
@@ -166,6 +170,24 @@ class WarmupMultiStep:
         return self.gamma ** sum(1 for m in self.milestones if epoch >= m)
 
 
+def cosine_epoch_factor(epoch: int, epochs: int) -> float:
+    """LR factor of epoch ``epoch`` (0-based) under timm's ``CosineLRScheduler(t_initial=epochs,
+    t_in_epochs=True)`` stepped with ``step(epoch=e)`` after each epoch, as the MedMNIST+
+    code does: epochs 0 and 1 run at the base LR, epoch k at cos-factor(k - 1)."""
+    return 0.5 * (1.0 + math.cos(math.pi * max(epoch - 1, 0) / max(epochs, 1)))
+
+
+@dataclass
+class CosineEpoch:
+    """Per-epoch cosine (see :func:`cosine_epoch_factor`), constant within an epoch."""
+
+    steps_per_epoch: int
+    epochs: int
+
+    def __call__(self, step: int) -> float:
+        return cosine_epoch_factor(step // max(1, self.steps_per_epoch), self.epochs)
+
+
 @dataclass
 class WarmupConstant:
     warmup_steps: int
@@ -191,6 +213,8 @@ ScheduleFactory = Callable[[ScheduleSpec], Callable[[int], float]]
 SCHEDULES: Registry[ScheduleFactory] = Registry("LR schedule", ConfigError)
 SCHEDULES.add("cosine", lambda s: WarmupCosine(s.warmup_steps, s.epochs * s.steps_per_epoch),
               "warm-up, then cosine to 0 per step (MedMNIST+)")
+SCHEDULES.add("cosine-epoch", lambda s: CosineEpoch(s.steps_per_epoch, s.epochs),
+              "cosine per epoch as timm's CosineLRScheduler stepped after each epoch (MedMNIST+ code)")
 SCHEDULES.add("multistep", lambda s: WarmupMultiStep(s.warmup_steps, s.steps_per_epoch, s.milestones, s.gamma),
               "x gamma at milestone epochs (MedMNIST v2: x0.1 at 50 and 75)")
 SCHEDULES.add("constant", lambda s: WarmupConstant(s.warmup_steps), "constant after warm-up")
