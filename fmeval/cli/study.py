@@ -41,22 +41,27 @@ def study_plan(file: StudyFile, reports_dir: ReportsDir = None,
 
     plan = _plan(file, reports_dir)
     if cells:
-        table = Table(title=f"study {plan.spec.name}: {len(plan.cells)} cells")
-        for col in ("cell", "model", "mode", "data", "seed", "style/shots", "state"):
-            table.add_column(col, no_wrap=True)
+        from rich import box
+
+        from fmeval.report.leaderboard import SHORT_MODES
+
+        table = Table(title=f"study {plan.spec.name}: {len(plan.cells)} cells", box=box.SIMPLE_HEAD,
+                      show_edge=False, pad_edge=False)
+        for col in ("model", "mode", "dataset", "size", "in", "seed", "style/shots", "state"):
+            table.add_column(col, overflow="fold", no_wrap=col in ("dataset", "model"))
         for c in plan.cells:
             a = c.axes
             extra = a["style"] if a.get("style") else (f"{a['shots']}-shot" if a.get("shots") else "")
-            table.add_row(c.id[:8], a["model"], a["mode"], f"{a['dataset']}@{a['size']}", str(a["seed"]),
-                          extra or "-", _state_name(plan, c))
+            table.add_row(a["model"], SHORT_MODES.get(a["mode"], a["mode"]), a["dataset"], str(a["size"]),
+                          str(a.get("input_size") or "-"), str(a["seed"]), extra or "-", _state_name(plan, c))
         console.print(table)
     n = plan.counts()
     console.print(f"{len(plan.cells)} cells in {len(plan.groups())} encoder groups: {n['done']} done, "
                   f"{n['failed']} failed, {n['left']} left; work left: {estimate_left(plan)}", highlight=False)
-    for axes, why in plan.skipped[:5]:
-        console.print(f"skipped: {axes['model']} {axes['mode']} ({why})", style="dim", markup=False)
-    if len(plan.skipped) > 5:
-        console.print(f"... and {len(plan.skipped) - 5} more skipped cells", style="dim")
+    from collections import Counter
+
+    for (mode, why), n_skip in Counter((a["mode"], why) for a, why in plan.skipped).items():
+        console.print(f"skipped {n_skip} {mode} cell(s): {why}", style="dim", markup=False, highlight=False)
     console.print(f"study folder: {plan.root}", markup=False, highlight=False)
 
 

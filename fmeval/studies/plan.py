@@ -50,7 +50,7 @@ class Cell:
 
     def label(self) -> str:
         a = self.axes
-        extra = "".join(f" {k}={a[k]}" for k in ("style", "shots") if a.get(k) is not None)
+        extra = "".join(f" {k}={a[k]}" for k in ("input_size", "style", "shots") if a.get(k) is not None)
         return f"{a['model']} {a['mode']} {a['dataset']}@{a['size']} seed {a['seed']}{extra}"
 
 
@@ -137,9 +137,10 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
     cells: dict[str, Cell] = {}
     skipped: list[tuple[dict[str, Any], str]] = []
     a = spec.axes
-    for model, dataset, size, mode, seed, style, shots in itertools.product(
-            a.models, a.datasets, a.sizes, a.modes, seeds, a.styles, a.shots):
-        axes = {"model": model, "dataset": dataset, "size": size, "mode": mode, "seed": seed,
+    for model, dataset, size, input_size, mode, seed, style, shots in itertools.product(
+            a.models, a.datasets, a.sizes, a.input_sizes, a.modes, seeds, a.styles, a.shots):
+        axes = {"model": model, "dataset": dataset, "size": size, "input_size": input_size, "mode": mode,
+                "seed": seed,
                 "style": style if mode in STYLE_MODES else None,
                 "shots": shots if mode in FEWSHOT_MODES else None}
         if any(_matches(rule, axes) for rule in spec.exclude):
@@ -149,6 +150,8 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
             continue
         explicit: dict[str, Any] = dict(spec.settings)
         explicit.update(model=model, dataset=dataset, size=size, seed=seed)
+        if input_size is not None:
+            explicit["input_size"] = input_size
         if axes["style"] is not None:
             explicit["zeroshot.style"] = axes["style"]
         if axes["shots"] is not None:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fmeval.errors import ConfigError
 
-AXIS_KEYS = ("model", "dataset", "size", "mode", "seed", "style", "shots")
+AXIS_KEYS = ("model", "dataset", "size", "input_size", "mode", "seed", "style", "shots")
 
 
 class StudyError(ConfigError):
@@ -48,6 +48,7 @@ class Axes(_Strict):
     models: list[str] = Field(min_length=1)
     datasets: list[str] = Field(min_length=1)
     sizes: list[int] = [28]
+    input_sizes: list[int | None] = [None]  # encoder input resolution (None: the protocol's/encoder's)
     modes: list[str] = Field(min_length=1)
     seeds: list[int] | None = None  # None: the protocol's seeds (or [0])
     styles: list[str | None] = [None]  # zero-shot prompt styles (None: the bank's default)
