@@ -23,12 +23,14 @@ def protocols_ls() -> None:
     """The shipped protocols."""
     from fmeval.protocols import load_protocol, protocol_names
 
-    table = Table(title="fmeval protocols")
-    for col in ("name", "version", "modes", "title", "sha256"):
-        table.add_column(col)
+    table = Table(title="fmeval protocols (`fmeval protocols show NAME` for every setting)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("v", no_wrap=True)
+    table.add_column("modes")
+    table.add_column("title")
     for name in protocol_names():
         p = load_protocol(name)
-        table.add_row(name, str(p.version), ", ".join(p.spec.modes), p.spec.title, p.sha256[:12])
+        table.add_row(name, str(p.version), ", ".join(p.spec.modes), p.spec.title)
     console.print(table)
 
 
@@ -44,20 +46,24 @@ def protocols_show(name: Annotated[str, typer.Argument(help="Protocol name (see 
     if s.description:
         console.print(escape(s.description.strip()), highlight=False)
     console.print(f"modes: {', '.join(s.modes)}", highlight=False)
-    table = Table(show_lines=False)
-    for col in ("applies to", "setting", "value", "source"):
-        table.add_column(col, overflow="fold")
+
+    def show(key: str, value, source: str) -> None:
+        console.print(f"  [bold]{escape(key)}[/] = {escape(_value(value))}", highlight=False, soft_wrap=True)
+        console.print(f"      {escape(source)}", style="dim", highlight=False, soft_wrap=True)
+
+    console.print("[underline]study axes[/]")
     for label, setting in (("seeds", s.seeds), ("models", s.models), ("datasets", s.datasets), ("sizes", s.sizes)):
         if setting is not None:
-            table.add_row("study", label, escape(_value(setting.value)), escape(setting.source))
+            show(label, setting.value, setting.source)
+    console.print("[underline]every mode[/]")
     for key, setting in s.settings.items():
-        table.add_row("every mode", key, escape(_value(setting.value)), escape(setting.source))
+        show(key, setting.value, setting.source)
     for mode, block in s.mode_settings.items():
+        console.print(f"[underline]{escape(mode)}[/]")
         for key, setting in block.items():
-            table.add_row(mode, key, escape(_value(setting.value)), escape(setting.source))
+            show(key, setting.value, setting.source)
     for size, var in s.variants.items():
-        vals = ", ".join(f"{k}={_value(v)}" for k, v in var.settings.items())
-        table.add_row(f"--size {size}", "variant", escape(vals), escape(var.source))
-    console.print(table)
+        console.print(f"[underline]--size {escape(size)}[/]")
+        show("variant", ", ".join(f"{k}={_value(v)}" for k, v in var.settings.items()), var.source)
     for note in s.silent:
-        console.print(f"source is silent: {note}", style="dim", markup=False, highlight=False)
+        console.print(f"source is silent or differs: {note}", markup=False, highlight=False, soft_wrap=True)
