@@ -138,7 +138,8 @@ def prepare_frozen(
                 device=device, description=f"{cfg.model} {data.flag} {split}",
             )
 
-        feats, hit = cache.get_or_compute("image", key, compute, device=device)
+        feats, hit = cache.get_or_compute("image", key, compute, device=device,
+                                          expect_rows=len(labels))
         fz.features[split] = feats
         fz.labels[split] = labels
         fz.cache_hits[split] = hit

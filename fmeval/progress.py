@@ -7,6 +7,7 @@ import os
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -51,3 +52,12 @@ class Tick:
         if self._prog is not None:
             kw = {"info": info} if info is not None else {}
             self._prog.update(self._task, advance=advance, **kw)
+
+
+def warn(message: str) -> None:
+    """One yellow ``warning:`` line on stderr, shown even when progress bars are off.
+
+    For things a user must see while a run goes on (a cache entry that failed
+    verification and was recomputed); the run's report records them too.
+    """
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)

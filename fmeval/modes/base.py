@@ -126,7 +126,7 @@ def finish_frozen(fz, *, mode: str, test_scores, val_scores, extras: dict, timer
         seed=cfg.seed,
         n_boot=cfg.n_boot,
         extras={**extras, "cache_hits": fz.cache_hits},
-        warnings=fz.data.warnings,
+        warnings=[*fz.data.warnings, *(fz.cache.events if fz.cache is not None else [])],
         wall_time_s=timer.seconds,
         reports_dir=cfg.reports_dir,
     )
