@@ -36,6 +36,7 @@ class EvalConfig:
     tiny: bool = False
     weights: str | None = None
     strict: bool = True
+    allow_partial: bool = False  # accept a non-strict load that fills < half the model
     input_size: int | None = None
     seed: int = 0
     batch_size: int = 256
@@ -78,7 +79,8 @@ def open_data(cfg: EvalConfig) -> MedMNIST:
 def build_adapter(cfg: EvalConfig, device: torch.device) -> Adapter:
     return create_adapter(
         cfg.model, pretrained=cfg.pretrained, tiny=cfg.tiny, weights=cfg.weights,
-        strict=cfg.strict, seed=cfg.seed, input_size=cfg.input_size, device=device,
+        strict=cfg.strict, seed=cfg.seed, input_size=cfg.input_size,
+        allow_partial=cfg.allow_partial, device=device,
     )
 
 

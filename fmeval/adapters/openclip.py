@@ -42,6 +42,7 @@ from fmeval.adapters.base import (
     Adapter,
     AdapterConfig,
     Preprocess,
+    checkpoint_weights_id,
     file_digest,
     load_state_dict_file,
     load_weights,
@@ -416,7 +417,8 @@ def _load_file(built: _Built, path: Path, cfg: AdapterConfig) -> Any:
     if cfg.input_size is not None and not _is_timm_tower(built.model_cfg):
         oc.model.resize_pos_embed(sd, built.model)  # no-op when the grid matches
     ignore = [k for k in IGNORED_CHECKPOINT_KEYS if k not in built.model.state_dict()]
-    return load_weights(built.model, sd, strict=cfg.strict, source=str(path), ignore=ignore)
+    return load_weights(built.model, sd, strict=cfg.strict, source=str(path), ignore=ignore,
+                        allow_partial=cfg.allow_partial)
 
 
 def _apply_input_size(built: _Built, cfg: AdapterConfig) -> None:
@@ -529,7 +531,7 @@ def build_open_clip(spec: OpenClipSpec, cfg: AdapterConfig) -> OpenClipAdapter:
     if cfg.weights is not None:
         ckpt = _find_checkpoint(cfg.weights)
         report = _load_file(built, ckpt, cfg)
-        weights_id = f"file:{file_digest(ckpt)[:16]}{suffix}"
+        weights_id = checkpoint_weights_id(ckpt, report, cfg, suffix)
     elif cfg.pretrained:
         weights_id = f"{spec.pretrained_id}{suffix}"
     else:
