@@ -373,9 +373,16 @@ class FeatureCache:
             with _try_lock(stem.with_suffix(".lock")) as free:
                 if not free:
                     continue
-                reason = self._check_files(stem, files)
+                temps = [f for f in files if f.suffix == ".tmp"]
+                if temps:  # debris of a killed write; the entry itself may be fine
+                    if remove:
+                        for f in temps:
+                            f.unlink(missing_ok=True)
+                    report.problems.append(Problem(
+                        temps[0], f"{len(temps)} temporary file(s) of an interrupted write", remove))
+                reason = self._check_entry(stem)
                 if reason is None:
-                    report.ok += 1
+                    report.ok += stem.with_suffix(".json").exists()
                     continue
                 if remove:
                     for f in files:
@@ -385,16 +392,11 @@ class FeatureCache:
             _prune_empty_dirs(self.root)
         return report
 
-    def _check_files(self, stem: Path, files: list[Path]) -> str | None:
-        """Why the entry at ``stem`` is bad, or None when it verifies."""
+    def _check_entry(self, stem: Path) -> str | None:
+        """Why the entry at ``stem`` is bad, or None when it verifies (or is only a lock)."""
         tensor, manifest = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-        temps = [f for f in files if f.suffix == ".tmp"]
         if not manifest.exists():
-            if tensor.exists():
-                return "tensor without manifest (interrupted write)"
-            if temps:
-                return "temporary files of an interrupted write"
-            return None  # only a lock: harmless, nothing to verify
+            return "tensor without manifest (interrupted write)" if tensor.exists() else None
         try:
             m = json.loads(manifest.read_text())
             digest = key_digest(m["key"]) if isinstance(m, dict) and "key" in m else None
@@ -406,7 +408,7 @@ class FeatureCache:
             self._read(tensor, manifest, None, None, check_hash=True)
         except _Rejected as exc:
             return str(exc)
-        return "temporary files of an interrupted write" if temps else None
+        return None
 
 
 def _digest_of(name: str) -> str:
