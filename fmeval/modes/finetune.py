@@ -22,7 +22,9 @@ from fmeval.errors import ConfigError, FmevalError
 from fmeval.modes.base import MODES, Timer, finish_run
 from fmeval.pipeline import EvalConfig, build_adapter, open_data, subset_indices
 from fmeval.training.checkpoint import (
+    RUN_FILE,
     check_resume,
+    dataclass_from_record,
     new_run_dir,
     read_run_record,
     write_run_record,
@@ -51,11 +53,11 @@ class FinetuneConfig(EvalConfig):
     resume: str | None = None  # run folder of an interrupted run
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FinetuneConfig":
+    def from_dict(cls, d: dict, where: str = "config") -> "FinetuneConfig":
         d = dict(d)
-        train = TrainConfig(**d.pop("train", {}))
-        lora = LoraSettings(**d.pop("lora", {}))
-        return cls(**d, train=train, lora=lora)
+        train = dataclass_from_record(TrainConfig, d.pop("train", {}), f"{where}.train")
+        lora = dataclass_from_record(LoraSettings, d.pop("lora", {}), f"{where}.lora")
+        return dataclass_from_record(cls, {**d, "train": train, "lora": lora}, where)
 
 
 @dataclass
@@ -262,7 +264,7 @@ def load_finetuned(folder: str | Path, **overrides) -> tuple[FinetuneConfig, Pre
             f"{folder} holds an unfinished run (status {rec.get('status')!r}); "
             "finish it with `fmeval finetune ... --resume` first."
         )
-    cfg = FinetuneConfig.from_dict(rec["config"])
+    cfg = FinetuneConfig.from_dict(rec["config"], f"{folder / RUN_FILE}: config")
     cfg = replace(cfg, resume=None, **{k: v for k, v in overrides.items() if v is not None})
     p = prepare(cfg, train_method=False)
     p.method.load(p.model, folder)
