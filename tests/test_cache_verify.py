@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmeval.cache import FeatureCache, content_hash, key_digest
+from fmeval.cache import FeatureCache, key_digest
 from fmeval.cli import main
 from fmeval.data.synthetic import write_synthetic
 
@@ -89,7 +89,7 @@ def test_valid_entry_of_wrong_length_is_recomputed(capsys, tmp_path):
     code, _, err = run(capsys, *args)
     assert code == 0, err
     clean = _metrics(_report(tmp_path / "reports", 1))
-    cache = FeatureCache(tmp_path / "cache", notify=None)
+    cache = FeatureCache(tmp_path / "cache")
     _, test_m = _entry(tmp_path / "cache", "test")
     val_tensor, _ = _entry(tmp_path / "cache", "val")
     from safetensors.torch import load_file
@@ -154,6 +154,8 @@ def test_verification_on_and_off(tmp_path):
 
 
 def test_content_hash_is_independent_of_threads_and_sees_one_bit():
+    from fmeval.cache import content_hash
+
     x = torch.randn(3_000, 1_000)  # 12 MB: two chunks
     assert content_hash(x, threads=1) == content_hash(x, threads=4)
     y = x.clone()

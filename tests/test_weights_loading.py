@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fmeval.adapters.base import MIN_LOADED_FRACTION, create_adapter
+from fmeval.adapters.base import create_adapter
 from fmeval.cli import main
 from fmeval.data.synthetic import write_synthetic
 from fmeval.errors import ModelError
@@ -79,6 +79,8 @@ def test_allow_partial_runs_and_the_report_says_zero_of_n(tmp_path, foreign_ckpt
 
 
 def test_weights_id_names_what_was_loaded(tmp_path):
+    from fmeval.adapters.base import MIN_LOADED_FRACTION
+
     src = create_adapter("vit-s16", tiny=True, seed=5)
     sd = src.model.state_dict()
     full = tmp_path / "full.safetensors"
