@@ -316,6 +316,10 @@ class FeatureCache:
                 groups.setdefault(f.parent / _digest_of(f.name), []).append(f)
         return groups
 
+    def file_count(self) -> int:
+        """Files of the cache's entries, incl. orphans, locks and temporaries."""
+        return sum(len(files) for files in self._entry_files().values())
+
     def clear(self, match: Callable[[CacheEntry], bool] | None = None) -> int:
         """Delete entries (all, or those ``match`` selects); returns how many entries."""
         return self.clear_all().entries if match is None else self._clear_matching(match)

@@ -154,3 +154,14 @@ def test_open_clip_config_open_clip_cannot_build(clip_folder):
     (clip_folder / "open_clip_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="cannot build an open_clip model from .*no_such_timm_model"):
         create_adapter("biomedclip", weights=clip_folder)
+
+
+def test_resume_tolerates_options_added_after_the_run_started():
+    from fmeval.training.checkpoint import config_differences
+
+    saved = {"model": "vit-s16", "train": {"lr": 1e-4}}
+    now = {"model": "vit-s16", "allow_partial": False, "train": {"lr": 1e-4, "new_flag": None}}
+    assert config_differences(saved, now) == []
+    assert config_differences(saved, {**now, "allow_partial": True}) == [
+        "allow_partial: run has None, now True"
+    ]

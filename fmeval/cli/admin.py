@@ -113,7 +113,7 @@ def cache_clear(
     cache = FeatureCache()
     root = escape(str(cache.root))
     if model is None and dataset is None:
-        n_files = sum(len(f) for f in cache._entry_files().values())
+        n_files = cache.file_count()
         if not n_files:
             console.print(f"nothing to remove under {root}")
             return

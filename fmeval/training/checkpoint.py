@@ -111,10 +111,17 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two config dicts (nested), ignoring RESUME_FREE."""
+    """Human-readable differences between two config dicts (nested), ignoring RESUME_FREE.
+
+    An option the saved run does not have at all was added to fmeval after the
+    run started; it matches when it is off now (False/None, how new options
+    default), so upgrading fmeval does not make interrupted runs unresumable.
+    """
     out: list[str] = []
     for key in sorted(set(saved) | set(current)):
         if key in RESUME_FREE:
+            continue
+        if key not in saved and current.get(key) in (None, False):
             continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
