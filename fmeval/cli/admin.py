@@ -148,7 +148,7 @@ def cache_clear(
 @cache_app.command("verify")
 def cache_verify(
     keep: Annotated[bool, typer.Option("--keep", help="Only report bad entries; do not remove them.")] = False,
-) -> int:
+) -> None:
     """Check every entry (manifest, key, shape, dtype, content hash) and remove bad ones.
 
     One line per bad entry (damaged or truncated tensor, hash or shape
@@ -170,7 +170,8 @@ def cache_verify(
     bad = f", {len(rep.problems)} bad ({state})" if rep.problems else ", none bad"
     console.print(f"{rep.ok} entries verified under {escape(str(cache.root))}{bad}",
                   highlight=False, soft_wrap=True)
-    return 1 if rep.problems else 0
+    if rep.problems:
+        raise SystemExit(1)  # not typer.Exit: exits the same under any Typer runner
 
 
 @app.command()
