@@ -88,8 +88,7 @@ def build_adapter(cfg: RunConfig, device: torch.device, data: MedMNIST | None = 
     kwargs = dict(
         pretrained=cfg.pretrained, tiny=cfg.tiny, weights=cfg.weights, strict=cfg.strict,
         seed=cfg.seed if cfg.weights_seed is None else cfg.weights_seed,
-        input_size=build_input_size(cfg), device=device,
-        **({"allow_partial": cfg.allow_partial} if cfg.allow_partial else {}),
+        input_size=build_input_size(cfg), allow_partial=cfg.allow_partial, device=device,
     )
     key = repr((cfg.model, sorted(kwargs.items(), key=lambda kv: kv[0])))
     if reusable and _REUSE is not None and key in _REUSE:
@@ -176,7 +175,8 @@ def prepare_frozen(
                 description=f"{cfg.model} {data.flag} {split}",
             )
 
-        feats, hit = cache.get_or_compute("image", key, compute, device=device)
+        n_rows = len(all_labels) if idx is None else len(idx)
+        feats, hit = cache.get_or_compute("image", key, compute, device=device, expect_rows=n_rows)
         fz.features[split] = feats
         fz.labels[split] = all_labels if idx is None else all_labels[idx]
         fz.cache_hits[split] = hit

@@ -7,6 +7,7 @@ import os
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -75,3 +76,12 @@ def download_bar(description: str, total: int | None, completed: int = 0) -> Ite
     with Progress(*columns, console=console, transient=False) as prog:
         task = prog.add_task(description, total=total, completed=completed, info="")
         yield Tick(prog, task)
+
+
+def warn(message: str) -> None:
+    """One yellow ``warning:`` line on stderr, shown even when progress bars are off.
+
+    For things a user must see while a run goes on (a cache entry that failed
+    verification and was recomputed); the run's report records them too.
+    """
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)

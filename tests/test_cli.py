@@ -120,7 +120,7 @@ def _bad(tmp_path: Path, kind: str) -> tuple[str, ...]:
     ("unknown model", "unknown model 'vit-b17'"),
     ("unknown dataset", "unknown dataset 'pneumomnist'"),
     ("missing npz", "pathmnist.npz not found"),
-    ("corrupt npz", "not a readable npz"),
+    ("corrupt npz", "not an npz archive"),
     ("wrong label shape", "labels have shape (4, 2)"),
     ("size not available", "size 100 is not available"),
     ("unknown geometry", "unknown geometry 'stretch'"),

@@ -64,7 +64,7 @@ def test_size_not_available(tmp_path):
 
 def test_corrupt_npz(tmp_path):
     (tmp_path / "pathmnist.npz").write_bytes(b"this is not a zip archive")
-    with pytest.raises(DataError, match="not a readable npz"):
+    with pytest.raises(DataError, match="not an npz archive"):
         load_dataset("pathmnist", 28, tmp_path)
 
 

@@ -36,6 +36,8 @@ class AdapterConfig:
     ``pretrained=False`` gives random weights at full size, ``tiny=True`` a
     random tiny config of the same architecture (the offline test path).
     ``weights`` is a local checkpoint that replaces any hub download.
+    ``allow_partial`` accepts a non-strict load that leaves more than half of
+    the model at random values (see :data:`MIN_LOADED_FRACTION`).
     """
 
     name: str
@@ -45,6 +47,7 @@ class AdapterConfig:
     strict: bool = True
     seed: int = 0
     input_size: int | None = None  # override the encoder's native input size
+    allow_partial: bool = False
 
     def __post_init__(self) -> None:
         if self.tiny and self.pretrained and self.weights is None:
@@ -69,6 +72,9 @@ class Adapter(nn.Module):
     weights_id: str
     feature_dim: int
     preprocess: Preprocess
+    # What load_weights did with a checkpoint file (None: random weights, or
+    # hub weights loaded by timm / open_clip's own strict loaders).
+    load_report: "LoadReport | None" = None
 
     @property
     def backbone(self) -> nn.Module:
@@ -107,6 +113,7 @@ class Adapter(nn.Module):
             "feature_dim": self.feature_dim,
             "code_version": self.code_version,
             "preprocess": self.preprocess.as_dict(),
+            "weights_load": self.load_report.as_dict() if self.load_report is not None else None,
         }
 
 
@@ -137,6 +144,7 @@ def create_adapter(
     strict: bool = True,
     seed: int = 0,
     input_size: int | None = None,
+    allow_partial: bool = False,
     device: str | torch.device = "cpu",
 ) -> Adapter:
     """Build a registered adapter in eval mode on ``device``.
@@ -150,7 +158,7 @@ def create_adapter(
     wpath = _resolve_weights(entry, weights, pretrained=pretrained, tiny=tiny)
     cfg = AdapterConfig(
         name=name.lower(), pretrained=pretrained, tiny=tiny, weights=wpath,
-        strict=strict, seed=seed, input_size=input_size,
+        strict=strict, seed=seed, input_size=input_size, allow_partial=allow_partial,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -203,15 +211,44 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+#: A non-strict load must fill at least this fraction of the model's parameter
+#: elements, or it fails (unless ``allow_partial``). Legitimate non-strict loads
+#: (a checkpoint with another head, an extra buffer, a resized position grid)
+#: fill well over 90%; another model's checkpoint fills ~0%. Below one half, most
+#: of the encoder would be random while the report named the checkpoint.
+MIN_LOADED_FRACTION = 0.5
+
+
 @dataclass
 class LoadReport:
+    """What loading one checkpoint into a model did, key by key.
+
+    ``loaded``/``total`` count the model's state-dict tensors, the
+    ``*_elements`` fields their numbers of values; every report carries this
+    (``model.weights_load``) so a partial load can never pass for a full one.
+    """
+
+    source: str = ""
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
+    loaded: int = 0
+    total: int = 0
+    loaded_elements: int = 0
+    total_elements: int = 0
 
     @property
     def clean(self) -> bool:
         return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    @property
+    def complete(self) -> bool:
+        """Every tensor of the model came from the checkpoint (extras do not matter)."""
+        return self.loaded == self.total
+
+    @property
+    def fraction(self) -> float:
+        return self.loaded_elements / self.total_elements if self.total_elements else 1.0
 
     def summary(self, limit: int = 5) -> str:
         parts = []
@@ -225,6 +262,18 @@ class LoadReport:
                 parts.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
         return "; ".join(parts) or "all keys matched"
 
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "loaded": self.loaded,
+            "total": self.total,
+            "missing": len(self.missing),
+            "unexpected": len(self.unexpected),
+            "shape_mismatch": len(self.shape_mismatch),
+            "loaded_fraction": round(self.fraction, 6),
+            "complete": self.complete,
+        }
+
 
 def load_weights(
     module: nn.Module,
@@ -233,16 +282,19 @@ def load_weights(
     strict: bool,
     source: str,
     ignore: Sequence[str] = (),
+    allow_partial: bool = False,
 ) -> LoadReport:
-    """Load ``state_dict`` and report every mismatch.
+    """Load ``state_dict`` and report every mismatch and what was loaded.
 
     Keys in ``ignore`` (known-harmless extras such as BERT's ``position_ids``)
     are dropped explicitly; anything else that does not match fails when
     ``strict`` — silent non-strict loading is how users got wrong outputs.
+    Non-strict, fewer than :data:`MIN_LOADED_FRACTION` of the model's values
+    loaded fails too, unless ``allow_partial``.
     """
     sd = {k: v for k, v in state_dict.items() if k not in set(ignore)}
     own = module.state_dict()
-    report = LoadReport()
+    report = LoadReport(source=source)
     report.unexpected = sorted(k for k in sd if k not in own)
     report.missing = sorted(k for k in own if k not in sd)
     report.shape_mismatch = sorted(
@@ -250,11 +302,38 @@ def load_weights(
         for k in sd
         if k in own and sd[k].shape != own[k].shape
     )
+    ok = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    report.loaded, report.total = len(ok), len(own)
+    report.loaded_elements = sum(v.numel() for v in ok.values())
+    report.total_elements = sum(v.numel() for v in own.values())
     if not report.clean and strict:
         raise ModelError(
             f"weights {source} do not match the model ({report.summary()}); "
             "pass --no-strict to load the matching keys anyway."
         )
-    ok = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    if report.fraction < MIN_LOADED_FRACTION and not allow_partial:
+        raise ModelError(
+            f"weights {source} filled only {report.loaded} of {report.total} tensors "
+            f"({report.fraction:.0%} of the model's values; {report.summary(limit=2)}): "
+            "probably another model's checkpoint. Pass --allow-partial to run with the "
+            "rest at random values."
+        )
     module.load_state_dict(ok, strict=False)
     return report
+
+
+def checkpoint_weights_id(path: Path, report: LoadReport, cfg: AdapterConfig,
+                          suffix: str = "") -> str:
+    """``weights_id`` of a checkpoint file: what was actually loaded.
+
+    A complete load is ``file:<sha16>``. A partial one also depends on the
+    random values of what was not loaded (architecture size and seed), so it
+    names its counts and those: partial and complete loads of one file never
+    share cache entries, and neither do partial loads under different seeds.
+    """
+    base = f"file:{file_digest(path)[:16]}"
+    if report.complete:
+        return f"{base}{suffix}"
+    size = "tiny" if cfg.tiny else "full"
+    return f"{base}+partial:{report.loaded}of{report.total}:{size}:seed{cfg.seed}{suffix}"
+

@@ -32,7 +32,7 @@ from fmeval.adapters.base import (
     Adapter,
     AdapterConfig,
     Preprocess,
-    file_digest,
+    checkpoint_weights_id,
     load_state_dict_file,
     load_weights,
     random_weights_id,
@@ -287,12 +287,13 @@ class MedClipAdapter(Adapter):
     def load_checkpoint(self, path: Path, cfg: AdapterConfig) -> None:
         mapped, drop = map_state_dict(load_state_dict_file(path))
         self.load_report = load_weights(
-            self.model, mapped, strict=cfg.strict, source=str(path), ignore=drop
+            self.model, mapped, strict=cfg.strict, source=str(path), ignore=drop,
+            allow_partial=cfg.allow_partial,
         )
         if not self.load_report.clean:
             log.warning("%s: %s", cfg.name, self.load_report.summary())
         suffix = f"@{cfg.input_size}" if cfg.input_size else ""
-        self.weights_id = f"file:{file_digest(path)[:16]}{suffix}"
+        self.weights_id = checkpoint_weights_id(path, self.load_report, cfg, suffix)
         self.text_id = f"{self.weights_id}|{self.tokenizer_id}"
 
     @property

@@ -59,7 +59,7 @@ from fmeval.adapters.base import (
     AdapterConfig,
     LoadReport,
     Preprocess,
-    file_digest,
+    checkpoint_weights_id,
     load_state_dict_file,
     load_weights,
     random_weights_id,
@@ -451,7 +451,8 @@ class MedViTAdapter(Adapter):
         self.load_report: LoadReport | None = None
         if cfg.weights is not None:
             self.load_report = load_weights(
-                self.model, sd, strict=cfg.strict, source=str(cfg.weights), ignore=HEAD_KEYS
+                self.model, sd, strict=cfg.strict, source=str(cfg.weights), ignore=HEAD_KEYS,
+                allow_partial=cfg.allow_partial,
             )
             if not self.load_report.clean:  # only reachable with strict=False
                 warnings.warn(
@@ -459,7 +460,7 @@ class MedViTAdapter(Adapter):
                     f"({self.load_report.summary()}); unmatched parameters keep random values.",
                     stacklevel=2,
                 )
-            self.weights_id = f"file:{file_digest(cfg.weights)[:16]}"
+            self.weights_id = checkpoint_weights_id(cfg.weights, self.load_report, cfg)
         else:
             self.weights_id = random_weights_id(cfg, arch)
         self.arch = arch

@@ -17,7 +17,7 @@ from fmeval.adapters.base import (
     Adapter,
     AdapterConfig,
     Preprocess,
-    file_digest,
+    checkpoint_weights_id,
     load_state_dict_file,
     load_weights,
     random_weights_id,
@@ -126,9 +126,10 @@ class TimmAdapter(Adapter):
             head = self.model.pretrained_cfg.get("classifier", "head")
             heads = [k for k in sd if k.startswith(f"{head}.")]
             self.load_report = load_weights(
-                self.model, sd, strict=cfg.strict, source=str(cfg.weights), ignore=heads
+                self.model, sd, strict=cfg.strict, source=str(cfg.weights), ignore=heads,
+                allow_partial=cfg.allow_partial,
             )
-            self.weights_id = f"file:{file_digest(cfg.weights)[:16]}"
+            self.weights_id = checkpoint_weights_id(cfg.weights, self.load_report, cfg)
         elif use_hub:
             self.weights_id = f"timm:{spec.arch}"
         else:

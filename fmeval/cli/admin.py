@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fmeval.cli.app import ReportsDir, app, console
@@ -73,16 +74,64 @@ def cache_ls() -> None:
     console.print(f"{len(entries)} entries, {sum(e.bytes for e in entries) / 1e6:.1f} MB")
 
 
+def _stderr():
+    return console.__class__(stderr=True)
+
+
+def _confirm(question: str, what: str) -> None:
+    """Ask on a terminal; without one, refuse in one line (exit 2) instead of guessing.
+
+    Answering no (or end of input) prints ``aborted`` and exits 1, never a traceback.
+    """
+    import sys
+
+    from fmeval.errors import ConfigError
+
+    if not sys.stdin.isatty():
+        raise ConfigError(f"{what}; no terminal to confirm on, pass --yes.")
+    try:
+        ok = typer.confirm(question, default=False)
+    except (typer.Abort, EOFError, KeyboardInterrupt):
+        ok = False
+    if not ok:
+        _stderr().print("[red]aborted[/]")
+        raise SystemExit(1)
+
+
 @cache_app.command("clear")
 def cache_clear(
     model: Annotated[Optional[str], typer.Option(help="Only entries of this model.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Only entries of this dataset.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete cached features (all, or one model's / dataset's)."""
+    """Delete cached features (all, or one model's / dataset's).
+
+    Without a filter everything fmeval wrote there goes: entries, tensors
+    whose manifest is missing, lock files, temporaries of killed writes and
+    the emptied folders. Entries a running fmeval is writing are kept.
+    Without --yes it asks on a terminal; with no terminal it exits 2.
+    """
     from fmeval.cache import FeatureCache
 
     cache = FeatureCache()
+    root = escape(str(cache.root))
+    if model is None and dataset is None:
+        n_files = cache.file_count()
+        if not n_files:
+            console.print(f"nothing to remove under {root}")
+            return
+        n = len(cache.entries())
+        if not yes:
+            _confirm(f"delete {n} cache entries ({n_files} files) under {cache.root}?",
+                     f"cache clear would delete {n} entries ({n_files} files) under {cache.root}")
+        rep = cache.clear_all()
+        console.print(f"removed {rep.entries} entries ({rep.files} files) under {root}")
+        if rep.busy:
+            console.print(f"[yellow]kept {len(rep.busy)} entries a running fmeval is writing[/]")
+        if rep.foreign:
+            console.print(f"[yellow]kept {len(rep.foreign)} files fmeval did not write, "
+                          f"e.g. {escape(str(rep.foreign[0]))}[/]")
+        return
 
     def match(e) -> bool:
         return (model is None or e.key.get("adapter") == model.lower()) and (
@@ -90,9 +139,42 @@ def cache_clear(
         )
 
     n = sum(1 for e in cache.entries() if match(e))
-    if n and not yes and not typer.confirm(f"delete {n} cache entries under {cache.root}?"):
-        raise typer.Abort()
+    if not n:
+        console.print(f"no matching entries under {root}")
+        return
+    if not yes:
+        _confirm(f"delete {n} cache entries under {cache.root}?",
+                 f"cache clear would delete {n} entries under {cache.root}")
     console.print(f"removed {cache.clear(match)} entries")
+
+
+@cache_app.command("verify")
+def cache_verify(
+    keep: Annotated[bool, typer.Option("--keep", help="Only report bad entries; do not remove them.")] = False,
+) -> None:
+    """Check every entry (manifest, key, shape, dtype, content hash) and remove bad ones.
+
+    One line per bad entry (damaged or truncated tensor, hash or shape
+    mismatch, orphaned tensor, temporaries of a killed write). A bad entry
+    would be recomputed on its next use anyway; removing it just frees the
+    space now. Exit status 1 when anything was bad, so scripts notice damage;
+    0 when every entry verified.
+    """
+    from fmeval.cache import FeatureCache
+
+    cache = FeatureCache()
+    rep = cache.verify(remove=not keep)
+    for p in rep.problems:
+        where = p.path.relative_to(cache.root) if p.path.is_relative_to(cache.root) else p.path
+        action = " (removed)" if p.removed else ""
+        console.print(f"bad: {escape(str(where))}: {escape(p.reason)}{action}",
+                      highlight=False, soft_wrap=True)
+    state = "removed" if not keep else "kept"
+    bad = f", {len(rep.problems)} bad ({state})" if rep.problems else ", none bad"
+    console.print(f"{rep.ok} entries verified under {escape(str(cache.root))}{bad}",
+                  highlight=False, soft_wrap=True)
+    if rep.problems:
+        raise SystemExit(1)  # not typer.Exit: exits the same under any Typer runner
 
 
 @app.command()

@@ -90,10 +90,11 @@ class MedMNIST:
 
     @cached_property
     def _npz(self):
+        _check_npz_magic(self.path)
         try:
             return np.load(self.path, allow_pickle=False)
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise DataError(f"{self.path} is not a readable npz file ({exc}).") from None
+            raise DataError(f"{self.path} is not a readable npz file ({_no_pickle(exc)}).") from None
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -112,7 +113,7 @@ class MedMNIST:
         try:
             return npz[key]
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise DataError(f"{self.path}: array {key!r} is corrupt ({exc}).") from None
+            raise DataError(f"{self.path}: array {key!r} is corrupt ({_no_pickle(exc)}).") from None
 
     def labels(self, name: str) -> np.ndarray:
         """Validated labels of a split without decompressing its images.
@@ -137,6 +138,11 @@ class MedMNIST:
             raise DataError(
                 f"{where}: labels have shape {labels.shape}, expected [N, {width}] for a "
                 f"{self.task} task."
+            )
+        if len(labels) == 0:
+            raise DataError(
+                f"{where}: the {name} split has no samples; every evaluation needs samples in "
+                "train, val and test."
             )
         if not np.issubdtype(labels.dtype, np.integer):
             if not np.all(np.mod(labels, 1) == 0):
@@ -184,6 +190,47 @@ class MedMNIST:
             "md5_verified": self.md5_verified,
             **counts,
         }
+
+
+#: The first bytes of a zip archive (an npz is one): a local file header, or an
+#: empty archive's end-of-directory record.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _check_npz_magic(path: Path) -> None:
+    """Refuse anything that is not a zip before numpy guesses what it is.
+
+    ``np.load`` takes any non-zip, non-npy file for a pickle and answers
+    "use allow_pickle=True", which would point users at running code from a
+    data file. fmeval never unpickles data; it says what the file is instead.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror or exc}).") from None
+    if head[:4] in _ZIP_MAGIC:
+        return
+    if head.startswith(b"\x93NUMPY"):
+        what = "a single .npy array"
+    elif not head:
+        what = "empty"
+    elif all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        what = "a text file"
+    else:
+        what = "not a zip archive"
+    raise DataError(
+        f"{path} is not an npz archive ({what}); MedMNIST files are zip archives of "
+        "train/val/test _images/_labels arrays."
+    )
+
+
+def _no_pickle(exc: BaseException) -> str:
+    """numpy's message, minus its advice to enable pickle loading (never do that for data)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "pickle" in text.lower():
+        return "it holds Python objects (pickled data), which fmeval never loads"
+    return text
 
 
 def cached_md5(path: Path) -> str:

@@ -170,7 +170,7 @@ def frozen_result(fz, *, test_scores, val_scores, extras: dict, selection: dict,
         precision=fz.precision,
         selection=selection,
         extras={**extras, "cache_hits": fz.cache_hits},
-        warnings=[*fz.data.warnings, *warnings],
+        warnings=[*fz.data.warnings, *(fz.cache.events if fz.cache is not None else []), *warnings],
         wall_time_s=timer.seconds,
         test_indices=fz.indices.get("test"),
     )

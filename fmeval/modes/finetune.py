@@ -255,7 +255,10 @@ def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Prepared
             f"{folder} holds an unfinished run (status {rec.get('status')!r}); "
             "finish it with `fmeval finetune ... --resume` first."
         )
-    cfg = RunConfig.from_dict(rec["config"])
+    try:
+        cfg = RunConfig.from_dict(rec["config"])
+    except ConfigError as exc:
+        raise ConfigError(f"{folder / 'run.json'}: config: {exc}") from None
     cfg = replace(cfg, resume=None, **{k: v for k, v in overrides.items() if v is not None})
     p = prepare(cfg, train_method=False)
     p.method.load(p.model, folder)

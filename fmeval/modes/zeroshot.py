@@ -65,7 +65,8 @@ def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache
             feats = encode_prompts(adapter.encode_text, flat, batch_size, per_class=per_class)
         return torch.cat(feats).float()
 
-    stacked, _ = cache.get_or_compute("text", key, compute, device=device)
+    stacked, _ = cache.get_or_compute("text", key, compute, device=device,
+                                      expect_rows=sum(len(g) for g in flat))
     parts = list(torch.split(stacked, [len(g) for g in flat]))
     if bank.multi_label:
         return [(parts[2 * i], parts[2 * i + 1]) for i in range(len(groups))]

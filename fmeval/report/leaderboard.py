@@ -32,7 +32,7 @@ def weights_kind(model: dict) -> str:
     wid = str(model.get("weights_id", ""))
     if wid.startswith("random:"):
         return "tiny" if ":tiny" in wid else "random"
-    if wid.startswith("partial:") or (model.get("load_report") or {}).get("partial"):
+    if "+partial:" in wid:
         return "partial"
     if wid.startswith("file:"):
         return "file"

@@ -23,7 +23,7 @@ def protocol_line(r: RunResult) -> str:
 
 def weights_line(m: dict) -> str:
     text = f"`{m.get('weights_id', '?')}`"
-    load = m.get("load_report")
+    load = m.get("weights_load")
     if isinstance(load, dict) and load:
         text += f" ({load.get('loaded', '?')}/{load.get('total', '?')} tensors loaded)"
     return text
