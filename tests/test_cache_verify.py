@@ -31,7 +31,7 @@ def _report(reports: Path, n: int) -> dict:
 
 
 def _metrics(res: dict) -> dict:
-    return {m: v["value"] for m, v in res["test"]["metrics"].items()} | {"k": res["extras"]["k"]}
+    return {m: v["value"] for m, v in res["test"]["metrics"].items()} | {"k": res["selection"]["k"]}
 
 
 def _entry(cache_dir: Path, split: str) -> tuple[Path, dict]:

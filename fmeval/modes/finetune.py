@@ -24,7 +24,13 @@ from fmeval.errors import ConfigError, FmevalError
 from fmeval.modes.base import Timer, build_result, register_mode
 from fmeval.pipeline import build_adapter, dataset_record, open_data, run_transform, subset_indices
 from fmeval.progress import console as progress_console
-from fmeval.training.checkpoint import check_resume, new_run_dir, read_run_record, write_run_record
+from fmeval.training.checkpoint import (
+    check_resume,
+    load_train_state,
+    new_run_dir,
+    read_run_record,
+    write_run_record,
+)
 from fmeval.training.lora import count_parameters
 from fmeval.training.loop import FitResult, RunSetup, TrainData, fit, predict
 from fmeval.training.methods import METHODS, Classifier, Method
@@ -154,6 +160,7 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
         run_dir = Path(cfg.resume).expanduser()
         rec = read_run_record(run_dir)
         check_resume(rec["config"], cfg.to_dict(), run_dir)
+        load_train_state(run_dir)  # a damaged checkpoint fails here, before any work
     p = prepare(cfg)
     model, data = p.model, p.data
     trainable, total = _classifier_params(model)

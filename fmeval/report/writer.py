@@ -77,20 +77,25 @@ def finish(result: RunResult, root: str | Path | None = None, *, write: bool = T
 
 
 def check_writable(root: str | Path | None) -> Path:
-    """Fail before any work when the reports folder cannot be written."""
+    """Fail before any work when the reports folder cannot be created or written.
+
+    Nothing is created here (a run that fails on bad input leaves no empty
+    folder): the folder, or its nearest existing parent, must be a writable
+    directory.
+    """
     import os
-    import tempfile
 
     from fmeval.errors import ConfigError
 
     root = Path(root) if root is not None else reports_dir()
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"reports folder {root} exists and is not a folder.")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=root)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"cannot write reports to {root}: {exc.strerror or exc}.") from None
+    probe = root
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "exists and is not a folder" if probe == root else f"cannot be created: {probe} is a file"
+        raise ConfigError(f"reports folder {root} {what}.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write reports to {root}: {probe} is not writable.")
     return root
