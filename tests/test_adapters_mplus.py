@@ -249,6 +249,26 @@ def test_local_checkpoint_roundtrip_is_strict(name, tmp_path):
     assert "\n" not in str(err.value) and "--no-strict" in str(err.value)
 
 
+def test_vgg_reads_torchvisions_own_checkpoint_layout(tmp_path):
+    """torchvision's vgg16 file names the head ``classifier.{0,3,6}`` as linears."""
+    src = create_adapter("vgg16", tiny=True, seed=5)
+    tv = {}
+    for k, v in src.model.state_dict().items():
+        for new, old in (("pre_logits.fc1.", "classifier.0."), ("pre_logits.fc2.", "classifier.3.")):
+            if k.startswith(new):
+                k, v = old + k[len(new):], (v.flatten(1) if v.ndim == 4 else v)
+        tv[k] = v
+    tv["classifier.6.weight"], tv["classifier.6.bias"] = torch.zeros(1000, 4096), torch.zeros(1000)
+    assert tv["classifier.0.weight"].shape == (64, 64 * 7 * 7)
+    torch.save(tv, tmp_path / "vgg16-tv.pth")
+    loaded = create_adapter("vgg16", tiny=True, weights=tmp_path / "vgg16-tv.pth")
+    assert loaded.load_report.clean and torch.equal(_encode(loaded, _x(src)), _encode(src, _x(src)))
+    tv["classifier.3.weight"] = torch.zeros(4096, 63)  # a wrong size is still reported
+    torch.save(tv, tmp_path / "bad.pth")
+    with pytest.raises(ModelError, match="1 shape mismatch: pre_logits.fc2.weight"):
+        create_adapter("vgg16", tiny=True, weights=tmp_path / "bad.pth")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_pretrained_offline_is_one_quick_line(name, empty_hub):
     t0 = time.perf_counter()

@@ -57,6 +57,28 @@ def _tiny_vgg16(arch: str) -> nn.Module:
                                 model_cfg=VGG16_TINY_CFG, mlp_ratio=1 / 64, num_classes=0)
 
 
+# torchvision's VGG classifier (Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear) in timm's names.
+_VGG_TV_KEYS = {"classifier.0.": "pre_logits.fc1.", "classifier.3.": "pre_logits.fc2.",
+                "classifier.6.": "head.fc."}
+
+
+def _vgg_torchvision_keys(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Read torchvision's own VGG-16 file (``vgg16-397923af.pth``, the weights
+    ``vgg16.tv_in1k`` ports) as timm's pretrained loader does: the classifier
+    linears become the ConvMlp's convs (same numbers, conv shape). A tensor whose
+    size does not fit is left as is, so the strict check still reports it."""
+    own = model.state_dict()
+    out = {}
+    for k, v in sd.items():
+        for old, new in _VGG_TV_KEYS.items():
+            if k.startswith(old):
+                k = new + k[len(old):]
+                if k in own and v.ndim == 2 and v.numel() == own[k].numel():
+                    v = v.reshape(own[k].shape)
+        out[k] = v
+    return out
+
+
 def _tiny_efficientnet_b4(arch: str) -> nn.Module:
     """EfficientNet-B4's generator at width 0.25 and depth 0.1 (one block per stage).
 
@@ -99,6 +121,8 @@ class TimmSpec:
     # Builds the tiny model (``arch`` -> model with ``num_classes=0``) when the
     # timm entrypoint fixes the very arguments a tiny config must change.
     tiny_build: Callable[[str], nn.Module] | None = None
+    # Renames a foreign local checkpoint's keys (``--weights``) to the model's.
+    key_fix: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
 
 
 SPECS: tuple[TimmSpec, ...] = (
@@ -137,7 +161,8 @@ SPECS: tuple[TimmSpec, ...] = (
     # resolved to (timm 1.0.31); see fmeval.adapters.MEDMNIST_PLUS_MODELS.
     TimmSpec("vgg16", "vgg16.tv_in1k", "cnn",
              "VGG-16 (torchvision ImageNet-1k weights ported to timm), 4096-d ConvMlp pre-logits",
-             lora_targets=(), resizable=False, tiny_build=_tiny_vgg16),
+             lora_targets=(), resizable=False, tiny_build=_tiny_vgg16,
+             key_fix=_vgg_torchvision_keys),
     TimmSpec("densenet121-ra", "densenet121.ra_in1k", "cnn",
              "DenseNet-121, timm RandAugment ImageNet-1k weights (MedMNIST+'s densenet121)",
              dict(growth_rate=8, block_config=(2, 2, 2, 2)),
@@ -193,6 +218,8 @@ class TimmAdapter(Adapter):
             self.model.maxpool = nn.Identity()
         if cfg.weights is not None:
             sd = load_state_dict_file(cfg.weights)
+            if spec.key_fix is not None:
+                sd = spec.key_fix(sd, self.model)
             head = self.model.pretrained_cfg.get("classifier", "head")
             heads = [k for k in sd if k.startswith(f"{head}.")]
             self.load_report = load_weights(
