@@ -43,10 +43,11 @@ def offline_hub(tmp_path, monkeypatch):
 def test_registered_names_pin_the_protocol_weights():
     from torchvision.models import get_model_weights
 
-    assert NAMES == ["tv-resnet18", "tv-resnet50", "tv-densenet121", "tv-efficientnetv2-s", "tv-vit-b16"]
+    assert NAMES == ["tv-resnet18", "tv-resnet50", "tv-densenet121", "tv-efficientnetv2-s", "tv-vit-b16",
+                     "tv-alexnet"]
     expected = {"tv-resnet18": "IMAGENET1K_V1", "tv-resnet50": "IMAGENET1K_V2",
                 "tv-densenet121": "IMAGENET1K_V1", "tv-efficientnetv2-s": "IMAGENET1K_V1",
-                "tv-vit-b16": "IMAGENET1K_V1"}
+                "tv-vit-b16": "IMAGENET1K_V1", "tv-alexnet": "IMAGENET1K_V1"}
     for name, spec in SPECS.items():
         assert spec.weights == expected[name]
         meta = get_model_weights(spec.arch)[spec.weights].meta
@@ -70,7 +71,8 @@ def test_tiny_build_is_seeded_and_encodes(name):
     assert a.family == SPECS[name].family and a.lora_targets
     # the ImageNet classifier is gone: no module maps to 1000 outputs
     assert not any(getattr(m, "out_features", 0) == 1000 for m in a.modules())
-    assert a.preprocess.input_size == 32 and a.preprocess.interpolation == "bilinear"
+    assert a.preprocess.input_size == SPECS[name].tiny_input == (64 if name == "tv-alexnet" else 32)
+    assert a.preprocess.interpolation == "bilinear"
     assert a.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
@@ -83,7 +85,7 @@ def test_full_size_random_build_is_the_torchvision_architecture(name):
     a = create_adapter(name, pretrained=False)
     w = get_model_weights(spec.arch)[spec.weights]
     dims = {"tv-resnet18": 512, "tv-resnet50": 2048, "tv-densenet121": 1024,
-            "tv-efficientnetv2-s": 1280, "tv-vit-b16": 768}
+            "tv-efficientnetv2-s": 1280, "tv-vit-b16": 768, "tv-alexnet": 4096}
     assert a.feature_dim == dims[name]
     _, total = count_parameters(a)
     assert total == w.meta["num_params"] - (a.feature_dim * 1000 + 1000)

@@ -185,6 +185,15 @@ def _resolve_weights(
     return None
 
 
+def ungrouped_conv_names(model: nn.Module) -> tuple[str, ...]:
+    """Full names of every ``groups == 1`` Conv2d, the LoRA targets of CNNs whose
+    layer names vary (VGG's ``features.<i>``; EfficientNet's ``block.1.0`` is a
+    projection in Fused-MBConv but depthwise in MBConv). Depthwise convs are
+    left out: peft's conv LoRA needs the rank to divide ``groups``."""
+    return tuple(n for n, m in model.named_modules()
+                 if isinstance(m, nn.Conv2d) and m.groups == 1)
+
+
 def random_weights_id(cfg: AdapterConfig, arch: str) -> str:
     """Identifier of seeded random weights (tiny or full size)."""
     size = "tiny" if cfg.tiny else "full"

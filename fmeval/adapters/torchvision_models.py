@@ -1,7 +1,7 @@
 """torchvision ImageNet-1K classifiers as encoders, with pinned weight versions.
 
 The resolution study compares torchvision's own ResNet-18/50, DenseNet-121,
-EfficientNetV2-S and ViT-B/16. torchvision ships several weight versions per
+EfficientNetV2-S and ViT-B/16; MedMNIST+ takes its AlexNet from torchvision. torchvision ships several weight versions per
 architecture (ResNet-50 ``IMAGENET1K_V1`` at 76.1 % top-1 and the newer-recipe
 ``IMAGENET1K_V2`` at 80.9 %) and ``DEFAULT`` moves between them, so every spec
 pins one enum member and the ``weights_id`` records it.
@@ -43,6 +43,7 @@ from fmeval.adapters.base import (
     load_weights,
     random_weights_id,
     register_adapter,
+    ungrouped_conv_names,
 )
 from fmeval.errors import ConfigError, ModelError
 from fmeval.progress import progress_enabled
@@ -91,12 +92,37 @@ def _tiny_vit(size: int) -> nn.Module:
                              hidden_dim=32, mlp_dim=64)
 
 
-def _ungrouped_convs(model: nn.Module) -> tuple[str, ...]:
-    """Full names of every ``groups == 1`` conv: peft's conv LoRA needs the rank to
-    divide ``groups``, so depthwise convs are left out. EfficientNet needs full names
-    because ``block.1.0`` is a projection in Fused-MBConv but depthwise in MBConv."""
-    return tuple(n for n, m in model.named_modules()
-                 if isinstance(m, nn.Conv2d) and m.groups == 1)
+# AlexNet's layers at 1/8 width (conv 64/192/384/256/256, hidden 4096 -> 512).
+_TINY_ALEXNET_CONVS = {0: 8, 3: 24, 6: 48, 8: 32, 10: 32}
+_TINY_ALEXNET_HIDDEN = 512
+ALEXNET_LORA = ("features.0", "features.3", "features.6", "features.8", "features.10",
+                "classifier.1", "classifier.4")
+
+
+def _tiny_alexnet(size: int) -> nn.Module:
+    """torchvision's ``AlexNet`` class (its forward, 6x6 adaptive pool, layer names) at 1/8 width.
+
+    The class has no width argument (only ``num_classes`` and ``dropout``), so
+    it is built on the meta device (no 61 M-parameter allocation) and every
+    conv and linear is swapped for a narrow one with the same kernel, stride
+    and padding, drawn with torch's default init as torchvision's AlexNet is.
+    """
+    from torchvision.models.alexnet import AlexNet
+
+    with torch.device("meta"):
+        model = AlexNet()
+    prev = 3
+    for i, out in _TINY_ALEXNET_CONVS.items():
+        old = model.features[i]
+        model.features[i] = nn.Conv2d(prev, out, old.kernel_size, old.stride, old.padding)
+        prev = out
+    flat = prev * 6 * 6
+    model.classifier[1] = nn.Linear(flat, _TINY_ALEXNET_HIDDEN)
+    model.classifier[4] = nn.Linear(_TINY_ALEXNET_HIDDEN, _TINY_ALEXNET_HIDDEN)
+    model.classifier[6] = nn.Linear(_TINY_ALEXNET_HIDDEN, 1000)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ModelError("tiny AlexNet kept a meta tensor: torchvision's AlexNet layout changed.")
+    return model
 
 
 _DENSENET_OLD_KEY = re.compile(
@@ -135,7 +161,8 @@ class TvSpec:
     protocol names for it (the tests check it against torchvision's metadata, so
     a renamed or re-trained enum cannot slip in). ``head`` is the dotted path of
     the 1000-class linear layer. ``lora_targets`` empty means "computed from the
-    built model" (see :func:`_ungrouped_convs`).
+    built model" (see :func:`ungrouped_conv_names`). ``tiny_input`` is the input
+    size of the tiny build (AlexNet's three stride-2 pools need >= 63 px).
     """
 
     name: str
@@ -148,6 +175,7 @@ class TvSpec:
     tiny: Callable[[int], nn.Module]
     lora_targets: tuple[str, ...] = ()
     min_size: int = 8
+    tiny_input: int = TINY_INPUT
     fixed_size: bool = False  # ViT: the position embeddings fix the pretrained input size
     patch: int = 1  # ViT: the input size must be a multiple of the patch size
     key_fix: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
@@ -174,6 +202,10 @@ SPECS: tuple[TvSpec, ...] = (
     TvSpec("tv-vit-b16", "vit_b_16", "IMAGENET1K_V1", 0.811, "vit",
            "torchvision ViT-B/16, ImageNet-1K weights (top-1 0.811, fixed 224 px input)",
            "heads.head", _tiny_vit, ("mlp.0", "mlp.3"), fixed_size=True, patch=16),
+    TvSpec("tv-alexnet", "alexnet", "IMAGENET1K_V1", 0.565, "cnn",
+           "torchvision AlexNet, ImageNet-1K weights (top-1 0.565), 4096-d penultimate features "
+           "(MedMNIST+'s AlexNet_Weights.DEFAULT)",
+           "classifier.6", _tiny_alexnet, ALEXNET_LORA, min_size=63, tiny_input=64),
 )
 
 
@@ -258,7 +290,7 @@ def _build(spec: TvSpec, cfg: AdapterConfig, use_hub: bool, weights) -> nn.Modul
     from torchvision.models import get_model
 
     if cfg.tiny:
-        return spec.tiny(cfg.input_size or TINY_INPUT)
+        return spec.tiny(cfg.input_size or spec.tiny_input)
     if not use_hub:
         kwargs = {"image_size": cfg.input_size} if spec.fixed_size and cfg.input_size else {}
         return get_model(spec.arch, weights=None, **kwargs)
@@ -299,7 +331,7 @@ class TorchvisionAdapter(Adapter):
         self.arch = spec.arch
         self.model = _build(spec, cfg, use_hub, weights)
         self.feature_dim = _drop_head(self.model, spec.head)
-        self.lora_targets = spec.lora_targets or _ungrouped_convs(self.model)  # type: ignore[misc]
+        self.lora_targets = spec.lora_targets or ungrouped_conv_names(self.model)  # type: ignore[misc]
         if cfg.weights is not None:
             sd = load_state_dict_file(cfg.weights)
             if spec.key_fix is not None:
@@ -314,7 +346,7 @@ class TorchvisionAdapter(Adapter):
             self.weights_id = spec.weights_tag
         else:
             self.weights_id = random_weights_id(cfg, f"torchvision.{spec.arch}")
-        self.preprocess = _preprocess(weights, cfg)
+        self.preprocess = _preprocess(weights, cfg, spec.tiny_input)
 
     @property
     def backbone(self) -> nn.Module:
@@ -324,7 +356,7 @@ class TorchvisionAdapter(Adapter):
         return self.model(x)
 
 
-def _preprocess(weights, cfg: AdapterConfig) -> Preprocess:
+def _preprocess(weights, cfg: AdapterConfig, tiny_input: int = TINY_INPUT) -> Preprocess:
     """Mean, std and interpolation from the pinned weights' own transforms.
 
     torchvision resizes to ``resize_size`` then centre-crops ``crop_size``;
@@ -332,7 +364,7 @@ def _preprocess(weights, cfg: AdapterConfig) -> Preprocess:
     its border), so the crop size, what the network sees, is the input size.
     """
     t = weights.transforms()
-    size = cfg.input_size or (TINY_INPUT if cfg.tiny else int(t.crop_size[0]))
+    size = cfg.input_size or (tiny_input if cfg.tiny else int(t.crop_size[0]))
     return Preprocess(
         input_size=size,
         mean=tuple(float(v) for v in t.mean),  # type: ignore[arg-type]
