@@ -14,3 +14,4 @@ from fmeval.adapters import timm_models  # noqa: F401,E402
 from fmeval.adapters import medvit  # noqa: F401,E402
 from fmeval.adapters import openclip  # noqa: F401,E402
 from fmeval.adapters import medclip  # noqa: F401,E402
+from fmeval.adapters import volumetric  # noqa: F401,E402
