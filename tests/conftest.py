@@ -31,3 +31,21 @@ def pneumonia_root() -> Path:
     if not SHARED_PNEUMONIA.exists():
         pytest.skip(f"real PneumoniaMNIST not found at {SHARED_PNEUMONIA}")
     return SHARED_PNEUMONIA.parent
+
+
+SHARED_VESSEL = REPO.parent / "shared" / "data" / "vesselmnist3d.npz"
+
+
+@pytest.fixture(scope="session")
+def vessel_root() -> Path:
+    """Folder holding the official VesselMNIST3D files (28^3 and 64^3).
+
+    Missing data fails under CI=true (the 3D paths must run there) and skips
+    elsewhere.
+    """
+    if not SHARED_VESSEL.exists():
+        msg = f"real VesselMNIST3D not found at {SHARED_VESSEL}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return SHARED_VESSEL.parent
