@@ -48,8 +48,9 @@ def test_acs_groups_hold_the_2d_kernels():
 
 
 @pytest.mark.parametrize("k,s,p,d", GEOMS)
-def test_acs_equals_a_3d_conv_with_the_2d_kernels_in_the_central_planes(k, s, p, d):
-    conv = nn.Conv2d(4, 7, k, s, p, d, bias=True)
+@pytest.mark.parametrize("cout", [7, 20])  # below / above DENSE_BELOW: both forward paths
+def test_acs_equals_a_3d_conv_with_the_2d_kernels_in_the_central_planes(k, s, p, d, cout):
+    conv = nn.Conv2d(4, cout, k, s, p, d, bias=True)
     acs = ACSConv3d.from_conv2d(conv)
     x = torch.randn(2, 4, 9, 10, 11)
     ref = F.conv3d(x, _embedded(acs, conv.weight.detach()), conv.bias.detach(), s, p, d)

@@ -266,3 +266,18 @@ def test_volume_transform_rejects_bad_input():
         VolumeTransform().prepare(np.zeros((2, 4, 4, 4), np.float32), "cpu")
     with pytest.raises(ConfigError, match="channels must be 1 or 3"):
         VolumeTransform(channels=2)
+
+
+def test_ls_datasets_shows_3d_with_dimensionality(capsys, tmp_path, monkeypatch):
+    from fmeval.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    write_synthetic(tmp_path, "nodulemnist3d", 64, n=(2, 1, 1))
+    with pytest.raises(SystemExit) as exc:
+        main(["ls", "datasets", "--data-root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    assert "3D" in rows["vesselmnist3d"] and "28,64 " in rows["vesselmnist3d"]
+    assert "2D" in rows["pathmnist"] and "28,64,128,224" in rows["pathmnist"]
+    assert rows["nodulemnist3d"].rstrip(" │").endswith("64")  # the local size found on disk
