@@ -132,7 +132,9 @@ class ACSConv3d(nn.Module):
         super().__init__()
         self.depthwise = groups > 1 and groups == in_channels == out_channels
         if groups != 1 and not self.depthwise:
-            raise ModelError(f"ACS conversion supports groups=1 or depthwise convolutions, not groups={groups}.")
+            raise ModelError(
+                f"ACS conversion supports groups=1 or depthwise convolutions, not groups={groups}."
+            )
         self.split = split or acs_split(out_channels)
         if sum(self.split) != out_channels:
             raise ModelError(f"ACS split {self.split} does not add up to {out_channels} channels.")
@@ -290,8 +292,12 @@ def _convert(module: nn.Module, conv: ConvConversion, prefix: str) -> None:
         elif type(child) in LAYERS:
             setattr(module, name, LAYERS[type(child)](child))
         elif any(isinstance(child, t) for t in LAYERS):
-            raise ModelError(f"cannot convert {path} ({type(child).__name__}, a 2D layer with its own forward) to 3D.")
+            raise ModelError(
+                f"cannot convert {path} ({type(child).__name__}, a 2D layer with its own forward) to 3D."
+            )
         elif not any(True for _ in child.children()) and "2d" in type(child).__name__.lower():
-            raise ModelError(f"cannot convert {path} ({type(child).__name__}) to 3D: no 3D counterpart known.")
+            raise ModelError(
+                f"cannot convert {path} ({type(child).__name__}) to 3D: no 3D counterpart known."
+            )
         else:
             _convert(child, conv, f"{path}.")

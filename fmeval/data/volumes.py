@@ -28,6 +28,14 @@ Examples: ``axial/mean`` (one central axial slice), ``tri-planar/mean+max``,
 canonical :attr:`VolumeView.name` drops the default ``central:`` selector and
 always names the pool, and parses back to the same view.
 
+Use: ``view.select(volumes)`` gives uint8 slices [N * S, h, w] that any 2D
+pipeline encodes like a split of grey images; ``view.pool_features(f, S)``
+(``S = view.n_slices(side)``) turns their features [N * S, F] into one row
+per volume; :func:`encode_volumes` chains the three. Zero-shot pools class
+scores per slice with ``view.pool_scores(logits, S)`` (``mean`` or ``max``;
+probabilities are renormalised after ``max``, see there). The pooling method
+is ``pool_features`` because ``pool`` is the field naming the pool.
+
 Everything here is vectorised numpy / torch (no loop over volumes or slices).
 """
 
