@@ -40,8 +40,9 @@ def ls_datasets(
 
     root = data_root or default_data_root()
     table = Table(title=f"MedMNIST datasets (local root: {root})")
-    for col in ("flag", "dim", "task", "ch", "classes", "train/val/test", "sizes", "local sizes"):
-        table.add_column(col)
+    table.add_column("flag", no_wrap=True)  # names stay whole in narrow terminals
+    for col in ("dim", "task", "ch", "classes", "train/val/test", "sizes", "local sizes"):
+        table.add_column(col, overflow="fold")
     for flag in all_flags():
         info = dataset_info(flag)
         local = [str(s) for s in info.sizes if (root / DatasetInfo.filename(flag, s)).exists()]
