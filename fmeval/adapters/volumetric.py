@@ -66,7 +66,8 @@ class VolumeAdapter(Adapter):
     """An encoder of volumes: ``encode_image`` takes float [N, C, D, H, W].
 
     ``transform`` is its input contract (channels, shape transform) in place
-    of the 2D ``preprocess``; ``input_size`` is the volume side it was built
+    of the 2D ``preprocess``, which volume adapters do not have; callers
+    branch on ``ndim`` first. ``input_size`` is the volume side it was built
     for (the ResNets accept any side, the ViT only this one).
     """
 
