@@ -152,8 +152,7 @@ def prepare_frozen(
     """
     data = open_data(cfg)
     for s in splits:
-        if len(data.labels(s)) == 0:
-            raise ConfigError(f"the {s} split of {data.path.name} is empty.")
+        data.labels(s)  # validated (an empty split is an error) before any model work
     device = resolve_device(cfg.device)
     adapter = build_adapter(cfg, device, data, reusable=True)
     if require_text and not adapter.supports_text:

@@ -42,3 +42,12 @@ def require_shared(path: Path) -> Path:
 def pneumonia_root() -> Path:
     """Folder holding the real PneumoniaMNIST (28 px) shared with this project."""
     return require_shared(SHARED_PNEUMONIA).parent
+
+
+SHARED_VESSEL = REPO.parent / "shared" / "data" / "vesselmnist3d.npz"
+
+
+@pytest.fixture(scope="session")
+def vessel_root() -> Path:
+    """Folder holding the official VesselMNIST3D files (28^3 and 64^3)."""
+    return require_shared(SHARED_VESSEL).parent

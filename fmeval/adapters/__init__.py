@@ -15,6 +15,7 @@ from fmeval.adapters import torchvision_models  # noqa: F401,E402
 from fmeval.adapters import medvit  # noqa: F401,E402
 from fmeval.adapters import openclip  # noqa: F401,E402
 from fmeval.adapters import medclip  # noqa: F401,E402
+from fmeval.adapters import volumetric  # noqa: F401,E402
 
 MEDMNIST_PLUS_MODELS: tuple[str, ...] = (
     "vgg16", "tv-alexnet", "resnet18", "densenet121-ra", "efficientnet-b4",

@@ -65,6 +65,9 @@ class Adapter(nn.Module):
 
     code_version: ClassVar[str] = "1"
     family: ClassVar[str] = "generic"
+    # 2: encode_image takes images [N, 3, S, S]; 3: volumes [N, C, D, H, W]
+    # (fmeval.adapters.volumetric). Modes branch on this, never on names.
+    ndim: ClassVar[int] = 2
     # Module-name patterns peft's LoRA should target inside ``backbone``.
     lora_targets: ClassVar[tuple[str, ...]] = ()
 

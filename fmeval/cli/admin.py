@@ -39,19 +39,21 @@ def ls_datasets(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", envvar="FMEVAL_DATA_ROOT",
                                                       help="Folder to check for local npz files.")] = None,
 ) -> None:
-    """The 12 2D MedMNIST datasets: task, classes, splits, and which sizes are on disk."""
-    from fmeval.data import SIZES, DatasetInfo, dataset_info, default_data_root, flags_2d
+    """The 18 MedMNIST datasets (12 2D, 6 3D): dimensionality, task, classes, splits, sizes on disk."""
+    from fmeval.data import DatasetInfo, all_flags, dataset_info, default_data_root
 
     root = data_root or default_data_root()
-    table = Table(title=f"MedMNIST 2D datasets (local root: {root})")
-    for col in ("flag", "task", "ch", "classes", "train/val/test", "local sizes"):
-        table.add_column(col)
-    for flag in flags_2d():
+    table = Table(title=f"MedMNIST datasets (local root: {root})")
+    table.add_column("flag", no_wrap=True)  # names stay whole in narrow terminals
+    for col in ("dim", "task", "ch", "classes", "train/val/test", "sizes", "local sizes"):
+        table.add_column(col, overflow="fold")
+    for flag in all_flags():
         info = dataset_info(flag)
-        local = [str(s) for s in SIZES if (root / DatasetInfo.filename(flag, s)).exists()]
+        local = [str(s) for s in info.sizes if (root / DatasetInfo.filename(flag, s)).exists()]
         n = info.n_samples
-        table.add_row(flag, info.task, str(info.n_channels), str(info.n_classes),
-                      f"{n['train']}/{n['val']}/{n['test']}", ",".join(local) or "-")
+        table.add_row(flag, f"{info.ndim}D", info.task, str(info.n_channels), str(info.n_classes),
+                      f"{n['train']}/{n['val']}/{n['test']}", ",".join(map(str, info.sizes)),
+                      ",".join(local) or "-")
     console.print(table)
 
 

@@ -5,6 +5,9 @@ The official layout is one file per dataset and size (``{flag}.npz`` for 28 px,
 We read the npz directly instead of through ``medmnist``'s Dataset class,
 whose ``len()`` insists on the official sample counts (breaking subsets and
 test fixtures); every inconsistency becomes a one-line :class:`DataError`.
+2D and 3D datasets share this path: the metadata record says which shape a
+sample has (``DatasetInfo.image_shape``), and a file of the other kind (a 2D
+file saved under a 3D name, a volume of the wrong depth) is named as such.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmeval.data.info import SIZES, SPLITS, DatasetInfo, dataset_info, is_multilabel
+from fmeval.data.info import SPLITS, DatasetInfo, dataset_info, is_multilabel
 from fmeval.errors import DataError
 from fmeval.io import atomic_write_json, file_digest, file_lock
 
@@ -38,7 +41,7 @@ def default_data_root() -> Path:
 
 @dataclass
 class Split:
-    images: np.ndarray  # uint8 [N, H, W] or [N, H, W, 3]
+    images: np.ndarray  # uint8 [N, H, W], [N, H, W, 3] or volumes [N, D, H, W]
     labels: np.ndarray  # int64 [N, label_width]
 
     def __len__(self) -> int:
@@ -165,14 +168,14 @@ class MedMNIST:
         images = self._read(f"{name}_images")
         labels = self.labels(name)
         where = f"{self.path.name} [{name}]"
-        c = self.info.n_channels
-        expect = (self.size, self.size) if c == 1 else (self.size, self.size, 3)
+        expect = self.info.image_shape(self.size)
         if images.dtype != np.uint8:
             raise DataError(f"{where}: images are {images.dtype}, expected uint8 (0-255).")
         if images.ndim != len(expect) + 1 or images.shape[1:] != expect:
+            unit = f"{self.size}^3 voxels" if self.info.is_volume else f"{self.size} px"
             raise DataError(
                 f"{where}: images have shape {images.shape}, expected [N, {', '.join(map(str, expect))}]"
-                f" for {self.flag} at {self.size} px."
+                f" for {self.flag} at {unit}{_shape_hint(self.info, self.size, images.shape)}."
             )
         if len(labels) != len(images):
             raise DataError(f"{where}: {len(images)} images but {len(labels)} labels.")
@@ -233,6 +236,22 @@ def _no_pickle(exc: BaseException) -> str:
     return text
 
 
+def _shape_hint(info: DatasetInfo, size: int, shape: tuple[int, ...]) -> str:
+    """Why a sample shape is wrong, when the shape says so (else nothing)."""
+    dims = shape[1:]
+    if info.is_volume:
+        if len(dims) == 2 or (len(dims) == 3 and dims[-1] == 3 and dims[0] != 3):
+            return ": this is a 2D image file, not a 3D volume file"
+        if len(dims) == 3 and dims[1:] == (size, size):
+            return f": depth {dims[0]}, expected {size} (volumes are [N, D, H, W] with D = H = W)"
+        if len(dims) == 3 and len(set(dims)) == 1:
+            return f": {dims[0]}^3 volumes, a file of another size"
+        return ""
+    if len(dims) == 3 and dims[-1] != 3:
+        return ": this is a 3D volume file, not a 2D image file"
+    return ""
+
+
 def cached_md5(path: Path) -> str:
     """MD5 of a data file, remembered by (path, size, mtime) in the cache folder.
 
@@ -263,9 +282,11 @@ def cached_md5(path: Path) -> str:
 
 def locate(flag: str, size: int, root: str | Path | None, download: bool) -> Path:
     info = dataset_info(flag)
-    if size not in SIZES:
+    if size not in info.sizes:
+        kind = "3D volumes" if info.is_volume else "MedMNIST+"
         raise DataError(
-            f"size {size} is not available; MedMNIST+ sizes are {', '.join(map(str, SIZES))}."
+            f"size {size} is not available for {info.flag}; {kind} sizes are "
+            f"{', '.join(map(str, info.sizes))}."
         )
     root = Path(root).expanduser() if root is not None else default_data_root()
     path = root / DatasetInfo.filename(info.flag, size)
