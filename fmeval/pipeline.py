@@ -20,27 +20,42 @@ from fmeval.adapters.base import Adapter, create_adapter
 from fmeval.cache import FeatureCache
 from fmeval.config import RunConfig
 from fmeval.data import SPLITS, MedMNIST, load_dataset
-from fmeval.data.transforms import DEFAULT_CANVAS, ImageTransform, resolve_transform
+from fmeval.data.transforms import DEFAULT_CANVAS, resolve_transform
+from fmeval.data.volumes import VolumeView, parse_view
 from fmeval.device import resolve_device, resolve_precision
 from fmeval.errors import ConfigError
-from fmeval.features import extract_features
+from fmeval.features import Transform, extract_features
 
 
 @dataclass
 class Frozen:
-    """Everything a frozen-feature mode needs."""
+    """Everything a frozen-feature mode needs.
+
+    For a 3D dataset seen through a 2D encoder, ``features`` are the pooled
+    volume features and ``slice_features`` the per-slice ones (zero-shot pools
+    per-slice logits instead), ``n_slices`` slices per volume.
+    """
 
     config: RunConfig
     adapter: Adapter
     data: MedMNIST
     device: torch.device
-    transform: ImageTransform
+    transform: Transform
     precision: str
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     cache_hits: dict[str, bool] = field(default_factory=dict)
     indices: dict[str, np.ndarray | None] = field(default_factory=dict)  # --limit subsets (None: all)
     cache: FeatureCache | None = None
+    view: VolumeView | None = None
+    slice_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_slices: int = 1
+
+    def transform_record(self) -> dict:
+        rec = self.transform.as_dict()
+        if self.view is not None:
+            rec = {**rec, "volume_view": self.view.as_dict(), "slices_per_volume": self.n_slices}
+        return rec
 
     def dataset_record(self) -> dict:
         return dataset_record(self.data, self.config, self.labels)
@@ -58,13 +73,38 @@ def open_data(cfg: RunConfig) -> MedMNIST:
     return load_dataset(cfg.dataset, cfg.size, cfg.data_root, download=cfg.download, md5=cfg.md5)
 
 
-def build_input_size(cfg: RunConfig) -> int | None:
-    """The encoder's input size: explicit, else the pad canvas, else the encoder's default."""
+def is_volume_model(name: str) -> bool:
+    from fmeval.adapters import ADAPTERS
+
+    return ADAPTERS.entry(name).tags.get("ndim") == "3"
+
+
+def build_input_size(cfg: RunConfig, data: MedMNIST | None = None) -> int | None:
+    """The encoder's input size: explicit, else the pad canvas, else the encoder's default
+    (a native 3D encoder: the volume side)."""
     if cfg.input_size is not None:
         return cfg.input_size
+    if data is not None and data.info.is_volume and is_volume_model(cfg.model):
+        return data.size
     if cfg.geometry == "pad":
         return cfg.canvas or DEFAULT_CANVAS
     return None
+
+
+def check_dimensions(cfg: RunConfig, data: MedMNIST) -> None:
+    """2D encoders see volumes only through a volume view; 3D encoders only volumes."""
+    volume_model = is_volume_model(cfg.model)
+    if data.info.is_volume and not volume_model and not cfg.volume_view:
+        raise ConfigError(
+            f"{data.flag} holds 3D volumes and {cfg.model} is a 2D encoder: pass --volume-view, e.g. "
+            "axial/mean, tri-planar/mean, tri-planar/mean+max or all:axial/max (or use a 3D model)."
+        )
+    if not data.info.is_volume and cfg.volume_view:
+        raise ConfigError(f"--volume-view applies to 3D datasets; {data.flag} is 2D.")
+    if not data.info.is_volume and volume_model:
+        raise ConfigError(f"{cfg.model} encodes 3D volumes; {data.flag} is a 2D dataset.")
+    if volume_model and cfg.volume_view:
+        raise ConfigError(f"{cfg.model} is a 3D model and encodes whole volumes; drop --volume-view.")
 
 
 _REUSE: dict | None = None  # see reuse_adapters()
@@ -88,7 +128,7 @@ def build_adapter(cfg: RunConfig, device: torch.device, data: MedMNIST | None = 
     kwargs = dict(
         pretrained=cfg.pretrained, tiny=cfg.tiny, weights=cfg.weights, strict=cfg.strict,
         seed=cfg.seed if cfg.weights_seed is None else cfg.weights_seed,
-        input_size=build_input_size(cfg), allow_partial=cfg.allow_partial, device=device,
+        input_size=build_input_size(cfg, data), allow_partial=cfg.allow_partial, device=device,
     )
     key = repr((cfg.model, sorted(kwargs.items(), key=lambda kv: kv[0])))
     if reusable and _REUSE is not None and key in _REUSE:
@@ -108,7 +148,11 @@ def build_adapter(cfg: RunConfig, device: torch.device, data: MedMNIST | None = 
     return adapter
 
 
-def run_transform(adapter: Adapter, cfg: RunConfig, data: MedMNIST) -> ImageTransform:
+def run_transform(adapter: Adapter, cfg: RunConfig, data: MedMNIST) -> Transform:
+    """The run's input pipeline: a 3D encoder's own volume transform, else the image
+    transform (for a 2D encoder on volumes: applied to each slice)."""
+    if getattr(adapter, "ndim", 2) == 3:
+        return adapter.transform
     return resolve_transform(
         adapter.preprocess, geometry=cfg.geometry, canvas=cfg.canvas, pad_fill=cfg.pad_fill,
         interpolation=cfg.interpolation, norm=cfg.norm, image_size=data.size,
@@ -124,7 +168,7 @@ def subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray | None:
 
 
 def feature_key(adapter: Adapter, data: MedMNIST, split: str, cfg: RunConfig,
-                transform: ImageTransform, precision: str) -> dict:
+                transform: Transform, precision: str, view: VolumeView | None = None) -> dict:
     """Everything that determines a cached feature tensor."""
     return {
         "adapter": adapter.name,
@@ -138,6 +182,8 @@ def feature_key(adapter: Adapter, data: MedMNIST, split: str, cfg: RunConfig,
         "split": split,
         "limit": cfg.limit,
         "limit_seed": cfg.seed if cfg.limit else None,
+        # per-slice features: keyed by the slices taken (pooling happens in memory)
+        **({"volume_slices": view.slices} if view is not None else {}),
     }
 
 
@@ -153,6 +199,8 @@ def prepare_frozen(
     data = open_data(cfg)
     for s in splits:
         data.labels(s)  # validated (an empty split is an error) before any model work
+    check_dimensions(cfg, data)
+    view = parse_view(cfg.volume_view) if cfg.volume_view else None
     device = resolve_device(cfg.device)
     adapter = build_adapter(cfg, device, data, reusable=True)
     if require_text and not adapter.supports_text:
@@ -160,22 +208,28 @@ def prepare_frozen(
     transform = run_transform(adapter, cfg, data)
     precision = resolve_precision(cfg.precision, device, adapter.family)
     cache = FeatureCache(enabled=cfg.use_cache)
-    fz = Frozen(cfg, adapter, data, device, transform, precision, cache=cache)
+    fz = Frozen(cfg, adapter, data, device, transform, precision, cache=cache, view=view)
+    fz.n_slices = view.n_slices(data.size) if view is not None else 1
     for split in splits:
         all_labels = data.labels(split)
         idx = subset_indices(len(all_labels), cfg.limit, cfg.seed)
-        key = feature_key(adapter, data, split, cfg, transform, precision)
+        key = feature_key(adapter, data, split, cfg, transform, precision, view)
 
         def compute(split=split, idx=idx) -> torch.Tensor:
             images = data.split(split).images
+            images = images if idx is None else images[idx]
+            if view is not None:
+                images = view.select(images)  # [N * S, H, W]: an ordinary grey 2D split
             return extract_features(
-                adapter, images if idx is None else images[idx], transform=transform,
-                batch_size=cfg.batch_size, device=device, precision=precision,
-                description=f"{cfg.model} {data.flag} {split}",
+                adapter, images, transform=transform, batch_size=cfg.batch_size, device=device,
+                precision=precision, description=f"{cfg.model} {data.flag} {split}",
             )
 
-        n_rows = len(all_labels) if idx is None else len(idx)
+        n_rows = (len(all_labels) if idx is None else len(idx)) * fz.n_slices
         feats, hit = cache.get_or_compute("image", key, compute, device=device, expect_rows=n_rows)
+        if view is not None:
+            fz.slice_features[split] = feats
+            feats = view.pool_features(feats, fz.n_slices)
         fz.features[split] = feats
         fz.labels[split] = all_labels if idx is None else all_labels[idx]
         fz.cache_hits[split] = hit

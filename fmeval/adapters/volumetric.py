@@ -252,7 +252,7 @@ def _register_resnet(spec: ResNet3DSpec) -> None:
         return ResNet3DAdapter(spec, cfg)
 
     weights = spec.arch if spec.imagenet else "none (from scratch)"
-    register_adapter(spec.name, spec.description, family="cnn3d", text="no", weights=weights)(factory)
+    register_adapter(spec.name, spec.description, family="cnn3d", text="no", weights=weights, ndim="3")(factory)
 
 
 for _spec in _resnet_specs():
@@ -260,5 +260,5 @@ for _spec in _resnet_specs():
 
 register_adapter(
     "vit3d", "3D ViT as published for MedMNIST 3D: 7^3 patches on 28^3 (16^3 on 64^3), width 256, "
-    "6 layers, 8 heads (from scratch)", family="vit3d", text="no", weights="none (from scratch)",
+    "6 layers, 8 heads (from scratch)", family="vit3d", text="no", weights="none (from scratch)", ndim="3",
 )(ViT3DAdapter)

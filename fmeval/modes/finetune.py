@@ -22,7 +22,15 @@ from fmeval.data.augment import augment_policy
 from fmeval.device import resolve_device, resolve_precision, use_channels_last
 from fmeval.errors import ConfigError, FmevalError
 from fmeval.modes.base import Timer, build_result, register_mode
-from fmeval.pipeline import build_adapter, dataset_record, open_data, run_transform, subset_indices
+from fmeval.pipeline import (
+    build_adapter,
+    check_dimensions,
+    dataset_record,
+    is_volume_model,
+    open_data,
+    run_transform,
+    subset_indices,
+)
 from fmeval.progress import console as progress_console
 from fmeval.training.checkpoint import (
     check_resume,
@@ -72,6 +80,13 @@ def prepare(cfg: RunConfig, *, train_method: bool = True) -> Prepared:
     """
     method = METHODS.get(method_of(cfg))
     data = open_data(cfg)
+    check_dimensions(cfg, data)
+    if data.info.is_volume and not is_volume_model(cfg.model):
+        raise ConfigError(
+            f"fine-tuning on the volumes of {data.flag} needs a 3D model (resnet18-acs, resnet18-3d, "
+            "resnet18-2.5d, vit3d, ...); a 2D encoder sees volumes through --volume-view in knn, "
+            "linprobe and zeroshot."
+        )
     images, labels, indices = {}, {}, {}
     for s in SPLITS:
         sp = data.split(s)
@@ -87,7 +102,8 @@ def prepare(cfg: RunConfig, *, train_method: bool = True) -> Prepared:
     precision = resolve_precision(cfg.precision, device, adapter.family)
     setup = RunSetup(transform=transform, device=device, precision=precision,
                      channels_last=use_channels_last(adapter.family, device, precision),
-                     eval_batch_size=cfg.batch_size, augment=augment_policy(data.flag))
+                     eval_batch_size=cfg.batch_size,
+                     augment=None if data.info.is_volume else augment_policy(data.flag))
     # LoRA init and head init are seeded on their own, independent of what ran before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)

@@ -16,7 +16,7 @@ import numpy as np
 
 from fmeval.config import RunConfig
 from fmeval.modes.base import Timer, frozen_result, metric_labels, register_mode, scores_np
-from fmeval.modes.zeroshot import bank_extras, load_bank_for, style_prompts, text_features, zeroshot_scores
+from fmeval.modes.zeroshot import bank_extras, load_bank_for, split_scores, style_prompts, text_features
 from fmeval.pipeline import prepare_frozen
 
 COLUMNS = ("acc", "balanced_acc", "auc", "f1_macro")
@@ -61,7 +61,7 @@ def run_prompt_compare(cfg: RunConfig):
     for style in styles:
         text = text_features(fz.adapter, bank, style, fz.cache, z.text_batch_size, fz.device)
         for split in ("val", "test"):
-            scores[split][style] = scores_np(zeroshot_scores(fz.adapter, fz.features[split], text, z.ensemble))
+            scores[split][style] = scores_np(split_scores(fz, split, text, z.ensemble))
         rows.append(_row(style, text, bank, task, y["val"], scores["val"][style], names, cfg))
         if best is None or _better(rows[-1]["auc"], best["auc"]):
             best = rows[-1]

@@ -79,6 +79,18 @@ def zeroshot_scores(adapter: Adapter, image_feats: torch.Tensor, text_feats, ens
     return zeroshot_probs(image_feats, text_feats, logit_scale=adapter.logit_scale, ensemble=ensemble)
 
 
+def split_scores(fz, split: str, text_feats, ensemble: str) -> torch.Tensor:
+    """Zero-shot scores of a split; volumes seen through a 2D encoder pool the
+    per-slice logits of each volume (the view's pooling) before the softmax."""
+    from fmeval.zeroshot import zeroshot_probs
+
+    if fz.view is None:
+        return zeroshot_scores(fz.adapter, fz.features[split], text_feats, ensemble)
+    pool = lambda z: fz.view.pool_scores(z, fz.n_slices, kind="logits")  # noqa: E731
+    return zeroshot_probs(fz.slice_features[split], text_feats, logit_scale=fz.adapter.logit_scale,
+                          ensemble=ensemble, pool_logits=pool)
+
+
 def bank_extras(bank, style: str, adapter: Adapter, ensemble: str) -> dict:
     return {"prompt_bank": bank.describe(style), "prompt_bank_hash": bank.content_hash, "style": style,
             "ensemble": ensemble, "logit_scale": float(adapter.logit_scale)}
@@ -95,8 +107,8 @@ def run_zeroshot(cfg: RunConfig):
     text = text_features(fz.adapter, bank, style, fz.cache, z.text_batch_size, fz.device)
     return frozen_result(
         fz,
-        test_scores=zeroshot_scores(fz.adapter, fz.features["test"], text, z.ensemble),
-        val_scores=zeroshot_scores(fz.adapter, fz.features["val"], text, z.ensemble),
+        test_scores=split_scores(fz, "test", text, z.ensemble),
+        val_scores=split_scores(fz, "val", text, z.ensemble),
         extras=bank_extras(bank, style, fz.adapter, z.ensemble),
         selection={},
         timer=timer,
