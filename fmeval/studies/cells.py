@@ -9,8 +9,8 @@ these rows, so the same grouping rules hold everywhere:
   config variant; its runs differ only by seed and are pooled (mean over seeds,
   sample SD and min-max across seeds, mean of the per-seed bootstrap CIs).
 
-The *variant* is a short digest of everything the run computes except its
-seed, so two cells of one model and mode that a study configured differently
+The *variant* is a short digest of everything the run computes except the
+study's axes (model, mode, dataset, size, seed, prompt style), so two cells of one model and mode that a study configured differently
 (a per-axis override) are never averaged together.
 """
 
@@ -46,8 +46,16 @@ def style_of(r: RunResult) -> str:
     return str(style) if style else ""
 
 
+# Config fields a study crosses (or that follow from them): left out of the variant.
+AXES = ("mode", "model", "dataset", "size", "seed", "limit", "protocol_variant", "zeroshot.style")
+
+
 def variant_of(r: RunResult) -> str:
-    """8 hex digits of what the run computes, seed left out (see module docstring)."""
+    """8 hex digits of what the run computes beyond the study's axes (see module docstring).
+
+    Two runs of one model and mode whose variants differ were configured
+    differently (an override), so they are never pooled or summarised together.
+    """
     cfg = dict(r.config)
     try:
         from fmeval.config import RunConfig
@@ -58,7 +66,12 @@ def variant_of(r: RunResult) -> str:
         from fmeval.config import NON_SEMANTIC
 
         semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC}
-    semantic.pop("seed", None)
+    for axis in AXES:  # what the study crosses is shown as columns, not hidden in the digest
+        head, _, tail = axis.partition(".")
+        if tail and isinstance(semantic.get(head), dict):
+            semantic[head].pop(tail, None)
+        else:
+            semantic.pop(axis, None)
     text = json.dumps(semantic, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 

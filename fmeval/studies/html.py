@@ -206,7 +206,7 @@ def render_page(name: str, *, overview: list[tuple[str, Any]], summary_tables: l
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'  # no user data in it'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>Study {esc(name)}</title><style nonce=\"{nonce}\">{CSS}</style>"
         f'<script nonce="{nonce}">{ERROR_HOOK}</script></head>'

@@ -35,10 +35,10 @@ class PlotOutcome:
                 "caption": self.caption}
 
 
-def _grid(n: int, w: float = 4.2, h: float = 3.4):
+def _grid(n: int, w: float = 4.2, h: float = 3.4, *, legend: bool = False):
     cols = min(3, n)
     rows = -(-n // cols)
-    fig = new_figure(w * cols + 2.5, h * rows)
+    fig = new_figure(w * cols + (2.5 if legend else 0.0), h * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -77,7 +77,7 @@ def plot_resolution(entries: list[Entry], metric: str, path: Path) -> PlotOutcom
     ambiguous = ambiguous_variants(entries)
     shown = sorted(multi)[:MAX_PANELS]
     colors = _colors(list({e.key for ds in shown for e in multi[ds]}))
-    fig, axes = _grid(len(shown))
+    fig, axes = _grid(len(shown), legend=True)
     for ax, ds in zip(axes, shown):
         by_key: dict[EntryKey, list[Entry]] = {}
         for e in multi[ds]:
@@ -95,10 +95,10 @@ def plot_resolution(entries: list[Entry], metric: str, path: Path) -> PlotOutcom
         ax.set_xlabel("image size (px)")
         ax.set_ylabel(SHORT.get(metric, metric))
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    for ax in axes[1 : len(shown)]:
-        seen.update(zip(*reversed(ax.get_legend_handles_labels())))
+    seen: dict = {}  # label -> handle over all panels (a model may be missing from some)
+    for ax in axes[: len(shown)]:
+        handles, labels = ax.get_legend_handles_labels()
+        seen.update(zip(labels, handles))
     fig.legend(list(seen.values()), list(seen.keys()), loc="outside right upper", fontsize=8)
     save_png(fig, path)
     more = f" (first {len(shown)} of {len(multi)} datasets)" if len(multi) > len(shown) else ""
@@ -165,6 +165,16 @@ def _n_train(entries: list[Entry], s: Summary) -> dict[str, float]:
     return out
 
 
+def _plain_log_ticks(ax, values: list[float]) -> None:
+    """Training-set sizes as plain numbers: ticks at the sizes themselves when few, else 10^k."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    if len(values) <= 6:
+        ax.set_xticks(values)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+
+
 def plot_train_size(entries: list[Entry], summaries: list[Summary], metric: str, path: Path) -> PlotOutcome:
     """Metric against the training-set size (log axis) per dataset, with a least-squares line per model."""
     title = f"{SHORT.get(metric, metric)} against training-set size"
@@ -190,6 +200,7 @@ def plot_train_size(entries: list[Entry], summaries: list[Summary], metric: str,
             ax.plot(10 ** xs, icpt + slope * xs, color=colors[key],
                     label=f"{entry_label(key, ambiguous)} ({slope:+.3f}/decade)")
         ax.set_xscale("log")
+        _plain_log_ticks(ax, sorted({v for v in n.values()}))
         ax.set_xlabel("training images")
         ax.set_ylabel(SHORT.get(metric, metric))
         ax.set_title(f"{s.size} px")

@@ -22,7 +22,7 @@ DIGITS = 4  # AUC saturates near 1 on some datasets: 3 decimals hide differences
 TABLE_METRICS = ("auc", "acc", "balanced_acc")
 SHORT = {"auc": "AUC", "acc": "ACC", "balanced_acc": "bACC", "f1_macro": "F1"}
 
-POOLING_NOTE = ("With several seeds a value is the mean over seeds, `± sd` the sample standard deviation "
+POOLING_NOTE = ("With several seeds a value is the mean over seeds ± the sample standard deviation "
                 "across seeds (ddof 1; min-max in leaderboard.csv) and the 95% CI the mean of the per-seed "
                 "bootstrap CIs; with one seed, that run's value and bootstrap CI.")
 
@@ -53,6 +53,14 @@ class Table:
         out += [n for note in self.notes for n in (note, "")]
         out.append(md_table(self.columns, [[c.text for c in row] for row in self.rows]) if self.rows else "(no rows)")
         return "\n".join(out) + "\n"
+
+
+def mean_sd(p) -> Cell:
+    """'0.8123 ± 0.0100' over several seeds, '0.8123' from one; sorts by the mean."""
+    cell = Cell.num(p.mean)
+    if p.n > 1 and math.isfinite(p.sd):
+        return Cell(f"{cell.text} ± {fmt(p.sd, DIGITS)}", cell.sort)
+    return cell
 
 
 def rank_key(metric: str):
@@ -98,14 +106,14 @@ def group_table(group: GroupKey, entries: list[Entry], metric: str, *, show_styl
     header = ["#", *_key_header(show_style, ambiguous), "seeds"]
     for m in metrics:
         name = SHORT.get(m, m)
-        header += [name, f"{name} ± sd", f"{name} 95% CI"] if m in ("auc", "acc", metric) else [name, f"{name} ± sd"]
+        header += [f"{name} (± sd)", f"{name} 95% CI"] if m in ("auc", "acc", metric) else [f"{name} (± sd)"]
     header += ["majority ACC", "protocol", "input", "weights", "precision"]
     rows = []
     for i, e in enumerate(entries, 1):
         cells = [Cell(str(i), i), *_key_cells(e.key, show_style, ambiguous), Cell(str(len(e.seeds)), len(e.seeds))]
         for m in metrics:
             p = e.metrics[m]
-            cells += [Cell.num(p.mean), Cell.num(p.sd)]
+            cells.append(mean_sd(p))
             if m in ("auc", "acc", metric):
                 cells.append(Cell(fmt_ci(p.ci_low, p.ci_high, DIGITS), p.ci_low if math.isfinite(p.ci_low) else None))
         cells += [Cell.num(e.metrics["baseline_acc"].mean, 3), Cell(e.describe("protocol") or "-"),
