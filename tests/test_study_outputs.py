@@ -145,6 +145,7 @@ def test_tables_pool_seeds_within_one_dataset_and_size(study):
         aucs = [float(cells[5].split(" ± ")[0]) for cells in table]  # "| #", model, mode, style, seeds, AUC (± sd)
         assert aucs == sorted(aucs, reverse=True)
         got = {(cells[1], cells[2], cells[3].replace("–", "")): float(cells[5].split(" ± ")[0]) for cells in table}
+        assert all((" ± " in cells[5]) == (cells[2] == "knn") for cells in table)  # an sd only from 2 seeds
         for (m, mode, style), auc in got.items():
             assert auc == pytest.approx(np.mean(expected[(flag, int(size), m, mode, style)]), abs=6e-5)
 
@@ -246,6 +247,25 @@ def test_plots_are_skipped_cleanly_when_the_study_has_nothing_for_them(study, tm
     assert not list(tmp_path.glob("plot_*.png")) and not any(k.startswith("plot_") for k in files)
     assert len(read_csv(tmp_path / "paired.csv")) == 1 and "skipped: every dataset was run at one image size" in (
         tmp_path / "index.html").read_text()
+
+
+def test_limit_subsets_are_a_group_of_their_own_and_still_paired(study, tmp_path):
+    """--limit runs scored a subset (indices not 0..N-1): never ranked with full runs, read and paired anyway."""
+    limited = [_run({"mode": "knn", "model": m, "dataset": "pneumoniamnist", "size": 28, "seed": 0, "limit": 16},
+                    study["data"], tmp_path / "runs") for m in ("clip-vit-b32", "resnet18")]
+    full = [r for r in study["runs"] if r.dataset_flag == "pneumoniamnist" and r.dataset["size"] == 28
+            and r.mode == "knn" and r.seed == 0]
+    write_study_outputs("lim", [*limited, *full], tmp_path / "out", n_boot=20)
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "## pneumoniamnist @ 28 px\n" in md and "## pneumoniamnist @ 28 px (test subset, --limit 16)\n" in md
+    assert "## Summary @ 28 px, --limit 16 subsets" in md
+    pairs = read_csv(tmp_path / "out" / "paired.csv")
+    assert sorted((p["limit"], p["n_test"]) for p in pairs) == [("0", "40"), ("16", "16")]
+
+    subset = np.loadtxt(Path(limited[0].report_dir) / "predictions.csv", delimiter=",", skiprows=1)[:, 0]
+    assert subset.size == 16 and subset.max() > 15  # a real subset of the 40 test images
+    wrong = read_csv(tmp_path / "out" / "misclassified_pneumoniamnist-28-limit16.csv")
+    assert {int(r["index"]) for r in wrong} <= set(subset.astype(int).tolist())
 
 
 # ---------------------------------------------------------------------------

@@ -10,8 +10,9 @@ these rows, so the same grouping rules hold everywhere:
   sample SD and min-max across seeds, mean of the per-seed bootstrap CIs).
 
 The *variant* is a short digest of everything the run computes except the
-study's axes (model, mode, dataset, size, seed, prompt style), so two cells of one model and mode that a study configured differently
-(a per-axis override) are never averaged together.
+study's axes (model, mode, dataset, size, seed, prompt style), so two cells
+of one model and mode that a study configured differently (a per-axis
+override) are never averaged together.
 """
 
 from __future__ import annotations

@@ -153,8 +153,8 @@ def provenance_html(r: RunResult, style: str) -> str:
     git = prov.get("git") or {}
     proto = r.protocol or {}
     auc = r.test.metrics.get("auc")
-    head = (f"{r.model_name} · {r.mode}{' · ' + style if style else ''} · {r.dataset_flag} @ {d.get('size', '?')} px · "
-            f"seed {r.seed}" + (f" · AUC {auc.value:.4f}" if auc and auc.value == auc.value else ""))
+    head = " · ".join([r.model_name, r.mode, *([style] if style else []), f"{r.dataset_flag} @ {d.get('size', '?')} px",
+                       f"seed {r.seed}", *([f"AUC {auc.value:.4f}"] if auc and auc.value == auc.value else [])])
     items = [
         ("model", r.model_name), ("weights id", m.get("weights_id", "")), ("weights kind", weights_kind(m)),
         ("input size", (r.transform or {}).get("input_size", "")),

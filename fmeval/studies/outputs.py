@@ -142,6 +142,31 @@ def _overview(name: str, rows: list[dict[str, Any]], metric: str) -> list[tuple[
             ("prompt styles", distinct("style") or "–"), ("ranked by", T.SHORT.get(metric, metric))]
 
 
+def _write_tables(out: Path, name: str, metric: str, rows, entries, summaries) -> tuple[list, list, dict]:
+    sum_tables, grp_tables = T.summary_tables(entries, summaries, metric), T.group_tables(entries, metric)
+    texts = {"leaderboard.md": T.leaderboard_markdown(name, metric, sum_tables, grp_tables),
+             "cells.csv": T.cells_csv(rows), "leaderboard.csv": T.entries_csv(entries),
+             "summary.csv": T.summary_csv(summaries)}
+    for fname, text in texts.items():
+        atomic_write_text(out / fname, text)
+    return sum_tables, grp_tables, {fname: out / fname for fname in texts}
+
+
+def _manifest(name: str, metric: str, n_runs: int, n_boot: int, summaries, plots, pairs, pair_notes, mis,
+              notes: list[str], files: dict[str, Path]) -> dict[str, Any]:
+    return {
+        "study": name, "metric": metric, "n_runs": n_runs, "n_boot": n_boot,
+        "summaries": [{"size": s.size, "limit": s.limit, "datasets": s.datasets, "chosen_by": s.chosen_by,
+                       "left_out": s.left_out} for s in summaries],
+        "plots": [p.to_dict() for p in plots],
+        "paired": {"pairs": len(pairs), "significant": sum(p.significant for p in pairs), "notes": pair_notes},
+        "misclassified": {m.group.label: {"n": int(m.indices.size), "n_runs": m.n_runs, "n_common": m.n_common}
+                          for m, *_ in mis},
+        "notes": notes,
+        "files": sorted([*files, "outputs.json"]),
+    }
+
+
 def write_study_outputs(name: str, runs: list[RunResult], out_dir: Path, *,
                         summary_datasets: list[str] | None = None, metric: str = "auc",
                         data_root: str | None = None, n_boot: int = 1000,
@@ -151,9 +176,10 @@ def write_study_outputs(name: str, runs: list[RunResult], out_dir: Path, *,
     ``summary_datasets``: the datasets the summary averages (default: every
     dataset each model has runs on, per size). ``data_root``: where the test
     labels and images are (default: each run's own ``config.data_root``).
-    Returns file key -> path of everything written (``outputs.json`` lists
-    the skipped parts too).
+    Returns file name -> path of everything written (``outputs.json`` lists
+    the skipped parts too, and why).
     """
+    from fmeval.metrics import MetricWarning
     from fmeval.studies.html import render_page
     from fmeval.studies.paired import compare_pairs, paired_csv, paired_markdown, paired_table
 
@@ -166,19 +192,13 @@ def write_study_outputs(name: str, runs: list[RunResult], out_dir: Path, *,
     chosen = check_summary_datasets(summary_datasets, {str(r["dataset"]) for r in rows})
     entries = C.pool_entries(rows)
     summaries = T.summarise(entries, chosen)
-    sum_tables, grp_tables = T.summary_tables(entries, summaries, metric), T.group_tables(entries, metric)
     notes = [f"summary dataset {d} has no runs at {s.size} px: no summary row is complete."
-             for s in summaries for d in s.datasets if d not in {e.group.dataset for e in entries
-                                                                   if e.group.size == s.size}]
-    files = {"leaderboard.md": out / "leaderboard.md", "cells.csv": out / "cells.csv",
-             "leaderboard.csv": out / "leaderboard.csv", "summary.csv": out / "summary.csv"}
-    atomic_write_text(files["leaderboard.md"], T.leaderboard_markdown(name, metric, sum_tables, grp_tables))
-    atomic_write_text(files["cells.csv"], T.cells_csv(rows))
-    atomic_write_text(files["leaderboard.csv"], T.entries_csv(entries))
-    atomic_write_text(files["summary.csv"], T.summary_csv(summaries))
+             for s in summaries for d in s.datasets
+             if d not in {e.group.dataset for e in entries if e.group.size == s.size}]
+    sum_tables, grp_tables, files = _write_tables(out, name, metric, rows, entries, summaries)
 
-    with warnings.catch_warnings():  # per-resample metric warnings (a class absent) are expected here
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # a class absent from a bootstrap resample is expected, not news
+        warnings.simplefilter("ignore", MetricWarning)
         plots = _write_plots(out, entries, summaries, metric)
         files.update({f"plot_{p.name}.png": p.path for p in plots if p.path})
         scores_of = _per_sample(rows, data_root)
@@ -186,7 +206,7 @@ def write_study_outputs(name: str, runs: list[RunResult], out_dir: Path, *,
         atomic_write_text(out / "paired.md", paired_markdown(name, pairs, pair_notes, metric))
         atomic_write_text(out / "paired.csv", paired_csv(pairs))
         files.update({"paired.md": out / "paired.md", "paired.csv": out / "paired.csv"})
-        for stale in out.glob("misclassified_*"):
+        for stale in out.glob("misclassified_*"):  # groups of an earlier call may be gone
             stale.unlink()
         mis, mis_files = _write_misclassified(out, entries, scores_of, data_root, notes, max_sheet_images)
         files.update(mis_files)
@@ -197,21 +217,11 @@ def write_study_outputs(name: str, runs: list[RunResult], out_dir: Path, *,
     page = render_page(
         name, overview=_overview(name, rows, metric), summary_tables=sum_tables, group_tables=grp_tables,
         plots=[(p.title, p.path, p.caption) for p in plots], paired=paired_table(pairs, metric),
-        paired_notes=pair_notes, misclassified=[(m.group.title, text, sheet, csv_name) for m, text, sheet, csv_name in mis],
+        paired_notes=pair_notes, misclassified=[(m.group.title, text, sheet, csv) for m, text, sheet, csv in mis],
         runs=[(r, style_of[r.run_id]) for r in order], notes=notes)
     files["index.html"] = out / "index.html"
     atomic_write_text(files["index.html"], page)
-    manifest = {
-        "study": name, "metric": metric, "n_runs": len(runs), "n_boot": n_boot,
-        "summaries": [{"size": s.size, "limit": s.limit, "datasets": s.datasets, "chosen_by": s.chosen_by,
-                       "left_out": s.left_out} for s in summaries],
-        "plots": [p.to_dict() for p in plots],
-        "paired": {"pairs": len(pairs), "significant": sum(p.significant for p in pairs), "notes": pair_notes},
-        "misclassified": {m.group.label: {"n": int(m.indices.size), "n_runs": m.n_runs, "n_common": m.n_common}
-                          for m, *_ in mis},
-        "notes": notes,
-        "files": sorted([*files, "outputs.json"]),
-    }
+    manifest = _manifest(name, metric, len(runs), n_boot, summaries, plots, pairs, pair_notes, mis, notes, files)
     files["outputs.json"] = out / "outputs.json"
     atomic_write_json(files["outputs.json"], manifest)
     return files

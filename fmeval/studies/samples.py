@@ -60,11 +60,10 @@ def read_run_predictions(path: Path, class_names: list[str]) -> tuple[np.ndarray
     return idx[sort], table[sort][:, 1:][:, order]
 
 
-@lru_cache(maxsize=8)
-def _dataset(flag: str, size: int, root: str):
+def _open(flag: str, size: int, root: str):
     from fmeval.data import load_dataset
 
-    return load_dataset(flag, size, root, md5="off")
+    return load_dataset(flag, size, root, md5="off")  # the runs recorded their MD5; a 224 px file is GBs
 
 
 def data_root_for(row: dict[str, Any], data_root: str | None) -> str:
@@ -74,13 +73,15 @@ def data_root_for(row: dict[str, Any], data_root: str | None) -> str:
     return str(data_root or row.get("data_root") or default_data_root())
 
 
+@lru_cache(maxsize=64)
 def test_labels(flag: str, size: int, root: str) -> np.ndarray:
-    """Stored test labels [N, W] of a dataset (images are not decompressed)."""
-    return _dataset(flag, size, root).labels("test")
+    """Stored test labels [N, W] of a dataset (small; the images are not decompressed)."""
+    return _open(flag, size, root).labels("test")
 
 
 def test_images(flag: str, size: int, root: str, indices: np.ndarray) -> np.ndarray:
-    return _dataset(flag, size, root).split("test").images[indices]
+    """Only the images asked for; the decompressed split is dropped at once (not cached: GBs at 224 px)."""
+    return np.array(_open(flag, size, root).split("test").images[indices])
 
 
 def load_run_scores(row: dict[str, Any], data_root: str | None) -> RunScores:

@@ -271,5 +271,6 @@ def summary_csv(summaries: list[Summary]) -> str:
             k = r["key"]
             rows.append({"size": s.size, "limit": s.limit or "", "model": k.model, "mode": k.mode, "style": k.style,
                          "variant": k.variant, "n_datasets": len(s.datasets), "datasets": " ".join(s.datasets),
-                         "missing": " ".join(r["missing"]), **{f"mean_{m}": r["mean"].get(m, math.nan) for m in metrics}})
+                         "missing": " ".join(r["missing"]),
+                         **{f"mean_{m}": r["mean"].get(m, math.nan) for m in metrics}})
     return _csv_text(cols, rows)
