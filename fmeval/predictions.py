@@ -37,6 +37,7 @@ from fmeval.errors import DataError
 from fmeval.io import atomic_write_bytes
 
 INDEX_COLUMNS = ("index", "id", "idx", "")
+RANGE_TOLERANCE = 1e-6  # float32 rounding of a probability
 SUM_TOLERANCE = 1e-3  # single-label rows must sum to 1 within this (files rounded to ~4 decimals pass)
 _SHOW = 5  # how many offending items an error message lists
 
@@ -207,7 +208,9 @@ def _check_probabilities(path: Path, idx: np.ndarray, scores: np.ndarray, lines:
     if np.isnan(scores).any():
         r, c = where(np.isnan(scores))
         raise PredictionsError(f"{path}, line {lines[r]}: NaN probability (index {idx[r]}, column {c + 1}).")
-    bad = (scores < 0) | (scores > 1)
+    # float32 softmax/sigmoid outputs can sit one rounding step outside [0, 1]
+    # (1.0000001); those are probabilities, kept unchanged so scores round-trip exactly.
+    bad = (scores < -RANGE_TOLERANCE) | (scores > 1 + RANGE_TOLERANCE)
     if bad.any():
         r, c = where(bad)
         raise PredictionsError(

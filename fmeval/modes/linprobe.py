@@ -54,6 +54,7 @@ def run_linprobe(cfg: RunConfig):
         config=cfg.probe,
         init_weight=init_weight,
         standardize=cfg.linprobe.feature_norm == "standardize",
+        seed=cfg.seed,
         description=f"linear probe {cfg.model} {info.flag}",
     )
     extras = {"grid": probe.grid, "curves": probe.curves, "epochs_run": probe.epochs_run}

@@ -29,7 +29,6 @@ class ProbeConfig:
     epochs: int = 100
     batch_size: int = 1024
     patience: int = 10
-    seed: int = 0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     schedule: str = "constant"  # "constant" | "cosine-epoch" (timm's per-epoch cosine, MedMNIST+)
@@ -145,6 +144,7 @@ def train_linear_probe(
     config: ProbeConfig = ProbeConfig(),
     init_weight: torch.Tensor | None = None,
     standardize: bool = True,
+    seed: int = 0,
     description: str = "linear probe",
 ) -> LinearProbe:
     """Train all grid heads; return the one with the lowest validation loss.
@@ -222,7 +222,7 @@ def train_linear_probe(
         best_loss.copy_(v0)
         best_epoch.fill_(-1)
 
-    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)  # the run's seed: minibatch order
     n = xt.shape[0]
     bs = min(config.batch_size, n)
     xsel = torch.empty(bs, d, device=dev)
