@@ -21,7 +21,6 @@ import hashlib
 import logging
 import math
 import shutil
-import string
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +37,7 @@ from fmeval.adapters.base import (
     random_weights_id,
     register_adapter,
 )
+from fmeval.adapters.text_offline import scratch_dir, write_wordpiece_vocab
 from fmeval.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -97,41 +97,6 @@ SWIN_RENAMES: tuple[tuple[str, str], ...] = (
 POSITION_IDS_KEY = "text_model.model.embeddings.position_ids"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.json")
-
-BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-TINY_WORDS = (
-    "a an the of in on with and or no not photo image picture scan x ray xray chest "
-    "lung lungs normal abnormal pneumonia disease tissue cell cells blood skin eye "
-    "retina breast colon organ finding findings there is are sign signs showing "
-    "digit zero one two three four five six seven eight nine"
-).split()
-
-
-# --------------------------------------------------------------------------- #
-# Tokenizer files
-# --------------------------------------------------------------------------- #
-def write_wordpiece_vocab(folder: Path, *, lowercase: bool, size: int | None = None) -> int:
-    """Write a small deterministic WordPiece ``vocab.txt`` (+ tokenizer config).
-
-    Offline tiny/random builds need *a* tokenizer of the real kind; padding it
-    with ``[unusedN]`` entries up to ``size`` gives the real embedding shape.
-    Returns the vocabulary size.
-    """
-    letters = string.ascii_lowercase if lowercase else string.ascii_letters
-    pieces = list(letters + string.digits + string.punctuation)
-    tokens = [*BERT_SPECIALS, *pieces, *(f"##{c}" for c in letters + string.digits), *TINY_WORDS]
-    tokens = list(dict.fromkeys(tokens))
-    if size is not None:
-        if size < len(tokens):
-            raise ModelError(f"synthetic vocabulary needs at least {len(tokens)} entries.")
-        tokens += [f"[unused{i}]" for i in range(size - len(tokens))]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(
-        '{"tokenizer_class": "BertTokenizer", "do_lower_case": %s}' % str(lowercase).lower()
-    )
-    return len(tokens)
-
 
 def load_tokenizer(folder: Path) -> Any:
     """BERT WordPiece tokenizer from a folder's ``vocab.txt``.
@@ -324,7 +289,6 @@ class MedClipAdapter(Adapter):
 
 def _synthetic_tokenizer_folder(tiny: bool) -> Path:
     """Generated vocab for offline builds: small for tiny, 28996 entries for full size."""
-    from fmeval.adapters.openclip import scratch_dir
 
     folder = scratch_dir() / ("medclip-vocab-tiny" if tiny else "medclip-vocab-full")
     if not (folder / "vocab.txt").exists():

@@ -20,13 +20,11 @@ Adding another CLIP is one line: ``register_open_clip(name, arch, tag)``.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from fmeval.adapters.base import (
     random_weights_id,
     register_adapter,
 )
+from fmeval.adapters.text_offline import scratch_dir, write_wordpiece_vocab
 from fmeval.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -133,17 +132,7 @@ def _open_clip() -> ModuleType:
     return open_clip
 
 
-_SCRATCH: Path | None = None
 _REGISTERED: dict[str, str] = {}  # config digest -> registered open_clip name
-
-
-def scratch_dir() -> Path:
-    """Per-process temp folder for generated configs and vocabularies."""
-    global _SCRATCH
-    if _SCRATCH is None:
-        _SCRATCH = Path(tempfile.mkdtemp(prefix="fmeval-openclip-"))
-        atexit.register(shutil.rmtree, _SCRATCH, True)
-    return _SCRATCH
 
 
 def _register_config(model_cfg: dict, prefix: str) -> str:
@@ -214,7 +203,6 @@ def tiny_biomedclip_folder() -> Path:
     """
     from transformers import BertConfig
 
-    from fmeval.adapters.medclip import write_wordpiece_vocab
 
     folder = scratch_dir() / "tiny-biomedclip"
     if (folder / "open_clip_config.json").exists():

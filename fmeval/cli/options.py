@@ -105,6 +105,8 @@ COMMON = (
        value=True),
     _o("md5", "md5", str, "MD5 check against the official file: warn, strict or off.", default_text="warn"),
     _o("limit", "limit", int, "Use at most N random samples per split (quick looks; kept off the ranking).", min=1),
+    _o("volume_view", "volume_view", str, "3D datasets with a 2D encoder: slices and pooling, e.g. axial/mean, "
+       "tri-planar/mean, tri-planar/mean+max, all:axial/max, strided:4:axial/mean.", "--volume-view"),
     _o("geometry", "geometry", str, "resize: scale to the encoder input; pad: centre on a --canvas (MedMNIST+).",
        default_text="resize"),
     _o("canvas", "canvas", int, "Canvas side for --geometry pad.", default_text="224", min=8),

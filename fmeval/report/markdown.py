@@ -92,7 +92,10 @@ def _confusion_md(rep: MetricsReport) -> list[str]:
 
 
 def render_markdown(r: RunResult, images: Sequence[str] = ()) -> str:
-    lines = _header_md(r) + [""] + metrics_md(r.test, "Test metrics")
+    from fmeval.report.terminal import imbalance_note
+
+    note = imbalance_note(r)
+    lines = _header_md(r) + [""] + ([f"> **{note}**", ""] if note else []) + metrics_md(r.test, "Test metrics")
     warns = r.all_warnings()
     lines += ["## Warnings", ""] + ([f"- ⚠ {md_escape(w)}" for w in warns] or ["none"]) + [""]
     if r.val is not None:

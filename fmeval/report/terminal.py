@@ -13,6 +13,22 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
+IMBALANCE_RATE = 0.8  # a test split this dominated by one class makes accuracy say little
+
+
+def imbalance_note(result: RunResult) -> str | None:
+    """For a heavily imbalanced test split (VesselMNIST3D: 88.7 % vessels), the
+    numbers to read first: balanced accuracy and per-class sensitivity."""
+    rep = result.test
+    base = rep.baseline.get("acc")
+    if rep.confusion is None or base is None or not base >= IMBALANCE_RATE:
+        return None
+    sens = ", ".join(f"{name} {fmt(row.get('sensitivity'), 3)}" for name, row in rep.per_class.items())
+    bal = rep.metrics.get("balanced_acc")
+    return (f"imbalanced test split (majority rate {base:.3f}): read balanced accuracy "
+            f"{fmt(bal.value if bal else None, 3)} and per-class sensitivity ({sens}) before accuracy")
+
+
 def print_result(result: RunResult, console: "Console | None" = None) -> None:
     """Metric, value, CI and majority baseline side by side, so a 0.62 accuracy
     that merely equals the majority rate is seen for what it is; then the
@@ -23,6 +39,9 @@ def print_result(result: RunResult, console: "Console | None" = None) -> None:
 
     console = console or Console()
     rep = result.test
+    imbalance = imbalance_note(result)
+    if imbalance:
+        console.print(imbalance, style="yellow", markup=False, highlight=False)
     table = Table(
         title=escape(f"{result.mode} · {result.model_name} · {result.dataset_flag} (test, n = {rep.n})"),
         caption=escape(f"run {result.run_id}"),
