@@ -23,6 +23,7 @@ MEDMNISTC_VERSION=0.1.0
 if ! ldconfig -p 2>/dev/null | grep -q 'libMagickWand'; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     # The runtime library only (libmagickwand-dev would pull ~70 build packages).
+    apt-get update -qq >/dev/null
     pkg=$(apt-cache search --names-only '^libmagickwand-[0-9.]+q16-[0-9]+$' | awk '{print $1}' | sort | tail -n 1)
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkg:-libmagickwand-dev}" >/dev/null
   else
