@@ -151,6 +151,24 @@ def _timm_resnet(spec: ResNet3DSpec, cfg: AdapterConfig, in_chans: int, use_hub:
         raise ModelError(f"cannot build {spec.name}: {exc}") from None
 
 
+def _narrow_stem(net: nn.Module, width: int) -> None:
+    """Tiny builds: timm's basic ResNet stem is always 64 wide, which at 28^3 with a
+    stride-1 stem costs more than the rest of a tiny network; narrow it and the
+    first block's inputs to ``width`` (same layers, same layout)."""
+    old = net.conv1.out_channels
+    net.conv1 = nn.Conv2d(net.conv1.in_channels, width, net.conv1.kernel_size, net.conv1.stride,
+                          net.conv1.padding, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    block = net.layer1[0]
+    for parent in (block, getattr(block, "downsample", None)):
+        if parent is None:
+            continue
+        for name, m in list(parent.named_children()):
+            if isinstance(m, nn.Conv2d) and m.in_channels == old:
+                setattr(parent, name, nn.Conv2d(width, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                                bias=m.bias is not None))
+
+
 def _medmnist_stem(net: nn.Module, in_chans: int) -> None:
     """``models.py``: 3x3 stride-1 first conv, no max-pool, PyTorch default init."""
     net.conv1 = nn.Conv2d(in_chans, net.conv1.out_channels, 3, 1, 1, bias=False)
@@ -171,6 +189,8 @@ class ResNet3DAdapter(VolumeAdapter):
         net = _timm_resnet(spec, cfg, in_chans, use_hub)
         if not spec.imagenet:
             _medmnist_stem(net, in_chans)
+        if cfg.tiny:
+            _narrow_stem(net, RESNET_TINY["stem_width"])
         if cfg.weights is not None:  # a 2D checkpoint of the base network, converted with it
             sd = load_state_dict_file(cfg.weights)
             self.load_report = load_weights(net, sd, strict=cfg.strict, source=str(cfg.weights),
