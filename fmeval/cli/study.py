@@ -101,6 +101,7 @@ def study_run(
     """Run every cell that is not finished; failed cells are recorded and the study goes on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from fmeval.report import check_writable
     from fmeval.studies.executors import EXECUTORS
     from fmeval.studies.finish import finish_study
 
@@ -111,6 +112,7 @@ def study_run(
     if dry_run:
         _print_dry_run(plan, kind, n_jobs)
         return
+    check_writable(plan.root)  # a bad --reports-dir fails here, not in every cell
     counts = plan.counts()
     console.print(f"study {plan.spec.name}: {len(plan.cells)} cells ({counts['done']} done, {counts['failed']} failed, "
                   f"{counts['left']} left) -> {plan.root}", markup=False, highlight=False)
@@ -149,9 +151,11 @@ def _summary(plan) -> None:
 @study_app.command("report")
 def study_report(file: StudyFile, reports_dir: ReportsDir = None) -> None:
     """Rebuild the study's leaderboards, plots and HTML page from its finished cells."""
+    from fmeval.report import check_writable
     from fmeval.studies.finish import finish_study
 
     plan = _plan(file, reports_dir)
+    check_writable(plan.root)
     _summary(plan)
     for label, path in finish_study(plan).items():
         console.print(f"{label}: {path}", markup=False, highlight=False)

@@ -33,6 +33,7 @@ from fmeval.pipeline import (
 )
 from fmeval.progress import console as progress_console
 from fmeval.training.checkpoint import (
+    adapters_root,
     check_resume,
     load_train_state,
     new_run_dir,
@@ -177,6 +178,10 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
         rec = read_run_record(run_dir)
         check_resume(rec["config"], cfg.to_dict(), run_dir)
         load_train_state(run_dir)  # a damaged checkpoint fails here, before any work
+    else:
+        from fmeval.report import check_writable
+
+        check_writable(cfg.adapter_dir or adapters_root(), "adapters folder")
     p = prepare(cfg)
     model, data = p.model, p.data
     trainable, total = _classifier_params(model)
