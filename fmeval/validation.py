@@ -135,6 +135,39 @@ CHOICES: tuple[Choice, ...] = (
 )
 
 
+_NAMES: dict[str, tuple[str, Callable[[Any], None]]] = {
+    "model": ("--model", _registry("fmeval.adapters", "ADAPTERS")),
+    "dataset": ("--dataset", _dataset),
+    "mode": ("--mode", _registry("fmeval.modes", "MODES")),
+    "metric": ("--metric", _metric(allow_loss=False)),
+    "device": ("--device", _device),
+}
+
+
+def check_names(**values: Any) -> None:
+    """Options of the housekeeping commands (``report --metric``, ``cache clear --model``):
+    each given name must be a known one, checked before anything is read or deleted."""
+    for key, value in values.items():
+        if value is None:
+            continue
+        flag, check = _NAMES[key]
+        try:
+            check(value)
+        except FmevalError as exc:
+            msg = str(exc)
+            raise ConfigError(msg if msg.startswith(flag) else f"{flag}: {msg}") from None
+
+
+def check_folder(path: str | Path | None, flag: str) -> Path | None:
+    """A folder option: ``None`` passes, an existing file does not (a missing folder may be created later)."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder.")
+    return p
+
+
 def validate_config(cfg: "RunConfig") -> None:
     """Every named choice of ``cfg`` (``None``: the built-in default, always valid)."""
     for c in CHOICES:
@@ -146,6 +179,7 @@ def validate_config(cfg: "RunConfig") -> None:
         except FmevalError as exc:
             msg = str(exc)
             raise ConfigError(msg if msg.startswith(c.flag) else f"{c.flag}: {msg}") from None
+    check_folder(cfg.data_root, "--data-root")
     cfg.train.validate()
     _check_prompts(cfg)
 

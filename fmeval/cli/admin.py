@@ -41,8 +41,9 @@ def ls_datasets(
 ) -> None:
     """The 18 MedMNIST datasets (12 2D, 6 3D): dimensionality, task, classes, splits, sizes on disk."""
     from fmeval.data import DatasetInfo, all_flags, dataset_info, default_data_root
+    from fmeval.validation import check_folder
 
-    root = data_root or default_data_root()
+    root = check_folder(data_root, "--data-root") or default_data_root()
     table = Table(title=f"MedMNIST datasets (local root: {root})")
     table.add_column("flag", no_wrap=True)  # names stay whole in narrow terminals
     for col in ("dim", "task", "ch", "classes", "train/val/test", "sizes", "local sizes"):
@@ -114,7 +115,9 @@ def cache_clear(
     Without --yes it asks on a terminal; with no terminal it exits 2.
     """
     from fmeval.cache import FeatureCache
+    from fmeval.validation import check_names
 
+    check_names(model=model, dataset=dataset)
     cache = FeatureCache()
     root = escape(str(cache.root))
     if model is None and dataset is None:
@@ -195,9 +198,16 @@ def report(
     from fmeval.io import atomic_write_text
     from fmeval.report import build_leaderboard, load_runs, print_leaderboard
 
+    from fmeval.report import check_writable
+    from fmeval.validation import check_names
+
+    check_names(metric=metric, mode=mode, dataset=dataset)
+    if out is not None:
+        check_writable(out, "leaderboard folder")
     root = reports_dir or Path(os.environ.get("FMEVAL_REPORTS_DIR") or "reports")
     if not root.is_dir():
         raise ConfigError(f"no reports folder at {root}; run an evaluation first or pass --reports-dir.")
+    check_writable(out or root, "leaderboard folder")
     runs, skipped = load_runs(root)
     board = build_leaderboard(runs, metric=metric, include_all=include_all, dataset=dataset, mode=mode,
                               skipped=skipped)

@@ -57,7 +57,10 @@ def evaluate(
 
     from fmeval.modes.finetune import evaluate_adapter
     from fmeval.report import check_writable, finish, print_result
+    from fmeval.validation import check_folder, check_names
 
+    check_names(device=device)
+    check_folder(data_root, "--data-root")
     reports = str(reports_dir) if reports_dir else os.environ.get("FMEVAL_REPORTS_DIR") or None
     check_writable(reports)
     root = data_root or (Path(os.environ["FMEVAL_DATA_ROOT"]) if os.environ.get("FMEVAL_DATA_ROOT") else None)

@@ -37,9 +37,11 @@ def _state_name(plan, cell) -> str:
 def study_plan(file: StudyFile, reports_dir: ReportsDir = None,
                cells: Annotated[bool, typer.Option("--cells/--no-cells", help="List every cell.")] = True) -> None:
     """The cells of a study, how many are done, and an estimate of the work left."""
+    from fmeval.report import check_writable
     from fmeval.studies.plan import estimate_left
 
     plan = _plan(file, reports_dir)
+    check_writable(plan.root, "study folder")
     if cells:
         from rich import box
 
@@ -112,7 +114,7 @@ def study_run(
     if dry_run:
         _print_dry_run(plan, kind, n_jobs)
         return
-    check_writable(plan.root)  # a bad --reports-dir fails here, not in every cell
+    check_writable(plan.root, "study folder")  # a bad --reports-dir fails here, not in every cell
     counts = plan.counts()
     console.print(f"study {plan.spec.name}: {len(plan.cells)} cells ({counts['done']} done, {counts['failed']} failed, "
                   f"{counts['left']} left) -> {plan.root}", markup=False, highlight=False)
@@ -155,7 +157,7 @@ def study_report(file: StudyFile, reports_dir: ReportsDir = None) -> None:
     from fmeval.studies.finish import finish_study
 
     plan = _plan(file, reports_dir)
-    check_writable(plan.root)
+    check_writable(plan.root, "study folder")
     _summary(plan)
     for label, path in finish_study(plan).items():
         console.print(f"{label}: {path}", markup=False, highlight=False)
