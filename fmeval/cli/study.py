@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fmeval.cli.app import ReportsDir, app, console, user_defaults
@@ -47,15 +48,16 @@ def study_plan(file: StudyFile, reports_dir: ReportsDir = None,
 
         from fmeval.report.leaderboard import SHORT_MODES
 
-        table = Table(title=f"study {plan.spec.name}: {len(plan.cells)} cells", box=box.SIMPLE_HEAD,
+        table = Table(title=escape(f"study {plan.spec.name}: {len(plan.cells)} cells"), box=box.SIMPLE_HEAD,
                       show_edge=False, pad_edge=False)
         for col in ("model", "mode", "dataset", "size", "in", "seed", "style/shots", "state"):
             table.add_column(col, overflow="fold", no_wrap=col in ("dataset", "model"))
         for c in plan.cells:
             a = c.axes
             extra = a["style"] if a.get("style") else (f"{a['shots']}-shot" if a.get("shots") else "")
-            table.add_row(a["model"], SHORT_MODES.get(a["mode"], a["mode"]), a["dataset"], str(a["size"]),
-                          str(a.get("input_size") or "-"), str(a["seed"]), extra or "-", _state_name(plan, c))
+            table.add_row(*map(escape, (a["model"], SHORT_MODES.get(a["mode"], a["mode"]), a["dataset"],
+                                        str(a["size"]), str(a.get("input_size") or "-"), str(a["seed"]),
+                                        extra or "-", _state_name(plan, c))))
         console.print(table)
     n = plan.counts()
     console.print(f"{len(plan.cells)} cells in {len(plan.groups())} encoder groups: {n['done']} done, "
@@ -82,8 +84,8 @@ def _print_dry_run(plan, executor: str, jobs: int) -> None:
             table.add_column(col)
         for i, t in enumerate(tasks):
             a = t[0].axes
-            table.add_row(str(i), a["model"], f"{a['dataset']}@{a['size']}", str(len(t)),
-                          ", ".join(sorted({c.axes["mode"] for c in t})))
+            table.add_row(*map(escape, (str(i), a["model"], f"{a['dataset']}@{a['size']}", str(len(t)),
+                                        ", ".join(sorted({c.axes["mode"] for c in t})))))
         console.print(table)
         console.print(f"logs: {plan.root / 'slurm'}", markup=False, highlight=False)
     else:
@@ -119,7 +121,7 @@ def study_run(
     console.print(f"study {plan.spec.name}: {len(plan.cells)} cells ({counts['done']} done, {counts['failed']} failed, "
                   f"{counts['left']} left) -> {plan.root}", markup=False, highlight=False)
     live = {"done": counts["done"], "failed": counts["failed"]}
-    columns = [TextColumn("[bold blue]study"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+    columns = [TextColumn("[bold blue]study"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}", markup=False),
                TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as prog:
         task = prog.add_task("cells", total=len(plan.cells), completed=counts["done"], info="")
