@@ -10,6 +10,7 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from types import ModuleType
@@ -35,9 +36,10 @@ _load_commands()
 
 
 def _click_modules() -> list[ModuleType]:
-    """The click implementations the installed Typer may raise from."""
+    """The click implementations the installed Typer may raise from (Typer >= 0.29
+    also has its own ``Abort``/``Exit`` in ``typer.exceptions``, not click's)."""
     mods: list[ModuleType] = []
-    for name in ("typer._click", "click"):
+    for name in ("typer.exceptions", "typer._click", "click"):
         try:
             mods.append(importlib.import_module(name))
         except ImportError:
@@ -102,8 +104,31 @@ def _command():
     key = _registered(app)
     if key not in _BUILT:
         _BUILT.clear()
-        _BUILT[key] = typer.main.get_command(app)
+        _BUILT[key] = _guard_interrupts(typer.main.get_command(app))
     return _BUILT[key]
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command, carried past Typer (which turns KeyboardInterrupt
+    into a silent ``Exit(130)``) to :func:`main`, which says so in one line."""
+
+
+def _guard_interrupts(cmd):
+    for sub in getattr(cmd, "commands", {}).values():
+        _guard_interrupts(sub)
+    callback = getattr(cmd, "callback", None)
+    if callback is not None and not getattr(callback, "fmeval_guarded", False):
+
+        @functools.wraps(callback)
+        def guarded(*args, **kwargs):
+            try:
+                return callback(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                raise Interrupted() from exc
+
+        guarded.fmeval_guarded = True  # type: ignore[attr-defined]
+        cmd.callback = guarded
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     except _ABORT:
         err.print("[red]aborted[/]")
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         err.print("[red]interrupted[/]")
         raise SystemExit(130) from None
     raise SystemExit(rv if isinstance(rv, int) else 0)

@@ -162,7 +162,10 @@ def _run_record(cfg: RunConfig, p: Prepared, run_dir: Path, trainable: int, tota
 
 
 def _resume_hint(run_dir: Path) -> str:
-    return f"fmeval finetune <same options> --resume {run_dir}"
+    """The command that continues this run as typed (its options are read from run.json)."""
+    import shlex
+
+    return f"fmeval finetune --resume {shlex.quote(str(run_dir))}"
 
 
 def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
@@ -193,7 +196,7 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
     record = _run_record(cfg, p, run_dir, trainable, total)
     write_run_record(run_dir, record)
     progress_console.print(f"run folder: {run_dir}  (if interrupted: {_resume_hint(run_dir)})",
-                           markup=False, highlight=False)
+                           markup=False, highlight=False, soft_wrap=True)
     tdata = TrainData(p.images["train"], p.labels["train"], p.images["val"], p.labels["val"],
                       data.task, data.info.n_classes)
     hook = on_epoch_end or _stop_hook()
@@ -205,7 +208,7 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
         raise TrainingInterrupted(f"{exc} Continue with: {_resume_hint(run_dir)}", run_dir) from None
     except KeyboardInterrupt:
         progress_console.print(f"interrupted; continue with: {_resume_hint(run_dir)}", markup=False,
-                               highlight=False)
+                               highlight=False, soft_wrap=True)
         raise
     p.method.save(model, cfg.lora, run_dir)
     scores = {s: predict(model, p.images[s], task=data.task, setup=p.setup) for s in ("val", "test")}
