@@ -11,7 +11,7 @@ from typing import Any
 
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
-from fmeval.validation import validate_config
+from fmeval.validation import check_inputs, validate_config
 
 
 def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | None = None) -> RunConfig:
@@ -50,6 +50,7 @@ def execute(cfg: RunConfig, *, write: bool = True):
     from fmeval.report import check_writable, finish
 
     mode = MODES.get(cfg.mode)
+    check_inputs(cfg)
     if write:
         check_writable(cfg.reports_dir)
     result = mode.run(cfg)

@@ -3,7 +3,8 @@
 Ranges are checked where the values live (the config sections'
 ``__post_init__``); names that must be one of a registry or a fixed list are
 checked here, once the whole :class:`~fmeval.config.RunConfig` is known
-(``make_config`` calls :func:`validate_config`). So a typo in ``--geometry``,
+(``make_config`` calls :func:`validate_config`); the files a run reads are
+checked when it starts (:func:`check_inputs`). So a typo in ``--geometry``,
 a protocol file or a study cell fails in one line naming the option, before a
 dataset is opened or a model is built, whichever way the value came in.
 
@@ -124,7 +125,6 @@ CHOICES: tuple[Choice, ...] = (
     Choice("precision", "--precision", _fixed("precision", _names("fmeval.device", "PRECISIONS"))),
     Choice("device", "--device", _device),
     Choice("volume_view", "--volume-view", _volume_view),
-    Choice("weights", "--weights", _weights),
     Choice("knn.rule", "--rule", _registry("fmeval.probes.knn", "KNN_RULES")),
     Choice("knn.select_metric", "--select-metric", _metric(allow_loss=False)),
     Choice("zeroshot.ensemble", "--ensemble", _registry("fmeval.zeroshot", "ENSEMBLES")),
@@ -179,9 +179,24 @@ def validate_config(cfg: "RunConfig") -> None:
         except FmevalError as exc:
             msg = str(exc)
             raise ConfigError(msg if msg.startswith(c.flag) else f"{c.flag}: {msg}") from None
-    check_folder(cfg.data_root, "--data-root")
     cfg.train.validate()
     _check_prompts(cfg)
+
+
+def check_inputs(cfg: "RunConfig") -> None:
+    """The files and folders a run reads are there: ``--weights`` (a path, or an asset
+    name fetched on use) and ``--data-root``.
+
+    Called when a run starts (:func:`fmeval.runner.execute`), not when a study
+    is planned: a study may be planned where its checkpoints are not (yet)
+    visible, and one missing file fails its own cell, not the plan.
+    """
+    check_folder(cfg.data_root, "--data-root")
+    if cfg.weights is not None:
+        try:
+            _weights(cfg.weights)
+        except FmevalError as exc:
+            raise ConfigError(f"--weights: {exc}") from None
 
 
 def _check_prompts(cfg: "RunConfig") -> None:

@@ -2,7 +2,8 @@
 
 - user text (paths, templates, split names in brackets) is printed verbatim,
   never read as Rich markup;
-- Ctrl-C and Typer's abort/exit paths end in one line, never a traceback;
+- Ctrl-C and Typer's abort/exit paths end in one line, never a traceback
+  (the confirmation prompt of ``cache clear``: tests/test_cache_cli.py);
   an interrupted fine-tuning names its folder and the command that resumes
   it, and that command works as printed;
 - a reports (or adapters, study, leaderboard) folder that cannot be written
@@ -144,31 +145,6 @@ def test_interrupt_abort_and_exit_never_print_a_traceback(work, capsys, monkeypa
     got, out, err = run(capsys, "knn", *FROZEN)
     assert got == code and "Traceback" not in out + err
     assert [ln for ln in err.splitlines() if ln.strip()] == ([line] if line else [])
-
-
-def test_cache_clear_confirmation_paths(work, capsys, monkeypatch):
-    """No terminal: one line, exit 2. Answer no, Ctrl-C or Abort at the prompt: 'aborted', exit 1."""
-    cache = work / "cache"
-    code, out, err = run(capsys, "features", *FROZEN, "--data-root", "data")
-    assert code == 0 and any(cache.rglob("*.safetensors")), err
-    n_files = len(list(cache.rglob("*")))
-    code, _, err = run(capsys, "cache", "clear")  # pytest's stdin is not a terminal
-    assert "no terminal to confirm on, pass --yes" in one_error_line(code, err)
-
-    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
-    for answer in (lambda *a, **k: False, typer.Abort(), KeyboardInterrupt(), EOFError()):
-        def confirm(*a, answer=answer, **k):
-            if isinstance(answer, BaseException):
-                raise answer
-            return answer(*a, **k)
-
-        monkeypatch.setattr(typer, "confirm", confirm)
-        code, out, err = run(capsys, "cache", "clear")
-        assert code == 1 and err.strip() == "aborted" and "Traceback" not in out + err
-        assert len(list(cache.rglob("*"))) == n_files  # nothing deleted
-    monkeypatch.setattr(typer, "confirm", lambda *a, **k: True)
-    code, out, err = run(capsys, "cache", "clear")
-    assert code == 0 and "removed" in out and not any(cache.rglob("*.safetensors"))
 
 
 def test_finetune_interrupt_names_the_folder_and_the_printed_command_resumes(work, capsys, monkeypatch):

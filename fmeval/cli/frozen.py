@@ -17,7 +17,10 @@ def features(opts: Given) -> None:
     from fmeval.pipeline import prepare_frozen
     from fmeval.runner import make_config
 
+    from fmeval.validation import check_inputs
+
     cfg = make_config("knn", opts.explicit(), user=user_defaults())
+    check_inputs(cfg)
     fz = prepare_frozen(cfg)
     for split, feats in fz.features.items():
         state = "cached" if fz.cache_hits[split] else "extracted"
