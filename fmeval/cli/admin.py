@@ -228,7 +228,8 @@ def config_show() -> None:
     from fmeval.settings import USER_SETTINGS, file_settings, resolve
 
     _, where = file_settings()
-    table = Table(title=escape(f"fmeval settings (file: {where or 'none: fmeval.toml or [tool.fmeval] in pyproject.toml'})"))
+    where = where or "none: fmeval.toml or [tool.fmeval] in pyproject.toml"
+    table = Table(title=escape(f"fmeval settings (file: {where})"))
     for col in ("setting", "value", "source", "meaning"):
         table.add_column(col)
     for s in USER_SETTINGS:

@@ -121,8 +121,8 @@ def study_run(
     console.print(f"study {plan.spec.name}: {len(plan.cells)} cells ({counts['done']} done, {counts['failed']} failed, "
                   f"{counts['left']} left) -> {plan.root}", markup=False, highlight=False)
     live = {"done": counts["done"], "failed": counts["failed"]}
-    columns = [TextColumn("[bold blue]study"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}", markup=False),
-               TimeElapsedColumn()]
+    columns = [TextColumn("[bold blue]study"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as prog:
         task = prog.add_task("cells", total=len(plan.cells), completed=counts["done"], info="")
 
