@@ -24,6 +24,7 @@ from fmeval.errors import ConfigError
 from fmeval.probes.linear import ProbeConfig
 from fmeval.training.lora import LoraSettings
 from fmeval.training.loop import TrainConfig
+from fmeval.validation import check_choice
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,8 @@ class LinprobeSettings:
     feature_norm: str = "standardize"  # "standardize" | "l2" | "none"
 
     def __post_init__(self) -> None:
-        if self.init not in ("zeros", "zeroshot"):
-            raise ConfigError(f"--init must be zeros or zeroshot, not {self.init!r}.")
-        if self.feature_norm not in ("standardize", "l2", "none"):
-            raise ConfigError(f"--feature-norm must be standardize, l2 or none, not {self.feature_norm!r}.")
+        check_choice(self.init, ("zeros", "zeroshot"), "--init", "probe initialisation")
+        check_choice(self.feature_norm, ("standardize", "l2", "none"), "--feature-norm", "feature normalisation")
         if self.init == "zeroshot" and self.feature_norm != "l2":
             raise ConfigError(
                 "--init zeroshot needs --feature-norm l2: the zero-shot classifier is linear in "
@@ -156,11 +155,11 @@ class RunConfig:
             "--canvas must be >= 8": self.canvas is None or self.canvas >= 8,
             "--input-size must be >= 8": self.input_size is None or self.input_size >= 8,
             "--seed must be >= 0": self.seed >= 0,
-            "--md5 must be warn, strict or off": self.md5 in ("warn", "strict", "off"),
         }
         for msg, ok in checks.items():
             if not ok:
                 raise ConfigError(msg + ".")
+        check_choice(self.md5, ("warn", "strict", "off"), "--md5", "MD5 policy")
 
     # -- dict round trip ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -16,17 +16,30 @@ from fmeval.errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def check_device_name(name: str) -> torch.device | None:
+    """The device a name means (``None`` for auto), without asking the hardware.
+
+    Checked when the config is made, before any work; whether a CUDA GPU is
+    present is asked only when the run starts (a study is planned on a login
+    node without one).
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
         dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}.") from None
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}.")
+    return dev
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    dev = check_device_name(name)
+    if dev is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is available.")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}.")
     return dev
 
 

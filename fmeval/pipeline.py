@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -187,19 +187,29 @@ def feature_key(adapter: Adapter, data: MedMNIST, split: str, cfg: RunConfig,
     }
 
 
+def split_sizes(cfg: RunConfig, data: MedMNIST, splits: tuple[str, ...] = SPLITS) -> dict[str, int]:
+    """Samples per split a run sees (after ``--limit``), from the labels alone."""
+    sizes = {s: len(data.labels(s)) for s in splits}
+    return {s: min(n, cfg.limit) if cfg.limit else n for s, n in sizes.items()}
+
+
 def prepare_frozen(
-    cfg: RunConfig, splits: tuple[str, ...] = SPLITS, *, require_text: bool = False
+    cfg: RunConfig, splits: tuple[str, ...] = SPLITS, *, require_text: bool = False,
+    check: Callable[[MedMNIST], None] | None = None,
 ) -> Frozen:
     """Load (or extract once and cache) features of ``splits``.
 
     Data is opened and its labels validated before the model is built; images
     are decompressed and validated only for splits whose features are not
-    cached yet.
+    cached yet. ``check(data)``: the mode's own checks that need the data
+    (e.g. k against the training set size), run before any model work.
     """
     data = open_data(cfg)
     for s in splits:
         data.labels(s)  # validated (an empty split is an error) before any model work
     check_dimensions(cfg, data)
+    if check is not None:
+        check(data)
     view = parse_view(cfg.volume_view) if cfg.volume_view else None
     device = resolve_device(cfg.device)
     adapter = build_adapter(cfg, device, data, reusable=True)

@@ -42,7 +42,7 @@ def progress_bar(description: str, total: int, unit: str = "") -> Iterator["Tick
         TextColumn("{task.fields[info]}"),
     ]
     with Progress(*columns, console=console, transient=False) as prog:
-        task = prog.add_task(description, total=total, info="")
+        task = prog.add_task(escape(description), total=total, info="")
         yield Tick(prog, task)
 
 
@@ -52,7 +52,7 @@ class Tick:
 
     def __call__(self, advance: int = 1, info: str | None = None) -> None:
         if self._prog is not None:
-            kw = {"info": info} if info is not None else {}
+            kw = {"info": escape(info)} if info is not None else {}  # columns render markup
             self._prog.update(self._task, advance=advance, **kw)
 
 
@@ -74,7 +74,7 @@ def download_bar(description: str, total: int | None, completed: int = 0) -> Ite
         TextColumn("{task.fields[info]}"),
     ]
     with Progress(*columns, console=console, transient=False) as prog:
-        task = prog.add_task(description, total=total, completed=completed, info="")
+        task = prog.add_task(escape(description), total=total, completed=completed, info="")
         yield Tick(prog, task)
 
 

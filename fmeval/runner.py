@@ -11,6 +11,7 @@ from typing import Any
 
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
+from fmeval.validation import check_inputs, validate_config
 
 
 def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | None = None) -> RunConfig:
@@ -19,7 +20,8 @@ def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | N
     ``explicit``: dotted path -> value given on the command line (or by a study
     cell). ``user``: dotted path -> value from ``fmeval.toml``/environment;
     those are not deviations from a protocol. Missing required settings are
-    named together in one message.
+    named together in one message; every named choice is checked against its
+    registry (:func:`fmeval.validation.validate_config`).
     """
     from fmeval.modes import MODES
 
@@ -35,8 +37,11 @@ def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | N
         from fmeval.protocols import apply_protocol, load_protocol
 
         rest = {k: v for k, v in explicit.items() if k != "protocol"}
-        return apply_protocol(load_protocol(str(protocol)), base, rest)
-    return base.with_values(explicit)
+        cfg = apply_protocol(load_protocol(str(protocol)), base, rest)
+    else:
+        cfg = base.with_values(explicit)
+    validate_config(cfg)  # every named choice, before any data is opened or model built
+    return cfg
 
 
 def execute(cfg: RunConfig, *, write: bool = True):
@@ -45,6 +50,7 @@ def execute(cfg: RunConfig, *, write: bool = True):
     from fmeval.report import check_writable, finish
 
     mode = MODES.get(cfg.mode)
+    check_inputs(cfg)
     if write:
         check_writable(cfg.reports_dir)
     result = mode.run(cfg)

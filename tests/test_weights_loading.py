@@ -31,7 +31,7 @@ def foreign_ckpt(tmp_path):
 
 
 def test_no_strict_with_another_models_checkpoint_fails_in_one_line(capsys, tmp_path, foreign_ckpt):
-    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(20, 10, 10))
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(60, 10, 10))  # >= the largest default k
     n = len(create_adapter("vit-s16", tiny=True).model.state_dict())
     code, out, err = run(capsys, "knn", "--model", "vit-s16", "--tiny", "--dataset", "pneumoniamnist",
                          "--data-root", str(tmp_path), "--weights", str(foreign_ckpt), "--no-strict",

@@ -41,9 +41,10 @@ def ls_datasets(
 ) -> None:
     """The 18 MedMNIST datasets (12 2D, 6 3D): dimensionality, task, classes, splits, sizes on disk."""
     from fmeval.data import DatasetInfo, all_flags, dataset_info, default_data_root
+    from fmeval.validation import check_folder
 
-    root = data_root or default_data_root()
-    table = Table(title=f"MedMNIST datasets (local root: {root})")
+    root = check_folder(data_root, "--data-root") or default_data_root()
+    table = Table(title=escape(f"MedMNIST datasets (local root: {root})"))
     table.add_column("flag", no_wrap=True)  # names stay whole in narrow terminals
     for col in ("dim", "task", "ch", "classes", "train/val/test", "sizes", "local sizes"):
         table.add_column(col, overflow="fold")
@@ -64,14 +65,15 @@ def cache_ls() -> None:
 
     cache = FeatureCache()
     entries = cache.entries()
-    table = Table(title=f"feature cache: {cache.root}")
+    table = Table(title=escape(f"feature cache: {cache.root}"))
     for col in ("kind", "digest", "model", "weights", "dataset", "size", "split", "geometry", "shape", "MB"):
         table.add_column(col)
     for e in entries:
         k = e.key
-        table.add_row(e.kind, e.digest[:12], str(k.get("adapter", "")), str(k.get("weights_id", ""))[:40],
-                      str(k.get("dataset", "")), str(k.get("size", "")), str(k.get("split", "")),
-                      str(k.get("geometry", "")), "x".join(map(str, e.shape)), f"{e.bytes / 1e6:.1f}")
+        cells = (e.kind, e.digest[:12], str(k.get("adapter", "")), str(k.get("weights_id", ""))[:40],
+                 str(k.get("dataset", "")), str(k.get("size", "")), str(k.get("split", "")),
+                 str(k.get("geometry", "")), "x".join(map(str, e.shape)), f"{e.bytes / 1e6:.1f}")
+        table.add_row(*map(escape, cells))  # manifests hold user paths and names: never markup
     console.print(table)
     console.print(f"{len(entries)} entries, {sum(e.bytes for e in entries) / 1e6:.1f} MB")
 
@@ -114,7 +116,9 @@ def cache_clear(
     Without --yes it asks on a terminal; with no terminal it exits 2.
     """
     from fmeval.cache import FeatureCache
+    from fmeval.validation import check_names
 
+    check_names(model=model, dataset=dataset)
     cache = FeatureCache()
     root = escape(str(cache.root))
     if model is None and dataset is None:
@@ -195,15 +199,23 @@ def report(
     from fmeval.io import atomic_write_text
     from fmeval.report import build_leaderboard, load_runs, print_leaderboard
 
+    from fmeval.report import check_writable
+    from fmeval.validation import check_names
+
+    check_names(metric=metric, mode=mode, dataset=dataset)
+    if out is not None:
+        check_writable(out, "leaderboard folder")
     root = reports_dir or Path(os.environ.get("FMEVAL_REPORTS_DIR") or "reports")
     if not root.is_dir():
         raise ConfigError(f"no reports folder at {root}; run an evaluation first or pass --reports-dir.")
-    runs, skipped = load_runs(root)
+    check_writable(out or root, "leaderboard folder")
+    runs, skipped = load_runs(root, warn=False)
     board = build_leaderboard(runs, metric=metric, include_all=include_all, dataset=dataset, mode=mode,
                               skipped=skipped)
     print_leaderboard(board, console, wide=wide)
-    for w in board.warnings:
-        console.print(f"skipped: {w}", style="yellow", markup=False, highlight=False)
+    for w in board.warnings:  # one line per damaged results.json; the other runs are ranked
+        _stderr().print(f"warning: skipped {w}", style="yellow", markup=False, highlight=False,
+                        soft_wrap=True)
     dest = out or root
     atomic_write_text(dest / "leaderboard.md", board.to_markdown())
     atomic_write_text(dest / "leaderboard.csv", board.to_csv())
@@ -216,10 +228,11 @@ def config_show() -> None:
     from fmeval.settings import USER_SETTINGS, file_settings, resolve
 
     _, where = file_settings()
-    table = Table(title=f"fmeval settings (file: {where or 'none: fmeval.toml or [tool.fmeval] in pyproject.toml'})")
+    where = where or "none: fmeval.toml or [tool.fmeval] in pyproject.toml"
+    table = Table(title=escape(f"fmeval settings (file: {where})"))
     for col in ("setting", "value", "source", "meaning"):
         table.add_column(col)
     for s in USER_SETTINGS:
         value, source = resolve(s.key)
-        table.add_row(s.key, "-" if value is None else str(value), source, s.help)
+        table.add_row(*map(escape, (s.key, "-" if value is None else str(value), source, s.help)))
     console.print(table)

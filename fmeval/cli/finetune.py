@@ -23,9 +23,13 @@ def finetune(opts: Given) -> None:
     validation. --protocol medmnist-plus / medmnist-v2 / resolution-study
     fix every training setting of those recipes. Weights, run.json and a
     resumable training state go to $FMEVAL_ADAPTERS_DIR/<run> (default
-    ./adapters); the folder is printed when training starts.
+    ./adapters); the folder and the command that resumes it
+    (fmeval finetune --resume FOLDER) are printed when training starts and
+    when it is interrupted.
     """
     lora, full = bool(opts.get("lora")), bool(opts.get("full"))
+    if "resume" in opts:
+        return resume_finetune(opts, lora, full)
     missing = [f"--{k}" for k in ("model", "dataset") if k not in opts]
     if lora == full or missing:
         need = ([] if lora != full else ["exactly one of --lora / --full"]) + missing
@@ -37,6 +41,33 @@ def finetune(opts: Given) -> None:
             raise ConfigError(f"finetune needs {', '.join(need)} (e.g. fmeval finetune --lora --model vit-s16 "
                               "--dataset pneumoniamnist).")
     run_mode("finetune-lora" if lora else "finetune-full", opts.explicit())
+
+
+def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
+    """``fmeval finetune --resume DIR``: the run's own config, read from its run.json.
+
+    Options given as well must agree with the run (a difference is named, as
+    resuming with other settings would mix two runs in one result).
+    """
+    from fmeval.config import RunConfig
+    from fmeval.report import print_result
+    from fmeval.runner import execute
+    from fmeval.training.checkpoint import read_run_record
+    from fmeval.validation import validate_config
+
+    folder = Path(opts.get("resume")).expanduser()
+    rec = read_run_record(folder)
+    try:
+        saved = RunConfig.from_dict(rec["config"])
+    except ConfigError as exc:
+        raise ConfigError(f"{folder / 'run.json'}: config: {exc}") from None
+    asked = "finetune-lora" if lora else "finetune-full" if full else saved.mode
+    if lora and full or asked != saved.mode:
+        raise ConfigError(f"--resume {folder}: the run is {saved.mode}; drop --lora/--full or match it.")
+    explicit = {k: v for k, v in opts.explicit().items() if k != "resume"}
+    cfg = saved.with_values({**explicit, "resume": str(folder)})
+    validate_config(cfg)
+    print_result(execute(cfg), console)
 
 
 @app.command()
@@ -57,7 +88,10 @@ def evaluate(
 
     from fmeval.modes.finetune import evaluate_adapter
     from fmeval.report import check_writable, finish, print_result
+    from fmeval.validation import check_folder, check_names
 
+    check_names(device=device)
+    check_folder(data_root, "--data-root")
     reports = str(reports_dir) if reports_dir else os.environ.get("FMEVAL_REPORTS_DIR") or None
     check_writable(reports)
     root = data_root or (Path(os.environ["FMEVAL_DATA_ROOT"]) if os.environ.get("FMEVAL_DATA_ROOT") else None)

@@ -6,14 +6,21 @@ from fmeval.cli.app import app, console, run_mode, user_defaults
 from fmeval.cli.options import COMMON, KNN, LINPROBE, Given, command
 
 
+# features writes the feature cache only: no report, so no --reports-dir or --bootstrap
+FEATURES = tuple(o for o in COMMON if o.name not in ("reports_dir", "bootstrap"))
+
+
 @app.command()
-@command(COMMON)
+@command(FEATURES)
 def features(opts: Given) -> None:
     """Extract frozen features of train/val/test into the feature cache (once)."""
     from fmeval.pipeline import prepare_frozen
     from fmeval.runner import make_config
 
+    from fmeval.validation import check_inputs
+
     cfg = make_config("knn", opts.explicit(), user=user_defaults())
+    check_inputs(cfg)
     fz = prepare_frozen(cfg)
     for split, feats in fz.features.items():
         state = "cached" if fz.cache_hits[split] else "extracted"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,8 @@ class Opt:
             for v in vals:
                 self.check_range(v)
             return vals
+        if isinstance(raw, float) and not math.isfinite(raw):
+            raise ConfigError(f"{self.flag} must be a finite number, got {raw}.")
         if self.min_open and self.min is not None and raw <= self.min:
             raise ConfigError(f"{self.flag} must be > {self.min:g}.")
         if isinstance(raw, Path):
@@ -65,6 +68,8 @@ class Opt:
     def check_range(self, v: Any) -> None:
         if not isinstance(v, (int, float)):
             return
+        if not math.isfinite(v):
+            raise ConfigError(f"{self.flag} values must be finite numbers, got {v}.")
         if self.min is not None and (v <= self.min if self.min_open else v < self.min):
             raise ConfigError(f"{self.flag} values must be {'>' if self.min_open else '>='} {self.min:g}, got {v:g}.")
         if self.max is not None and v > self.max:
@@ -260,6 +265,7 @@ def command(*groups: tuple[Opt, ...]) -> Callable:
             return fn(Given(given, table), **kwargs)
 
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.fmeval_options = dict(table)  # type: ignore[attr-defined]  # what the CLI tests fuzz
         return wrapper
 
     return deco

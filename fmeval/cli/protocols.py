@@ -30,7 +30,7 @@ def protocols_ls() -> None:
     table.add_column("title")
     for name in protocol_names():
         p = load_protocol(name)
-        table.add_row(name, str(p.version), ", ".join(p.spec.modes), p.spec.title)
+        table.add_row(*map(escape, (name, str(p.version), ", ".join(p.spec.modes), p.spec.title)))
     console.print(table)
 
 
@@ -45,7 +45,7 @@ def protocols_show(name: Annotated[str, typer.Argument(help="Protocol name (see 
     console.print(escape(s.citation) + (f"  {escape(s.url)}" if s.url else ""), highlight=False)
     if s.description:
         console.print(escape(s.description.strip()), highlight=False)
-    console.print(f"modes: {', '.join(s.modes)}", highlight=False)
+    console.print(f"modes: {', '.join(s.modes)}", markup=False, highlight=False)
 
     def show(key: str, value, source: str) -> None:
         console.print(f"  [bold]{escape(key)}[/] = {escape(_value(value))}", highlight=False, soft_wrap=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fmeval.cli.app import ReportsDir, app, console, user_defaults
@@ -37,23 +38,26 @@ def _state_name(plan, cell) -> str:
 def study_plan(file: StudyFile, reports_dir: ReportsDir = None,
                cells: Annotated[bool, typer.Option("--cells/--no-cells", help="List every cell.")] = True) -> None:
     """The cells of a study, how many are done, and an estimate of the work left."""
+    from fmeval.report import check_writable
     from fmeval.studies.plan import estimate_left
 
     plan = _plan(file, reports_dir)
+    check_writable(plan.root, "study folder")
     if cells:
         from rich import box
 
         from fmeval.report.leaderboard import SHORT_MODES
 
-        table = Table(title=f"study {plan.spec.name}: {len(plan.cells)} cells", box=box.SIMPLE_HEAD,
+        table = Table(title=escape(f"study {plan.spec.name}: {len(plan.cells)} cells"), box=box.SIMPLE_HEAD,
                       show_edge=False, pad_edge=False)
         for col in ("model", "mode", "dataset", "size", "in", "seed", "style/shots", "state"):
             table.add_column(col, overflow="fold", no_wrap=col in ("dataset", "model"))
         for c in plan.cells:
             a = c.axes
             extra = a["style"] if a.get("style") else (f"{a['shots']}-shot" if a.get("shots") else "")
-            table.add_row(a["model"], SHORT_MODES.get(a["mode"], a["mode"]), a["dataset"], str(a["size"]),
-                          str(a.get("input_size") or "-"), str(a["seed"]), extra or "-", _state_name(plan, c))
+            table.add_row(*map(escape, (a["model"], SHORT_MODES.get(a["mode"], a["mode"]), a["dataset"],
+                                        str(a["size"]), str(a.get("input_size") or "-"), str(a["seed"]),
+                                        extra or "-", _state_name(plan, c))))
         console.print(table)
     n = plan.counts()
     console.print(f"{len(plan.cells)} cells in {len(plan.groups())} encoder groups: {n['done']} done, "
@@ -80,8 +84,8 @@ def _print_dry_run(plan, executor: str, jobs: int) -> None:
             table.add_column(col)
         for i, t in enumerate(tasks):
             a = t[0].axes
-            table.add_row(str(i), a["model"], f"{a['dataset']}@{a['size']}", str(len(t)),
-                          ", ".join(sorted({c.axes["mode"] for c in t})))
+            table.add_row(*map(escape, (str(i), a["model"], f"{a['dataset']}@{a['size']}", str(len(t)),
+                                        ", ".join(sorted({c.axes["mode"] for c in t})))))
         console.print(table)
         console.print(f"logs: {plan.root / 'slurm'}", markup=False, highlight=False)
     else:
@@ -101,6 +105,7 @@ def study_run(
     """Run every cell that is not finished; failed cells are recorded and the study goes on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from fmeval.report import check_writable
     from fmeval.studies.executors import EXECUTORS
     from fmeval.studies.finish import finish_study
 
@@ -111,12 +116,13 @@ def study_run(
     if dry_run:
         _print_dry_run(plan, kind, n_jobs)
         return
+    check_writable(plan.root, "study folder")  # a bad --reports-dir fails here, not in every cell
     counts = plan.counts()
     console.print(f"study {plan.spec.name}: {len(plan.cells)} cells ({counts['done']} done, {counts['failed']} failed, "
                   f"{counts['left']} left) -> {plan.root}", markup=False, highlight=False)
     live = {"done": counts["done"], "failed": counts["failed"]}
-    columns = [TextColumn("[bold blue]study"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn()]
+    columns = [TextColumn("[bold blue]study"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as prog:
         task = prog.add_task("cells", total=len(plan.cells), completed=counts["done"], info="")
 
@@ -149,9 +155,11 @@ def _summary(plan) -> None:
 @study_app.command("report")
 def study_report(file: StudyFile, reports_dir: ReportsDir = None) -> None:
     """Rebuild the study's leaderboards, plots and HTML page from its finished cells."""
+    from fmeval.report import check_writable
     from fmeval.studies.finish import finish_study
 
     plan = _plan(file, reports_dir)
+    check_writable(plan.root, "study folder")
     _summary(plan)
     for label, path in finish_study(plan).items():
         console.print(f"{label}: {path}", markup=False, highlight=False)

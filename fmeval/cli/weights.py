@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fmeval.cli.app import app, console
@@ -38,17 +39,17 @@ def weights_fetch(
     for name in names:
         res = store.fetch(name, force=force)
         if not res.downloaded:
-            console.print(f"[green]present[/] {res.name}: {res.entry}")
+            console.print(f"[green]present[/] {escape(f'{res.name}: {res.entry}')}", highlight=False)
             continue
-        console.print(f"[green]fetched[/] {res.name}: {res.entry}")
+        console.print(f"[green]fetched[/] {escape(f'{res.name}: {res.entry}')}", highlight=False)
         for f in res.files:
             pin = "pinned" if f["pinned"] else "unpinned, recorded"
             checks = ", ".join(f["checked"]) or "no server digest"
             console.print(f"  {f['filename']}  sha256 {f['sha256']} ({pin}; {checks})",
-                          highlight=False, soft_wrap=True)
+                          markup=False, highlight=False, soft_wrap=True)
         for changed in res.changed:
-            console.print(f"[yellow]warning:[/] {changed} differs from the copy fetched before "
-                          "(the upstream file changed)")
+            console.print(f"[yellow]warning:[/] {escape(str(changed))} differs from the copy fetched before "
+                          "(the upstream file changed)", highlight=False)
 
 
 @weights_app.command("ls")
@@ -59,7 +60,7 @@ def weights_ls(
     from fmeval.weights import WeightStore
 
     store = WeightStore()
-    table = Table(title=f"weights cache: {store.root}")
+    table = Table(title=escape(f"weights cache: {store.root}"))
     for col in ("name", "state", "sha256", "MB"):
         table.add_column(col, no_wrap=True)
     table.add_column("what", overflow="fold")
@@ -69,7 +70,7 @@ def weights_ls(
         pin = "pinned" if st.pinned else ("recorded" if st.manifest else "unpinned")
         desc = store.assets.entry(st.name).description + (f" ({st.detail})" if st.detail and
                                                           st.state != "missing" else "")
-        table.add_row(st.name, f"[{colour[st.state]}]{st.state}[/]", pin, _mb(st.size), desc)
+        table.add_row(escape(st.name), f"[{colour[st.state]}]{st.state}[/]", pin, _mb(st.size), escape(desc))
     console.print(table)
     console.print("fetch one with `fmeval weights fetch NAME`; use it with `--weights NAME`. "
                   "unpinned: no published SHA-256, the one computed at the first fetch is "

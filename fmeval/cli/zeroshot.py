@@ -72,5 +72,5 @@ def prompts_ls() -> None:
         table.add_column(col)
     for name, path in sorted(list_shipped_banks().items()):
         b = load_bank(path)
-        table.add_row(name, b.dataset, ", ".join(b.styles), b.default_style)
+        table.add_row(*map(escape, (name, b.dataset, ", ".join(b.styles), b.default_style)))
     console.print(table)

@@ -33,6 +33,7 @@ from fmeval.pipeline import (
 )
 from fmeval.progress import console as progress_console
 from fmeval.training.checkpoint import (
+    adapters_root,
     check_resume,
     load_train_state,
     new_run_dir,
@@ -161,7 +162,10 @@ def _run_record(cfg: RunConfig, p: Prepared, run_dir: Path, trainable: int, tota
 
 
 def _resume_hint(run_dir: Path) -> str:
-    return f"fmeval finetune <same options> --resume {run_dir}"
+    """The command that continues this run as typed (its options are read from run.json)."""
+    import shlex
+
+    return f"fmeval finetune --resume {shlex.quote(str(run_dir))}"
 
 
 def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
@@ -177,6 +181,10 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
         rec = read_run_record(run_dir)
         check_resume(rec["config"], cfg.to_dict(), run_dir)
         load_train_state(run_dir)  # a damaged checkpoint fails here, before any work
+    else:
+        from fmeval.report import check_writable
+
+        check_writable(cfg.adapter_dir or adapters_root(), "adapters folder")
     p = prepare(cfg)
     model, data = p.model, p.data
     trainable, total = _classifier_params(model)
@@ -188,7 +196,7 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
     record = _run_record(cfg, p, run_dir, trainable, total)
     write_run_record(run_dir, record)
     progress_console.print(f"run folder: {run_dir}  (if interrupted: {_resume_hint(run_dir)})",
-                           markup=False, highlight=False)
+                           markup=False, highlight=False, soft_wrap=True)
     tdata = TrainData(p.images["train"], p.labels["train"], p.images["val"], p.labels["val"],
                       data.task, data.info.n_classes)
     hook = on_epoch_end or _stop_hook()
@@ -200,7 +208,7 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
         raise TrainingInterrupted(f"{exc} Continue with: {_resume_hint(run_dir)}", run_dir) from None
     except KeyboardInterrupt:
         progress_console.print(f"interrupted; continue with: {_resume_hint(run_dir)}", markup=False,
-                               highlight=False)
+                               highlight=False, soft_wrap=True)
         raise
     p.method.save(model, cfg.lora, run_dir)
     scores = {s: predict(model, p.images[s], task=data.task, setup=p.setup) for s in ("val", "test")}

@@ -6,7 +6,7 @@ from fmeval.config import RunConfig
 from fmeval.data import is_multilabel
 from fmeval.errors import ConfigError
 from fmeval.modes.base import Timer, frozen_result, metric_labels, register_mode, target_tensor
-from fmeval.pipeline import prepare_frozen
+from fmeval.pipeline import prepare_frozen, split_sizes
 from fmeval.probes.knn import KNN_RULES, knn_predict
 
 
@@ -23,6 +23,15 @@ def _nan_low(v: float) -> float:
     return float("-inf") if v != v else v
 
 
+def check_ks(ks: tuple[int, ...], n_train: int) -> None:
+    """Every k of the sweep must fit the training set (none is silently dropped)."""
+    too_big = [k for k in ks if k > n_train]
+    if too_big:
+        raise ConfigError(
+            f"--k {','.join(map(str, too_big))} exceeds the {n_train} training samples."
+        )
+
+
 @register_mode("knn", sections=("knn",), frozen=True,
                description="k-nearest neighbours on frozen features (k chosen on validation)")
 def run_knn(cfg: RunConfig):
@@ -37,15 +46,9 @@ def run_knn(cfg: RunConfig):
     KNN_RULES.get(s.rule)
     metric_fn = METRICS.get(s.select_metric)
     timer = Timer()
-    fz = prepare_frozen(cfg)
+    fz = prepare_frozen(cfg, check=lambda data: check_ks(s.ks, split_sizes(cfg, data, ("train",))["train"]))
     task, info = fz.data.task, fz.data.info
     y_train = target_tensor(task, fz.labels["train"], fz.device)
-    n_train = len(y_train)
-    too_big = [k for k in s.ks if k > n_train]
-    if too_big:
-        raise ConfigError(
-            f"--k {','.join(map(str, too_big))} exceeds the {n_train} training samples."
-        )
     ks = tuple(sorted(set(s.ks)))
     common = dict(n_classes=info.n_classes, rule=s.rule, temperature=s.temperature,
                   multilabel=is_multilabel(task))

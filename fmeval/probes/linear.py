@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fmeval.errors import ConfigError, FmevalError
+from fmeval.validation import check_choice
 from fmeval.progress import progress_bar
 
 
@@ -40,11 +41,11 @@ class ProbeConfig:
             "--epochs must be >= 1": self.epochs >= 1,
             "--probe-batch-size must be >= 1": self.batch_size >= 1,
             "--patience must be >= 1": self.patience >= 1,
-            "--probe-schedule must be constant or cosine-epoch": self.schedule in ("constant", "cosine-epoch"),
         }
         for msg, ok in checks.items():
             if not ok:
                 raise ConfigError(msg + ".")
+        check_choice(self.schedule, ("constant", "cosine-epoch"), "--probe-schedule", "probe schedule")
 
     def lr_factor(self, epoch: int) -> float:
         if self.schedule == "cosine-epoch":

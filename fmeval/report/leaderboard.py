@@ -79,15 +79,23 @@ def _sort_key(metric: str):
     return key
 
 
-def load_runs(root: Path, pattern: str = f"*/{RESULTS_FILE}") -> tuple[list[RunResult], list[str]]:
-    """Every readable run under ``root``; a bad file is named in one line and skipped."""
+def load_runs(root: Path, pattern: str = f"*/{RESULTS_FILE}", *,
+              warn: bool = True) -> tuple[list[RunResult], list[str]]:
+    """Every readable run under ``root``; a bad file is skipped, named in one line.
+
+    ``skipped`` holds one line per bad file (the path once, then why);
+    ``warn=False`` leaves showing them to the caller (the CLI prints each
+    as one warning line instead of a Python warning).
+    """
     runs, skipped = [], []
     for path in sorted(Path(root).glob(pattern)):
         try:
             runs.append(RunResult.load(path))
         except FmevalError as e:
-            skipped.append(f"{path}: {e}")
-            warnings.warn(f"leaderboard skips {path}: {e}", stacklevel=2)
+            reason = " ".join(str(e).split()).replace(str(path), "the file")
+            skipped.append(f"{path}: {reason}")
+            if warn:
+                warnings.warn(f"leaderboard skips {skipped[-1]}", stacklevel=2)
     return runs, skipped
 
 
@@ -195,13 +203,14 @@ def print_leaderboard(board: Leaderboard, console, *, wide: bool = False) -> Non
     """Terminal view: one table per dataset x size. The default columns fit an
     80-column terminal without breaking names; ``wide`` adds CIs and provenance."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     short = {"acc": "ACC", "balanced_acc": "bACC", "auc": "AUC", "f1_macro": "F1"}
     metrics = board.metric_columns if wide else [board.metric, "acc", "balanced_acc"]
     metrics = list(dict.fromkeys(metrics))
     for (ds, size), rows in board.groups().items():
-        table = Table(title=f"{ds} @ {size} px, ranked by {short.get(board.metric, board.metric)}",
+        table = Table(title=escape(f"{ds} @ {size} px, ranked by {short.get(board.metric, board.metric)}"),
                       title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for col in ("model", "mode", "protocol"):
             table.add_column(col, no_wrap=True)
@@ -223,7 +232,7 @@ def print_leaderboard(board: Leaderboard, console, *, wide: bool = False) -> Non
             if wide:
                 cells.append(fmt_ci(row[f"{board.metric}_ci_low"], row[f"{board.metric}_ci_high"], 3))
             cells.append(fmt(row["baseline_acc"], 3))
-            table.add_row(*cells)
+            table.add_row(*map(escape, cells))  # names come from results.json files: never markup
         console.print(table)
     if board.excluded:
         console.print(f"{len(board.excluded)} run(s) kept out of the ranking (--limit subsets or tiny random "

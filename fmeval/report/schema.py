@@ -195,7 +195,9 @@ class RunResult:
                 selection={} if v1 else dict(d.get("selection") or {}),
                 schema_version=version,
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except KeyError as e:
+            raise ReportError(f"malformed results: missing key {e}") from None
+        except (TypeError, ValueError, AttributeError) as e:
             raise ReportError(f"malformed results: {type(e).__name__}: {e}") from None
 
     @classmethod

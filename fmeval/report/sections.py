@@ -122,6 +122,7 @@ def _comparison_md(rows: Any, r: "RunResult") -> list[str]:
 
 
 def _comparison_term(rows: Any, r: "RunResult", console: "Console") -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     split = "test" if r.config.get("zeroshot", {}).get("test_all") else "val"
@@ -130,7 +131,7 @@ def _comparison_term(rows: Any, r: "RunResult", console: "Console") -> None:
         t.add_column(c)
     for row in rows or []:
         sel = "* " if row.get("style") == r.selection.get("style") else ""
-        t.add_row(sel + str(row.get("style")), str(row.get("n_prompts")), fmt(row.get("acc"), 3),
+        t.add_row(escape(sel + str(row.get("style"))), str(row.get("n_prompts")), fmt(row.get("acc"), 3),
                   fmt(row.get("balanced_acc"), 3), fmt(row.get("auc"), 3),
                   fmt_ci(*(row.get("auc_ci") or [None, None]), 3))
     console.print(t)

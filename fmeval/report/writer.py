@@ -76,26 +76,55 @@ def finish(result: RunResult, root: str | Path | None = None, *, write: bool = T
     return result
 
 
-def check_writable(root: str | Path | None) -> Path:
-    """Fail before any work when the reports folder cannot be created or written.
+def check_writable(root: str | Path | None, what: str = "reports folder") -> Path:
+    """Fail before any work when the reports folder (or another output folder) cannot be created or written.
 
-    Nothing is created here (a run that fails on bad input leaves no empty
-    folder): the folder, or its nearest existing parent, must be a writable
-    directory.
+    Permission bits do not answer this (root passes every ``os.access`` check,
+    ``/proc`` refuses new folders whatever its mode), so it is tried for real:
+    the missing folders are created, a file is written into the deepest one,
+    and everything the check created is removed again (a run that then fails
+    on bad input leaves no empty folder behind).
     """
-    import os
-
     from fmeval.errors import ConfigError
 
     root = Path(root) if root is not None else reports_dir()
+    missing: list[Path] = []  # deepest first
     probe = root
     while not probe.exists():
+        missing.append(probe)
         if probe.parent == probe:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        what = "exists and is not a folder" if probe == root else f"cannot be created: {probe} is a file"
-        raise ConfigError(f"reports folder {root} {what}.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write reports to {root}: {probe} is not writable.")
+        problem = "exists and is not a folder" if probe == root else f"cannot be created: {probe} is a file"
+        raise ConfigError(f"{what} {root} {problem}.")
+    for attempt in range(2):  # a concurrent check may remove a folder this one just saw
+        try:
+            _try_write(root, missing)
+            return root
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not attempt:
+                continue
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"cannot write to the {what} {root}: {reason}.") from None
     return root
+
+
+def _try_write(root: Path, missing: list[Path]) -> None:
+    import os
+    import tempfile
+
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=".fmeval-write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    finally:
+        for d in reversed(created):
+            try:
+                d.rmdir()
+            except OSError:
+                pass  # another run put something there meanwhile: it is theirs now

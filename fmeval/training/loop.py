@@ -24,6 +24,7 @@ import torch
 from fmeval.data.augment import AugmentPolicy, augment_batch
 from fmeval.device import autocast
 from fmeval.errors import ConfigError, FmevalError
+from fmeval.validation import check_choice
 from fmeval.features import Transform, batched_inference
 from fmeval.progress import progress_bar
 from fmeval.training.checkpoint import (
@@ -81,18 +82,28 @@ class TrainConfig:
             "--max-steps-per-epoch must be >= 1":
                 self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
             "--pos-weight must be > 0": self.pos_weight is None or self.pos_weight > 0,
-            "--sampler must be shuffle or balanced": self.sampler in ("shuffle", "balanced"),
-            "--decay-scope must be matrices or all": self.decay_scope in ("matrices", "all"),
         }
         for msg, ok in checks.items():
             if not ok:
                 raise ConfigError(msg + ".")
-        OPTIMIZERS.entry(self.optimizer)
-        SCHEDULES.entry(self.schedule)
+        check_choice(self.sampler, ("shuffle", "balanced"), "--sampler", "sampler")
+        check_choice(self.decay_scope, ("matrices", "all"), "--decay-scope", "weight-decay scope")
+        for flag, check in (("--optimizer", lambda: OPTIMIZERS.entry(self.optimizer)),
+                            ("--schedule", lambda: SCHEDULES.entry(self.schedule)),
+                            ("--select-metric", self._check_metric),
+                            ("--class-weights", self._check_weighting)):
+            try:
+                check()  # unknown names get suggestions
+            except FmevalError as exc:
+                raise ConfigError(f"{flag}: {exc}") from None
+
+    def _check_metric(self) -> None:
         if self.select_metric != "loss":
             from fmeval.metrics import METRICS
 
-            METRICS.entry(self.select_metric)  # unknown names get suggestions
+            METRICS.entry(self.select_metric)
+
+    def _check_weighting(self) -> None:
         if self.class_weights is not None:
             from fmeval.training.losses import WEIGHTINGS
 
