@@ -23,8 +23,29 @@ def _nan_low(v: float) -> float:
     return float("-inf") if v != v else v
 
 
+def sweep_ks(ks: tuple[int, ...], n_train: int) -> tuple[tuple[int, ...], list[str]]:
+    """The k values to sweep, and a note when some were left out.
+
+    The built-in sweep (1,5,11,20,50) drops values larger than a small
+    training set, and says so; a sweep the user (or a protocol) chose must fit
+    whole: none of its values is dropped silently.
+    """
+    from fmeval.config import KnnSettings
+
+    if tuple(ks) == KnnSettings().ks:
+        kept = tuple(k for k in ks if k <= n_train)
+        if kept and len(kept) < len(ks):
+            return kept, [f"k > {n_train} training samples left out of the default k sweep"]
+    check_ks(ks, n_train)
+    return tuple(ks), []
+
+
 def check_ks(ks: tuple[int, ...], n_train: int) -> None:
     """Every k of the sweep must fit the training set (none is silently dropped)."""
+    from fmeval.config import KnnSettings
+
+    if tuple(ks) == KnnSettings().ks and min(ks) <= n_train:
+        return  # the default sweep is trimmed (sweep_ks), not refused
     too_big = [k for k in ks if k > n_train]
     if too_big:
         raise ConfigError(
@@ -49,7 +70,7 @@ def run_knn(cfg: RunConfig):
     fz = prepare_frozen(cfg, check=lambda data: check_ks(s.ks, split_sizes(cfg, data, ("train",))["train"]))
     task, info = fz.data.task, fz.data.info
     y_train = target_tensor(task, fz.labels["train"], fz.device)
-    ks = tuple(sorted(set(s.ks)))
+    ks, notes = sweep_ks(tuple(sorted(set(s.ks))), len(y_train))
     common = dict(n_classes=info.n_classes, rule=s.rule, temperature=s.temperature,
                   multilabel=is_multilabel(task))
     val_scores = knn_predict(fz.features["train"], y_train, fz.features["val"], ks, **common)
@@ -60,5 +81,5 @@ def run_knn(cfg: RunConfig):
     test_scores = knn_predict(fz.features["train"], y_train, fz.features["test"], (k,), **common)[k]
     return frozen_result(
         fz, test_scores=test_scores, val_scores=val_scores[k], extras={"k_sweep": sweep},
-        selection={"k": k, "select_metric": s.select_metric}, timer=timer,
+        selection={"k": k, "select_metric": s.select_metric}, timer=timer, warnings=notes,
     )
