@@ -28,8 +28,11 @@ LEADERBOARD_METRICS = ("auc", "acc", "balanced_acc", "f1_macro")
 
 
 def weights_kind(model: dict) -> str:
-    """pretrained | file | random | tiny | partial - what the weights behind a number are."""
+    """pretrained | file | random | tiny | partial | external - what the weights behind a number are
+    (external: a predictions file scored by ``fmeval score``, no weights fmeval knows)."""
     wid = str(model.get("weights_id", ""))
+    if wid.startswith("external:"):
+        return "external"
     if wid.startswith("random:"):
         return "tiny" if ":tiny" in wid else "random"
     if "+partial:" in wid:
@@ -64,7 +67,8 @@ def row_of(r: RunResult) -> dict[str, Any]:
         row[f"{m}_ci_high"] = mv.ci_high if mv else math.nan
     row["baseline_acc"] = r.test.baseline.get("acc", math.nan)
     row["n_warnings"] = len(r.all_warnings())
-    row["comparable"] = not row["limit"] and kind != "tiny"
+    # a scored predictions file of another split (fmeval score --split val) is not a test number
+    row["comparable"] = not row["limit"] and kind != "tiny" and r.dataset.get("scored_split", "test") == "test"
     return row
 
 
