@@ -59,9 +59,9 @@ def predict(
     else:
         root = data_root or (Path(os.environ["FMEVAL_DATA_ROOT"]) if os.environ.get("FMEVAL_DATA_ROOT") else None)
         exp = export_adapter(adapter, out, header=header, data_root=str(root) if root else None, device=device)
-    console.print(f"wrote {exp.path}: {exp.n} rows, sha256 {exp.sha256}", markup=False, highlight=False)
+    console.print(f"wrote {exp.path}: {exp.n} rows, sha256 {exp.sha256}", markup=False, highlight=False, soft_wrap=True)
     if exp.n_split is not None and exp.n != exp.n_split:
         console.print(f"⚠ the run scored {exp.n} of {exp.n_split} test images (--limit); `fmeval score` needs every "
-                      "test image", style="yellow", markup=False, highlight=False)
+                      "test image", style="yellow", markup=False, highlight=False, soft_wrap=True)
     else:
-        console.print(f"score it with: {exp.score_command()}", markup=False, highlight=False)
+        console.print(f"score it with: {exp.score_command()}", markup=False, highlight=False, soft_wrap=True)

@@ -52,7 +52,7 @@ def run_fewshot_sweep(mode: str, explicit: dict, shots: tuple[int, ...], draws: 
         m = r.test.metrics
         console.print(f"[{i}/{len(configs)}] K={cfg.fewshot.shots} draw {cfg.fewshot.draw}: "
                       f"auc {m['auc'].value:.4f} acc {m['acc'].value:.4f} -> {r.run_id}",
-                      highlight=False, markup=False)
+                      highlight=False, markup=False, soft_wrap=True)
     curves = fewshot_curves(results)
     folder = write_fewshot_summary(curves, root)
     print_fewshot_summary(curves, console, folder=folder)

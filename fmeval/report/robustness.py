@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from fmeval.report.schema import RunResult
 
 PLOTTED = ("auc", "acc")
+SHOWN = ("auc", "acc", "balanced_acc")  # on the terminal; the Markdown report has every metric
 
 
 def _pct(v: Any) -> str:
@@ -55,7 +56,10 @@ def _markdown(rob: Any, r: "RunResult") -> list[str]:
     lines = [f"## Robustness under MedMNIST-C corruptions (test split; head {rob.get('head')}, "
              f"corruption seed {rob.get('seed')}, medmnistc {rob.get('medmnistc')})", "",
              f"{len(rob.get('corruptions') or [])} corruptions x severities {', '.join(map(str, sev))}. "
-             f"The test metrics above are the clean ones. {rob.get('note', '')}.", "",
+             f"The test metrics above are the clean ones. {rob.get('note', '')}."
+             + (f" MedMNIST-C defines its severities on 224 px images; at {r.dataset.get('size')} px the same "
+                "parameters act on fewer pixels, so compare robustness only at one size."
+                if r.dataset.get("size") not in (None, 224) else ""), "",
              md_table(["metric", "clean", "mean corrupted", "drop", "relative drop"], _overview_rows(rob)), ""]
     for m, s in _summaries(rob).items():
         if m in PLOTTED:
@@ -81,6 +85,8 @@ def _terminal(rob: Any, r: "RunResult", console: "Console") -> None:
             t.add_row(*[c.replace("**", "") for c in row])
         console.print(t)
     for m, clean, mean, _, rel in _overview_rows(rob):
+        if m not in SHOWN:
+            continue
         console.print(f"{m}: clean {clean}, mean corrupted {mean}, relative drop {rel}", highlight=False)
 
 
