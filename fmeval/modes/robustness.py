@@ -23,6 +23,7 @@ never be served for the clean split or the other way round.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
@@ -49,6 +50,7 @@ def _head(module: ModuleType) -> Head:
     return Head(module.prepare, module.fit_head)
 
 
+@functools.lru_cache(maxsize=1)
 def _heads() -> Registry[Head]:
     from fmeval.modes import knn, linprobe, zeroshot
 
