@@ -72,7 +72,8 @@ def test_sweep_runs_one_report_per_k_and_draw_then_a_summary(capsys, tmp_path):
         assert r["config"]["fewshot"] == {"shots": k, "draw": d, "selection": "fixed"}
         assert r["selection"]["k"] == min(3, 2 * k) and r["val"] is None  # first --k, clipped; no validation
         assert r["dataset"]["n_train"] == N[0]  # the split's size, not the episode's
-    assert runs[(1, 0)]["extras"]["fewshot"]["episode"]["indices"] != runs[(1, 1)]["extras"]["fewshot"]["episode"]["indices"]
+    episode = {key: r["extras"]["fewshot"]["episode"]["indices"] for key, r in runs.items()}
+    assert episode[(1, 0)] != episode[(1, 1)] and set(episode[(1, 0)]) <= set(episode[(2, 0)])  # nested in K
     assert all(r["extras"]["cache_hits"]["train"] for (k, d), r in runs.items() if (k, d) != (1, 0))  # extracted once
     (folder,) = reports.glob("fewshot-*")
     assert sorted(p.name for p in folder.iterdir()) == ["summary.json", "summary.md", "summary.png"]

@@ -362,7 +362,8 @@ def evaluate_adapter(folder: str | Path, **overrides):
 
 
 def _register(method: str) -> None:
-    register_mode(f"finetune-{method}", sections=("train", "lora", "fewshot") if method == "lora" else ("train", "fewshot"),
+    sections = ("train", "lora", "fewshot") if method == "lora" else ("train", "fewshot")
+    register_mode(f"finetune-{method}", sections=sections,
                   frozen=False, description=METHODS.entry(method).description)(run_finetune)
 
 

@@ -45,8 +45,8 @@ def severity_rows(s: dict, severities: list) -> tuple[list[str], list[list[str]]
 
 
 def _overview_rows(rob: dict) -> list[list[str]]:
-    return [[m, fmt(s.get("clean"), 4), fmt(s.get("mean_corrupted"), 4), fmt(s.get("drop"), 4), _pct(s.get("relative_drop"))]
-            for m, s in _summaries(rob).items()]
+    return [[m, fmt(s.get("clean"), 4), fmt(s.get("mean_corrupted"), 4), fmt(s.get("drop"), 4),
+             _pct(s.get("relative_drop"))] for m, s in _summaries(rob).items()]
 
 
 def _markdown(rob: Any, r: "RunResult") -> list[str]:
