@@ -94,7 +94,7 @@ class RobustnessSettings:
 
     corruptions: tuple[str, ...] | None = None  # None: every MedMNIST-C corruption of the dataset
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
-    head: str = "linprobe"  # a key of modes.robustness.HEADS: knn | linprobe | zeroshot
+    head: str = "linprobe"  # a robustness head (fmeval.modes.robustness): knn | linprobe | zeroshot
     adapter: str | None = None  # a fine-tuned run folder (adapters/<run>) instead of a frozen head
 
     def __post_init__(self) -> None:
