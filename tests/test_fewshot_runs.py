@@ -85,6 +85,15 @@ def test_sweep_runs_one_report_per_k_and_draw_then_a_summary(capsys, tmp_path):
         assert stat["values"] == values
         assert stat["mean"] == pytest.approx(np.mean(values)) and stat["std"] == pytest.approx(np.std(values, ddof=1))
     assert "K=1" in out and "summary:" in out and (folder / "summary.md").read_text().count("| resnet18 · knn |") >= 4
+    # few-shot runs are kept out of the leaderboard's ranking (their view is the summary)
+    from fmeval.report import RunResult
+    from fmeval.report.leaderboard import row_of
+
+    r = RunResult.load(next(reports.glob("*_knn_*/results.json")))
+    r.model["weights_id"] = "timm:resnet18.a1_in1k"  # as if pretrained: only the shots keep it out
+    assert row_of(r)["shots"] in (1, 2) and not row_of(r)["comparable"]
+    r.extras.pop("fewshot")
+    assert row_of(r)["comparable"]
 
 
 def test_episodes_are_the_same_for_every_model_and_mode(capsys, tmp_path):
