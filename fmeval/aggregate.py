@@ -124,6 +124,23 @@ class RobustnessSummary:
         return clean_nan(asdict(self))
 
 
+def summary_from_dict(d: Mapping[str, Any]) -> RobustnessSummary:
+    """Inverse of :meth:`RobustnessSummary.to_dict` (JSON keys are strings, NaN is null)."""
+    f = _float
+
+    def per_sev(m: Mapping[str, Any]) -> dict[int, float]:
+        return {int(k): f(v) for k, v in m.items()}
+
+    return RobustnessSummary(
+        metric=str(d["metric"]), higher_is_better=bool(d["higher_is_better"]), clean=f(d.get("clean")),
+        corrupted={c: per_sev(v) for c, v in (d.get("corrupted") or {}).items()},
+        per_corruption={c: f(v) for c, v in (d.get("per_corruption") or {}).items()},
+        per_severity=per_sev(d.get("per_severity") or {}),
+        mean_corrupted=f(d.get("mean_corrupted")), drop=f(d.get("drop")), relative_drop=f(d.get("relative_drop")),
+        relative_drop_per_corruption={c: f(v) for c, v in (d.get("relative_drop_per_corruption") or {}).items()},
+    )
+
+
 def _default_direction(metric: str) -> bool:
     from fmeval.metrics import METRICS, higher_is_better
 

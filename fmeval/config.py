@@ -2,7 +2,8 @@
 
 A run is fully described by a :class:`RunConfig`: the common fields (model,
 dataset, geometry, precision, seed, ...) plus one typed section per mode
-family (``knn``, ``probe``, ``zeroshot``, ``train``, ``lora``, ``fewshot``).
+family (``knn``, ``probe``, ``zeroshot``, ``train``, ``lora``, ``fewshot``,
+``robustness``, ``score``).
 The CLI, the named protocols and the study planner all produce this one type,
 and the mode registry consumes it, so a study cell and a command typed by
 hand are the same object and hash to the same key.
@@ -86,6 +87,36 @@ class FewShotSettings:
             raise ConfigError(f"few-shot selection must be fixed, kshot-val or full-val, not {self.selection!r}.")
 
 
+@dataclass(frozen=True)
+class RobustnessSettings:
+    """``fmeval robustness``: which MedMNIST-C corruptions, at which severities, through which head."""
+
+    corruptions: tuple[str, ...] | None = None  # None: every MedMNIST-C corruption of the dataset
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    head: str = "linprobe"  # a robustness head (fmeval.modes.robustness): knn | linprobe | zeroshot
+    adapter: str | None = None  # a fine-tuned run folder (adapters/<run>) instead of a frozen head
+
+    def __post_init__(self) -> None:
+        if not self.severities or any(s not in (1, 2, 3, 4, 5) for s in self.severities):
+            raise ConfigError(f"--severities must be values in 1..5, got {list(self.severities)}.")
+        if len(set(self.severities)) != len(self.severities):
+            raise ConfigError(f"--severities lists a value twice: {list(self.severities)}.")
+        if self.corruptions is not None and len(set(self.corruptions)) != len(self.corruptions):
+            raise ConfigError(f"--corruptions lists a name twice: {', '.join(self.corruptions)}.")
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """``fmeval score``: an external model's predictions file and the split it scores."""
+
+    predictions: str | None = None  # CSV of per-sample class probabilities (fmeval.predictions)
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.split not in ("test", "val"):
+            raise ConfigError(f"--split must be test or val, not {self.split!r}.")
+
+
 # Fields that say where things are or how fast they run, not what is computed:
 # left out of the run's hash (a study cell keeps its key when moved).
 NON_SEMANTIC = frozenset({
@@ -144,6 +175,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     fewshot: FewShotSettings = field(default_factory=FewShotSettings)
+    robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
 
     def __post_init__(self) -> None:
         if self.tiny and self.pretrained and self.weights is None:
@@ -203,6 +236,8 @@ class RunConfig:
         for name in SECTIONS:
             if name not in sections:
                 d.pop(name, None)
+        if self.fewshot.shots is None:  # a full-data run: draw and selection mean nothing (hash unchanged)
+            d.pop("fewshot", None)
         for path in NON_SEMANTIC:
             head, _, tail = path.partition(".")
             if tail and isinstance(d.get(head), dict):
@@ -216,7 +251,7 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-SECTIONS = ("knn", "probe", "linprobe", "zeroshot", "train", "lora", "fewshot")
+SECTIONS = ("knn", "probe", "linprobe", "zeroshot", "train", "lora", "fewshot", "robustness", "score")
 
 
 def field_paths(cls: type = RunConfig, prefix: str = "") -> dict[str, Any]:

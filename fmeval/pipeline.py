@@ -50,6 +50,10 @@ class Frozen:
     view: VolumeView | None = None
     slice_features: dict[str, torch.Tensor] = field(default_factory=dict)
     n_slices: int = 1
+    # few-shot runs (fmeval.modes.fewshot): the episode record, and the labels before subsetting
+    fewshot: dict | None = None
+    fewshot_warnings: list[str] = field(default_factory=list)
+    full_labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     def transform_record(self) -> dict:
         rec = self.transform.as_dict()
@@ -58,7 +62,14 @@ class Frozen:
         return rec
 
     def dataset_record(self) -> dict:
-        return dataset_record(self.data, self.config, self.labels)
+        return dataset_record(self.data, self.config, {**self.labels, **self.full_labels})
+
+    def prior_labels(self) -> np.ndarray:
+        """Training labels of the majority baseline: the split's (before any few-shot subsetting)."""
+        for labels in (self.full_labels, self.labels):
+            if "train" in labels:
+                return labels["train"]
+        return self.data.labels("train")
 
 
 def dataset_record(data: MedMNIST, cfg: RunConfig, labels: dict[str, np.ndarray]) -> dict:
@@ -203,6 +214,8 @@ def prepare_frozen(
     are decompressed and validated only for splits whose features are not
     cached yet. ``check(data)``: the mode's own checks that need the data
     (e.g. k against the training set size), run before any model work.
+    A few-shot config then keeps only its episode's rows, in
+    memory (:func:`fmeval.modes.fewshot.apply_to_frozen`).
     """
     data = open_data(cfg)
     for s in splits:
@@ -244,4 +257,7 @@ def prepare_frozen(
         fz.labels[split] = all_labels if idx is None else all_labels[idx]
         fz.cache_hits[split] = hit
         fz.indices[split] = idx
+    from fmeval.modes.fewshot import apply_to_frozen
+
+    apply_to_frozen(fz)
     return fz

@@ -55,3 +55,22 @@ def execute(cfg: RunConfig, *, write: bool = True):
         check_writable(cfg.reports_dir)
     result = mode.run(cfg)
     return finish(result, cfg.reports_dir, write=write)
+
+
+def fewshot_configs(mode: str, explicit: dict[str, Any], shots: tuple[int, ...], draws: int, *,
+                    user: dict[str, Any] | None = None) -> list[RunConfig]:
+    """One ordinary config per (K, draw), K-major: a few-shot sweep is these runs, nothing more.
+
+    Every config is resolved before any runs, so a bad option fails before
+    the first model loads.
+    """
+    from fmeval.modes.fewshot import FEWSHOT_MODES
+
+    if mode not in FEWSHOT_MODES:
+        raise ConfigError(f"--shots applies to {', '.join(FEWSHOT_MODES)}, not {mode}.")
+    if len(set(shots)) != len(shots):
+        raise ConfigError(f"--shots lists a value twice: {','.join(map(str, shots))}.")
+    if draws < 1:
+        raise ConfigError("--draws must be >= 1.")
+    return [make_config(mode, {**explicit, "fewshot.shots": k, "fewshot.draw": d}, user=user)
+            for k in sorted(shots) for d in range(draws)]

@@ -1,8 +1,8 @@
 """Plots of sweeps: the few-shot curve and metric-versus-severity under corruptions.
 
-Figures are drawn on matplotlib's Agg canvas without pyplot (no global backend
-switch, safe in threads and headless CI) and written atomically, like the
-run report's plots.
+Figures come from the run report's own :func:`fmeval.report.plots.new_figure`
+(matplotlib's Agg canvas without pyplot: no global backend switch, safe in
+threads and headless CI) and are written atomically by its ``save_png``.
 """
 
 from __future__ import annotations
@@ -14,25 +14,15 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from fmeval.aggregate import RobustnessSummary, Stat
-from fmeval.io import atomic_path
+from fmeval.report.plots import new_figure, save_png
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _new_figure(w: float, h: float) -> "Figure":
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_png(fig: "Figure", path: str | Path) -> Path:
+def _save(fig: "Figure", path: str | Path) -> Path:
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    save_png(fig, path)
     return path
 
 
@@ -50,7 +40,7 @@ def plot_fewshot_curve(
     returns per model. ``reference``: horizontal dashed lines, e.g. the
     full-training-set value of each model or the majority-class baseline.
     """
-    fig = _new_figure(6.4, 4.2)
+    fig = new_figure(6.4, 4.2)
     ax = fig.add_subplot()
     shots: set[int] = set()
     for i, (model, per_k) in enumerate(curves.items()):
@@ -79,12 +69,12 @@ def plot_fewshot_curve(
     ax.set_title(title or f"Few-shot curve: {metric} (mean ± std over draws)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    return _save_png(fig, path)
+    return _save(fig, path)
 
 
 def plot_robustness(summary: RobustnessSummary, path: str | Path, *, title: str | None = None) -> Path:
     """One line per corruption from the clean value (severity 0) through severities 1..5."""
-    fig = _new_figure(7.6, 4.4)
+    fig = new_figure(7.6, 4.4)
     ax = fig.add_subplot()
     severities = sorted({s for t in summary.corrupted.values() for s in t})
     for i, (corr, per_sev) in enumerate(summary.corrupted.items()):
@@ -105,4 +95,4 @@ def plot_robustness(summary: RobustnessSummary, path: str | Path, *, title: str 
     ax.set_title(title or f"{summary.metric} under corruptions{drop_s}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _save_png(fig, path)
+    return _save(fig, path)

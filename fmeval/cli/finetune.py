@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmeval.cli.app import ReportsDir, app, console, run_mode
-from fmeval.cli.options import COMMON, FINETUNE, Given, command
+from fmeval.cli.app import ReportsDir, app, console
+from fmeval.cli.fewshot import run_with_shots
+from fmeval.cli.options import COMMON, FEWSHOT, FINETUNE, Given, command
 from fmeval.errors import ConfigError
 
 
 @app.command()
-@command(COMMON, FINETUNE)
+@command(COMMON, FINETUNE, FEWSHOT)
 def finetune(opts: Given) -> None:
     """Fine-tune an encoder with a linear head: exactly one of --lora / --full.
 
@@ -25,7 +26,8 @@ def finetune(opts: Given) -> None:
     resumable training state go to $FMEVAL_ADAPTERS_DIR/<run> (default
     ./adapters); the folder and the command that resumes it
     (fmeval finetune --resume FOLDER) are printed when training starts and
-    when it is interrupted.
+    when it is interrupted. --shots/--draws: few-shot fine-tuning on seeded
+    episodes, one run per K and draw.
     """
     lora, full = bool(opts.get("lora")), bool(opts.get("full"))
     if "resume" in opts:
@@ -40,7 +42,7 @@ def finetune(opts: Given) -> None:
         if need:
             raise ConfigError(f"finetune needs {', '.join(need)} (e.g. fmeval finetune --lora --model vit-s16 "
                               "--dataset pneumoniamnist).")
-    run_mode("finetune-lora" if lora else "finetune-full", opts.explicit())
+    run_with_shots("finetune-lora" if lora else "finetune-full", opts)
 
 
 def resume_finetune(opts: Given, lora: bool, full: bool) -> None:

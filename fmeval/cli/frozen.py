@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fmeval.cli.app import app, console, run_mode, user_defaults
-from fmeval.cli.options import COMMON, KNN, LINPROBE, Given, command
+from fmeval.cli.app import app, console, user_defaults
+from fmeval.cli.fewshot import run_with_shots
+from fmeval.cli.options import COMMON, FEWSHOT, KNN, LINPROBE, Given, command
 
 
 # features writes the feature cache only: no report, so no --reports-dir or --bootstrap
@@ -30,14 +31,22 @@ def features(opts: Given) -> None:
 
 
 @app.command()
-@command(COMMON, KNN)
+@command(COMMON, KNN, FEWSHOT)
 def knn(opts: Given) -> None:
-    """kNN classification on frozen features; k is chosen on validation."""
-    run_mode("knn", opts.explicit())
+    """kNN classification on frozen features; k is chosen on validation.
+
+    --shots K[,K...] --draws N: few-shot, one run per K and draw on seeded
+    K-per-class episodes, then a few-shot summary (see --fewshot-selection).
+    """
+    run_with_shots("knn", opts)
 
 
 @app.command()
-@command(COMMON, LINPROBE)
+@command(COMMON, LINPROBE, FEWSHOT)
 def linprobe(opts: Given) -> None:
-    """Linear probe on frozen features: the lr x wd grid trains in parallel, selected on validation."""
-    run_mode("linprobe", opts.explicit())
+    """Linear probe on frozen features: the lr x wd grid trains in parallel, selected on validation.
+
+    --shots K[,K...] --draws N: few-shot, one run per K and draw on seeded
+    K-per-class episodes, then a few-shot summary (see --fewshot-selection).
+    """
+    run_with_shots("linprobe", opts)

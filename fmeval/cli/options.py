@@ -237,6 +237,31 @@ FINETUNE = (
     _o("resume", "resume", Path, "Run folder (adapters/<run>) of an interrupted run to continue, with its own options."),
 )
 
+# Few-shot (knn, linprobe, finetune): --shots/--draws expand into one run per (K, draw) (fmeval.cli.fewshot).
+FEWSHOT = (
+    _o("shots", None, str, "Few-shot: K labelled training images per class (comma-separated K values: one run per "
+       "K and draw, then a few-shot summary). Episodes are seeded: the same images for every model and mode.",
+       min=1, list_of="ints"),
+    _o("draws", None, int, "Few-shot: episodes (draws) per K.", default_text="1", min=1),
+    _o("fewshot_selection", "fewshot.selection", str, "Few-shot selection: fixed (first --k / one --lr,--wd head / "
+       "last epoch; no validation data), kshot-val (a K-shot validation draw) or full-val (the full validation "
+       "split).", "--fewshot-selection", default_text="fixed"),
+)
+
+ROBUSTNESS = (
+    _o("corruptions", "robustness.corruptions", str, "MedMNIST-C corruptions (comma-separated) [default: every "
+       "corruption of the dataset].", list_of="strs"),
+    _o("severities", "robustness.severities", str, "Severities (comma-separated, 1..5).", default_text="1,2,3,4,5",
+       min=1, max=5, list_of="ints"),
+    _o("head", "robustness.head", str, "Frozen-feature head trained on clean train/val: knn, linprobe or zeroshot.",
+       default_text="linprobe"),
+)
+
+_SCORE_COMMON = ("dataset", "size", "data_root", "download", "md5", "seed", "bootstrap", "reports_dir")
+SCORE = tuple(o for o in COMMON if o.name in _SCORE_COMMON) + (
+    _o("split", "score.split", str, "Split the predictions are for: test or val.", default_text="test"),
+)
+
 
 def command(*groups: tuple[Opt, ...]) -> Callable:
     """Give a command ``fn(opts: dict[name, value given], **own)`` the options of ``groups``.

@@ -9,7 +9,7 @@ features (the study planner groups those so features are extracted once).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -34,6 +34,27 @@ class Mode:
 
 
 MODES: Registry[Mode] = Registry("mode", ConfigError)
+
+
+@dataclass
+class FittedHead:
+    """A classifier fitted (and selected) on frozen features, ready to score any features.
+
+    The frozen modes build one and score the clean test split with it;
+    ``fmeval robustness`` scores corrupted test features with the very same
+    head, so its clean numbers are exactly the clean run's.
+    """
+
+    score: Callable[[torch.Tensor], torch.Tensor]  # features [N, D] -> class scores [N, C]
+    selection: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
+    val_scores: Any = None  # None: no validation data was used
+    split_scorer: Callable[[str], torch.Tensor] | None = None  # a split's scores when not score(features)
+    warnings: list[str] = field(default_factory=list)  # notes for the report (e.g. a trimmed k sweep)
+
+    def score_split(self, fz, split: str) -> torch.Tensor:
+        """Scores of one of ``fz``'s splits (zero-shot on volumes pools per-slice logits)."""
+        return self.split_scorer(split) if self.split_scorer is not None else self.score(fz.features[split])
 
 
 def register_mode(name: str, *, sections: tuple[str, ...], frozen: bool, description: str,
@@ -154,17 +175,26 @@ def build_result(
 
 def frozen_result(fz, *, test_scores, val_scores, extras: dict, selection: dict, timer: Timer,
                   warnings: list[str] = ()) -> "RunResult":
-    """:func:`build_result` for the frozen-feature modes (they share everything but scores)."""
+    """:func:`build_result` for the frozen-feature modes (they share everything but scores).
+
+    ``val_scores`` None: the run used no validation data (few-shot with fixed
+    hyper-parameters) and reports none. A few-shot run's episode record goes
+    into ``extras["fewshot"]`` and its selection rule into ``selection``.
+    """
+    if fz.fewshot is not None:
+        extras = {**extras, "fewshot": fz.fewshot}
+        selection = {**selection, "fewshot_selection": fz.fewshot["selection"]}
+        warnings = [*warnings, *fz.fewshot_warnings]
     return build_result(
         fz.config,
         model=fz.adapter.describe(),
         dataset=fz.dataset_record(),
         task=fz.data.task,
         class_names=list(fz.data.info.labels),
-        train_labels=fz.labels["train"] if "train" in fz.labels else fz.data.labels("train"),
+        train_labels=fz.prior_labels(),
         test_labels=fz.labels["test"],
         test_scores=test_scores,
-        val_labels=fz.labels["val"],
+        val_labels=fz.labels.get("val"),
         val_scores=val_scores,
         transform=fz.transform_record(),
         precision=fz.precision,

@@ -71,6 +71,34 @@ class Prepared:
     model: Classifier
     method: Method
     indices: dict[str, np.ndarray | None]
+    fewshot: dict | None = None  # the episode record of a few-shot run
+    full_labels: dict[str, np.ndarray] | None = None  # labels before few-shot subsetting
+    warnings: list[str] | None = None
+
+    def has(self, split: str) -> bool:
+        return self.images.get(split) is not None
+
+
+def apply_fewshot(cfg: RunConfig, p: Prepared) -> None:
+    """Keep only the episode's training images (and the validation data selection may use).
+
+    Under ``fewshot.selection=fixed`` the validation split is dropped: the run
+    trains for all epochs and keeps the last (no early stopping).
+    """
+    from fmeval.modes.fewshot import plan_fewshot, take_indices
+
+    plan = plan_fewshot(cfg, p.data.task, list(p.data.info.labels), p.labels["train"], p.labels["val"],
+                        p.indices["train"], p.indices["val"])
+    if plan is None:
+        return
+    p.full_labels = dict(p.labels)
+    for split, pos in (("train", plan.train), ("val", plan.val)):
+        if pos is not None:
+            p.indices[split] = take_indices(p.indices[split], len(p.labels[split]), pos)
+            p.images[split], p.labels[split] = p.images[split][pos], p.labels[split][pos]
+    if not plan.use_val:
+        p.images["val"] = p.labels["val"] = None
+    p.fewshot, p.warnings = plan.record, plan.warnings
 
 
 def prepare(cfg: RunConfig, *, train_method: bool = True) -> Prepared:
@@ -186,6 +214,7 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
 
         check_writable(cfg.adapter_dir or adapters_root(), "adapters folder")
     p = prepare(cfg)
+    apply_fewshot(cfg, p)
     model, data = p.model, p.data
     trainable, total = _classifier_params(model)
     if run_dir is None and cfg.adapter_dir:
@@ -211,13 +240,21 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
                                highlight=False, soft_wrap=True)
         raise
     p.method.save(model, cfg.lora, run_dir)
-    scores = {s: predict(model, p.images[s], task=data.task, setup=p.setup) for s in ("val", "test")}
+    scores = _scores(p)
     record.update(status="done", result=_fit_summary(res), test_scores_sha256=scores_digest(scores["test"]))
     write_run_record(run_dir, record)
     extras = {"training": _training(res, trainable, total, run_dir), "curves": _curves(res, cfg)}
-    selection = {"best_epoch": res.best_epoch, "select_metric": cfg.train.select_metric,
-                 f"val_{cfg.train.select_metric}": res.best_metric}
+    if p.has("val"):
+        selection = {"best_epoch": res.best_epoch, "select_metric": cfg.train.select_metric,
+                     f"val_{cfg.train.select_metric}": res.best_metric}
+    else:
+        selection = {"epoch": res.best_epoch, "epoch_rule": "last epoch (fixed, no early stopping)"}
     return _result(cfg, p, scores, extras, selection, timer, run_id=run_dir.name)
+
+
+def _scores(p: Prepared) -> dict[str, torch.Tensor]:
+    """Scores of val (when the run uses validation data) and test, as at the end of training."""
+    return {s: predict(p.model, p.images[s], task=p.data.task, setup=p.setup) for s in ("val", "test") if p.has(s)}
 
 
 def _fit_summary(res: FitResult) -> dict:
@@ -251,22 +288,26 @@ def _training(res: FitResult, trainable: int, total: int, run_dir: Path) -> dict
 def _result(cfg: RunConfig, p: Prepared, scores: dict[str, torch.Tensor], extras: dict, selection: dict,
             timer: Timer, run_id: str | None = None, warnings: list[str] = ()):
     data = p.data
+    labels = p.full_labels or p.labels  # split sizes and the majority baseline: before few-shot subsetting
+    if p.fewshot is not None:
+        extras = {**extras, "fewshot": p.fewshot}
+        selection = {**selection, "fewshot_selection": p.fewshot["selection"]}
     return build_result(
         cfg,
         model=p.model.adapter.describe(),
-        dataset=dataset_record(data, cfg, p.labels),
+        dataset=dataset_record(data, cfg, labels),
         task=data.task,
         class_names=list(data.info.labels),
-        train_labels=p.labels["train"],
+        train_labels=labels["train"],
         test_labels=p.labels["test"],
         test_scores=scores["test"],
         val_labels=p.labels["val"],
-        val_scores=scores["val"],
+        val_scores=scores.get("val"),
         transform=p.setup.transform.as_dict(),
         precision=p.setup.precision,
         selection=selection,
         extras=extras,
-        warnings=[*data.warnings, *warnings],
+        warnings=[*data.warnings, *(p.warnings or []), *warnings],
         wall_time_s=timer.seconds,
         run_id=run_id,
         test_indices=p.indices.get("test"),
@@ -292,6 +333,7 @@ def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Prepared
         raise ConfigError(f"{folder / 'run.json'}: config: {exc}") from None
     cfg = replace(cfg, resume=None, **{k: v for k, v in overrides.items() if v is not None})
     p = prepare(cfg, train_method=False)
+    apply_fewshot(cfg, p)  # the same episode and validation data as in training
     p.method.load(p.model, folder)
     p.model.eval()
     return cfg, p
@@ -308,7 +350,7 @@ def evaluate_adapter(folder: str | Path, **overrides):
     folder = Path(folder).expanduser()
     cfg, p = load_finetuned(folder, **overrides)
     rec = read_run_record(folder)
-    scores = {s: predict(p.model, p.images[s], task=p.data.task, setup=p.setup) for s in ("val", "test")}
+    scores = _scores(p)
     digest = scores_digest(scores["test"])
     trainable, total = _classifier_params(p.model)
     same = digest == rec.get("test_scores_sha256")
@@ -328,7 +370,8 @@ def evaluate_adapter(folder: str | Path, **overrides):
 
 
 def _register(method: str) -> None:
-    register_mode(f"finetune-{method}", sections=("train", "lora") if method == "lora" else ("train",),
+    sections = ("train", "lora", "fewshot") if method == "lora" else ("train", "fewshot")
+    register_mode(f"finetune-{method}", sections=sections,
                   frozen=False, description=METHODS.entry(method).description)(run_finetune)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fmeval.config import RunConfig
 from fmeval.data import is_multilabel
 from fmeval.errors import ConfigError
-from fmeval.modes.base import Timer, frozen_result, metric_labels, register_mode, target_tensor
+from fmeval.modes.base import FittedHead, Timer, frozen_result, metric_labels, register_mode, target_tensor
+from fmeval.modes.fewshot import training_splits
 from fmeval.pipeline import prepare_frozen, split_sizes
 from fmeval.probes.knn import KNN_RULES, knn_predict
 
@@ -53,10 +54,29 @@ def check_ks(ks: tuple[int, ...], n_train: int) -> None:
         )
 
 
-@register_mode("knn", sections=("knn",), frozen=True,
-               description="k-nearest neighbours on frozen features (k chosen on validation)")
-def run_knn(cfg: RunConfig):
-    """Sweep k on the validation split; score test only for the chosen k.
+def prepare(cfg: RunConfig):
+    """Frozen features of the splits the run may use; k is checked against the
+    training set before any model work (a few-shot episode clips k instead)."""
+    KNN_RULES.get(cfg.knn.rule)
+    check = None
+    if cfg.fewshot.shots is None:
+        def check(data):
+            check_ks(tuple(sorted(set(cfg.knn.ks))), split_sizes(cfg, data, ("train",))["train"])
+    return prepare_frozen(cfg, splits=training_splits(cfg), check=check)
+
+
+def _candidate_ks(cfg: RunConfig, n_train: int) -> tuple[tuple[int, ...], list[str]]:
+    """The k values to try, and notes. A few-shot episode is small by design: k is
+    clipped to its size (recorded), whereas on a full training split a k beyond
+    it is a mistake (except the built-in sweep, trimmed with a note)."""
+    ks = tuple(sorted(set(cfg.knn.ks)))
+    if cfg.fewshot.shots is not None:
+        return tuple(sorted({min(k, n_train) for k in ks})), []
+    return sweep_ks(ks, n_train)
+
+
+def fit_head(cfg: RunConfig, fz) -> FittedHead:
+    """Choose k on validation (or take the first ``--k`` when no validation data may be used).
 
     Per-k numbers are kept for validation only, so nothing invites choosing k
     on test.
@@ -64,22 +84,35 @@ def run_knn(cfg: RunConfig):
     from fmeval.metrics import METRICS
 
     s = cfg.knn
-    KNN_RULES.get(s.rule)
     metric_fn = METRICS.get(s.select_metric)
-    timer = Timer()
-    fz = prepare_frozen(cfg, check=lambda data: check_ks(s.ks, split_sizes(cfg, data, ("train",))["train"]))
     task, info = fz.data.task, fz.data.info
+    train = fz.features["train"]
     y_train = target_tensor(task, fz.labels["train"], fz.device)
-    ks, notes = sweep_ks(tuple(sorted(set(s.ks))), len(y_train))
-    common = dict(n_classes=info.n_classes, rule=s.rule, temperature=s.temperature,
-                  multilabel=is_multilabel(task))
-    val_scores = knn_predict(fz.features["train"], y_train, fz.features["val"], ks, **common)
+    ks, notes = _candidate_ks(cfg, len(y_train))
+    common = dict(n_classes=info.n_classes, rule=s.rule, temperature=s.temperature, multilabel=is_multilabel(task))
+
+    def score(x):
+        return knn_predict(train, y_train, x, (k,), **common)[k]
+
+    if "val" not in fz.features:  # few-shot, fixed: the first --k, nothing selected
+        k = min(s.ks[0], len(y_train))
+        return FittedHead(score, {"k": k, "k_rule": "first --k, clipped to the episode"})
+    val_scores = knn_predict(train, y_train, fz.features["val"], ks, **common)
     y_val = metric_labels(task, fz.labels["val"])
     sweep = [{"k": k, f"val_{s.select_metric}": float(metric_fn(task, y_val, val_scores[k].cpu().numpy()))}
              for k in ks]
     k = select_k(sweep, s.select_metric)["k"]
-    test_scores = knn_predict(fz.features["train"], y_train, fz.features["test"], (k,), **common)[k]
-    return frozen_result(
-        fz, test_scores=test_scores, val_scores=val_scores[k], extras={"k_sweep": sweep},
-        selection={"k": k, "select_metric": s.select_metric}, timer=timer, warnings=notes,
-    )
+    selection = {"k": k, "select_metric": s.select_metric}
+    return FittedHead(score, selection, {"k_sweep": sweep}, val_scores=val_scores[k], warnings=notes)
+
+
+@register_mode("knn", sections=("knn", "fewshot"), frozen=True,
+               description="k-nearest neighbours on frozen features (k chosen on validation)")
+def run_knn(cfg: RunConfig):
+    """Sweep k on the validation split; score test only for the chosen k."""
+    timer = Timer()
+    fz = prepare(cfg)
+    head = fit_head(cfg, fz)
+    return frozen_result(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
+                         extras=head.extras, selection=head.selection, timer=timer,
+                         warnings=head.warnings)

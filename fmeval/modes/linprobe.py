@@ -6,16 +6,23 @@ probe with one started from the zero-shot classifier (``init=zeroshot``,
 which needs L2-normalised features, where that classifier is exactly linear)
 changes one thing at a time. The unchanged zero-shot head competes with the
 trained heads on validation.
+
+A few-shot run with fixed hyper-parameters (``fewshot.selection=fixed``)
+sees no validation data: it trains one head (the first ``--lr`` and ``--wd``)
+for all ``--epochs`` and keeps the last epoch.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from fmeval.config import RunConfig
 from fmeval.data import is_multilabel
-from fmeval.modes.base import Timer, frozen_result, register_mode, target_tensor
+from fmeval.modes.base import FittedHead, Timer, frozen_result, register_mode, target_tensor
+from fmeval.modes.fewshot import training_splits
 from fmeval.pipeline import prepare_frozen
 from fmeval.probes.linear import train_linear_probe
 
@@ -29,30 +36,41 @@ def _zeroshot_init(cfg: RunConfig, fz, bank) -> torch.Tensor:
     return text_classifier_weights(text, ensemble="mean-embedding") * float(fz.adapter.logit_scale)
 
 
-@register_mode("linprobe", sections=("probe", "linprobe", "zeroshot"), frozen=True,
-               description="linear probe on frozen features (lr x wd grid, selected on validation)")
-def run_linprobe(cfg: RunConfig):
-    timer = Timer()
-    bank = None
-    if cfg.linprobe.init == "zeroshot":
-        from fmeval.prompts import resolve_bank
+def _bank(cfg: RunConfig):
+    if cfg.linprobe.init != "zeroshot":
+        return None
+    from fmeval.prompts import resolve_bank
 
-        bank = resolve_bank(cfg.zeroshot.prompts, cfg.dataset)  # validated before any model loads
-    fz = prepare_frozen(cfg, require_text=bank is not None)
+    return resolve_bank(cfg.zeroshot.prompts, cfg.dataset)
+
+
+def prepare(cfg: RunConfig):
+    bank = _bank(cfg)  # validated before any model loads
+    return prepare_frozen(cfg, splits=training_splits(cfg), require_text=bank is not None)
+
+
+def fit_head(cfg: RunConfig, fz) -> FittedHead:
+    """Train the lr x wd grid (or the one fixed head) and return the selected head."""
+    bank = _bank(cfg)
     task, info = fz.data.task, fz.data.info
-    feats = dict(fz.features)
-    if cfg.linprobe.feature_norm == "l2":
-        feats = {k: F.normalize(v.float(), dim=1) for k, v in feats.items()}
-    init_weight = _zeroshot_init(cfg, fz, bank) if bank is not None else None
+    l2 = cfg.linprobe.feature_norm == "l2"
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=1) if l2 else x
+
+    feats = {k: norm(v) for k, v in fz.features.items()}
+    has_val = "val" in feats
+    probe_cfg = cfg.probe if has_val else replace(cfg.probe, lrs=cfg.probe.lrs[:1],
+                                                  weight_decays=cfg.probe.weight_decays[:1])
     probe = train_linear_probe(
         feats["train"],
         target_tensor(task, fz.labels["train"], fz.device),
-        feats["val"],
-        target_tensor(task, fz.labels["val"], fz.device),
+        feats.get("val"),
+        target_tensor(task, fz.labels["val"], fz.device) if has_val else None,
         n_outputs=info.n_classes,
         multilabel=is_multilabel(task),
-        config=cfg.probe,
-        init_weight=init_weight,
+        config=probe_cfg,
+        init_weight=_zeroshot_init(cfg, fz, bank) if bank is not None else None,
         standardize=cfg.linprobe.feature_norm == "standardize",
         seed=cfg.seed,
         description=f"linear probe {cfg.model} {info.flag}",
@@ -62,9 +80,21 @@ def run_linprobe(cfg: RunConfig):
         style = cfg.zeroshot.style or bank.default_style
         extras["prompt_bank"] = bank.describe(style)
         extras["prompt_bank_hash"] = bank.content_hash
-    selection = {"lr": probe.lr, "weight_decay": probe.weight_decay, "best_epoch": probe.best_epoch,
-                 "val_loss": probe.val_loss}
-    return frozen_result(
-        fz, test_scores=probe.predict_proba(feats["test"]), val_scores=probe.predict_proba(feats["val"]),
-        extras=extras, selection=selection, timer=timer,
-    )
+    if has_val:
+        selection = {"lr": probe.lr, "weight_decay": probe.weight_decay, "best_epoch": probe.best_epoch,
+                     "val_loss": probe.val_loss}
+    else:
+        selection = {"lr": probe.lr, "weight_decay": probe.weight_decay, "epoch": probe.best_epoch,
+                     "epoch_rule": "last epoch (fixed, no early stopping)"}
+    return FittedHead(lambda x: probe.predict_proba(norm(x)), selection, extras,
+                      val_scores=probe.predict_proba(feats["val"]) if has_val else None)
+
+
+@register_mode("linprobe", sections=("probe", "linprobe", "zeroshot", "fewshot"), frozen=True,
+               description="linear probe on frozen features (lr x wd grid, selected on validation)")
+def run_linprobe(cfg: RunConfig):
+    timer = Timer()
+    fz = prepare(cfg)
+    head = fit_head(cfg, fz)
+    return frozen_result(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
+                         extras=head.extras, selection=head.selection, timer=timer)

@@ -13,7 +13,7 @@ from fmeval.adapters.base import Adapter
 from fmeval.cache import FeatureCache
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
-from fmeval.modes.base import Timer, frozen_result, register_mode
+from fmeval.modes.base import FittedHead, Timer, frozen_result, register_mode
 from fmeval.pipeline import prepare_frozen
 
 FROZEN_SPLITS = ("val", "test")
@@ -96,20 +96,30 @@ def bank_extras(bank, style: str, adapter: Adapter, ensemble: str) -> dict:
             "ensemble": ensemble, "logit_scale": float(adapter.logit_scale)}
 
 
+def prepare(cfg: RunConfig):
+    load_bank_for(cfg)  # a bad bank or style fails before any model loads
+    return prepare_frozen(cfg, splits=FROZEN_SPLITS, require_text=True)
+
+
+def fit_head(cfg: RunConfig, fz) -> FittedHead:
+    """The prompt bank's classifier: nothing is fitted or selected (the style is the config's)."""
+    bank = load_bank_for(cfg)
+    z = cfg.zeroshot
+    style = z.style or bank.default_style
+    text = text_features(fz.adapter, bank, style, fz.cache, z.text_batch_size, fz.device)
+    return FittedHead(
+        lambda x: zeroshot_scores(fz.adapter, x, text, z.ensemble), {},
+        bank_extras(bank, style, fz.adapter, z.ensemble),
+        val_scores=split_scores(fz, "val", text, z.ensemble),
+        split_scorer=lambda split: split_scores(fz, split, text, z.ensemble),
+    )
+
+
 @register_mode("zeroshot", sections=("zeroshot",), frozen=True, needs_text=True,
                description="zero-shot classification with a prompt bank")
 def run_zeroshot(cfg: RunConfig):
     timer = Timer()
-    bank = load_bank_for(cfg)
-    fz = prepare_frozen(cfg, splits=FROZEN_SPLITS, require_text=True)
-    z = cfg.zeroshot
-    style = z.style or bank.default_style
-    text = text_features(fz.adapter, bank, style, fz.cache, z.text_batch_size, fz.device)
-    return frozen_result(
-        fz,
-        test_scores=split_scores(fz, "test", text, z.ensemble),
-        val_scores=split_scores(fz, "val", text, z.ensemble),
-        extras=bank_extras(bank, style, fz.adapter, z.ensemble),
-        selection={},
-        timer=timer,
-    )
+    fz = prepare(cfg)
+    head = fit_head(cfg, fz)
+    return frozen_result(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
+                         extras=head.extras, selection=head.selection, timer=timer)

@@ -137,8 +137,8 @@ def _mean_std(x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.T
 def train_linear_probe(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
+    x_val: torch.Tensor | None,
+    y_val: torch.Tensor | None,
     *,
     n_outputs: int,
     multilabel: bool,
@@ -153,7 +153,9 @@ def train_linear_probe(
     ``y`` is int64 [N] (class index) or float/int [N, L] (multi-label).
     ``init_weight`` [C, D] (e.g. zero-shot text embeddings) starts every head
     from that classifier instead of zeros, and that unchanged classifier is a
-    selection candidate itself (best epoch 0). ``standardize``: train on
+    selection candidate itself (best epoch 0). Without validation data
+    (``x_val`` None: a few-shot run with fixed hyper-parameters) the grid
+    must be one head, which trains for all epochs and keeps the last. ``standardize``: train on
     features standardised with *training* statistics (folded back into the
     exported head); MedMNIST+'s probe trains on raw features.
 
@@ -166,15 +168,20 @@ def train_linear_probe(
     entries repeat their last values).
     """
     dev = x_train.device
-    if x_train.shape[0] == 0 or x_val.shape[0] == 0:
+    has_val = x_val is not None
+    if x_train.shape[0] == 0 or (has_val and x_val.shape[0] == 0):
         raise ConfigError("the linear probe needs non-empty train and validation splits.")
+    if not has_val and len(config.grid()) != 1:
+        raise ConfigError("without validation data the linear probe trains one head: give one --lr and one --wd.")
     for name, t in (("train", x_train), ("val", x_val)):
-        if not _all_finite(t):
+        if t is not None and not _all_finite(t):
             raise FmevalError(f"{name} features contain NaN/Inf; cannot train a probe.")
     y_train = y_train.to(dev)
-    y_val = y_val.to(dev)
     if not multilabel:
-        y_train, y_val = y_train.long().view(-1), y_val.long().view(-1)
+        y_train = y_train.long().view(-1)
+    if has_val:
+        y_val = y_val.to(dev)
+        y_val = y_val if multilabel else y_val.long().view(-1)
 
     xt = x_train.float()  # no copy for float32 input
     if standardize:  # statistics of the *training* split only
@@ -184,8 +191,10 @@ def train_linear_probe(
         mu = torch.zeros(xt.shape[1], device=dev)
         sd = torch.ones(xt.shape[1], device=dev)
     inv_sd, shift = 1.0 / sd, -mu / sd  # standardise: x * inv_sd + shift
-    xva = torch.ones(x_val.shape[0], x_val.shape[1] + 1, device=dev)  # standardised val | 1
-    torch.addcmul(shift, x_val.float().to(dev), inv_sd, out=xva[:, :-1])
+    xva = None
+    if has_val:
+        xva = torch.ones(x_val.shape[0], x_val.shape[1] + 1, device=dev)  # standardised val | 1
+        torch.addcmul(shift, x_val.float().to(dev), inv_sd, out=xva[:, :-1])
 
     grid = config.grid()
     g, d, c = len(grid), xt.shape[1], n_outputs
@@ -213,7 +222,7 @@ def train_linear_probe(
     ma, va = torch.zeros_like(wa), torch.zeros_like(wa)
     last_train = torch.full((g,), math.nan, device=dev)
     last_val = torch.full((g,), math.nan, device=dev)
-    if init_weight is not None:
+    if init_weight is not None and has_val:
         # The unchanged starting classifier (e.g. zero-shot) is a candidate too:
         # it is kept when no trained epoch of a head beats it on validation.
         with torch.no_grad():
@@ -259,11 +268,20 @@ def train_linear_probe(
                 denom = va.sqrt().add_(config.eps * math.sqrt(bc2)).div_(lr * (math.sqrt(bc2) / bc1))
                 wa.mul_(decay).addcdiv_(ma, denom, value=-1.0)
             with torch.no_grad():
+                last_train[heads] = total / n
+                if not has_val:  # keep the last epoch: "best" is simply the latest (ranked by nothing)
+                    best_loss[heads] = total / n
+                    best_epoch[heads] = epoch
+                    best_wa[:, heads] = wa
+                    curves["train_loss"].append(last_train.tolist())
+                    curves["val_loss"].append(last_val.tolist())
+                    epochs_run = epoch + 1
+                    tick(1, info=f"train loss {float(total.min() / n):.4f}")
+                    continue
                 vl, _ = _loss_and_grad(
                     torch.mm(xva, wa.view(d + 1, gh * c)).view(-1, gh, c), y_val, multilabel, grad=False
                 )
                 last_val[heads] = vl
-                last_train[heads] = total / n
                 better = vl < best_loss[heads]
                 if better.any():
                     hb = heads[better]
@@ -290,7 +308,8 @@ def train_linear_probe(
     weight = w_std / sd[:, None]
     bias = b_std - mu @ weight
     table = [
-        {"lr": lr_, "weight_decay": wd_, "val_loss": float(best_loss[i]), "best_epoch": int(best_epoch[i]) + 1}
+        {"lr": lr_, "weight_decay": wd_, "val_loss": float(best_loss[i]) if has_val else math.nan,
+         "best_epoch": int(best_epoch[i]) + 1}
         for i, (lr_, wd_) in enumerate(grid)
     ]
     return LinearProbe(
@@ -300,7 +319,7 @@ def train_linear_probe(
         lr=grid[k][0],
         weight_decay=grid[k][1],
         best_epoch=int(best_epoch[k]) + 1,  # 1-based; 0 = the unchanged initial head
-        val_loss=float(best_loss[k]),
+        val_loss=float(best_loss[k]) if has_val else math.nan,
         epochs_run=epochs_run,
         grid=table,
         curves={

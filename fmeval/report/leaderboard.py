@@ -4,7 +4,8 @@ Rows are read from ``results.json`` files (never from ``runs.csv``). Runs are
 grouped by dataset and image size: a table ranks only runs of one group, and
 shows for each what else makes numbers differ (protocol and deviations,
 input size, weights kind, precision, the data file's MD5). Quick looks
-(``--limit`` subsets) and tiny random models are kept out of the ranking
+(``--limit`` subsets), tiny random models and few-shot runs (K labels per class:
+their view is the few-shot summary) are kept out of the ranking
 unless asked for.
 """
 
@@ -28,8 +29,11 @@ LEADERBOARD_METRICS = ("auc", "acc", "balanced_acc", "f1_macro")
 
 
 def weights_kind(model: dict) -> str:
-    """pretrained | file | random | tiny | partial - what the weights behind a number are."""
+    """pretrained | file | random | tiny | partial | external - what the weights behind a number are
+    (external: a predictions file scored by ``fmeval score``, no weights fmeval knows)."""
     wid = str(model.get("weights_id", ""))
+    if wid.startswith("external:"):
+        return "external"
     if wid.startswith("random:"):
         return "tiny" if ":tiny" in wid else "random"
     if "+partial:" in wid:
@@ -56,6 +60,7 @@ def row_of(r: RunResult) -> dict[str, Any]:
         "deviations": ";".join(r.deviations), "seed": r.seed, "n_test": r.test.n,
         "limit": r.dataset.get("limit") or "", "md5_official": r.dataset.get("md5_verified"),
         "config_hash": r.config_hash, "study": (r.extras.get("study") or {}).get("name", ""),
+        "shots": (r.extras.get("fewshot") or {}).get("shots") or "",
     }
     for m in dict.fromkeys([*LEADERBOARD_METRICS, *r.test.metrics]):
         mv = r.test.metrics.get(m)
@@ -64,7 +69,9 @@ def row_of(r: RunResult) -> dict[str, Any]:
         row[f"{m}_ci_high"] = mv.ci_high if mv else math.nan
     row["baseline_acc"] = r.test.baseline.get("acc", math.nan)
     row["n_warnings"] = len(r.all_warnings())
-    row["comparable"] = not row["limit"] and kind != "tiny"
+    # a scored predictions file of another split (fmeval score --split val) is not a test number
+    row["comparable"] = (not row["limit"] and not row["shots"] and kind != "tiny"
+                         and r.dataset.get("scored_split", "test") == "test")
     return row
 
 
@@ -141,8 +148,8 @@ class Leaderboard:
                 body.append([str(c) for c in cells])
             lines += [md_table(header, body), ""]
         if self.excluded:
-            lines += [f"{len(self.excluded)} run(s) kept out of the ranking (--limit subsets or tiny random "
-                      "models); `fmeval report --all` includes them.", ""]
+            lines += [f"{len(self.excluded)} run(s) kept out of the ranking (--limit subsets, tiny random "
+                      "models, few-shot runs or another scored split); `fmeval report --all` includes them.", ""]
         lines += [f"- skipped: {w}" for w in self.warnings]
         return "\n".join(lines) + "\n"
 
@@ -235,7 +242,7 @@ def print_leaderboard(board: Leaderboard, console, *, wide: bool = False) -> Non
             table.add_row(*map(escape, cells))  # names come from results.json files: never markup
         console.print(table)
     if board.excluded:
-        console.print(f"{len(board.excluded)} run(s) kept out of the ranking (--limit subsets or tiny random "
-                      "models); --all includes them.", style="dim", highlight=False)
+        console.print(f"{len(board.excluded)} run(s) kept out of the ranking (--limit subsets, tiny random "
+                      "models, few-shot runs or another scored split); --all includes them.", style="dim", highlight=False)
     if not board.rows and not board.excluded:
         console.print("no runs found.", style="dim")

@@ -55,6 +55,10 @@ SECTIONS.add("k_sweep", Section("k sweep", markdown=_k_sweep_md))
 def _grid_md(grid: Any, r: "RunResult") -> list[str]:
     rows = [[g.get("lr"), g.get("weight_decay"), fmt(g.get("val_loss")), g.get("best_epoch")] for g in grid or []]
     sel = r.selection
+    if "best_epoch" not in sel and "epoch" in sel:  # few-shot, fixed: one head, no validation
+        return _md("Probe (fixed hyper-parameters, no validation data)", ["lr", "weight decay", "val loss", "epoch"],
+                   rows, [f"One head, lr {sel.get('lr')}, weight decay {sel.get('weight_decay')}, trained for all "
+                          f"epochs; the last epoch ({sel.get('epoch')}) is kept."])
     return _md("Probe grid (validation loss)", ["lr", "weight decay", "val loss", "best epoch"], rows,
                [f"Selected lr {sel.get('lr')}, weight decay {sel.get('weight_decay')}, epoch "
                 f"{sel.get('best_epoch')} (0 = the unchanged initial head)."])
@@ -153,3 +157,25 @@ def _comparison_plot(rows: Any, r: "RunResult", run_dir: Path) -> list[str]:
 
 SECTIONS.add("comparison", Section("prompt styles", markdown=_comparison_md, terminal=_comparison_term,
                                    plot=_comparison_plot))
+
+
+# -- a scored predictions file (fmeval score) ----------------------------------------
+def _predictions_md(p: Any, r: "RunResult") -> list[str]:
+    if not isinstance(p, dict):
+        return []
+    rows = [["file", f"`{p.get('predictions_file')}`"], ["sha256", f"`{p.get('predictions_sha256')}`"],
+            ["rows", p.get("n")], ["split scored", p.get("split", "test")],
+            ["header", ", ".join(p.get("header") or []) or "none (MedMNIST Evaluator layout)"]]
+    return _md("Scored predictions file", ["", ""], rows)
+
+
+def _predictions_term(p: Any, r: "RunResult", console: "Console") -> None:
+    if isinstance(p, dict):
+        console.print(f"predictions: {p.get('predictions_file')} (sha256 {str(p.get('predictions_sha256'))[:16]}, "
+                      f"{p.get('n')} rows, {p.get('split', 'test')} split)", highlight=False, markup=False)
+
+
+SECTIONS.add("predictions", Section("scored predictions file", markdown=_predictions_md, terminal=_predictions_term))
+
+# Sections that live in their own modules register themselves on import.
+from fmeval.report import fewshot as _fewshot, robustness as _robustness  # noqa: E402,F401

@@ -28,7 +28,6 @@ from fmeval.io import atomic_write_json
 from fmeval.studies.spec import StudyError, StudySpec
 
 STYLE_MODES = ("zeroshot",)  # modes whose cells differ by prompt style
-FEWSHOT_MODES = ("knn", "linprobe", "finetune-lora", "finetune-full")
 
 
 @dataclass(frozen=True)
@@ -122,6 +121,7 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
     """Every cell of the grid as a resolved config, ordered for reuse; invalid
     settings fail here, naming the cell, before anything runs."""
     from fmeval.modes import MODES
+    from fmeval.modes.fewshot import FEWSHOT_MODES  # modes whose cells differ by K
     from fmeval.runner import make_config
 
     _validate_axes(spec)

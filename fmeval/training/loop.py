@@ -116,12 +116,19 @@ class TrainConfig:
 
 @dataclass
 class TrainData:
+    """``val_images`` None: no validation data (few-shot with fixed hyper-parameters):
+    every epoch runs and the last one is kept."""
+
     train_images: np.ndarray
     train_labels: np.ndarray
-    val_images: np.ndarray
-    val_labels: np.ndarray
+    val_images: np.ndarray | None
+    val_labels: np.ndarray | None
     task: str
     n_outputs: int
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_images is not None
 
 
 @dataclass
@@ -230,8 +237,9 @@ class _Trainer:
                                          pos_weight=cfg.pos_weight, device=setup.device)
         self.sample_weights = (balanced_sample_weights(data.train_labels)
                                if cfg.sampler == "balanced" and not self.rule.multilabel else None)
-        self.val_targets = self.rule.targets(data.val_labels)
-        self.y_val = data.val_labels if self.rule.multilabel else data.val_labels[:, 0]
+        if data.has_val:
+            self.val_targets = self.rule.targets(data.val_labels)
+            self.y_val = data.val_labels if self.rule.multilabel else data.val_labels[:, 0]
         self.by_loss = cfg.select_metric == "loss"
         self.metric_fn = None if self.by_loss else METRICS.get(cfg.select_metric)
         self.better_high = False if self.by_loss else higher_is_better(cfg.select_metric)
@@ -286,7 +294,9 @@ class _Trainer:
         return run_loss / max(seen, 1)
 
     def validate(self) -> tuple[float, float]:
-        """(validation loss, validation selection metric)."""
+        """(validation loss, validation selection metric); NaN without validation data."""
+        if not self.data.has_val:
+            return math.nan, math.nan
         val_logits = _logits(self.model, self.data.val_images, self.setup)
         val_loss = float(self.loss_fn(val_logits.to(self.setup.device), self.val_targets.to(self.setup.device)))
         if self.by_loss:
@@ -305,10 +315,12 @@ class _Trainer:
         c[f"val_{self.cfg.select_metric}"].append(val_metric)
         c["lr"].append(lr)
         improved = (val_metric > state.best_metric) if self.better_high else (val_metric < state.best_metric)
-        if improved or state.best_epoch == 0:
+        if improved or state.best_epoch == 0 or not self.data.has_val:  # no validation: keep the last epoch
             state.best_metric, state.best_epoch = val_metric, epoch + 1
             state.best_state = self.snapshot()
-        if val_loss < state.best_val_loss:
+        if not self.data.has_val:
+            state.bad_epochs = 0  # no early stopping without validation data
+        elif val_loss < state.best_val_loss:
             state.best_val_loss, state.bad_epochs = val_loss, 0
         else:
             state.bad_epochs += 1
