@@ -389,3 +389,12 @@ def test_early_stopping_counts_epochs_since_the_last_loss_improvement(monkeypatc
     assert fit.epochs_run == 3 and fit.stopped_early  # an equal loss is no improvement
     fit, _ = _scripted_fit(monkeypatch, [0.5, 0.4, 0.3], [0.5, 0.6, 0.7], patience=1)
     assert fit.epochs_run == 3 and not fit.stopped_early and fit.best_epoch == 3
+
+
+def test_prompt_comparison_prefers_the_higher_validation_auc_and_never_nan():
+    from fmeval.modes.prompt_compare import _better
+
+    assert _better(0.8, 0.7) and not _better(0.7, 0.8)
+    assert not _better(0.7, 0.7)  # a tie keeps the style met first
+    assert _better(0.5, float("nan")) and not _better(float("nan"), 0.5)
+    assert not _better(float("nan"), float("nan"))
