@@ -398,3 +398,82 @@ def test_prompt_comparison_prefers_the_higher_validation_auc_and_never_nan():
     assert not _better(0.7, 0.7)  # a tie keeps the style met first
     assert _better(0.5, float("nan")) and not _better(float("nan"), 0.5)
     assert not _better(float("nan"), float("nan"))
+
+
+def test_k_sweep_trimming_and_checks():
+    from fmeval.errors import ConfigError
+    from fmeval.modes.knn import check_ks, sweep_ks
+
+    default = KnnSettings().ks  # (1, 5, 11, 20, 50)
+    assert sweep_ks(default, 100) == (default, [])
+    assert sweep_ks(default, 12) == ((1, 5, 11), ["k > 12 training samples left out of the default k sweep"])
+    assert sweep_ks(default, 50) == (default, [])  # k == n_train fits
+    assert sweep_ks((3, 7), 7) == ((3, 7), [])
+    with pytest.raises(ConfigError, match=r"^--k 9,12 exceeds the 8 training samples\.$"):
+        sweep_ks((3, 9, 12), 8)  # a chosen sweep is never trimmed silently
+    check_ks(default, 1)  # the default sweep is trimmed, not refused, while k=1 fits
+    check_ks((2, 4), 4)
+    with pytest.raises(ConfigError, match=r"^--k 5 exceeds the 4 training samples\.$"):
+        check_ks((2, 5), 4)
+    with pytest.raises(ConfigError, match=r"^--k 1,5,11,20,50 exceeds the 0 training samples\.$"):
+        check_ks(default, 0)
+
+
+def test_multilabel_knn_is_the_weighted_positive_fraction_per_label():
+    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+    y = torch.tensor([[1, 0, 1], [1, 1, 0], [0, 1, 1], [0, 0, 0]])
+    q = torch.tensor([[1.0, 0.05]])
+    out = knn_predict(train, y, q, [2, 3], n_classes=3, multilabel=True, rule="euclidean-majority")
+    torch.testing.assert_close(out[2][0], torch.tensor([1.0, 0.5, 0.5]))
+    torch.testing.assert_close(out[3][0], torch.tensor([2 / 3, 2 / 3, 2 / 3]))
+    cos = knn_predict(train, y, q, [2], n_classes=3, multilabel=True, temperature=0.1)[2][0]
+    sims = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(train[:2], dim=1).T
+    w = (sims[0] / 0.1).exp()
+    torch.testing.assert_close(cos, (w[:, None] * y[:2].float()).sum(0) / w.sum())
+
+
+def test_fewshot_episode_clips_k_and_fixed_runs_take_the_first_k():
+    from fmeval.config import FewShotSettings
+    from fmeval.modes.knn import _candidate_ks
+
+    shots = RunConfig(mode="knn", model="x", dataset="pneumoniamnist", knn=KnnSettings(ks=(11, 1, 5, 5)),
+                      fewshot=FewShotSettings(shots=2, selection="kshot-val"))
+    assert _candidate_ks(shots, 4) == ((1, 4), [])  # clipped to the episode, no note
+    full = RunConfig(mode="knn", model="x", dataset="pneumoniamnist", knn=KnnSettings(ks=(5, 1)))
+    assert _candidate_ks(full, 10) == ((1, 5), [])
+    fz = _knn_frozen(val_labels=[1, 0], test_labels=[0, 1])
+    del fz.features["val"], fz.labels["val"]  # fixed few-shot: no validation data at all
+    fixed = RunConfig(mode="knn", model="x", dataset="pneumoniamnist",
+                      knn=KnnSettings(ks=(50, 1), rule="euclidean-majority"),
+                      fewshot=FewShotSettings(shots=5))
+    head = knn_fit_head(fixed, fz)
+    assert head.selection == {"k": 10, "k_rule": "first --k, clipped to the episode"} and head.val_scores is None
+    torch.testing.assert_close(head.score(fz.features["test"])[:2], torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+
+
+def test_multilabel_knn_selection_scores_every_label():
+    x = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [5.1, 0.0], [0.0, 5.0], [0.0, 5.1]])
+    y = np.array([[1, 0, 0], [1, 0, 1], [0, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1]])
+    q = torch.tensor([[0.05, 0.0], [5.05, 0.0], [0.0, 5.05], [0.02, 0.0]])
+    yq = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    fz = SimpleNamespace(
+        data=SimpleNamespace(task="multi-label, binary-class", info=SimpleNamespace(n_classes=3)),
+        features={"train": x, "val": q}, labels={"train": y, "val": yq}, device=torch.device("cpu"))
+    cfg = RunConfig(mode="knn", model="x", dataset="chestmnist",
+                    knn=KnnSettings(ks=(1, 2), rule="euclidean-majority", select_metric="acc"))
+    head = knn_fit_head(cfg, fz)
+    assert head.val_scores.shape == (4, 3)
+    sweep = {r["k"]: r["val_acc"] for r in head.extras["k_sweep"]}
+    assert sweep[2] == pytest.approx(np.mean((head.val_scores.numpy() > 0.5) == yq))
+
+
+def test_knn_fit_head_passes_the_configured_temperature():
+    train, labels, query = _disagreeing()
+    fz = SimpleNamespace(
+        data=SimpleNamespace(task="binary-class", info=SimpleNamespace(n_classes=2)),
+        features={"train": train, "val": query.repeat(2, 1)}, device=torch.device("cpu"),
+        labels={"train": labels.numpy().reshape(-1, 1), "val": np.array([[0], [1]])})
+    cfg = RunConfig(mode="knn", model="x", dataset="pneumoniamnist", knn=KnnSettings(ks=(3,), temperature=0.5))
+    head = knn_fit_head(cfg, fz)
+    np.testing.assert_allclose(head.val_scores[0].double().numpy(), _expected_cosine(0.5), rtol=1e-5)
+    np.testing.assert_allclose(head.score(query)[0].double().numpy(), _expected_cosine(0.5), rtol=1e-5)

@@ -81,11 +81,6 @@ class LinearProbe:
         return torch.sigmoid(z) if self.multilabel else torch.softmax(z, dim=1)
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    """Per-head mean loss. logits [G, N, C] -> [G]."""
-    return _loss_and_grad(logits.transpose(0, 1), y, multilabel, grad=False)[0]
-
-
 def _loss_and_grad(
     logits: torch.Tensor, y: torch.Tensor, multilabel: bool, grad: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
