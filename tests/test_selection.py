@@ -331,7 +331,8 @@ class _Tiny(torch.nn.Module):
         return self.head(self.backbone(x))
 
 
-def _scripted_fit(monkeypatch, val_loss, val_metric, *, patience, epochs=None, select_metric="auc"):
+def _scripted_fit(monkeypatch, val_loss, val_metric, *, patience, epochs=None, select_metric="auc", has_val=True,
+                  hook=None):
     """Run the real training loop with epochs and validation scores scripted: after epoch e every
     weight holds e, and validation reports the given curves."""
     from fmeval.training import loop
@@ -349,12 +350,13 @@ def _scripted_fit(monkeypatch, val_loss, val_metric, *, patience, epochs=None, s
     monkeypatch.setattr(loop._Trainer, "validate", lambda self: next(curve))
     monkeypatch.setenv("FMEVAL_PROGRESS", "0")
     model = _Tiny()
-    data = loop.TrainData(np.zeros((8, 2), np.uint8), np.array([[0], [1]] * 4), np.zeros((4, 2), np.uint8),
-                          np.array([[0], [1]] * 2), task="binary-class", n_outputs=2)
+    data = loop.TrainData(np.zeros((8, 2), np.uint8), np.array([[0], [1]] * 4),
+                          np.zeros((4, 2), np.uint8) if has_val else None,
+                          np.array([[0], [1]] * 2) if has_val else None, task="binary-class", n_outputs=2)
     method = SimpleNamespace(state_keys=lambda m: list(m.state_dict()), set_train_mode=lambda m: m.train())
     cfg = loop.TrainConfig(epochs=epochs, patience=patience, select_metric=select_metric, batch_size=4)
     fit = loop.fit(model, data, cfg, method=method, setup=loop.RunSetup(transform=None, device=torch.device("cpu")),
-                   seed=0)
+                   seed=0, on_epoch_end=hook)
     held = {float(v) for p in model.parameters() for v in p.detach().flatten()}
     return fit, held
 
@@ -477,3 +479,32 @@ def test_knn_fit_head_passes_the_configured_temperature():
     head = knn_fit_head(cfg, fz)
     np.testing.assert_allclose(head.val_scores[0].double().numpy(), _expected_cosine(0.5), rtol=1e-5)
     np.testing.assert_allclose(head.score(query)[0].double().numpy(), _expected_cosine(0.5), rtol=1e-5)
+
+
+def test_finetune_with_an_undefined_validation_metric_keeps_the_first_epoch(monkeypatch):
+    """AUC can be undefined (one class in validation): epoch 1 is kept, and a NaN loss is no improvement."""
+    nan = float("nan")
+    fit, held = _scripted_fit(monkeypatch, [nan, nan, nan], [nan, nan, nan], patience=2)
+    assert fit.best_epoch == 1 and held == {1.0}
+    assert fit.epochs_run == 2 and fit.stopped_early
+
+
+def test_finetune_curves_ties_and_the_done_flag(monkeypatch):
+    seen = []
+    fit, held = _scripted_fit(monkeypatch, [0.5, 0.4, 0.4], [0.5, 0.4, 0.4], patience=0, select_metric="loss",
+                              hook=lambda e, st: seen.append((e, st.done, st.bad_epochs)))
+    assert fit.best_epoch == 2 and held == {2.0}  # an equal loss later does not replace the best epoch
+    assert fit.curves["train_loss"] == [1.0, 0.5, pytest.approx(1 / 3)]
+    assert fit.curves["val_loss"] == [0.5, 0.4, 0.4] and fit.curves["val_loss"] == fit.curves["val_loss"]
+    assert len(fit.curves["lr"]) == 3 and all(isinstance(v, float) and v > 0 for v in fit.curves["lr"])
+    assert seen == [(1, False, 0), (2, False, 0), (3, True, 1)]  # done exactly after the last epoch
+
+
+def test_finetune_without_validation_runs_every_epoch_and_keeps_the_last(monkeypatch):
+    nan = float("nan")
+    seen = []
+    fit, held = _scripted_fit(monkeypatch, [nan] * 4, [nan] * 4, patience=1, has_val=False,
+                              hook=lambda e, st: seen.append((st.done, st.bad_epochs)))
+    assert fit.epochs_run == 4 and not fit.stopped_early  # no early stopping without validation data
+    assert fit.best_epoch == 4 and held == {4.0}
+    assert seen == [(False, 0), (False, 0), (False, 0), (True, 0)]

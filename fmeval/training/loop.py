@@ -312,7 +312,8 @@ class _Trainer:
         c["epoch"].append(epoch + 1)
         c["train_loss"].append(train_loss)
         c["val_loss"].append(val_loss)
-        c[f"val_{self.cfg.select_metric}"].append(val_metric)
+        if not self.by_loss:  # --select-metric loss: the metric curve *is* val_loss (one list, not two appends)
+            c[f"val_{self.cfg.select_metric}"].append(val_metric)
         c["lr"].append(lr)
         improved = (val_metric > state.best_metric) if self.better_high else (val_metric < state.best_metric)
         if improved or state.best_epoch == 0 or not self.data.has_val:  # no validation: keep the last epoch
