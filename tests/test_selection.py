@@ -508,3 +508,37 @@ def test_finetune_without_validation_runs_every_epoch_and_keeps_the_last(monkeyp
     assert fit.epochs_run == 4 and not fit.stopped_early  # no early stopping without validation data
     assert fit.best_epoch == 4 and held == {4.0}
     assert seen == [(False, 0), (False, 0), (False, 0), (True, 0)]
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_two_stage_topk_is_exact_on_wide_rows(largest):
+    """Training sets of thousands take the blocked top-k path (rows wider than 4 * k * 64 columns)."""
+    from fmeval.probes.knn import _BLOCK, _topk
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 47 * _BLOCK + 29, generator=g)  # a ragged tail of 29 columns
+    scores[0, -3] = 50.0 if largest else -50.0  # the best of row 0 sits in the tail
+    scores[1, :5] = torch.tensor([40.0, 39.0, 38.0, 37.0, 36.0]) * (1 if largest else -1)  # all in one block
+    for k in (1, 5, 11):
+        assert (scores.shape[1] // _BLOCK) >= 4 * k  # the two-stage path
+        near, idx = _topk(scores, k, largest)
+        ref_near, ref_idx = scores.topk(k, dim=1, largest=largest, sorted=True)
+        assert torch.equal(near, ref_near) and torch.equal(idx, ref_idx)
+        assert torch.equal(scores.gather(1, idx), near)
+    assert _topk(scores, 5, largest)[1][1].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_knn_on_a_large_training_set_matches_brute_force():
+    g = torch.Generator().manual_seed(1)
+    xtr = torch.randn(3000, 8, generator=g)
+    ytr = torch.randint(0, 3, (3000,), generator=g)
+    xte = torch.randn(50, 8, generator=g)
+    out = knn_predict(xtr, ytr, xte, [1, 7], n_classes=3, rule="euclidean-majority")
+    sk = KNeighborsClassifier(n_neighbors=7, algorithm="brute").fit(xtr.double().numpy(), ytr.numpy())
+    np.testing.assert_allclose(out[7].numpy(), sk.predict_proba(xte.double().numpy()), atol=1e-6)
+    cos = knn_predict(xtr, ytr, xte, [7], n_classes=3)[7]
+    sims = torch.nn.functional.normalize(xte, dim=1) @ torch.nn.functional.normalize(xtr, dim=1).T
+    top, idx = sims.topk(7, dim=1)
+    w = (top / 0.07).exp()
+    expect = torch.zeros(50, 3).scatter_add_(1, ytr[idx], w) / w.sum(1, keepdim=True)
+    torch.testing.assert_close(cos, expect, rtol=1e-4, atol=1e-5)
