@@ -542,3 +542,11 @@ def test_knn_on_a_large_training_set_matches_brute_force():
     w = (top / 0.07).exp()
     expect = torch.zeros(50, 3).scatter_add_(1, ytr[idx], w) / w.sum(1, keepdim=True)
     torch.testing.assert_close(cos, expect, rtol=1e-4, atol=1e-5)
+
+
+def test_knn_default_sweep_trimmed_on_a_small_training_set_says_so():
+    fz = _knn_frozen(val_labels=[1, 0], test_labels=[0, 1])
+    cfg = RunConfig(mode="knn", model="x", dataset="pneumoniamnist", knn=KnnSettings(rule="euclidean-majority"))
+    head = knn_fit_head(cfg, fz)
+    assert [r["k"] for r in head.extras["k_sweep"]] == [1, 5] and head.selection["k"] == 1
+    assert head.warnings == ["k > 10 training samples left out of the default k sweep"]
