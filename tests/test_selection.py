@@ -550,3 +550,73 @@ def test_knn_default_sweep_trimmed_on_a_small_training_set_says_so():
     head = knn_fit_head(cfg, fz)
     assert [r["k"] for r in head.extras["k_sweep"]] == [1, 5] and head.selection["k"] == 1
     assert head.warnings == ["k > 10 training samples left out of the default k sweep"]
+
+
+# --------------------------------------------------------------------------- #
+# Small helpers behind the numbers (mutation-testing survivors)
+# --------------------------------------------------------------------------- #
+def test_class_prior_shapes_padding_and_errors():
+    from fmeval.errors import FmevalError
+
+    np.testing.assert_allclose(class_prior("multi-class", np.array([[0], [2], [2], [0]])), [0.5, 0, 0.5])
+    np.testing.assert_allclose(class_prior("multi-class", [0, 1], n_classes=4), [0.5, 0.5, 0, 0])
+    np.testing.assert_allclose(class_prior("binary-class", [1]), [0.0, 1.0])
+    np.testing.assert_allclose(class_prior("binary-class", [0, 0]), [1.0, 0.0])  # never fewer than 2 entries
+    ml = class_prior("multi-label, binary-class", np.array([[1, 0, 1], [1, 1, 0]]))
+    assert ml.dtype == np.float64 and ml.tolist() == [1.0, 0.5, 0.5]
+    with pytest.raises(FmevalError, match=r"^multi-label labels must be 2-D \[N, L\], got shape \(3,\)$"):
+        class_prior("multi-label, binary-class", np.array([1, 0, 1]))
+    for bad in ([], [0, -1]):
+        with pytest.raises(FmevalError, match=r"^labels for a class prior must be non-empty, non-negative"):
+            class_prior("multi-class", bad)
+
+
+def test_mean_std_two_rows():
+    mu, sd = _mean_std(torch.tensor([[1.0, 5.0], [3.0, 5.0]]))
+    assert mu.tolist() == [2.0, 5.0] and sd.tolist() == pytest.approx([math.sqrt(2), 0.0])
+
+
+def test_all_finite():
+    from fmeval.probes.linear import _all_finite
+
+    assert _all_finite(torch.empty(0, 3)) and _all_finite(torch.tensor([[1, 2]]))
+    assert _all_finite(torch.tensor([[1.0, -2.0]]))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not _all_finite(torch.tensor([[1.0, bad], [0.0, 2.0]]))
+    assert not _all_finite(torch.tensor([float("inf"), 1.0, 2.0]))
+
+
+def test_row_sq_norms_in_chunks():
+    from fmeval.probes.knn import _row_sq_norms
+
+    x = torch.arange(20.0).view(10, 2)
+    torch.testing.assert_close(_row_sq_norms(x, chunk=3), (x * x).sum(1))
+    assert _row_sq_norms(x).dtype == torch.float32
+
+
+def test_probe_schedule_factor_and_probabilities():
+    from fmeval.training.optim import cosine_epoch_factor
+
+    cos = ProbeConfig(schedule="cosine-epoch", epochs=10)
+    assert [cos.lr_factor(e) for e in (0, 5, 9)] == [cosine_epoch_factor(e, 10) for e in (0, 5, 9)]
+    assert cos.lr_factor(0) == 1.0 and cos.lr_factor(5) < 1.0
+    assert ProbeConfig().lr_factor(7) == 1.0
+    (xtr, ytr), _ = _overfit_data()
+    probe = train_linear_probe(xtr, ytr, xtr, ytr, n_outputs=2, multilabel=False,
+                               config=ProbeConfig(lrs=(0.1,), weight_decays=(0.0,), epochs=3))
+    p = probe.predict_proba(xtr)
+    torch.testing.assert_close(p.sum(1), torch.ones(len(xtr)))
+    torch.testing.assert_close(p, torch.softmax(xtr @ probe.weight + probe.bias, dim=1))
+
+
+def test_closed_form_probe_gradient_matches_autograd_when_a_class_is_absent():
+    from fmeval.probes.linear import _loss_and_grad
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 2, 3, generator=g, requires_grad=True)
+    y = torch.tensor([0, 1, 1, 0, 1, 0])  # class 2 never occurs
+    loss, grad = _loss_and_grad(logits.detach(), y, multilabel=False)
+    ref = torch.stack([torch.nn.functional.cross_entropy(logits[:, h], y) for h in range(2)])
+    torch.testing.assert_close(loss, ref.detach())
+    (auto,) = torch.autograd.grad(ref.sum(), logits)
+    torch.testing.assert_close(grad, auto * 6)  # the closed form is not divided by N
