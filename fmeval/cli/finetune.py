@@ -75,7 +75,7 @@ def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
 @app.command()
 def evaluate(
     adapter: Annotated[Path, typer.Option("--adapter", "-a", help="Folder of a fine-tuned run (adapters/<run>).")],
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder with the npz files, if not where the run found them [env FMEVAL_DATA_ROOT].")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder with the npz files, if not where the run found them \\[env FMEVAL_DATA_ROOT].")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     bootstrap: Annotated[Optional[int], typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the CIs (default: the run's).")] = None,
     reports_dir: ReportsDir = None,

@@ -97,7 +97,7 @@ def _print_dry_run(plan, executor: str, jobs: int) -> None:
 def study_run(
     file: StudyFile,
     reports_dir: ReportsDir = None,
-    executor: Annotated[Optional[str], typer.Option(help="local or slurm [default: the study file's].")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="local or slurm \\[default: the study file's].")] = None,
     jobs: Annotated[Optional[int], typer.Option(min=1, help="local: worker processes (one GPU each when there are several).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed cells again.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run (Slurm: the array and resources).")] = False,
