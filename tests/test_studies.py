@@ -209,3 +209,24 @@ def test_kill_9_mid_study_then_rerun_completes_only_missing_cells(tmp_path):
     assert _scores(plan) == _scores(clean)
     board = json.dumps(sorted(_scores(plan).items()))
     assert board == json.dumps(sorted(_scores(clean).items()))
+
+
+def test_study_run_prints_the_leaderboard_ranked_as_in_leaderboard_md(capsys, tmp_path, monkeypatch):
+    """The terminal shows each dataset x size table, same order as leaderboard.md, variants in words."""
+    from fmeval.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    path = _write_study(tmp_path, axes={"models": ["vit-s16"], "datasets": ["pneumoniamnist"], "sizes": [28],
+                                        "input_sizes": [32, 48], "modes": ["knn"], "seeds": [0]})
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "run", str(path), "--reports-dir", str(tmp_path / "reports")])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    board = (tmp_path / "reports" / "studies" / "tiny" / "leaderboard.md").read_text()
+    section = board[board.index("## pneumoniamnist @ 28 px"):]
+    md_order = [line.split("|")[4].strip() for line in section.splitlines() if line.startswith("| 1 ")
+                or line.startswith("| 2 ")]
+    term = out[out.index("pneumoniamnist @ 28 px"):]
+    term_order = [w for line in term.splitlines() for w in ("input 32", "input 48") if w in line]
+    assert md_order == term_order and sorted(term_order) == ["input 32", "input 48"]
+    assert all(len(line) <= 80 for line in term.splitlines())
