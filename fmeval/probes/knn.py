@@ -75,6 +75,8 @@ _SCORE_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 27}
 # extra candidates beyond k whose scores bound the window: small for fp32
 # (its error is ~1e-5 relative), wider for bf16 (~1e-2)
 _MARGIN = {"fp32": lambda k: 4 + k // 8, "bf16": lambda k: 48 + k}
+# below this fraction of a chunk's rows settled by bf16, the remaining chunks use fp32
+_MIN_SETTLED = 0.5
 
 
 def resolve_scoring(scoring: str, device: torch.device) -> str:
@@ -145,7 +147,14 @@ def knn_predict(
     k_idx = torch.tensor([k - 1 for k in ks], device=dev)
     for start in range(0, test.shape[0], rows):
         t = test[start : start + rows]
+        before = stats.by_precision.get(precision, 0) if stats.by_precision else 0
         near, idx = search(t, train, scorers, kmax, margin, r.largest, r.cosine, stats)
+        settled = (stats.by_precision or {}).get(precision, 0) - before
+        if len(scorers) > 1 and settled < _MIN_SETTLED * len(t):
+            # bf16 cannot separate these neighbours (dense clusters): every row paid the
+            # bf16 pass for nothing, so score the rest in fp32 directly
+            scorers, margin = scorers[1:], _MARGIN["fp32"](kmax)
+            stats.switched_to_fp32 = True
         w = r.weights(near.float(), temperature)  # [c, kmax]
         if targets is not None:  # multi-label: per-label weighted fractions
             votes = targets[idx] * w.unsqueeze(-1)  # [c, kmax, L]

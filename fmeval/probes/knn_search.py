@@ -301,6 +301,7 @@ class SearchStats:
     by_precision: dict[str, int] | None = None
     full_exact: int = 0
     reranked: int = 0  # candidates re-ranked in float64, summed over rows
+    switched_to_fp32: bool = False  # bf16 settled too few rows; later chunks scored in fp32
 
     def add(self, precision: str, n: int) -> None:
         self.by_precision = self.by_precision or {}
