@@ -112,12 +112,14 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_bf16_capable()
 
 
-def resolve_precision(name: str, device: torch.device | str, family: str) -> str:
+def resolve_precision(name: str, device: torch.device | str, family: str | None) -> str:
     """``auto|fp32|bf16`` -> the precision that runs: ``"fp32"`` or ``"bf16"``.
 
     ``auto``: bf16 on CUDA and on bf16-capable CPUs, unless the adapter
     ``family`` failed (or never had) the measured bf16 fidelity check; fp32
-    elsewhere. An explicit ``fp32``/``bf16`` is honoured as asked.
+    elsewhere. ``family=None`` is for computations on features rather than an
+    encoder (the linear probe's GEMMs, whose bf16 accuracy is tested on its own):
+    no fidelity gate. An explicit ``fp32``/``bf16`` is honoured as asked.
     """
     key = str(name).lower()
     if key not in PRECISIONS:
@@ -125,7 +127,8 @@ def resolve_precision(name: str, device: torch.device | str, family: str) -> str
     if key != "auto":
         return key
     device = torch.device(device)
-    return "bf16" if native_bf16(device) and bf16_fidelity_ok(family) else "fp32"
+    fidelity_ok = family is None or bf16_fidelity_ok(family)
+    return "bf16" if native_bf16(device) and fidelity_ok else "fp32"
 
 
 def _check_resolved(precision: str) -> str:

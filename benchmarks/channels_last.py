@@ -1,0 +1,157 @@
+"""Channels-last or not, per adapter family: measured forward passes, not a rule of thumb.
+
+For each family's representative model (full-size random weights at its
+native input, plus a tiny one for the record) this times the forward pass of
+one batch in four settings: fp32 / bf16 autocast x contiguous / channels-last,
+interleaved and repeated so that drifting machine load hits all four alike
+(the median of the paired ratios decides). Channels-last is chosen for a
+(family, device, precision) when it is at least ``GAIN`` (10 %) faster; below
+that the contiguous layout stays (no change without a measured reason).
+
+Decisions are written to ``fmeval/precision_policy.json`` with ``--write-policy``
+only for the settings this host can speak for: ``cpu-fp32`` always,
+``cpu-bf16`` only on a CPU with native bf16 (AMX / AVX-512-BF16; elsewhere bf16
+is emulated and its timings say nothing about hosts where ``auto`` picks it),
+``cuda-*`` on a GPU.
+
+    python -m benchmarks.channels_last [--device cpu] [--batch 8] [--repeats 3] [--write-policy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+GAIN = 1.10
+
+# family -> (model, full-size input) measured at native resolution
+FAMILY_MODELS: dict[str, list[tuple[str, int]]] = {
+    "vit": [("vit-b16", 224)],
+    "dino": [("dino-vitb16", 224)],
+    "dinov2": [("dinov2-vits14", 224)],
+    "sam": [("sam-vitb", 256)],  # native 1024 px costs 16 s per image on 2 cores
+    "cnn": [("resnet50", 224), ("resnet18", 64)],
+    "open_clip": [("clip-vit-b16", 224)],
+    "medclip": [("medclip", 224)],
+    "medvit": [("medvit-small", 224)],
+}
+SETTINGS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
+
+
+def time_forward(adapter, x: torch.Tensor, precision: str, channels_last: bool, device: torch.device) -> float:
+    from fmeval.device import autocast
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    adapter.to(memory_format=fmt)
+    xin = x.contiguous(memory_format=fmt)
+    with torch.inference_mode(), autocast(device, precision):
+        adapter.encode_image(xin)  # warm-up at this shape and layout (oneDNN primitive creation)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        adapter.encode_image(xin)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def measure_model(name: str, size: int | None, tiny: bool, batch: int, repeats: int,
+                  device: torch.device, settings=SETTINGS) -> dict:
+    from fmeval.adapters.base import create_adapter
+
+    adapter = create_adapter(name, pretrained=False, tiny=tiny, input_size=None if tiny else size,
+                             device=device)
+    s = adapter.preprocess.input_size
+    x = torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0)).to(device)
+    times: dict[str, list[float]] = {f"{p}{'+cl' if cl else ''}": [] for p, cl in settings}
+    for _ in range(repeats):  # interleaved: load drift hits every setting alike
+        for p, cl in settings:
+            times[f"{p}{'+cl' if cl else ''}"].append(time_forward(adapter, x, p, cl, device))
+    out = {"model": name, "tiny": tiny, "input_size": s, "batch": batch,
+           "images_per_s": {k: batch / min(v) for k, v in times.items()}, "seconds": times}
+    for p in {p for p, _ in settings}:
+        if f"{p}+cl" in times and p in times:
+            ratios = [a / b for a, b in zip(times[p], times[f"{p}+cl"])]
+            out[f"cl_speedup_{p}"] = statistics.median(ratios)
+    if "bf16" in times:
+        out["bf16_speedup"] = statistics.median(a / b for a, b in zip(times["fp32"], times["bf16"]))
+    return out
+
+
+def decide(rows: list[dict], precision: str) -> dict:
+    """Channels-last for a family iff the geometric mean of its models' speed-ups >= GAIN."""
+    sp = [r[f"cl_speedup_{precision}"] for r in rows if not r["tiny"]]
+    gm = float(torch.tensor(sp).log().mean().exp()) if sp else 1.0
+    return {"use": gm >= GAIN, "speedup": round(gm, 3),
+            "models": {f"{r['model']}@{r['input_size']}": round(r[f"cl_speedup_{precision}"], 3)
+                       for r in rows if not r["tiny"]}}
+
+
+def write_policy(decisions: dict[str, dict[str, dict]], source: str, path: Path | None = None) -> Path:
+    from fmeval.device import POLICY_FILE, load_policy
+    from fmeval.io import atomic_write_text
+
+    path = Path(path or POLICY_FILE)
+    policy = json.loads(path.read_text()) if path.exists() else {"families": {}}
+    for fam, per_key in decisions.items():
+        cl = policy.setdefault("families", {}).setdefault(fam, {}).setdefault("channels_last", {})
+        for key, d in per_key.items():
+            cl[key] = {**d, "source": source}
+    atomic_write_text(path, json.dumps(policy, indent=1, sort_keys=True) + "\n")
+    load_policy.cache_clear()
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from fmeval.device import cpu_bf16_capable, cpu_flags
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--families", default=None)
+    ap.add_argument("--no-tiny", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--write-policy", action="store_true")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    fams = args.families.split(",") if args.families else list(FAMILY_MODELS)
+    native = device.type == "cuda" or cpu_bf16_capable()
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": str(device),
+                 "threads": torch.get_num_threads(), "native_bf16": native,
+                 "bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f or "amx" in f),
+                 "gain_threshold": GAIN, "families": {}}
+    for fam in fams:
+        rows = []
+        for name, size in FAMILY_MODELS[fam]:
+            for tiny in ([] if args.no_tiny else [True]) + [False]:
+                r = measure_model(name, size, tiny, args.batch, args.repeats, device)
+                rows.append(r)
+                print(f"{fam:<10} {name:<14} {'tiny' if tiny else 'full'} @{r['input_size']:<4} "
+                      + " ".join(f"{k} {v:7.1f}" for k, v in r["images_per_s"].items()) + " img/s",
+                      file=sys.stderr, flush=True)
+        res["families"][fam] = {"rows": rows, "decisions": {
+            f"{device.type}-{p}": decide(rows, p) for p in ("fp32", "bf16")}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from fmeval.io import atomic_write_text
+
+    atomic_write_text(out / f"channels_last_{device.type}.json", json.dumps(res, indent=1) + "\n")
+    if args.write_policy:
+        keys = [f"{device.type}-fp32"] + ([f"{device.type}-bf16"] if native else [])
+        write_policy({fam: {k: v["decisions"][k] for k in keys} for fam, v in res["families"].items()},
+                     f"benchmarks/channels_last.py on {device.type} ({res['date']}, "
+                     f"{res['threads']} threads, native bf16: {native})")
+    return res
+
+
+if __name__ == "__main__":
+    main()
