@@ -132,3 +132,15 @@ def test_shipped_policy_table_is_consistent():
         for key, entry in table[fam].get("channels_last", {}).items():
             assert key in ("cpu-fp32", "cpu-bf16", "cuda-fp32", "cuda-bf16")
             assert isinstance(entry["use"], bool) and entry.get("source")
+
+
+def test_channels_last_decision_needs_a_measured_gain():
+    from benchmarks.channels_last import GAIN, decide
+
+    rows = [{"tiny": False, "model": "a", "input_size": 224, "cl_speedup_fp32": 1.6, "cl_speedup_bf16": 3.0},
+            {"tiny": False, "model": "b", "input_size": 64, "cl_speedup_fp32": 0.8, "cl_speedup_bf16": 1.2},
+            {"tiny": True, "model": "a", "input_size": 32, "cl_speedup_fp32": 9.0, "cl_speedup_bf16": 9.0}]
+    fp32, bf16 = decide(rows, "fp32"), decide(rows, "bf16")  # tiny models never decide
+    assert fp32["speedup"] == pytest.approx((1.6 * 0.8) ** 0.5, abs=1e-3) and fp32["use"] is True
+    assert bf16["use"] is True and set(bf16["models"]) == {"a@224", "b@64"}
+    assert decide(rows[1:2], "fp32")["use"] is False and GAIN > 1.0
