@@ -4,7 +4,11 @@ For each family's representative model (full-size random weights at its
 native input, plus a tiny one for the record) this times the forward pass of
 one batch in four settings: fp32 / bf16 autocast x contiguous / channels-last,
 interleaved and repeated so that drifting machine load hits all four alike
-(the median of the paired ratios decides). Channels-last is chosen for a
+(the median of the paired ratios decides). The clock is the process's CPU
+time by default (``--clock cpu``, with ``--threads 1``): on a shared machine
+wall time mostly measures the other processes, while the CPU seconds of a
+single-threaded forward pass are what the layout changes. ``--clock wall``
+for a quiet machine or a GPU. Channels-last is chosen for a
 (family, device, precision) when it is at least ``GAIN`` (10 %) faster; below
 that the contiguous layout stays (no change without a measured reason).
 
@@ -46,7 +50,8 @@ FAMILY_MODELS: dict[str, list[tuple[str, int]]] = {
 SETTINGS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
 
 
-def time_forward(adapter, x: torch.Tensor, precision: str, channels_last: bool, device: torch.device) -> float:
+def time_forward(adapter, x: torch.Tensor, precision: str, channels_last: bool, device: torch.device,
+                 clock=time.perf_counter) -> float:
     from fmeval.device import autocast
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -56,15 +61,15 @@ def time_forward(adapter, x: torch.Tensor, precision: str, channels_last: bool, 
         adapter.encode_image(xin)  # warm-up at this shape and layout (oneDNN primitive creation)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock()
         adapter.encode_image(xin)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def measure_model(name: str, size: int | None, tiny: bool, batch: int, repeats: int,
-                  device: torch.device, settings=SETTINGS) -> dict:
+                  device: torch.device, settings=SETTINGS, clock=time.perf_counter) -> dict:
     from fmeval.adapters.base import create_adapter
 
     adapter = create_adapter(name, pretrained=False, tiny=tiny, input_size=None if tiny else size,
@@ -74,7 +79,7 @@ def measure_model(name: str, size: int | None, tiny: bool, batch: int, repeats: 
     times: dict[str, list[float]] = {f"{p}{'+cl' if cl else ''}": [] for p, cl in settings}
     for _ in range(repeats):  # interleaved: load drift hits every setting alike
         for p, cl in settings:
-            times[f"{p}{'+cl' if cl else ''}"].append(time_forward(adapter, x, p, cl, device))
+            times[f"{p}{'+cl' if cl else ''}"].append(time_forward(adapter, x, p, cl, device, clock))
     out = {"model": name, "tiny": tiny, "input_size": s, "batch": batch,
            "images_per_s": {k: batch / min(v) for k, v in times.items()}, "seconds": times}
     for p in {p for p, _ in settings}:
@@ -120,20 +125,29 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--families", default=None)
     ap.add_argument("--no-tiny", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--clock", choices=("cpu", "wall"), default=None,
+                    help="cpu: process CPU time (default on CPU); wall: wall time (default on GPU)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default 1 with --clock cpu)")
     ap.add_argument("--write-policy", action="store_true")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    clock_name = args.clock or ("wall" if device.type == "cuda" else "cpu")
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
+    threads = args.threads or (1 if clock_name == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     fams = args.families.split(",") if args.families else list(FAMILY_MODELS)
     native = device.type == "cuda" or cpu_bf16_capable()
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": str(device),
-                 "threads": torch.get_num_threads(), "native_bf16": native,
+                 "threads": torch.get_num_threads(), "native_bf16": native, "clock": clock_name,
+                 "load_average": [round(v, 2) for v in __import__("os").getloadavg()],
                  "bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f or "amx" in f),
                  "gain_threshold": GAIN, "families": {}}
     for fam in fams:
         rows = []
         for name, size in FAMILY_MODELS[fam]:
             for tiny in ([] if args.no_tiny else [True]) + [False]:
-                r = measure_model(name, size, tiny, args.batch, args.repeats, device)
+                r = measure_model(name, size, tiny, args.batch, args.repeats, device, clock=clock)
                 rows.append(r)
                 print(f"{fam:<10} {name:<14} {'tiny' if tiny else 'full'} @{r['input_size']:<4} "
                       + " ".join(f"{k} {v:7.1f}" for k, v in r["images_per_s"].items()) + " img/s",
@@ -148,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.write_policy:
         keys = [f"{device.type}-fp32"] + ([f"{device.type}-bf16"] if native else [])
         write_policy({fam: {k: v["decisions"][k] for k in keys} for fam, v in res["families"].items()},
-                     f"benchmarks/channels_last.py on {device.type} ({res['date']}, "
+                     f"benchmarks/channels_last.py on {device.type} ({res['date']}, {clock_name} clock, "
                      f"{res['threads']} threads, native bf16: {native})")
     return res
 
