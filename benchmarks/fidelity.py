@@ -65,7 +65,7 @@ FAMILY_MODELS: tuple[FamilyModel, ...] = (
 PRESETS = {
     # tiny: all of PneumoniaMNIST; full size: a class-stratified subset
     "full": dict(tiny_n=(4708, 524, 624), full_n=(1024, 256, 512), n_boot=1000, probe_epochs=100),
-    "quick": dict(tiny_n=(1024, 256, 624), full_n=(256, 128, 256), n_boot=500, probe_epochs=100),
+    "quick": dict(tiny_n=(1024, 256, 624), full_n=(384, 128, 384), n_boot=1000, probe_epochs=100),
     "toy": dict(tiny_n=(400, 100, 200), full_n=None, n_boot=200, probe_epochs=30),
 }
 
@@ -254,7 +254,8 @@ def write_policy(verdicts: dict[str, dict], source: str, path: Path | None = Non
     return path
 
 
-def run(preset: str, data_path: Path, families: list[str] | None = None, device: str = "cpu") -> dict:
+def run(preset: str, data_path: Path, families: list[str] | None = None, device: str = "cpu",
+        partial: Path | None = None) -> dict:
     cfg = PRESETS[preset]
     chosen = [fm for fm in FAMILY_MODELS if families is None or fm.family in families]
     results: list[FamilyFidelity] = []
@@ -266,6 +267,8 @@ def run(preset: str, data_path: Path, families: list[str] | None = None, device:
             r = measure_family(fm, data, tiny=tiny, n_boot=cfg["n_boot"],
                                probe_epochs=cfg["probe_epochs"], device=device)
             results.append(r)
+            if partial is not None:  # a long run keeps what it has measured
+                partial.write_text(json.dumps([x.as_dict() for x in results], indent=1) + "\n")
             print(f"{fm.family:<10} {r.size:<5} @{r.input_size:<4} min cos {r.image_cosine['min']:.6f}"
                   + (f" text {r.text_cosine['min']:.6f}" if r.text_cosine else "")
                   + f"  {'ok' if r.ok else 'FAIL'}  {r.seconds}", file=sys.stderr, flush=True)
@@ -297,10 +300,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--write-policy", action="store_true", help="record the verdicts in the policy table")
     args = ap.parse_args(argv)
     fams = args.families.split(",") if args.families else None
-    res = run(args.preset, Path(args.data), fams, args.device)
-    res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    res = run(args.preset, Path(args.data), fams, args.device, partial=out / "fidelity.partial.json")
+    res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    res["load_average_end"] = [round(v, 2) for v in __import__("os").getloadavg()]
     from fmeval.io import atomic_write_text
 
     atomic_write_text(out / "fidelity.json", json.dumps(res, indent=1) + "\n")

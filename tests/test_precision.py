@@ -134,13 +134,20 @@ def test_shipped_policy_table_is_consistent():
             assert isinstance(entry["use"], bool) and entry.get("source")
 
 
-def test_channels_last_decision_needs_a_measured_gain():
+def test_channels_last_decision_needs_a_measured_repeatable_gain():
     from benchmarks.channels_last import GAIN, decide
 
-    rows = [{"tiny": False, "model": "a", "input_size": 224, "cl_speedup_fp32": 1.6, "cl_speedup_bf16": 3.0},
-            {"tiny": False, "model": "b", "input_size": 64, "cl_speedup_fp32": 0.8, "cl_speedup_bf16": 1.2},
-            {"tiny": True, "model": "a", "input_size": 32, "cl_speedup_fp32": 9.0, "cl_speedup_bf16": 9.0}]
-    fp32, bf16 = decide(rows, "fp32"), decide(rows, "bf16")  # tiny models never decide
-    assert fp32["speedup"] == pytest.approx((1.6 * 0.8) ** 0.5, abs=1e-3) and fp32["use"] is True
-    assert bf16["use"] is True and set(bf16["models"]) == {"a@224", "b@64"}
-    assert decide(rows[1:2], "fp32")["use"] is False and GAIN > 1.0
+    def row(model, size, base, cl, tiny=False):
+        return {"tiny": tiny, "model": model, "input_size": size,
+                "seconds": {"fp32": base, "fp32+cl": cl, "bf16": base, "bf16+cl": cl}}
+
+    fast = row("a", 224, [1.0, 1.1, 1.0], [0.5, 0.6, 0.55])  # 2x, every repeat
+    mixed = row("b", 64, [1.0, 1.0, 1.0], [0.7, 1.2, 0.8])  # median 1.25x, lost one repeat
+    tiny = row("a", 32, [1.0, 1.0, 1.0], [9.0, 9.0, 9.0], tiny=True)  # tiny models never decide
+    d = decide([fast, tiny], "fp32")
+    assert d["use"] is True and d["won_every_repeat"] and set(d["models"]) == {"a@224"}
+    assert d["speedup"] == pytest.approx(1.1 / 0.6, rel=1e-3)  # median of 2.0, 1.83, 1.82
+    d = decide([fast, mixed], "fp32")
+    assert d["use"] is False and not d["won_every_repeat"]  # noise veto
+    slow = row("c", 224, [1.0, 1.0, 1.0], [0.95, 0.94, 0.96])  # 1.05x: below the gain threshold
+    assert decide([slow], "bf16")["use"] is False and GAIN > 1.05
