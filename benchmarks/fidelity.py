@@ -65,7 +65,7 @@ FAMILY_MODELS: tuple[FamilyModel, ...] = (
 PRESETS = {
     # tiny: all of PneumoniaMNIST; full size: a class-stratified subset
     "full": dict(tiny_n=(4708, 524, 624), full_n=(1024, 256, 512), n_boot=1000, probe_epochs=100),
-    "quick": dict(tiny_n=(1024, 256, 624), full_n=(384, 128, 384), n_boot=1000, probe_epochs=100),
+    "quick": dict(tiny_n=(1024, 256, 624), full_n=(256, 64, 256), n_boot=1000, probe_epochs=100),
     "toy": dict(tiny_n=(400, 100, 200), full_n=None, n_boot=200, probe_epochs=30),
 }
 
@@ -254,16 +254,27 @@ def write_policy(verdicts: dict[str, dict], source: str, path: Path | None = Non
     return path
 
 
+def _from_dict(d: dict) -> FamilyFidelity:
+    d = {k: v for k, v in d.items() if k != "ok"}
+    d["shifts"] = [MetricShift(**{**s, "fp32_ci": tuple(s["fp32_ci"])}) for s in d["shifts"]]
+    d["n"] = tuple(d["n"])
+    return FamilyFidelity(**d)
+
+
 def run(preset: str, data_path: Path, families: list[str] | None = None, device: str = "cpu",
-        partial: Path | None = None) -> dict:
+        partial: Path | None = None, resume: Path | None = None) -> dict:
+    """Measure every (family, size) of the preset; ``resume`` keeps those a saved partial run has."""
     cfg = PRESETS[preset]
     chosen = [fm for fm in FAMILY_MODELS if families is None or fm.family in families]
-    results: list[FamilyFidelity] = []
+    results = [_from_dict(d) for d in json.loads(resume.read_text())] if resume else []
+    done = {(r.family, r.size) for r in results}
     t0 = time.perf_counter()
     sizes = [(True, cfg["tiny_n"])] + ([(False, cfg["full_n"])] if cfg["full_n"] else [])
     for tiny, n in sizes:
         data = load_split_subset(data_path, n)
         for fm in chosen:
+            if (fm.family, "tiny" if tiny else "full") in done:
+                continue
             r = measure_family(fm, data, tiny=tiny, n_boot=cfg["n_boot"],
                                probe_epochs=cfg["probe_epochs"], device=device)
             results.append(r)
@@ -298,11 +309,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--write-policy", action="store_true", help="record the verdicts in the policy table")
+    ap.add_argument("--resume", default=None, help="a fidelity.partial.json whose results are kept")
     args = ap.parse_args(argv)
     fams = args.families.split(",") if args.families else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = run(args.preset, Path(args.data), fams, args.device, partial=out / "fidelity.partial.json")
+    res = run(args.preset, Path(args.data), fams, args.device, partial=out / "fidelity.partial.json",
+              resume=Path(args.resume) if args.resume else None)
     res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["load_average_end"] = [round(v, 2) for v in __import__("os").getloadavg()]
     from fmeval.io import atomic_write_text
