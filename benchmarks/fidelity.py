@@ -115,8 +115,19 @@ def load_split_subset(path: Path, n: tuple[int, int, int], seed: int = 0) -> dic
 
 
 def cosine_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    cos = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
-    return {"min": float(cos.min()), "p01": float(torch.quantile(cos, 0.01)), "mean": float(cos.mean())}
+    """Per-row cosine of fp32 ``a`` and bf16 ``b`` features; also after removing the fp32 mean.
+
+    Random-weight encoders often emit a large common component (DINOv2's
+    LayerScale starts at 1e-5, so its random features are a constant plus a
+    1e-5 signal): the plain cosine is then ~1 whatever bf16 does to the signal.
+    ``centred_min`` compares what distinguishes the images.
+    """
+    a, b = a.double(), b.double()
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    mu = a.mean(0, keepdim=True)
+    cc = torch.nn.functional.cosine_similarity(a - mu, b - mu, dim=1)
+    return {"min": float(cos.min()), "p01": float(torch.quantile(cos, 0.01)), "mean": float(cos.mean()),
+            "centred_min": float(cc.min()), "centred_mean": float(cc.mean())}
 
 
 def encode_images(adapter, images: np.ndarray, precision: str, *, batch_size: int = 64,
@@ -289,14 +300,16 @@ def run(preset: str, data_path: Path, families: list[str] | None = None, device:
 
 
 def to_markdown(res: dict) -> str:
-    lines = ["| family | model | weights | input | n train/val/test | min cos image | min cos text "
+    lines = ["| family | model | weights | input | n train/val/test | min cos image (centred) | min cos text "
              "| metric shifts (bf16 - fp32) | inside fp32 CI |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["results"]:
         shifts = "; ".join(f"{s['probe']} {s['metric']} {s['bf16'] - s['fp32']:+.4f}" for s in r["shifts"])
         inside = all(s["inside_ci"] for s in r["shifts"])
         tc = f"{r['text_cosine']['min']:.5f}" if r["text_cosine"] else "-"
+        cen = r["image_cosine"].get("centred_min")
+        ic = f"{r['image_cosine']['min']:.5f}" + (f" ({cen:.4f})" if cen is not None else "")
         lines.append(f"| {r['family']} | {r['model']} | {r['size']} | {r['input_size']} | "
-                     f"{'/'.join(map(str, r['n']))} | {r['image_cosine']['min']:.5f} | {tc} | {shifts} | "
+                     f"{'/'.join(map(str, r['n']))} | {ic} | {tc} | {shifts} | "
                      f"{'yes' if inside else '**no**'} |")
     return "\n".join(lines) + "\n"
 
