@@ -75,9 +75,10 @@ def _topk(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, to
 class Scorer:
     """Approximate scores of test rows against all training rows, with an error bound.
 
-    ``score_j = col_j + alpha * <t', mat_j>`` (times ``col_scale_j`` when set),
-    where ``t'`` is the test row normalised (cosine) and centred by ``shift``.
-    ``err_const`` and ``err_lin``/``err_quad`` turn a row's norms into its bound.
+    ``score_j = col_j + alpha * <t', mat_j>`` (the dot times ``col_scale_j`` when
+    set), where ``t'`` is the test row normalised (cosine) and centred by
+    ``shift``. The norms and residual maxima of the training side, measured
+    once, turn a test row's own norms into the bound on all its scores.
     """
 
     precision: str  # fp32 | bf16
