@@ -72,36 +72,18 @@ def baseline_extract(adapter, images: np.ndarray, batch_size: int, device: str):
 
 
 def fmeval_extractor(adapter, precision: str, dev: str, bs: int):
-    """fmeval's extraction at ``precision`` with the policy's memory format.
-
-    Where the policy asks for nothing beyond the historical path (fp32,
-    contiguous on CPU) this *is* ``extract_features``; otherwise the same
-    batched call (``batched_inference``) with the policy's autocast and layout,
-    until the lead wires precision into ``extract_features``.
-    """
+    """fmeval's extraction (``extract_features``) at the resolved ``precision``, in the
+    memory format the policy picks for the adapter's family."""
     import torch
 
-    from fmeval.device import autocast, prepare_module, resolve_precision, use_channels_last
-    from fmeval.features import batched_inference, extract_features
+    from fmeval.device import resolve_precision, use_channels_last
+    from fmeval.features import extract_features
 
     device = torch.device(dev)
     resolved = resolve_precision(precision, device, adapter.family)
     cl = use_channels_last(adapter.family, device, resolved)
-    prepare_module(adapter, adapter.family, device, resolved)
-    legacy = resolved == "fp32" and not cl and device.type == "cpu"
-    if legacy:
-        return (lambda imgs: extract_features(adapter, imgs, batch_size=bs, device=dev)), resolved, cl
-
-    def fn(x):
-        with autocast(device, resolved):
-            return adapter.encode_image(x.contiguous(memory_format=torch.channels_last) if cl else x)
-
-    def run(imgs):
-        return batched_inference(fn, imgs, preprocess=adapter.preprocess, geometry="resize",
-                                 batch_size=bs, device=device, description="features",
-                                 name=adapter.name, out_dim=adapter.feature_dim)
-
-    return run, resolved, cl
+    return (lambda imgs: extract_features(adapter, imgs, batch_size=bs, device=dev, precision=resolved)), \
+        resolved, cl
 
 
 def case_extract(p: dict) -> dict:
@@ -142,10 +124,11 @@ def case_prepare(p: dict) -> dict:
     import timm  # noqa: F401  (imported before the timer: both runs pay it equally)
 
     import fmeval.adapters  # noqa: F401
-    from fmeval.pipeline import EvalConfig, prepare_frozen
+    from fmeval.config import RunConfig
+    from fmeval.pipeline import prepare_frozen
 
-    cfg = EvalConfig(
-        model=p["model"], dataset=p["dataset"], size=28, data_root=p["data_root"],
+    cfg = RunConfig(
+        mode="knn", model=p["model"], dataset=p["dataset"], size=28, data_root=p["data_root"],
         pretrained=False, tiny=p["tiny"], input_size=p["input_size"],
         batch_size=p["batch_size"], device=p["device"], limit=p.get("limit"),
     )

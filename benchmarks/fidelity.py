@@ -1,7 +1,8 @@
 """What bf16 costs, measured per adapter family on real PneumoniaMNIST images.
 
-For every family (timm ViT, DINO, DINOv2, SAM, CNN, open_clip image + text
-towers, MedCLIP, MedViT) and for tiny and full-size random weights:
+For every 2D family (timm ViT, DINO, DINOv2, SAM, CNN, open_clip image + text
+towers, timm CLIP image towers, MedCLIP, MedViT) and for tiny and full-size
+random weights (the 3D families are not measured: PneumoniaMNIST is 2D):
 
 * the cosine between bf16-autocast and fp32 features of the same images
   (image tower; text tower too for vision-language families);
@@ -58,6 +59,7 @@ FAMILY_MODELS: tuple[FamilyModel, ...] = (
     FamilyModel("sam", "sam-vitb", 64),
     FamilyModel("cnn", "resnet50", 64),
     FamilyModel("open_clip", "clip-vit-b16", 64),
+    FamilyModel("clip", "vit-b16-clip-ft", 64),  # timm CLIP image towers (MedMNIST+)
     FamilyModel("medclip", "medclip", 224),  # its Swin fails below 224 px (see report)
     FamilyModel("medvit", "medvit-small", 64),
 )
@@ -132,20 +134,12 @@ def cosine_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
 
 def encode_images(adapter, images: np.ndarray, precision: str, *, batch_size: int = 64,
                   device: str = "cpu") -> torch.Tensor:
-    """Features through fmeval's batched inference, with the autocast of ``precision``."""
-    from fmeval.device import autocast, prepare_module
-    from fmeval.features import batched_inference
+    """Features through fmeval's own extraction (``extract_features``) at ``precision``,
+    in the memory format the policy picks for the family."""
+    from fmeval.features import extract_features
 
-    dev = torch.device(device)
-    prepare_module(adapter, adapter.family, dev, precision)
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        with autocast(dev, precision):
-            return adapter.encode_image(x)
-
-    return batched_inference(fn, images, preprocess=adapter.preprocess, geometry="resize",
-                             batch_size=batch_size, device=dev, description="fidelity",
-                             name=adapter.name, out_dim=adapter.feature_dim)
+    return extract_features(adapter, images, batch_size=batch_size, device=device, precision=precision,
+                            description="fidelity")
 
 
 def encode_texts(adapter, prompts: list[list[str]], precision: str, device: str = "cpu") -> list[torch.Tensor]:

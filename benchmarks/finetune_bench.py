@@ -35,19 +35,20 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     from fmeval.device import resolve_device
-    from fmeval.modes.finetune import FinetuneConfig, run_finetune
+    from fmeval.config import RunConfig
+    from fmeval.modes.finetune import run_finetune
     from fmeval.training import TrainConfig
 
-    cfg = FinetuneConfig(
-        model=args.model, dataset=args.dataset, data_root=args.data_root, size=28,
-        pretrained=False, tiny=args.tiny, input_size=args.size, method=args.method,
+    cfg = RunConfig(
+        mode=f"finetune-{args.method}", model=args.model, dataset=args.dataset, data_root=args.data_root, size=28,
+        pretrained=False, tiny=args.tiny, input_size=args.size,
         seed=0, n_boot=0, limit=args.limit, device=args.device, batch_size=256,
         train=TrainConfig(epochs=args.epochs, lr=1e-4, patience=0, batch_size=args.batch_size,
                           max_steps_per_epoch=args.steps, warmup_epochs=0),
     )
     t0 = time.perf_counter()
-    r = run_finetune(cfg, write=False)
-    ex = r.extras
+    r = run_finetune(cfg)
+    ex = r.extras["training"]
     times = ex["epoch_times_s"]
     steady = times[1:] or times  # epoch 1 includes one-off warm-up costs
     return {

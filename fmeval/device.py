@@ -12,7 +12,9 @@ slower than fp32 (on the 2-core AVX-512 host of this repo a bf16 GEMM runs at
 ~16 GFLOP/s against ~125 GFLOP/s in fp32). Even on capable hardware ``auto``
 keeps fp32 for an adapter family whose measured bf16 fidelity failed (bf16
 features moved a kNN / linear-probe / zero-shot metric outside its bootstrap
-CI): see ``benchmarks/fidelity.py``.
+CI): see ``benchmarks/fidelity.py``. On a CPU, bf16 is also only picked for
+families that were measured and passed; on CUDA an unmeasured family keeps the
+historical bf16 default.
 
 Channels-last memory format is decided per adapter family and per
 (device type, precision) from forward-pass measurements
@@ -44,10 +46,28 @@ POLICY_FILE = Path(__file__).with_name("precision_policy.json")
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def check_device_name(name: str) -> torch.device | None:
+    """The device a name means (``None`` for auto), without asking the hardware.
+
+    Checked when the config is made, before any work; whether a CUDA GPU is
+    present is asked only when the run starts (a study is planned on a login
+    node without one).
+    """
     if name == "auto":
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}.")
+    return dev
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    dev = check_device_name(name)
+    if dev is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is available.")
     return dev
@@ -95,14 +115,18 @@ def family_policy(family: str) -> dict[str, Any]:
     return load_policy().get("families", {}).get(family, {})
 
 
-def bf16_fidelity_ok(family: str) -> bool:
-    """Whether bf16 features of ``family`` passed the measured fidelity check.
+def bf16_fidelity(family: str) -> bool | None:
+    """The measured bf16 fidelity verdict of ``family``: True (passed), False
+    (bf16 moved a metric outside its bootstrap CI or the features' cosine fell
+    below the threshold) or None (never measured)."""
+    fid = family_policy(family).get("bf16_fidelity")
+    return None if fid is None else bool(fid.get("ok", False))
 
-    A family that was never measured does not pass: ``auto`` only trusts bf16
-    where code has shown it leaves the metrics inside their bootstrap CIs.
-    """
-    fid = family_policy(family).get("bf16_fidelity", {})
-    return bool(fid.get("ok", False))
+
+def bf16_fidelity_ok(family: str) -> bool:
+    """Whether bf16 features of ``family`` passed the measured fidelity check
+    (a family that was never measured does not pass)."""
+    return bool(bf16_fidelity(family))
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -115,11 +139,14 @@ def native_bf16(device: torch.device) -> bool:
 def resolve_precision(name: str, device: torch.device | str, family: str | None) -> str:
     """``auto|fp32|bf16`` -> the precision that runs: ``"fp32"`` or ``"bf16"``.
 
-    ``auto``: bf16 on CUDA and on bf16-capable CPUs, unless the adapter
-    ``family`` failed (or never had) the measured bf16 fidelity check; fp32
-    elsewhere. ``family=None`` is for computations on features rather than an
-    encoder (the linear probe's GEMMs, whose bf16 accuracy is tested on its own):
-    no fidelity gate. An explicit ``fp32``/``bf16`` is honoured as asked.
+    ``auto``: fp32 without native bf16 and for an adapter ``family`` whose
+    measured bf16 fidelity failed. A family never measured keeps the historical
+    default: bf16 on CUDA, fp32 on a bf16-capable CPU (CPU bf16 is new and only
+    trusted where code has shown it leaves the metrics inside their bootstrap
+    CIs). A measured pass means bf16 on CUDA and on bf16-capable CPUs.
+    ``family=None`` is for computations on features rather than an encoder (the
+    linear probe's GEMMs, whose bf16 accuracy is tested on its own): no
+    fidelity gate. An explicit ``fp32``/``bf16`` is honoured as asked.
     """
     key = str(name).lower()
     if key not in PRECISIONS:
@@ -127,8 +154,12 @@ def resolve_precision(name: str, device: torch.device | str, family: str | None)
     if key != "auto":
         return key
     device = torch.device(device)
-    fidelity_ok = family is None or bf16_fidelity_ok(family)
-    return "bf16" if native_bf16(device) and fidelity_ok else "fp32"
+    if not native_bf16(device):
+        return "fp32"
+    verdict = True if family is None else bf16_fidelity(family)
+    if verdict is None:  # never measured
+        verdict = device.type == "cuda"
+    return "bf16" if verdict else "fp32"
 
 
 def _check_resolved(precision: str) -> str:

@@ -26,3 +26,7 @@ class ConfigError(FmevalError):
 
 class PromptBankError(FmevalError):
     """A prompt bank is malformed or does not match the dataset."""
+
+
+class WeightsError(ModelError):
+    """Weights cannot be downloaded, verified or found in the weights cache."""

@@ -1,42 +1,56 @@
 """Frozen-feature extraction: the hot path of every frozen evaluation.
 
-One pass over uint8 arrays in batches: batched preprocessing on the target
-device, ``torch.inference_mode``, channels-last + bf16 autocast on GPU.
-Out-of-memory halves the batch and resumes where it stopped; NaN/Inf outputs
-are an error, never silently probed.
+One pass over uint8 arrays in batches: the run's transform on the target
+device, ``torch.inference_mode``, the run's precision (bf16 autocast where the
+policy chose it) and channels-last where it helps. Out-of-memory halves the
+batch and resumes where it stopped; NaN/Inf outputs are an error, never
+silently probed.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
-from fmeval.adapters.base import Adapter, Preprocess
-from fmeval.data.transforms import prepare_batch
-from fmeval.device import autocast, is_oom
+from fmeval.adapters.base import Adapter
+from fmeval.device import autocast, is_oom, use_channels_last
 from fmeval.errors import FmevalError
 from fmeval.progress import progress_bar
+
+
+class Transform(Protocol):
+    """What turns a batch of stored uint8 samples into model input.
+
+    Implemented by :class:`fmeval.data.transforms.ImageTransform` (2D images)
+    and the volume transforms of :mod:`fmeval.data.volumes`.
+    """
+
+    def prepare(self, images: np.ndarray, device: torch.device | str = "cpu", *, train: bool = False,
+                generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+    def as_dict(self) -> dict: ...
 
 
 def batched_inference(
     fn: Callable[[torch.Tensor], torch.Tensor],
     images: np.ndarray,
     *,
-    preprocess: Preprocess,
-    geometry: str,
+    transform: Transform,
     batch_size: int,
     device: torch.device,
     description: str,
     name: str,
+    precision: str = "fp32",
+    channels_last: bool = False,
     out_dim: int | None = None,
 ) -> torch.Tensor:
     """``fn`` over uint8 images in batches -> float32 [N, D] on CPU.
 
     The one inference loop of fmeval (frozen features and fine-tuned
     predictions alike): batched preprocessing on ``device``, inference mode,
-    autocast on GPU, and out-of-memory halving the batch where it stopped.
+    the run's precision, and out-of-memory halving the batch where it stopped.
     """
     n = len(images)
     chunks: list[torch.Tensor] = []
@@ -45,8 +59,10 @@ def batched_inference(
         while start < n:
             stop = min(start + bs, n)
             try:
-                x = prepare_batch(images[start:stop], preprocess, geometry, device)
-                with autocast(device):
+                x = transform.prepare(images[start:stop], device)
+                if channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, precision):
                     out = fn(x)
             except Exception as exc:
                 if not is_oom(exc):
@@ -74,19 +90,29 @@ def extract_features(
     adapter: Adapter,
     images: np.ndarray,
     *,
-    geometry: str = "resize",
+    transform: Transform | None = None,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
     description: str = "features",
 ) -> torch.Tensor:
-    """Encode ``images`` (uint8 [N,H,W(,3)]) -> float32 [N, feature_dim] on CPU."""
+    """Encode ``images`` (stored uint8 samples) -> float32 [N, feature_dim] on CPU.
+
+    ``transform`` defaults to resizing to the encoder's own input (its
+    ``Preprocess``); runs pass the transform they resolved and recorded.
+    """
+    if transform is None:
+        from fmeval.data.transforms import resolve_transform
+
+        transform = resolve_transform(adapter.preprocess)
     device = torch.device(device)
     adapter = adapter.to(device).eval()
-    if device.type == "cuda":
+    cl = use_channels_last(adapter.family, device, precision)
+    if cl:
         adapter = adapter.to(memory_format=torch.channels_last)
     out = batched_inference(
-        adapter.encode_image, images, preprocess=adapter.preprocess, geometry=geometry,
-        batch_size=batch_size, device=device, description=description, name=adapter.name,
+        adapter.encode_image, images, transform=transform, batch_size=batch_size, device=device,
+        precision=precision, channels_last=cl, description=description, name=adapter.name,
         out_dim=adapter.feature_dim,
     )
     bad = ~torch.isfinite(out).all(dim=1)

@@ -8,6 +8,7 @@ folder and moved into place with ``os.replace``, which is atomic on POSIX.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -16,27 +17,48 @@ from typing import Any, Iterator
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where the OS allows.
+
+    ``os.umask`` can only be read by setting it, which for an instant gives
+    every other thread's new files mode 0666; Linux exposes it in
+    ``/proc/self/status`` instead. Read per write, so a umask changed after
+    import (a test, a long-lived notebook) is honoured.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-# mkstemp creates 0600 files; reports, caches and adapters should get the
-# permissions any other file of the user would (usually 0644).
-_FILE_MODE = 0o666 & ~_current_umask()
+def file_mode() -> int:
+    """Mode of a new file under the current umask (usually 0644)."""
+    return 0o666 & ~_current_umask()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it into place on success."""
+    """Yield a temporary path next to ``path``; move it into place on success.
+
+    mkstemp creates files 0600, and writers given the temporary *path* (not
+    its descriptor) may delete and re-create it (``safetensors.save_file``
+    does), so the user's normal mode is set on the finished file itself,
+    just before it is moved into place: reports, caches and adapters shared
+    by a team must be readable by it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -71,3 +93,12 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def file_digest(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, streamed (checkpoints and npz files can be GBs)."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

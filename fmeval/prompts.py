@@ -680,28 +680,37 @@ def _check_no_shared_prompts(style: str, keys: list[str], per_class: list[list[s
 # Shipped banks
 # --------------------------------------------------------------------------- #
 def prompts_dirs() -> list[Path]:
-    """Folders searched for banks: ``$FMEVAL_PROMPTS_DIR`` entries, then the repo's."""
-    import fmeval
+    """Folders searched for banks: ``$FMEVAL_PROMPTS_DIR`` entries, then the shipped ones.
 
-    dirs = [Path(p) for p in os.environ.get(PROMPTS_DIR_ENV, "").split(os.pathsep) if p]
-    dirs.append(Path(fmeval.__file__).resolve().parents[1] / "prompts")
+    The shipped folder is package data (see :mod:`fmeval.resources`), so it is
+    found from any working directory, editable install or wheel alike.
+    """
+    from fmeval.resources import shipped_dir
+
+    env = os.environ.get(PROMPTS_DIR_ENV, "")
+    dirs = [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    dirs.append(shipped_dir("prompts"))
     return dirs
 
 
 def list_shipped_banks() -> dict[str, Path]:
     """Bank name (file stem) -> path; earlier folders in :func:`prompts_dirs` win."""
+    from fmeval.resources import strip_yaml_suffix
+
     found: dict[str, Path] = {}
     for d in prompts_dirs():
         if d.is_dir():
-            for p in sorted(d.glob("*.yaml")):
-                found.setdefault(p.stem, p)
+            for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
+                found.setdefault(strip_yaml_suffix(p.name).lower(), p)
     return dict(sorted(found.items()))
 
 
 def shipped_bank_path(flag: str) -> Path:
     """Path of the bank named ``flag`` (a dataset flag, or a bank name such as
-    ``pneumonia``), searched in :func:`prompts_dirs`."""
-    name = flag.strip().lower()
+    ``pneumonia`` or ``pneumonia.yaml``), searched in :func:`prompts_dirs`."""
+    from fmeval.resources import strip_yaml_suffix
+
+    name = strip_yaml_suffix(flag.strip()).lower()
     banks = list_shipped_banks()
     if name in banks:
         return banks[name]
@@ -714,20 +723,53 @@ def shipped_bank_path(flag: str) -> Path:
     )
 
 
+def bank_path(spec: str | Path) -> Path:
+    """The file a ``--prompts`` value means.
+
+    A path that exists always wins (``./pneumonia.yaml`` is the user's own
+    bank even though a shipped one has the same name). Otherwise a bare name,
+    with or without ``.yaml``, is a shipped bank (``pneumonia``,
+    ``pneumonia.yaml``), found from any directory. Anything else is an error
+    that says which shipped bank was probably meant (``prompts/pneumonia.yaml``
+    typed outside a checkout names the shipped ``pneumonia``).
+    """
+    from fmeval.resources import strip_yaml_suffix
+
+    text = str(spec).strip()
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise PromptBankError(f"prompt bank {path} is not a file")
+    banks = list_shipped_banks()
+    stem = strip_yaml_suffix(path.name).lower()
+    bare = len(Path(text).parts) == 1 and not text.startswith(("~", "."))
+    if bare and stem in banks:
+        return banks[stem]
+    if bare and stem == text.lower():  # a plain name, no suffix: suggest close names
+        return shipped_bank_path(text)
+    if stem in banks:
+        hint = f"; the shipped bank of that name is --prompts {stem}"
+    else:
+        close = difflib.get_close_matches(stem, banks, n=3)
+        hint = (f"; did you mean the shipped bank {' or '.join(close)}?" if close
+                else f"; shipped banks: {', '.join(banks) or 'none'}")
+    raise PromptBankError(f"prompt bank not found: {text} (no such file{hint})")
+
+
+def find_bank(spec: str | Path) -> PromptBank:
+    """Load a bank by path or shipped name, without a dataset to check against."""
+    return load_bank(bank_path(spec))
+
+
 def resolve_bank(spec: str | Path | None, dataset: str) -> PromptBank:
     """Load the bank a user asked for and check it fits ``dataset``.
 
-    ``spec`` is a YAML path, a shipped bank name, or ``None`` for the dataset's
-    own shipped bank; this is the single entry point the CLI needs.
+    ``spec`` is a YAML path, a shipped bank name (``pneumonia`` or
+    ``pneumonia.yaml``), or ``None`` for the dataset's own shipped bank; this is
+    the single entry point the CLI needs (see :func:`bank_path`).
     """
-    if spec is None:
-        path = shipped_bank_path(dataset)
-    else:
-        text = str(spec)
-        looks_like_path = isinstance(spec, Path) or text.endswith((".yaml", ".yml")) or (
-            os.sep in text
-        )
-        path = Path(text) if looks_like_path else shipped_bank_path(text)
+    path = shipped_bank_path(dataset) if spec is None else bank_path(spec)
     return load_bank(path, dataset=dataset)
 
 
@@ -739,6 +781,8 @@ __all__ = [
     "PROMPTS_DIR_ENV",
     "Source",
     "Style",
+    "bank_path",
+    "find_bank",
     "list_shipped_banks",
     "load_bank",
     "prompts_dirs",

@@ -213,6 +213,7 @@ def zeroshot_probs(
     *,
     logit_scale: float,
     ensemble: str = DEFAULT_ENSEMBLE,
+    pool_logits: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Scores medmnist's metrics expect.
 
@@ -224,8 +225,14 @@ def zeroshot_probs(
     kw = {"logit_scale": logit_scale, "ensemble": ensemble}
     if _is_pairs(text_feats):
         pair = pair_logits(image_feats, text_feats, **kw)  # type: ignore[arg-type]
+        if pool_logits is not None:  # several rows per sample (volume slices) -> one
+            n_labels = pair.shape[1]
+            pair = pool_logits(pair.reshape(pair.shape[0], -1)).view(-1, n_labels, 2)
         return pair.softmax(dim=-1)[..., 0]
-    return class_logits(image_feats, text_feats, **kw).softmax(dim=-1)  # type: ignore[arg-type]
+    logits = class_logits(image_feats, text_feats, **kw)  # type: ignore[arg-type]
+    if pool_logits is not None:
+        logits = pool_logits(logits)
+    return logits.softmax(dim=-1)
 
 
 def text_classifier_weights(

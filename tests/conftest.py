@@ -22,12 +22,32 @@ def _isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("FMEVAL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("FMEVAL_REPORTS_DIR", str(tmp_path / "reports"))
     monkeypatch.setenv("FMEVAL_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    for var in ("FMEVAL_WEIGHTS_DIR", "FMEVAL_WEIGHTS_MIRROR", "FMEVAL_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)  # weights cache under the per-test cache dir
     yield
+
+
+def require_shared(path: Path) -> Path:
+    """The shared real data: under CI=true a missing file FAILS the test (CI must never go
+    green without the real-data tests); elsewhere it skips with the reason."""
+    if not path.exists():
+        msg = f"real data not found at {path} (the project's ../shared/data)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg + "; CI=true requires it")
+        pytest.skip(msg)
+    return path
 
 
 @pytest.fixture(scope="session")
 def pneumonia_root() -> Path:
     """Folder holding the real PneumoniaMNIST (28 px) shared with this project."""
-    if not SHARED_PNEUMONIA.exists():
-        pytest.skip(f"real PneumoniaMNIST not found at {SHARED_PNEUMONIA}")
-    return SHARED_PNEUMONIA.parent
+    return require_shared(SHARED_PNEUMONIA).parent
+
+
+SHARED_VESSEL = REPO.parent / "shared" / "data" / "vesselmnist3d.npz"
+
+
+@pytest.fixture(scope="session")
+def vessel_root() -> Path:
+    """Folder holding the official VesselMNIST3D files (28^3 and 64^3)."""
+    return require_shared(SHARED_VESSEL).parent

@@ -10,7 +10,8 @@ import torch
 
 from fmeval.cache import FeatureCache
 from fmeval.data.synthetic import write_synthetic
-from fmeval.pipeline import EvalConfig, prepare_frozen
+from fmeval.config import RunConfig
+from fmeval.pipeline import prepare_frozen
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def counting(monkeypatch):
 def _cfg(root, **kw):
     base = dict(model="vit-b16", dataset="pneumoniamnist", data_root=str(root), tiny=True, batch_size=16)
     base.update(kw)
-    return EvalConfig(**base)
+    return RunConfig(mode="knn", **base)
 
 
 def test_second_run_does_zero_forward_passes(tmp_path, counting):

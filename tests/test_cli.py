@@ -54,10 +54,11 @@ def test_linprobe_and_knn_on_real_pneumoniamnist(capsys, pneumonia_root, tmp_pat
     runs = [json.loads(p.read_text()) for p in reports.glob("*/results.json")]
     knn = next(r for r in runs if r["mode"] == "knn")
     assert all(knn["extras"]["cache_hits"].values())  # features reused from the linprobe run
-    assert knn["extras"]["k"] in (5, 11, 21) and len(knn["extras"]["k_sweep"]) == 3
+    assert knn["selection"]["k"] in (5, 11, 21) and len(knn["extras"]["k_sweep"]) == 3
+    assert set(knn["extras"]["k_sweep"][0]) == {"k", "val_auc"}  # per-k numbers on validation only
     assert knn["test"]["metrics"]["auc"]["value"] > 0.7
 
-    code, out, err = run(capsys, "report", "--reports-dir", str(reports))
+    code, out, err = run(capsys, "report", "--reports-dir", str(reports), "--all")
     assert code == 0 and (reports / "leaderboard.md").exists() and "knn" in out
 
 
@@ -119,7 +120,7 @@ def _bad(tmp_path: Path, kind: str) -> tuple[str, ...]:
     ("unknown model", "unknown model 'vit-b17'"),
     ("unknown dataset", "unknown dataset 'pneumomnist'"),
     ("missing npz", "pathmnist.npz not found"),
-    ("corrupt npz", "not a readable npz"),
+    ("corrupt npz", "not an npz archive"),
     ("wrong label shape", "labels have shape (4, 2)"),
     ("size not available", "size 100 is not available"),
     ("unknown geometry", "unknown geometry 'stretch'"),

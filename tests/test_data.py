@@ -64,7 +64,7 @@ def test_size_not_available(tmp_path):
 
 def test_corrupt_npz(tmp_path):
     (tmp_path / "pathmnist.npz").write_bytes(b"this is not a zip archive")
-    with pytest.raises(DataError, match="not a readable npz"):
+    with pytest.raises(DataError, match="not an npz archive"):
         load_dataset("pathmnist", 28, tmp_path)
 
 
@@ -123,10 +123,51 @@ PRE = Preprocess(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), in
 
 def test_pad_geometry_border_is_mean_colour():
     imgs = np.full((2, 28, 28), 255, np.uint8)
-    x = prepare_batch(imgs, PRE, "pad")
+    x = prepare_batch(imgs, PRE, "pad", canvas=32)
     assert x.shape == (2, 3, 32, 32)
     assert torch.all(x[:, :, :2, :] == 0)  # zero after normalisation = the mean colour
     assert torch.allclose(x[:, :, 2:30, 2:30], torch.full((2, 3, 28, 28), 2.0))  # (1-0.5)/0.25
+
+
+def test_pad_defaults_to_a_224_canvas_not_the_encoder_size():
+    """MedMNIST+ pads onto 224 whatever the encoder's native size (DINOv2: 518, SAM: 1024)."""
+    from fmeval.data.transforms import resolve_transform
+
+    big = Preprocess(input_size=518, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    t = resolve_transform(big, geometry="pad", image_size=28)
+    assert t.canvas == 224 and t.as_dict()["canvas"] == 224
+    # the encoder is built at the canvas size for pad runs (see pipeline.build_input_size)
+    from fmeval.config import RunConfig
+    from fmeval.pipeline import build_input_size
+
+    assert build_input_size(RunConfig(mode="knn", model="dinov2-vits14", dataset="pneumoniamnist",
+                                      geometry="pad")) == 224
+
+
+def test_medmnist_plus_canvas_pixel_for_pixel():
+    """A 28 px image on the 224 canvas equals normalise-then-centre-pad, pixel for pixel."""
+    from fmeval.data.transforms import resolve_transform
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (3, 28, 28, 3), dtype=np.uint8)
+    pre = Preprocess(input_size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    x = resolve_transform(pre, geometry="pad", canvas=224, pad_fill="mean", image_size=28).prepare(img)
+    ref = (torch.as_tensor(img).permute(0, 3, 1, 2).float() / 255.0 - torch.tensor(pre.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(pre.std).view(1, 3, 1, 1)
+    ref = torch.nn.functional.pad(ref, (98, 98, 98, 98), value=0.0)  # torchvision Pad(98) after Normalize
+    assert x.shape == (3, 3, 224, 224)
+    assert torch.equal(x, ref)
+
+
+def test_pad_fill_zero_is_black_in_pixel_space():
+    """MedCLIP pastes onto a black canvas: the border is pixel 0, normalised."""
+    from fmeval.data.transforms import resolve_transform
+
+    t = resolve_transform(PRE, geometry="pad", canvas=64, pad_fill="zero", image_size=28)
+    x = t.prepare(np.full((1, 28, 28), 255, np.uint8))
+    assert x.shape == (1, 3, 32, 32)  # the 64 canvas resized to the 32 px input
+    assert torch.allclose(x[0, :, 0, 0], torch.full((3,), (0 - 0.5) / 0.25))
+    assert t.as_dict()["pad_fill"] == "zero" and "zero fill" in t.describe()
 
 
 def test_resize_geometry_and_gray_to_rgb():
@@ -139,7 +180,7 @@ def test_resize_geometry_and_gray_to_rgb():
 
 def test_pad_refuses_larger_images_and_unknown_geometry():
     with pytest.raises(ConfigError, match="use --geometry resize"):
-        prepare_batch(np.zeros((1, 64, 64), np.uint8), PRE, "pad")
+        prepare_batch(np.zeros((1, 64, 64), np.uint8), PRE, "pad", canvas=32)
     with pytest.raises(ConfigError, match="unknown geometry"):
         prepare_batch(np.zeros((1, 28, 28), np.uint8), PRE, "crop")
 

@@ -16,14 +16,15 @@ import pytest
 import torch
 
 from fmeval.errors import ConfigError
+from fmeval.config import RunConfig
 from fmeval.modes.finetune import (
     STOP_ENV,
-    FinetuneConfig,
     TrainingInterrupted,
     evaluate_adapter,
     load_finetuned,
     run_finetune,
 )
+from fmeval.runner import execute
 from fmeval.training import LoraSettings, TrainConfig
 from fmeval.training.checkpoint import RUN_FILE, STATE_FILE
 from fmeval.training.losses import task_rule
@@ -43,10 +44,10 @@ def _single_thread():
     torch.set_num_threads(n)
 
 
-def _cfg(root: Path, model: str, method: str, tmp: Path, **train) -> FinetuneConfig:
-    return FinetuneConfig(
-        model=model, dataset="pneumoniamnist", data_root=str(root), tiny=True, pretrained=False,
-        method=method, n_boot=200, seed=0, reports_dir=str(tmp / "reports"),
+def _cfg(root: Path, model: str, method: str, tmp: Path, **train) -> RunConfig:
+    return RunConfig(
+        mode=f"finetune-{method}", model=model, dataset="pneumoniamnist", data_root=str(root), tiny=True,
+        pretrained=False, n_boot=200, seed=0, reports_dir=str(tmp / "reports"),
         train=TrainConfig(**train),
     )
 
@@ -62,7 +63,7 @@ def lora_run(pneumonia_root, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FMEVAL_ADAPTERS_DIR", str(tmp / "adapters"))
         cfg = _cfg(pneumonia_root, "vit-b16", "lora", tmp, epochs=4, lr=3e-3, patience=0)
-        result = run_finetune(cfg)
+        result = execute(cfg)
     return cfg, result
 
 
@@ -76,35 +77,36 @@ def test_lora_vit_beats_majority_baseline(lora_run):
     assert m["acc"] > MAJORITY + 0.1
     ex = r.extras
     assert ex["curves"]["epoch"] == [1, 2, 3, 4]
-    assert set(ex["curves"]) == {"epoch", "train_loss", "val_loss", "val_auc"}
+    assert set(ex["curves"]) == {"epoch", "train_loss", "val_loss", "val_auc", "lr"}
     assert ex["curves"]["train_loss"][-1] < ex["curves"]["train_loss"][0]
-    assert 1 <= ex["best_epoch"] <= 4
-    assert ex["time_per_epoch_s"] > 0 and ex["peak_memory"]["peak_rss_mb"] > 0
-    assert Path(ex["report_dir"], "results.json").exists()
+    assert 1 <= ex["training"]["best_epoch"] <= 4 and r.selection["best_epoch"] == ex["training"]["best_epoch"]
+    assert ex["training"]["time_per_epoch_s"] > 0 and ex["training"]["peak_memory"]["peak_rss_mb"] > 0
+    assert Path(r.report_dir, "results.json").exists()
 
 
 def test_lora_only_lora_and_head_trainable(lora_run, pneumonia_root):
     cfg, r = lora_run
     from fmeval.modes.finetune import prepare
 
-    p = prepare(replace(cfg, method="lora"))
+    p = prepare(cfg)
     names = [n for n, q in p.model.named_parameters() if q.requires_grad]
     assert names and all("lora_" in n or n.startswith("head.") for n in names)
     lora_n = sum(q.numel() for n, q in p.model.named_parameters() if "lora_" in n)
     head_n = sum(q.numel() for q in p.model.head.parameters())
-    assert r.extras["params"]["trainable"] == lora_n + head_n
-    assert r.extras["params"]["trainable"] < r.extras["params"]["total"] / 5
+    params = r.extras["training"]["params"]
+    assert params["trainable"] == lora_n + head_n
+    assert params["trainable"] < params["total"] / 5
 
 
 def test_lora_adapter_saved_in_peft_format_and_reloads_exactly(lora_run, tmp_path):
     cfg, r = lora_run
-    folder = Path(r.extras["adapter_path"])
+    folder = Path(r.extras["training"]["adapter_path"])
     for f in ("adapter_config.json", "adapter_model.safetensors", "head.safetensors", RUN_FILE):
         assert (folder / f).exists(), f
     rec = json.loads((folder / RUN_FILE).read_text())
     assert rec["status"] == "done" and rec["config"]["model"] == "vit-b16"
     assert rec["config"]["tiny"] is True and rec["dataset"]["flag"] == "pneumoniamnist"
-    assert rec["input_size"] == 32 and rec["geometry"] == "resize"
+    assert rec["transform"]["input_size"] == 32 and rec["transform"]["geometry"] == "resize"
     peft_cfg = json.loads((folder / "adapter_config.json").read_text())
     assert peft_cfg["peft_type"] == "LORA" and peft_cfg["r"] == 8
 
@@ -119,7 +121,7 @@ def test_cli_evaluate_writes_the_same_metrics(lora_run, tmp_path):
 
     _, r = lora_run
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--adapter", r.extras["adapter_path"], "--reports-dir", str(tmp_path)])
+        main(["evaluate", "--adapter", r.extras["training"]["adapter_path"], "--reports-dir", str(tmp_path)])
     assert exc.value.code == 0
     (results,) = tmp_path.glob("*/results.json")
     assert json.loads(results.read_text())["test"]["metrics"] == _metrics(r)
@@ -136,20 +138,20 @@ def test_full_finetune_resnet_beats_majority_baseline(pneumonia_root, tmp_path):
     assert m["auc"] > 0.85
     assert m["balanced_acc"] > 0.65
     assert m["acc"] > MAJORITY + 0.08
-    p = r.extras["params"]
+    p = r.extras["training"]["params"]
     assert p["trainable"] == p["total"] > 4_000_000
-    assert r.extras["steps_per_epoch"] == 20
-    folder = Path(r.extras["adapter_path"])
+    assert r.extras["training"]["steps_per_epoch"] == 20
+    folder = Path(r.extras["training"]["adapter_path"])
     assert (folder / "model.safetensors").exists() and (folder / "head.safetensors").exists()
     # full runs reload too (BatchNorm statistics included)
     _, prep = load_finetuned(folder)
     assert all(not q.requires_grad for q in prep.model.parameters())
-    again = evaluate_adapter(folder, write=False)
+    again = evaluate_adapter(folder)
     assert again.extras["reproduces_training_scores"] is True
     assert _metrics(again) == _metrics(r)
 
 
-def _small(root: Path, tmp: Path) -> FinetuneConfig:
+def _small(root: Path, tmp: Path) -> RunConfig:
     cfg = _cfg(root, "vit-b16", "lora", tmp, epochs=3, lr=3e-3, patience=0,
                max_steps_per_epoch=6)
     return replace(cfg, limit=200, n_boot=50)
@@ -170,7 +172,7 @@ def test_interrupted_run_resumes_to_the_same_result(pneumonia_root, tmp_path, mo
     monkeypatch.delenv(STOP_ENV)
 
     resumed = run_finetune(replace(cfg, resume=str(run_dir)))
-    assert resumed.extras["resumed_at_epoch"] == 1
+    assert resumed.extras["training"]["resumed_at_epoch"] == 1
     assert resumed.extras["curves"] == straight.extras["curves"]
     assert _metrics(resumed) == _metrics(straight)
 
@@ -196,7 +198,7 @@ def test_cli_requires_exactly_one_method(pneumonia_root, capsys):
         with pytest.raises(SystemExit) as exc:
             main(base + extra)
         assert exc.value.code == 2
-        assert "exactly one of --lora and --full" in capsys.readouterr().err
+        assert "exactly one of --lora / --full" in capsys.readouterr().err
 
 
 def test_cli_help_documents_defaults(capsys):
@@ -272,6 +274,6 @@ def test_losses_by_task_and_class_weights():
 def test_adapter_folder_and_report_share_the_run_id(pneumonia_root, tmp_path):
     cfg = _cfg(pneumonia_root, "vit-b16", "lora", tmp_path, epochs=1, max_steps_per_epoch=2)
     cfg = replace(cfg, limit=64)
-    res = run_finetune(cfg)
-    assert Path(res.extras["adapter_path"]).name == res.run_id
+    res = execute(cfg)
+    assert Path(res.extras["training"]["adapter_path"]).name == res.run_id
     assert (tmp_path / "reports" / res.run_id / "results.json").exists()

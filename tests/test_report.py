@@ -113,7 +113,7 @@ def test_two_reports_append_two_csv_rows_and_default_root(tmp_path):
 
 def test_concurrent_appends_lose_no_row(tmp_path):
     results = [make_result(0.5 + 0.05 * i, seed=i) for i in range(6)]
-    threads = [threading.Thread(target=R.append_run_row, args=(r, tmp_path)) for r in results]
+    threads = [threading.Thread(target=R.append_run, args=(r, tmp_path)) for r in results]
     for t in threads:
         t.start()
     for t in threads:
@@ -121,13 +121,33 @@ def test_concurrent_appends_lose_no_row(tmp_path):
     assert sorted(row["run_id"] for row in read_csv(tmp_path / "runs.csv")) == sorted(r.run_id for r in results)
 
 
-def test_runs_csv_gains_columns_for_a_new_metric(tmp_path):
-    R.append_run_row(make_result(), tmp_path)
-    r = make_result()
-    r.test.metrics["extra"] = M.MetricValue(0.5, 0.4, 0.6, 10)
-    R.append_run_row(r, tmp_path)
-    rows = read_csv(tmp_path / "runs.csv")
-    assert rows[0]["extra"] == "" and rows[1]["extra"] == "0.5"
+@pytest.mark.parametrize("damage", [
+    lambda t: t.replace("\n", "\r\n").encode("utf-8-sig"),  # a spreadsheet's BOM + CRLF
+    lambda t: t.replace(",knn,", ',"knn,', 1).encode(),  # a stray quote swallowing rows
+    lambda t: t.encode() + b"\xff\xfe broken\n",  # a non-UTF-8 byte
+    lambda t: t.encode()[:-20],  # a torn last line
+])
+def test_damaged_runs_csv_is_rebuilt_from_results_json(tmp_path, damage):
+    runs = [make_result(0.4 + 0.1 * i, seed=i) for i in range(3)]
+    for r in runs[:2]:
+        R.write_report(r, tmp_path, plots=False)
+    path = tmp_path / "runs.csv"
+    path.write_bytes(damage(path.read_text()))
+    R.write_report(runs[2], tmp_path, plots=False)  # must neither crash nor trust the damaged file
+    raw = path.read_bytes()
+    assert not raw.startswith(b"\xef\xbb\xbf") and b"\r" not in raw
+    rows = read_csv(path)
+    assert sorted(row["run_id"] for row in rows) == sorted(r.run_id for r in runs)
+    assert all(row["mode"] == "knn" for row in rows)
+
+
+def test_runs_csv_is_appended_not_rewritten(tmp_path):
+    """A healthy file only ever grows by one line per run (other rows are never re-serialised)."""
+    R.write_report(make_result(0.5), tmp_path, plots=False)
+    before = (tmp_path / "runs.csv").read_bytes()
+    R.write_report(make_result(0.6, seed=1), tmp_path, plots=False)
+    after = (tmp_path / "runs.csv").read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == before.count(b"\n") + 1
 
 
 def test_leaderboard_sorts_filters_and_skips_broken(tmp_path):
@@ -167,7 +187,7 @@ def test_write_leaderboard_files(tmp_path):
         R.write_report(make_result(q), tmp_path / "runs", plots=False)
     md, csv_path = R.write_leaderboard(tmp_path / "runs", tmp_path / "out", metric="balanced_acc")
     assert md == tmp_path / "out" / "leaderboard.md" and csv_path.name == "leaderboard.csv"
-    assert "sorted by balanced_acc" in md.read_text()
+    assert "Ranked by balanced_acc" in md.read_text()
     assert len(read_csv(csv_path)) == 2
     assert no_temp_files(tmp_path)
 
@@ -193,9 +213,9 @@ def test_print_summary_shows_values_ci_baseline_and_warnings():
     y = np.r_[np.zeros(234, int), np.ones(390, int)]
     test = M.compute_metrics(M.BINARY, y, np.tile([0.2, 0.8], (624, 1)), class_names=["n", "p"], n_boot=20)
     console = Console(record=True, width=140)
-    R.print_summary(make_result(test=test), console)
+    R.print_result(make_result(test=test), console)
     out = console.export_text()
-    assert "majority baseline" in out and "95% CI" in out and "0.6250" in out
+    assert "majority" in out and "95% CI" in out and "0.6250" in out
     assert "collapsed to the majority class 'p'" in out
 
 

@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from fmeval.errors import PromptBankError
-from fmeval.modes.linprobe import LinprobeConfig, run_linprobe
-from fmeval.modes.prompt_compare import CompareConfig, run_prompt_compare
-from fmeval.modes.zeroshot import ZeroshotConfig, run_zeroshot
+from fmeval.config import RunConfig
+from fmeval.errors import ConfigError, PromptBankError
 from fmeval.data.synthetic import write_synthetic
+from fmeval.runner import execute
 
 
 @pytest.fixture
@@ -33,11 +32,15 @@ def counting(monkeypatch):
     return calls
 
 
-def _cfg(root, cls=ZeroshotConfig, **kw):
-    base = dict(model="clip-vit-b32", dataset="pneumoniamnist", data_root=str(root), tiny=True,
-                n_boot=100, prompts="pneumonia")
+def _cfg(root, mode="zeroshot", **kw):
+    base = {"model": "clip-vit-b32", "dataset": "pneumoniamnist", "data_root": str(root), "tiny": True,
+            "pretrained": False, "n_boot": 100, "zeroshot.prompts": "pneumonia"}
     base.update(kw)
-    return cls(**base)
+    return RunConfig(mode=mode, model="x", dataset="x").with_values(base)
+
+
+def run_zeroshot(cfg):
+    return execute(cfg, write=cfg.reports_dir is not None)
 
 
 @pytest.mark.slow
@@ -60,33 +63,48 @@ def test_zeroshot_real_pneumonia_reuses_cached_features(pneumonia_root, tmp_path
     assert second.test.metrics["auc"].value == first.test.metrics["auc"].value
 
     counting["text"] = 0
-    run_zeroshot(_cfg(pneumonia_root, style="medical", reports_dir=str(tmp_path / "r")))
+    run_zeroshot(_cfg(pneumonia_root, **{"zeroshot.style": "medical"}, reports_dir=str(tmp_path / "r")))
     assert counting["image"] == 0 and counting["text"] > 0  # a new style only costs its prompts
 
 
-def test_prompt_compare_one_row_per_style(tmp_path):
+def test_prompt_compare_one_row_per_style_chosen_on_val(tmp_path):
     write_synthetic(tmp_path, "pneumoniamnist", 28, n=(30, 20, 40))
-    cmp = run_prompt_compare(_cfg(tmp_path, CompareConfig, reports_dir=str(tmp_path / "r")))
+    res = execute(_cfg(tmp_path, "prompts-compare", reports_dir=str(tmp_path / "r")))
     from fmeval.prompts import resolve_bank
 
     bank = resolve_bank("pneumonia", "pneumoniamnist")
-    assert [r["style"] for r in cmp.rows] == bank.styles
-    assert all(0 <= r["auc"] <= 1 and 0 <= r["balanced_acc"] <= 1 for r in cmp.rows)
-    aucs = [r["auc"] for r in cmp.rows]
-    assert cmp.spread("auc") == pytest.approx(max(aucs) - min(aucs))
-    out = tmp_path / "r" / cmp.run_id
-    md = (out / "prompts_compare.md").read_text()
-    assert all(f"| {s} |" in md for s in bank.styles) and "majority class" in md
-    assert (out / "prompts_compare.png").stat().st_size > 1000
-    assert (out / "prompts_compare.csv").read_text().count("\n") == len(bank.styles) + 1
+    rows = res.extras["comparison"]
+    assert [r["style"] for r in rows] == bank.styles and res.extras["comparison_split"] == "val"
+    assert all(0 <= r["auc"] <= 1 and 0 <= r["balanced_acc"] <= 1 for r in rows)
+    best = max(rows, key=lambda r: r["auc"])  # on validation
+    assert res.selection["style"] == best["style"]
+    assert res.val.metrics["auc"].value == pytest.approx(best["auc"])
+    out = tmp_path / "r" / res.run_id
+    md = (out / "report.md").read_text()
+    assert all(s in md for s in bank.styles) and "Prompt styles (val split)" in md
+    assert (out / "prompt_styles.png").stat().st_size > 1000
+    # the one reporter wrote it: results.json + the runs index
+    assert (out / "results.json").exists() and res.run_id in (tmp_path / "r" / "runs.csv").read_text()
+
+
+def test_prompt_compare_test_all_has_paired_cis(tmp_path):
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(30, 20, 40))
+    res = execute(_cfg(tmp_path, "prompts-compare", **{"zeroshot.test_all": True}), write=False)
+    rows = {r["style"]: r for r in res.extras["comparison"]}
+    chosen = rows[res.selection["style"]]
+    assert chosen["delta_auc_vs_selected"] == 0.0
+    for r in rows.values():
+        lo, hi = r["delta_auc_ci"]
+        assert lo <= r["delta_auc_vs_selected"] <= hi or r is chosen
 
 
 def test_prompt_compare_per_template_adds_rows(tmp_path):
     write_synthetic(tmp_path, "pneumoniamnist", 28, n=(30, 20, 20))
-    cmp = run_prompt_compare(_cfg(tmp_path, CompareConfig, styles=("templates",), per_template=True,
-                                  reports_dir=str(tmp_path / "r")))
-    assert cmp.rows[0]["style"] == "templates"
-    assert len(cmp.rows) > 2 and all(r["style"].startswith("templates#") for r in cmp.rows[1:])
+    res = execute(_cfg(tmp_path, "prompts-compare", **{"zeroshot.styles": ["templates"],
+                                                        "zeroshot.per_template": True}), write=False)
+    rows = res.extras["comparison"]
+    assert rows[0]["style"] == "templates"
+    assert len(rows) > 2 and all(r["style"].startswith("templates#") for r in rows[1:])
 
 
 def test_bank_for_wrong_dataset_fails_before_model_loads(tmp_path, monkeypatch):
@@ -98,16 +116,39 @@ def test_bank_for_wrong_dataset_fails_before_model_loads(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fmeval.pipeline, "build_adapter", boom)
     with pytest.raises(PromptBankError, match="pathmnist"):
-        run_zeroshot(_cfg(tmp_path, prompts="pathmnist"))
+        run_zeroshot(_cfg(tmp_path, **{"zeroshot.prompts": "pathmnist"}))
     with pytest.raises(PromptBankError, match="unknown prompt style"):
-        run_zeroshot(_cfg(tmp_path, style="no-such-style"))
+        run_zeroshot(_cfg(tmp_path, **{"zeroshot.style": "no-such-style"}))
 
 
 def test_linprobe_initialised_from_zeroshot(tmp_path):
     write_synthetic(tmp_path, "pneumoniamnist", 28, n=(60, 30, 30))
-    res = run_linprobe(_cfg(tmp_path, LinprobeConfig, init="zeroshot", reports_dir=str(tmp_path / "r")))
-    assert res.extras["init"] == "zeroshot" and len(res.extras["prompt_bank_hash"]) == 64
+    res = execute(_cfg(tmp_path, "linprobe", **{"linprobe.init": "zeroshot", "linprobe.feature_norm": "l2"},
+                       reports_dir=str(tmp_path / "r")))
+    assert res.config["linprobe"]["init"] == "zeroshot" and len(res.extras["prompt_bank_hash"]) == 64
     assert res.test.metrics["auc"].value == res.test.metrics["auc"].value  # finite
+
+
+def test_zeroshot_init_needs_l2_features_so_one_thing_changes_at_a_time():
+    with pytest.raises(ConfigError, match="feature-norm l2"):
+        RunConfig(mode="linprobe", model="x", dataset="x").with_values({"linprobe.init": "zeroshot"})
+
+
+def test_unchanged_zeroshot_head_competes_on_validation():
+    """With an initial head no epoch improves on (lr ~ 0), the probe returns it unchanged (epoch 0)."""
+    import torch
+
+    from fmeval.probes.linear import ProbeConfig, train_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(200, 8, generator=g), dim=1)
+    w = torch.randn(2, 8, generator=g) * 10
+    y = (x @ w.T).argmax(1)
+    probe = train_linear_probe(x[:100], y[:100], x[100:], y[100:], n_outputs=2, multilabel=False,
+                               config=ProbeConfig(lrs=(1e-9,), weight_decays=(0.0,), epochs=3, patience=1),
+                               init_weight=w, standardize=False)
+    assert probe.best_epoch == 0
+    torch.testing.assert_close(probe.weight, w.T)
 
 
 def test_medclip_prompts_are_encoded_per_class(tmp_path, monkeypatch):
@@ -123,7 +164,7 @@ def test_medclip_prompts_are_encoded_per_class(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MedClipAdapter, "encode_text", spy)
     write_synthetic(tmp_path, "pneumoniamnist", 28, n=(20, 10, 10))
-    run_zeroshot(_cfg(tmp_path, model="medclip", style="templates", reports_dir=str(tmp_path / "r")))
+    run_zeroshot(_cfg(tmp_path, model="medclip", **{"zeroshot.style": "templates"}, reports_dir=str(tmp_path / "r")))
     from fmeval.prompts import resolve_bank
 
     per_class = resolve_bank("pneumonia", "pneumoniamnist").prompts("templates")

@@ -10,40 +10,24 @@ surface, so any registered encoder works in every mode.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
 
+from fmeval.data.transforms import (  # noqa: F401  (re-exported: adapters build these)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Preprocess,
+    with_input_size,
+)
 from fmeval.errors import ConfigError, ModelError
+from fmeval.io import file_digest  # noqa: F401  (re-exported)
 from fmeval.registry import Registry
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How raw uint8 images must be turned into encoder input.
-
-    Taken from the encoder's own config (never a global default) because
-    normalisation and input size are part of what makes a feature comparable.
-    """
-
-    input_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bicubic"  # "bilinear" | "bicubic" | "nearest"
-    grayscale: bool = False  # collapse RGB to gray (MedCLIP was trained that way)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class AdapterConfig:
@@ -52,6 +36,8 @@ class AdapterConfig:
     ``pretrained=False`` gives random weights at full size, ``tiny=True`` a
     random tiny config of the same architecture (the offline test path).
     ``weights`` is a local checkpoint that replaces any hub download.
+    ``allow_partial`` accepts a non-strict load that leaves more than half of
+    the model at random values (see :data:`MIN_LOADED_FRACTION`).
     """
 
     name: str
@@ -61,6 +47,7 @@ class AdapterConfig:
     strict: bool = True
     seed: int = 0
     input_size: int | None = None  # override the encoder's native input size
+    allow_partial: bool = False
 
     def __post_init__(self) -> None:
         if self.tiny and self.pretrained and self.weights is None:
@@ -78,6 +65,9 @@ class Adapter(nn.Module):
 
     code_version: ClassVar[str] = "1"
     family: ClassVar[str] = "generic"
+    # 2: encode_image takes images [N, 3, S, S]; 3: volumes [N, C, D, H, W]
+    # (fmeval.adapters.volumetric). Modes branch on this, never on names.
+    ndim: ClassVar[int] = 2
     # Module-name patterns peft's LoRA should target inside ``backbone``.
     lora_targets: ClassVar[tuple[str, ...]] = ()
 
@@ -85,6 +75,9 @@ class Adapter(nn.Module):
     weights_id: str
     feature_dim: int
     preprocess: Preprocess
+    # What load_weights did with a checkpoint file (None: random weights, or
+    # hub weights loaded by timm / open_clip's own strict loaders).
+    load_report: "LoadReport | None" = None
 
     @property
     def backbone(self) -> nn.Module:
@@ -123,6 +116,7 @@ class Adapter(nn.Module):
             "feature_dim": self.feature_dim,
             "code_version": self.code_version,
             "preprocess": self.preprocess.as_dict(),
+            "weights_load": self.load_report.as_dict() if self.load_report is not None else None,
         }
 
 
@@ -137,7 +131,9 @@ def register_adapter(
     """Register a factory ``(AdapterConfig) -> Adapter`` under ``name``.
 
     Tags shown by ``fmeval ls models``: ``family``, ``text`` ("yes"/"no"),
-    ``weights`` (the pretrained tag fetched by default).
+    ``weights`` (the pretrained tag fetched by default). ``asset`` names the
+    entry of :mod:`fmeval.weights` that holds the pretrained weights when no
+    hub has them (MedCLIP, MedViT).
     """
     return ADAPTERS.register(name, description, **tags)
 
@@ -151,6 +147,7 @@ def create_adapter(
     strict: bool = True,
     seed: int = 0,
     input_size: int | None = None,
+    allow_partial: bool = False,
     device: str | torch.device = "cpu",
 ) -> Adapter:
     """Build a registered adapter in eval mode on ``device``.
@@ -160,19 +157,44 @@ def create_adapter(
     """
     import fmeval.adapters  # noqa: F401  (registers the built-in adapters)
 
-    factory = ADAPTERS.get(name)
-    wpath = Path(weights).expanduser() if weights is not None else None
-    if wpath is not None and not wpath.exists():
-        raise ModelError(f"weights file {wpath} does not exist.")
+    entry = ADAPTERS.entry(name)
+    wpath = _resolve_weights(entry, weights, pretrained=pretrained, tiny=tiny)
     cfg = AdapterConfig(
         name=name.lower(), pretrained=pretrained, tiny=tiny, weights=wpath,
-        strict=strict, seed=seed, input_size=input_size,
+        strict=strict, seed=seed, input_size=input_size, allow_partial=allow_partial,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        adapter = factory(cfg)
+        adapter = entry.obj(cfg)
     adapter.name = cfg.name
     return adapter.to(device).eval()
+
+
+def _resolve_weights(
+    entry, weights: str | Path | None, *, pretrained: bool, tiny: bool
+) -> Path | None:
+    """The local weights a model gets: ``weights`` as a path or asset name, or,
+    for a pretrained model whose weights only fmeval can download (tag
+    ``asset``), that asset from the weights cache (fetched on first use when a
+    network is allowed; offline, one error line naming `fmeval weights fetch`).
+    """
+    from fmeval.weights import WeightStore, resolve_weights
+
+    if weights is not None:
+        return resolve_weights(weights)
+    asset = entry.tags.get("asset")
+    if asset and pretrained and not tiny:
+        return WeightStore().ensure(asset, purpose=f"pretrained {entry.name}")
+    return None
+
+
+def ungrouped_conv_names(model: nn.Module) -> tuple[str, ...]:
+    """Full names of every ``groups == 1`` Conv2d, the LoRA targets of CNNs whose
+    layer names vary (VGG's ``features.<i>``; EfficientNet's ``block.1.0`` is a
+    projection in Fused-MBConv but depthwise in MBConv). Depthwise convs are
+    left out: peft's conv LoRA needs the rank to divide ``groups``."""
+    return tuple(n for n, m in model.named_modules()
+                 if isinstance(m, nn.Conv2d) and m.groups == 1)
 
 
 def random_weights_id(cfg: AdapterConfig, arch: str) -> str:
@@ -180,15 +202,6 @@ def random_weights_id(cfg: AdapterConfig, arch: str) -> str:
     size = "tiny" if cfg.tiny else "full"
     extra = f"@{cfg.input_size}" if cfg.input_size else ""
     return f"random:{arch}:{size}{extra}:seed{cfg.seed}"
-
-
-def file_digest(path: Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:
-    """Hex digest of a file, streamed (checkpoints and npz files can be GBs)."""
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -210,15 +223,44 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+#: A non-strict load must fill at least this fraction of the model's parameter
+#: elements, or it fails (unless ``allow_partial``). Legitimate non-strict loads
+#: (a checkpoint with another head, an extra buffer, a resized position grid)
+#: fill well over 90%; another model's checkpoint fills ~0%. Below one half, most
+#: of the encoder would be random while the report named the checkpoint.
+MIN_LOADED_FRACTION = 0.5
+
+
 @dataclass
 class LoadReport:
+    """What loading one checkpoint into a model did, key by key.
+
+    ``loaded``/``total`` count the model's state-dict tensors, the
+    ``*_elements`` fields their numbers of values; every report carries this
+    (``model.weights_load``) so a partial load can never pass for a full one.
+    """
+
+    source: str = ""
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
+    loaded: int = 0
+    total: int = 0
+    loaded_elements: int = 0
+    total_elements: int = 0
 
     @property
     def clean(self) -> bool:
         return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    @property
+    def complete(self) -> bool:
+        """Every tensor of the model came from the checkpoint (extras do not matter)."""
+        return self.loaded == self.total
+
+    @property
+    def fraction(self) -> float:
+        return self.loaded_elements / self.total_elements if self.total_elements else 1.0
 
     def summary(self, limit: int = 5) -> str:
         parts = []
@@ -232,6 +274,18 @@ class LoadReport:
                 parts.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
         return "; ".join(parts) or "all keys matched"
 
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "loaded": self.loaded,
+            "total": self.total,
+            "missing": len(self.missing),
+            "unexpected": len(self.unexpected),
+            "shape_mismatch": len(self.shape_mismatch),
+            "loaded_fraction": round(self.fraction, 6),
+            "complete": self.complete,
+        }
+
 
 def load_weights(
     module: nn.Module,
@@ -240,16 +294,19 @@ def load_weights(
     strict: bool,
     source: str,
     ignore: Sequence[str] = (),
+    allow_partial: bool = False,
 ) -> LoadReport:
-    """Load ``state_dict`` and report every mismatch.
+    """Load ``state_dict`` and report every mismatch and what was loaded.
 
     Keys in ``ignore`` (known-harmless extras such as BERT's ``position_ids``)
     are dropped explicitly; anything else that does not match fails when
     ``strict`` — silent non-strict loading is how users got wrong outputs.
+    Non-strict, fewer than :data:`MIN_LOADED_FRACTION` of the model's values
+    loaded fails too, unless ``allow_partial``.
     """
     sd = {k: v for k, v in state_dict.items() if k not in set(ignore)}
     own = module.state_dict()
-    report = LoadReport()
+    report = LoadReport(source=source)
     report.unexpected = sorted(k for k in sd if k not in own)
     report.missing = sorted(k for k in own if k not in sd)
     report.shape_mismatch = sorted(
@@ -257,15 +314,38 @@ def load_weights(
         for k in sd
         if k in own and sd[k].shape != own[k].shape
     )
+    ok = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    report.loaded, report.total = len(ok), len(own)
+    report.loaded_elements = sum(v.numel() for v in ok.values())
+    report.total_elements = sum(v.numel() for v in own.values())
     if not report.clean and strict:
         raise ModelError(
             f"weights {source} do not match the model ({report.summary()}); "
             "pass --no-strict to load the matching keys anyway."
         )
-    ok = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    if report.fraction < MIN_LOADED_FRACTION and not allow_partial:
+        raise ModelError(
+            f"weights {source} filled only {report.loaded} of {report.total} tensors "
+            f"({report.fraction:.0%} of the model's values; {report.summary(limit=2)}): "
+            "probably another model's checkpoint. Pass --allow-partial to run with the "
+            "rest at random values."
+        )
     module.load_state_dict(ok, strict=False)
     return report
 
 
-def with_input_size(pre: Preprocess, size: int | None) -> Preprocess:
-    return pre if size is None else replace(pre, input_size=size)
+def checkpoint_weights_id(path: Path, report: LoadReport, cfg: AdapterConfig,
+                          suffix: str = "") -> str:
+    """``weights_id`` of a checkpoint file: what was actually loaded.
+
+    A complete load is ``file:<sha16>``. A partial one also depends on the
+    random values of what was not loaded (architecture size and seed), so it
+    names its counts and those: partial and complete loads of one file never
+    share cache entries, and neither do partial loads under different seeds.
+    """
+    base = f"file:{file_digest(path)[:16]}"
+    if report.complete:
+        return f"{base}{suffix}"
+    size = "tiny" if cfg.tiny else "full"
+    return f"{base}+partial:{report.loaded}of{report.total}:{size}:seed{cfg.seed}{suffix}"
+

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import math
 import shutil
-import string
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,12 +31,13 @@ from fmeval.adapters.base import (
     Adapter,
     AdapterConfig,
     Preprocess,
-    file_digest,
+    checkpoint_weights_id,
     load_state_dict_file,
     load_weights,
     random_weights_id,
     register_adapter,
 )
+from fmeval.adapters.text_offline import scratch_dir, write_wordpiece_vocab
 from fmeval.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -97,41 +97,6 @@ SWIN_RENAMES: tuple[tuple[str, str], ...] = (
 POSITION_IDS_KEY = "text_model.model.embeddings.position_ids"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.json")
-
-BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-TINY_WORDS = (
-    "a an the of in on with and or no not photo image picture scan x ray xray chest "
-    "lung lungs normal abnormal pneumonia disease tissue cell cells blood skin eye "
-    "retina breast colon organ finding findings there is are sign signs showing "
-    "digit zero one two three four five six seven eight nine"
-).split()
-
-
-# --------------------------------------------------------------------------- #
-# Tokenizer files
-# --------------------------------------------------------------------------- #
-def write_wordpiece_vocab(folder: Path, *, lowercase: bool, size: int | None = None) -> int:
-    """Write a small deterministic WordPiece ``vocab.txt`` (+ tokenizer config).
-
-    Offline tiny/random builds need *a* tokenizer of the real kind; padding it
-    with ``[unusedN]`` entries up to ``size`` gives the real embedding shape.
-    Returns the vocabulary size.
-    """
-    letters = string.ascii_lowercase if lowercase else string.ascii_letters
-    pieces = list(letters + string.digits + string.punctuation)
-    tokens = [*BERT_SPECIALS, *pieces, *(f"##{c}" for c in letters + string.digits), *TINY_WORDS]
-    tokens = list(dict.fromkeys(tokens))
-    if size is not None:
-        if size < len(tokens):
-            raise ModelError(f"synthetic vocabulary needs at least {len(tokens)} entries.")
-        tokens += [f"[unused{i}]" for i in range(size - len(tokens))]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(
-        '{"tokenizer_class": "BertTokenizer", "do_lower_case": %s}' % str(lowercase).lower()
-    )
-    return len(tokens)
-
 
 def load_tokenizer(folder: Path) -> Any:
     """BERT WordPiece tokenizer from a folder's ``vocab.txt``.
@@ -242,7 +207,7 @@ def _resolve_weights(path: Path) -> tuple[Path, Path]:
 
 def _missing_weights_error() -> ModelError:
     return ModelError(
-        "MedCLIP's weights are not on any hub: download "
+        "MedCLIP's weights are not on any hub: run `fmeval weights fetch medclip`, or download "
         f"{MEDCLIP_WEIGHTS_URL}, unzip it, put Bio_ClinicalBERT's vocab.txt "
         f"({BIO_CLINICALBERT_URL}) in the same folder and pass --weights FOLDER "
         "(or use --tiny/--random-init for an offline run)"
@@ -287,12 +252,13 @@ class MedClipAdapter(Adapter):
     def load_checkpoint(self, path: Path, cfg: AdapterConfig) -> None:
         mapped, drop = map_state_dict(load_state_dict_file(path))
         self.load_report = load_weights(
-            self.model, mapped, strict=cfg.strict, source=str(path), ignore=drop
+            self.model, mapped, strict=cfg.strict, source=str(path), ignore=drop,
+            allow_partial=cfg.allow_partial,
         )
         if not self.load_report.clean:
             log.warning("%s: %s", cfg.name, self.load_report.summary())
         suffix = f"@{cfg.input_size}" if cfg.input_size else ""
-        self.weights_id = f"file:{file_digest(path)[:16]}{suffix}"
+        self.weights_id = checkpoint_weights_id(path, self.load_report, cfg, suffix)
         self.text_id = f"{self.weights_id}|{self.tokenizer_id}"
 
     @property
@@ -323,7 +289,6 @@ class MedClipAdapter(Adapter):
 
 def _synthetic_tokenizer_folder(tiny: bool) -> Path:
     """Generated vocab for offline builds: small for tiny, 28996 entries for full size."""
-    from fmeval.adapters.openclip import scratch_dir
 
     folder = scratch_dir() / ("medclip-vocab-tiny" if tiny else "medclip-vocab-full")
     if not (folder / "vocab.txt").exists():
@@ -337,8 +302,8 @@ def _synthetic_tokenizer_folder(tiny: bool) -> Path:
 
 @register_adapter(
     "medclip",
-    "MedCLIP-ViT: Swin-Tiny + Bio_ClinicalBERT (MIMIC-CXR/CheXpert), local weights only",
-    family="medclip", text="yes", weights="medclip-vit-pretrained.zip (GCS)",
+    "MedCLIP-ViT: Swin-Tiny + Bio_ClinicalBERT (MIMIC-CXR/CheXpert)",
+    family="medclip", text="yes", weights="medclip (fmeval weights fetch)", asset="medclip",
 )
 def create_medclip(cfg: AdapterConfig) -> Adapter:
     if cfg.input_size is not None and cfg.input_size < 8:

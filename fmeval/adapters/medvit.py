@@ -59,7 +59,7 @@ from fmeval.adapters.base import (
     AdapterConfig,
     LoadReport,
     Preprocess,
-    file_digest,
+    checkpoint_weights_id,
     load_state_dict_file,
     load_weights,
     random_weights_id,
@@ -440,17 +440,19 @@ class MedViTAdapter(Adapter):
         arch = f"MedViT_{variant}"
         if cfg.pretrained and cfg.weights is None:
             raise ModelError(
-                f"{arch} has no downloadable weights in fmeval: the authors publish ImageNet-1K "
-                f"checkpoints ({arch}_im1k.pth) through links in the README of {CHECKPOINT_SOURCE}. "
-                f"Download it and pass --weights PATH, or pass --random-init to train from "
+                f"{arch} needs its ImageNet-1K checkpoint ({arch}_im1k.pth, linked from the "
+                f"README of {CHECKPOINT_SOURCE}): run `fmeval weights fetch medvit-{variant}`, or "
+                "download it and pass --weights PATH, or pass --random-init to train from "
                 "scratch (as in the MedMNIST paper)."
             )
+        # Read the checkpoint before building: a bad file fails in milliseconds.
+        sd = read_checkpoint(cfg.weights) if cfg.weights is not None else None
         self.model = build_medvit(variant, tiny=cfg.tiny, num_classes=0)
         self.load_report: LoadReport | None = None
         if cfg.weights is not None:
-            sd = read_checkpoint(cfg.weights)
             self.load_report = load_weights(
-                self.model, sd, strict=cfg.strict, source=str(cfg.weights), ignore=HEAD_KEYS
+                self.model, sd, strict=cfg.strict, source=str(cfg.weights), ignore=HEAD_KEYS,
+                allow_partial=cfg.allow_partial,
             )
             if not self.load_report.clean:  # only reachable with strict=False
                 warnings.warn(
@@ -458,7 +460,7 @@ class MedViTAdapter(Adapter):
                     f"({self.load_report.summary()}); unmatched parameters keep random values.",
                     stacklevel=2,
                 )
-            self.weights_id = f"file:{file_digest(cfg.weights)[:16]}"
+            self.weights_id = checkpoint_weights_id(cfg.weights, self.load_report, cfg)
         else:
             self.weights_id = random_weights_id(cfg, arch)
         self.arch = arch
@@ -483,7 +485,8 @@ def _register(variant: str, description: str) -> None:
         return MedViTAdapter(variant, cfg)
 
     register_adapter(f"medvit-{variant}", description, family="medvit", text="no",
-                     weights=f"MedViT_{variant}_im1k.pth (local file)")(factory)
+                     weights=f"medvit-{variant} (fmeval weights fetch)",
+                     asset=f"medvit-{variant}")(factory)
 
 
 _register("small", "MedViT-S hybrid CNN-Transformer (Manzari et al. 2023), depths 3-4-10-3")

@@ -20,13 +20,11 @@ Adding another CLIP is one line: ``register_open_clip(name, arch, tag)``.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +40,14 @@ from fmeval.adapters.base import (
     Adapter,
     AdapterConfig,
     Preprocess,
+    checkpoint_weights_id,
     file_digest,
     load_state_dict_file,
     load_weights,
     random_weights_id,
     register_adapter,
 )
+from fmeval.adapters.text_offline import scratch_dir, write_wordpiece_vocab
 from fmeval.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -132,17 +132,7 @@ def _open_clip() -> ModuleType:
     return open_clip
 
 
-_SCRATCH: Path | None = None
 _REGISTERED: dict[str, str] = {}  # config digest -> registered open_clip name
-
-
-def scratch_dir() -> Path:
-    """Per-process temp folder for generated configs and vocabularies."""
-    global _SCRATCH
-    if _SCRATCH is None:
-        _SCRATCH = Path(tempfile.mkdtemp(prefix="fmeval-openclip-"))
-        atexit.register(shutil.rmtree, _SCRATCH, True)
-    return _SCRATCH
 
 
 def _register_config(model_cfg: dict, prefix: str) -> str:
@@ -213,7 +203,6 @@ def tiny_biomedclip_folder() -> Path:
     """
     from transformers import BertConfig
 
-    from fmeval.adapters.medclip import write_wordpiece_vocab
 
     folder = scratch_dir() / "tiny-biomedclip"
     if (folder / "open_clip_config.json").exists():
@@ -282,14 +271,42 @@ def _tag_preprocess(tag_cfg: dict) -> dict:
     return {k: tag_cfg[k] for k in keys if k in tag_cfg}
 
 
+#: What open_clip needs of a model config before it will register it.
+REQUIRED_MODEL_CFG = ("embed_dim", "vision_cfg", "text_cfg")
+
+
+def _read_folder_config(folder: Path) -> tuple[dict, dict]:
+    """The raw (model_cfg, preprocess_cfg) of ``open_clip_config.json``, checked for shape.
+
+    The file comes from the user (a hub snapshot, maybe hand-edited or cut
+    short); anything open_clip could not build from is one ModelError line.
+    """
+    path = folder / "open_clip_config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}).") from None
+    model_cfg = raw.get("model_cfg", raw) if isinstance(raw, dict) else None
+    pp = raw.get("preprocess_cfg", {}) if isinstance(raw, dict) else None
+    if not isinstance(model_cfg, dict) or not isinstance(pp, dict):
+        raise ModelError(f"{path} is not an open_clip config (expected an object with model_cfg).")
+    missing = [k for k in REQUIRED_MODEL_CFG if k not in model_cfg]
+    if missing:
+        raise ModelError(f"{path} is incomplete: model_cfg has no {', '.join(missing)}.")
+    for k in ("vision_cfg", "text_cfg"):
+        if not isinstance(model_cfg[k], dict):
+            raise ModelError(f"{path}: model_cfg.{k} must be an object.")
+    return model_cfg, pp
+
+
 def _folder_config(folder: Path) -> tuple[dict, dict]:
     """(model_cfg, preprocess_cfg) of a folder, text tower localised where possible.
 
     A folder that carries a transformers ``config.json`` / tokenizer files holds
     its own text tower; pointing the config there keeps the build offline.
     """
-    raw = json.loads((folder / "open_clip_config.json").read_text())
-    model_cfg = copy.deepcopy(raw.get("model_cfg", raw))
+    model_cfg, pp = _read_folder_config(folder)
+    model_cfg = copy.deepcopy(model_cfg)
     text = model_cfg.get("text_cfg", {})
     if "hf_model_name" in text and (folder / "config.json").exists():
         text["hf_model_name"] = str(folder)
@@ -297,7 +314,7 @@ def _folder_config(folder: Path) -> tuple[dict, dict]:
         (folder / f).exists() for f in ("vocab.txt", "tokenizer.json")
     ):
         text["hf_tokenizer_name"] = str(folder)
-    return model_cfg, raw.get("preprocess_cfg", {})
+    return model_cfg, pp
 
 
 def _hub_folder(spec: OpenClipSpec, name: str) -> Path:
@@ -357,8 +374,17 @@ def _build_from_config(
 
 def _build_folder(folder: Path, cfg: AdapterConfig, label: str) -> _Built:
     model_cfg, pp = _folder_config(folder)
-    name = _register_config(model_cfg, "fmeval-local")
-    return _build_from_config(name, cfg, model_cfg, label, force_preprocess_cfg=pp)
+    try:
+        name = _register_config(model_cfg, "fmeval-local")
+        return _build_from_config(name, cfg, model_cfg, label, force_preprocess_cfg=pp)
+    except ModelError:
+        raise
+    except Exception as exc:  # a config open_clip cannot build: any error, from any layer
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ModelError(
+            f"cannot build an open_clip model from {folder / 'open_clip_config.json'} "
+            f"({type(exc).__name__}: {first})."
+        ) from None
 
 
 def _build_architecture(spec: OpenClipSpec, cfg: AdapterConfig) -> _Built:
@@ -416,7 +442,8 @@ def _load_file(built: _Built, path: Path, cfg: AdapterConfig) -> Any:
     if cfg.input_size is not None and not _is_timm_tower(built.model_cfg):
         oc.model.resize_pos_embed(sd, built.model)  # no-op when the grid matches
     ignore = [k for k in IGNORED_CHECKPOINT_KEYS if k not in built.model.state_dict()]
-    return load_weights(built.model, sd, strict=cfg.strict, source=str(path), ignore=ignore)
+    return load_weights(built.model, sd, strict=cfg.strict, source=str(path), ignore=ignore,
+                        allow_partial=cfg.allow_partial)
 
 
 def _apply_input_size(built: _Built, cfg: AdapterConfig) -> None:
@@ -529,7 +556,7 @@ def build_open_clip(spec: OpenClipSpec, cfg: AdapterConfig) -> OpenClipAdapter:
     if cfg.weights is not None:
         ckpt = _find_checkpoint(cfg.weights)
         report = _load_file(built, ckpt, cfg)
-        weights_id = f"file:{file_digest(ckpt)[:16]}{suffix}"
+        weights_id = checkpoint_weights_id(ckpt, report, cfg, suffix)
     elif cfg.pretrained:
         weights_id = f"{spec.pretrained_id}{suffix}"
     else:

@@ -10,6 +10,7 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from types import ModuleType
@@ -19,7 +20,8 @@ from rich.markup import escape
 from fmeval.cli.app import app, console
 from fmeval.errors import FmevalError
 
-_COMMAND_MODULES = ("admin", "frozen", "zeroshot", "finetune")
+_COMMAND_MODULES = ("admin", "frozen", "zeroshot", "finetune", "protocols", "weights", "study",
+                    "fewshot", "robustness", "external")
 
 
 def _load_commands() -> None:
@@ -35,9 +37,10 @@ _load_commands()
 
 
 def _click_modules() -> list[ModuleType]:
-    """The click implementations the installed Typer may raise from."""
+    """The click implementations the installed Typer may raise from (Typer >= 0.29
+    also has its own ``Abort``/``Exit`` in ``typer.exceptions``, not click's)."""
     mods: list[ModuleType] = []
-    for name in ("typer._click", "click"):
+    for name in ("typer.exceptions", "typer._click", "click"):
         try:
             mods.append(importlib.import_module(name))
         except ImportError:
@@ -75,19 +78,64 @@ def _show_usage_error(exc: BaseException, err) -> None:
     ctx = getattr(exc, "ctx", None)
     if _NO_ARGS_HELP and isinstance(exc, _NO_ARGS_HELP):
         return  # Typer has already printed the command's help
-    if ctx is not None:
-        err.print(escape(ctx.get_usage()), highlight=False, soft_wrap=True)
-        err.print(
-            escape(f"Try '{ctx.command_path} --help' for help."), style="dim", highlight=False
-        )
+    if ctx is not None:  # one usage line (the --help hint on it), then one error line
+        usage = " ".join(ctx.get_usage().split())
+        err.print(escape(f"{usage}   (see '{ctx.command_path} --help')"), highlight=False, soft_wrap=True)
     msg = exc.format_message() if hasattr(exc, "format_message") else str(exc)
     err.print(error_line(" ".join(str(msg).split())), highlight=False, soft_wrap=True)
+
+
+def _registered(typer_app) -> int:
+    return len(typer_app.registered_commands) + sum(
+        1 + _registered(g.typer_instance) for g in typer_app.registered_groups if g.typer_instance
+    )
+
+
+_BUILT: dict[int, object] = {}
+
+
+def _command():
+    """The click command of ``app``, built once per set of registered commands.
+
+    Typer rebuilds it on every call (~0.1 s for this app); a process runs one
+    command, but the CLI tests run hundreds in one process.
+    """
+    import typer.main
+
+    key = _registered(app)
+    if key not in _BUILT:
+        _BUILT.clear()
+        _BUILT[key] = _guard_interrupts(typer.main.get_command(app))
+    return _BUILT[key]
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command, carried past Typer (which turns KeyboardInterrupt
+    into a silent ``Exit(130)``) to :func:`main`, which says so in one line."""
+
+
+def _guard_interrupts(cmd):
+    for sub in getattr(cmd, "commands", {}).values():
+        _guard_interrupts(sub)
+    callback = getattr(cmd, "callback", None)
+    if callback is not None and not getattr(callback, "fmeval_guarded", False):
+
+        @functools.wraps(callback)
+        def guarded(*args, **kwargs):
+            try:
+                return callback(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                raise Interrupted() from exc
+
+        guarded.fmeval_guarded = True  # type: ignore[attr-defined]
+        cmd.callback = guarded
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> int:
     err = console.__class__(stderr=True)
     try:
-        rv = app(args=argv, prog_name="fmeval", standalone_mode=False)
+        rv = _command()(args=argv, prog_name="fmeval", standalone_mode=False)
     except FmevalError as exc:
         err.print(error_line(exc), highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
@@ -102,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except _ABORT:
         err.print("[red]aborted[/]")
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         err.print("[red]interrupted[/]")
         raise SystemExit(130) from None
     raise SystemExit(rv if isinstance(rv, int) else 0)

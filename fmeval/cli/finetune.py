@@ -7,94 +7,98 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmeval.cli.app import app, console, with_eval_options
+from fmeval.cli.app import ReportsDir, app, console
+from fmeval.cli.fewshot import run_with_shots
+from fmeval.cli.options import COMMON, FEWSHOT, FINETUNE, Given, command
 from fmeval.errors import ConfigError
 
 
-def _print_result(result) -> None:
-    from fmeval.report import print_summary
-
-    print_summary(result, console)
-    ex = result.extras
-    if "params" in ex:
-        p = ex["params"]
-        console.print(f"trainable params: {p['trainable']:,} / {p['total']:,}")
-    if ex.get("adapter_path"):
-        console.print(f"adapter: [bold]{ex['adapter_path']}[/]")
-    console.print(f"report: [bold]{ex.get('report_dir', '')}[/]")
-
-
 @app.command()
-@with_eval_options
-def finetune(
-    common: dict,
-    lora: Annotated[bool, typer.Option("--lora", help="LoRA (peft) on the encoder's attention/conv layers + a linear head.")] = False,
-    full: Annotated[bool, typer.Option("--full", help="Full fine-tuning: every backbone parameter + a linear head.")] = False,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (MedMNIST+: 100, with early stopping).")] = 100,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (MedMNIST+: 1e-4).")] = 1e-4,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices (not biases/norms).")] = 0.01,
-    train_batch_size: Annotated[int, typer.Option(help="Training minibatch size (MedMNIST+: 64).")] = 64,
-    accum_steps: Annotated[int, typer.Option(help="Gradient accumulation: minibatches per optimiser step.")] = 1,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear LR warm-up length in epochs, then cosine decay to 0 (per step).")] = 1.0,
-    patience: Annotated[int, typer.Option(help="Early stopping: epochs without validation-loss improvement (MedMNIST+: 5; 0 = off).")] = 5,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
-    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16.0,
-    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA branch.")] = 0.1,
-    layer_decay: Annotated[Optional[float], typer.Option(help="Layer-wise LR decay, e.g. 0.75 (full fine-tuning; head at the base LR).")] = None,
-    pos_weight: Annotated[Optional[float], typer.Option(help="Positive-class loss weight (multi-label BCE, e.g. 10 for ChestMNIST; binary: weight of class 1).")] = None,
-    class_weights: Annotated[Optional[str], typer.Option(help="'balanced': inverse-frequency class weights from the training labels.")] = None,
-    select_metric: Annotated[str, typer.Option(help="Validation metric that picks the best epoch's weights.")] = "auc",
-    augment: Annotated[bool, typer.Option(help="Light augmentation (random flip, 2 px shift); off in the MedMNIST+ protocol.")] = False,
-    max_steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap on minibatches per epoch (quick looks; recorded).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Run folder (adapters/<run>) of an interrupted run to continue; pass the run's own options.")] = None,
-) -> None:
+@command(COMMON, FINETUNE, FEWSHOT)
+def finetune(opts: Given) -> None:
     """Fine-tune an encoder with a linear head: exactly one of --lora / --full.
 
-    Defaults follow the MedMNIST+ protocol: AdamW lr 1e-4, batch 64, cosine
+    Without a protocol the defaults are AdamW, lr 1e-4, batch 64, cosine
     schedule (1 warm-up epoch), up to 100 epochs with early stopping on
-    validation loss (patience 5); the weights of the best epoch by
-    --select-metric on validation are kept. Weights, run.json and a resumable
-    training state go to $FMEVAL_ADAPTERS_DIR/<run> (default ./adapters).
+    validation loss (patience 5), the best epoch by --select-metric on
+    validation. --protocol medmnist-plus / medmnist-v2 / resolution-study
+    fix every training setting of those recipes. Weights, run.json and a
+    resumable training state go to $FMEVAL_ADAPTERS_DIR/<run> (default
+    ./adapters); the folder and the command that resumes it
+    (fmeval finetune --resume FOLDER) are printed when training starts and
+    when it is interrupted. --shots/--draws: few-shot fine-tuning on seeded
+    episodes, one run per K and draw.
     """
-    from fmeval.modes.finetune import FinetuneConfig, run_finetune
-    from fmeval.training import LoraSettings, TrainConfig
+    lora, full = bool(opts.get("lora")), bool(opts.get("full"))
+    if "resume" in opts:
+        return resume_finetune(opts, lora, full)
+    missing = [f"--{k}" for k in ("model", "dataset") if k not in opts]
+    if lora == full or missing:
+        need = ([] if lora != full else ["exactly one of --lora / --full"]) + missing
+        from fmeval.cli.app import user_defaults
 
-    if lora == full:
-        raise ConfigError("choose exactly one of --lora and --full.")
-    train = TrainConfig(
-        epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=train_batch_size,
-        accum_steps=accum_steps, warmup_epochs=warmup_epochs, patience=patience,
-        select_metric=select_metric, pos_weight=pos_weight, class_weights=class_weights,
-        augment=augment, layer_decay=layer_decay, max_steps_per_epoch=max_steps_per_epoch,
-    )
-    cfg = FinetuneConfig(
-        **common, method="lora" if lora else "full", train=train,
-        lora=LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout),
-        resume=str(resume) if resume else None,
-    )
-    _print_result(run_finetune(cfg))
+        user = user_defaults()
+        need = [n for n in need if n.lstrip("-") not in user]
+        if need:
+            raise ConfigError(f"finetune needs {', '.join(need)} (e.g. fmeval finetune --lora --model vit-s16 "
+                              "--dataset pneumoniamnist).")
+    run_with_shots("finetune-lora" if lora else "finetune-full", opts)
+
+
+def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
+    """``fmeval finetune --resume DIR``: the run's own config, read from its run.json.
+
+    Options given as well must agree with the run (a difference is named, as
+    resuming with other settings would mix two runs in one result).
+    """
+    from fmeval.config import RunConfig
+    from fmeval.report import print_result
+    from fmeval.runner import execute
+    from fmeval.training.checkpoint import read_run_record
+    from fmeval.validation import validate_config
+
+    folder = Path(opts.get("resume")).expanduser()
+    rec = read_run_record(folder)
+    try:
+        saved = RunConfig.from_dict(rec["config"])
+    except ConfigError as exc:
+        raise ConfigError(f"{folder / 'run.json'}: config: {exc}") from None
+    asked = "finetune-lora" if lora else "finetune-full" if full else saved.mode
+    if lora and full or asked != saved.mode:
+        raise ConfigError(f"--resume {folder}: the run is {saved.mode}; drop --lora/--full or match it.")
+    explicit = {k: v for k, v in opts.explicit().items() if k != "resume"}
+    cfg = saved.with_values({**explicit, "resume": str(folder)})
+    validate_config(cfg)
+    print_result(execute(cfg), console)
 
 
 @app.command()
 def evaluate(
     adapter: Annotated[Path, typer.Option("--adapter", "-a", help="Folder of a fine-tuned run (adapters/<run>).")],
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", envvar="FMEVAL_DATA_ROOT", help="Folder with the npz files, if not where the run found them.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    bootstrap: Annotated[Optional[int], typer.Option("--bootstrap", help="Bootstrap resamples for the CIs (default: the run's).")] = None,
-    reports_dir: Annotated[Optional[Path], typer.Option("--reports-dir", envvar="FMEVAL_REPORTS_DIR", help="Where reports go (default ./reports).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder with the npz files, if not where the run found them [env FMEVAL_DATA_ROOT].")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16 [default: the precision the run "
+                                                     "trained in].")] = None,
+    bootstrap: Annotated[Optional[int], typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the CIs (default: the run's).")] = None,
+    reports_dir: ReportsDir = None,
 ) -> None:
     """Reload a fine-tuned adapter (LoRA or full) and report its val/test metrics.
 
     The base encoder is rebuilt from the run's own config, the saved weights
     are loaded, and predictions are made as at the end of training, so the
-    test metrics equal the run's.
+    test metrics equal the run's (a differing fingerprint is a warning).
     """
-    from fmeval.modes.finetune import evaluate_adapter
+    import os
 
-    result = evaluate_adapter(
-        adapter, data_root=str(data_root) if data_root else None, device=device,
-        n_boot=bootstrap, reports_dir=str(reports_dir) if reports_dir else None,
-    )
-    if not result.extras.get("reproduces_training_scores"):
-        console.print("[yellow]warning:[/] test scores differ from those at the end of training")
-    _print_result(result)
+    from fmeval.modes.finetune import evaluate_adapter
+    from fmeval.report import check_writable, finish, print_result
+    from fmeval.validation import check_folder, check_names
+
+    check_names(device=device, precision=precision)
+    check_folder(data_root, "--data-root")
+    reports = str(reports_dir) if reports_dir else os.environ.get("FMEVAL_REPORTS_DIR") or None
+    check_writable(reports)
+    root = data_root or (Path(os.environ["FMEVAL_DATA_ROOT"]) if os.environ.get("FMEVAL_DATA_ROOT") else None)
+    result = evaluate_adapter(adapter, data_root=str(root) if root else None, device=device,
+                              precision=precision, n_boot=bootstrap, reports_dir=reports)
+    print_result(finish(result, reports), console)

@@ -2,68 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
-
-import typer
-
-from fmeval.cli.app import app, console, parse_list, with_eval_options
+from fmeval.cli.app import app, console, user_defaults
+from fmeval.cli.fewshot import run_with_shots
+from fmeval.cli.options import COMMON, FEWSHOT, KNN, LINPROBE, Given, command
 
 
-def _print_result(result) -> None:
-    from fmeval.report import print_summary
-
-    print_summary(result, console)
-    console.print(f"report: [bold]{result.extras.get('report_dir', '')}[/]")
+# features writes the feature cache only: no report, so no --reports-dir or --bootstrap
+FEATURES = tuple(o for o in COMMON if o.name not in ("reports_dir", "bootstrap"))
 
 
 @app.command()
-@with_eval_options
-def features(common: dict) -> None:
+@command(FEATURES)
+def features(opts: Given) -> None:
     """Extract frozen features of train/val/test into the feature cache (once)."""
-    from fmeval.pipeline import EvalConfig, prepare_frozen
+    from fmeval.pipeline import prepare_frozen
+    from fmeval.runner import make_config
 
-    fz = prepare_frozen(EvalConfig(**common))
+    from fmeval.validation import check_inputs
+
+    cfg = make_config("knn", opts.explicit(), user=user_defaults())
+    check_inputs(cfg)
+    fz = prepare_frozen(cfg)
     for split, feats in fz.features.items():
         state = "cached" if fz.cache_hits[split] else "extracted"
-        console.print(f"{split:>5}: {tuple(feats.shape)} {state}")
-    console.print(f"weights: {fz.adapter.weights_id}   cache: {fz.cache.root}")
+        console.print(f"{split:>5}: {tuple(feats.shape)} {state}", highlight=False)
+    console.print(f"weights: {fz.adapter.weights_id}   input: {fz.transform.describe()}   "
+                  f"precision: {fz.precision}   cache: {fz.cache.root}", markup=False, highlight=False)
 
 
 @app.command()
-@with_eval_options
-def knn(
-    common: dict,
-    k: Annotated[str, typer.Option(help="Comma-separated k values, swept in one pass; the best on val is reported.")] = "1,5,11,20,50",
-    rule: Annotated[str, typer.Option(help="cosine (DINOv2 weighted votes) or euclidean-majority (MedMNIST+, use --k 11).")] = "cosine",
-    temperature: Annotated[float, typer.Option(help="Temperature of the cosine vote weights exp(sim/T).")] = 0.07,
-    select_metric: Annotated[str, typer.Option(help="Validation metric that picks k.")] = "auc",
-) -> None:
-    """kNN classification on frozen features, with metrics, CIs and a report."""
-    from fmeval.modes.knn import KnnConfig, run_knn
+@command(COMMON, KNN, FEWSHOT)
+def knn(opts: Given) -> None:
+    """kNN classification on frozen features; k is chosen on validation.
 
-    cfg = KnnConfig(**common, ks=parse_list(k, "--k"), rule=rule, temperature=temperature,
-                    select_metric=select_metric)
-    _print_result(run_knn(cfg))
+    --shots K[,K...] --draws N: few-shot, one run per K and draw on seeded
+    K-per-class episodes, then a few-shot summary (see --fewshot-selection).
+    """
+    run_with_shots("knn", opts)
 
 
 @app.command()
-@with_eval_options
-def linprobe(
-    common: dict,
-    lr: Annotated[str, typer.Option(help="Learning rates of the grid (comma-separated).")] = "0.001,0.01,0.1",
-    wd: Annotated[str, typer.Option(help="Weight decays of the grid (comma-separated).")] = "0,0.0001,0.001,0.01",
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val loss).")] = 100,
-    patience: Annotated[int, typer.Option(help="Epochs without val improvement before a head stops.")] = 10,
-    probe_batch_size: Annotated[int, typer.Option(help="Minibatch size of probe training.")] = 1024,
-    init: Annotated[str, typer.Option(help="zeros, or zeroshot: start from the prompt bank's zero-shot classifier (vision-language models).")] = "zeros",
-    prompts: Annotated[Optional[str], typer.Option(help="Prompt bank for --init zeroshot (default: the dataset's).")] = None,
-    style: Annotated[Optional[str], typer.Option(help="Prompt style for --init zeroshot.")] = None,
-) -> None:
-    """Linear probe on frozen features: the lr x wd grid trains in parallel, selected on val."""
-    from fmeval.modes.linprobe import LinprobeConfig, run_linprobe
-    from fmeval.probes.linear import ProbeConfig
+@command(COMMON, LINPROBE, FEWSHOT)
+def linprobe(opts: Given) -> None:
+    """Linear probe on frozen features: the lr x wd grid trains in parallel, selected on validation.
 
-    probe = ProbeConfig(lrs=parse_list(lr, "--lr", float), weight_decays=parse_list(wd, "--wd", float),
-                        epochs=epochs, patience=patience, batch_size=probe_batch_size,
-                        seed=common["seed"])
-    _print_result(run_linprobe(LinprobeConfig(**common, probe=probe, init=init, prompts=prompts, style=style)))
+    --shots K[,K...] --draws N: few-shot, one run per K and draw on seeded
+    K-per-class episodes, then a few-shot summary (see --fewshot-selection).
+    """
+    run_with_shots("linprobe", opts)

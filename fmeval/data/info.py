@@ -1,4 +1,11 @@
-"""Dataset metadata, taken from ``medmnist.INFO`` (never re-typed by hand)."""
+"""Dataset metadata, taken from ``medmnist.INFO`` (never re-typed by hand).
+
+MedMNIST has twelve 2D datasets (images [N, H, W] or [N, H, W, 3] at 28, 64,
+128 and 224 px) and six 3D ones (volumes [N, D, H, W] with D = H = W at 28
+and 64 voxels). Both go through the same metadata record; ``ndim`` and
+``sizes`` say which kind a dataset is and where it exists, so every consumer
+asks the record instead of matching on a "3d" suffix.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ from dataclasses import dataclass
 
 from fmeval.errors import DataError
 
-SIZES = (28, 64, 128, 224)
+SIZES = (28, 64, 128, 224)  # every size MedMNIST+ publishes (2D); 3D stops at 64
 SPLITS = ("train", "val", "test")
 
 BINARY = "binary-class"
@@ -26,9 +33,30 @@ def _medmnist_info() -> dict:
     return medmnist.INFO
 
 
+def _is_3d(flag: str) -> bool:
+    # medmnist's own naming (python_class "...MNIST3D"), the only place the suffix is read
+    return flag.endswith("3d")
+
+
 def flags_2d() -> list[str]:
-    """The 12 2D datasets (3D volumes are out of scope for image encoders)."""
-    return [f for f in _medmnist_info() if not f.endswith("3d")]
+    """The 12 2D datasets, in medmnist's order."""
+    return [f for f in _medmnist_info() if not _is_3d(f)]
+
+
+def flags_3d() -> list[str]:
+    """The 6 3D (volume) datasets, in medmnist's order."""
+    return [f for f in _medmnist_info() if _is_3d(f)]
+
+
+def all_flags() -> list[str]:
+    """All 18 datasets: the 2D ones first, then the 3D ones."""
+    return flags_2d() + flags_3d()
+
+
+def _sizes(raw: dict) -> tuple[int, ...]:
+    """Sizes with a published file: 28 (``url``) plus every ``url_{size}`` key."""
+    extra = sorted(int(k[4:]) for k in raw if k.startswith("url_") and k[4:].isdigit())
+    return (28, *extra)
 
 
 @dataclass(frozen=True)
@@ -40,6 +68,18 @@ class DatasetInfo:
     n_samples: dict[str, int]
     license: str
     description: str
+    ndim: int = 2  # 2: images [N, H, W(, 3)]; 3: volumes [N, D, H, W]
+    sizes: tuple[int, ...] = SIZES  # sizes at which an official file exists
+
+    @property
+    def is_volume(self) -> bool:
+        return self.ndim == 3
+
+    def image_shape(self, size: int) -> tuple[int, ...]:
+        """Shape of one sample at ``size``: (S, S), (S, S, 3) or (S, S, S)."""
+        if self.ndim == 3:
+            return (size, size, size)
+        return (size, size) if self.n_channels == 1 else (size, size, 3)
 
     @property
     def n_classes(self) -> int:
@@ -62,10 +102,10 @@ class DatasetInfo:
 
 
 def dataset_info(flag: str) -> DatasetInfo:
-    """Metadata of a 2D MedMNIST dataset; unknown names get a suggestion."""
+    """Metadata of a MedMNIST dataset (2D or 3D); unknown names get a suggestion."""
     from fmeval.registry import Registry
 
-    known = flags_2d()
+    known = all_flags()
     key = flag.lower()
     if key not in known:
         reg: Registry[str] = Registry("dataset", DataError)
@@ -82,4 +122,6 @@ def dataset_info(flag: str) -> DatasetInfo:
         n_samples={k: int(v) for k, v in raw["n_samples"].items()},
         license=raw.get("license", ""),
         description=raw.get("description", ""),
+        ndim=3 if _is_3d(key) else 2,
+        sizes=_sizes(raw),
     )

@@ -5,6 +5,9 @@ The official layout is one file per dataset and size (``{flag}.npz`` for 28 px,
 We read the npz directly instead of through ``medmnist``'s Dataset class,
 whose ``len()`` insists on the official sample counts (breaking subsets and
 test fixtures); every inconsistency becomes a one-line :class:`DataError`.
+2D and 3D datasets share this path: the metadata record says which shape a
+sample has (``DatasetInfo.image_shape``), and a file of the other kind (a 2D
+file saved under a 3D name, a volume of the wrong depth) is named as such.
 """
 
 from __future__ import annotations
@@ -18,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fmeval.adapters.base import file_digest
-from fmeval.data.info import SIZES, SPLITS, DatasetInfo, dataset_info, is_multilabel
+from fmeval.data.info import SPLITS, DatasetInfo, dataset_info, is_multilabel
 from fmeval.errors import DataError
-from fmeval.io import atomic_write_json, file_lock
+from fmeval.io import atomic_write_json, file_digest, file_lock
 
 
 def default_data_root() -> Path:
@@ -39,7 +41,7 @@ def default_data_root() -> Path:
 
 @dataclass
 class Split:
-    images: np.ndarray  # uint8 [N, H, W] or [N, H, W, 3]
+    images: np.ndarray  # uint8 [N, H, W], [N, H, W, 3] or volumes [N, D, H, W]
     labels: np.ndarray  # int64 [N, label_width]
 
     def __len__(self) -> int:
@@ -56,6 +58,7 @@ class MedMNIST:
     md5_policy: str = "warn"  # "warn" | "strict" | "off"
     warnings: list[str] = field(default_factory=list)
     _splits: dict[str, Split] = field(default_factory=dict, repr=False)
+    _labels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def flag(self) -> str:
@@ -90,10 +93,11 @@ class MedMNIST:
 
     @cached_property
     def _npz(self):
+        _check_npz_magic(self.path)
         try:
             return np.load(self.path, allow_pickle=False)
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise DataError(f"{self.path} is not a readable npz file ({exc}).") from None
+            raise DataError(f"{self.path} is not a readable npz file ({_no_pickle(exc)}).") from None
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -112,21 +116,24 @@ class MedMNIST:
         try:
             return npz[key]
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise DataError(f"{self.path}: array {key!r} is corrupt ({exc}).") from None
+            raise DataError(f"{self.path}: array {key!r} is corrupt ({_no_pickle(exc)}).") from None
 
-    def _load_split(self, name: str) -> Split:
-        images = self._read(f"{name}_images")
-        labels = self._read(f"{name}_labels")
+    def labels(self, name: str) -> np.ndarray:
+        """Validated labels of a split without decompressing its images.
+
+        A cached evaluation needs only the labels; the images are read (and
+        validated) only when features must be computed.
+        """
+        if name in self._splits:
+            return self._splits[name].labels
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}.")
+        if name not in self._labels:
+            self._labels[name] = self._check_labels(name, self._read(f"{name}_labels"))
+        return self._labels[name]
+
+    def _check_labels(self, name: str, labels: np.ndarray) -> np.ndarray:
         where = f"{self.path.name} [{name}]"
-        c = self.info.n_channels
-        expect = (self.size, self.size) if c == 1 else (self.size, self.size, 3)
-        if images.dtype != np.uint8:
-            raise DataError(f"{where}: images are {images.dtype}, expected uint8 (0-255).")
-        if images.ndim != len(expect) + 1 or images.shape[1:] != expect:
-            raise DataError(
-                f"{where}: images have shape {images.shape}, expected [N, {', '.join(map(str, expect))}]"
-                f" for {self.flag} at {self.size} px."
-            )
         width = self.info.label_width
         if labels.ndim == 1 and width == 1:
             labels = labels[:, None]
@@ -135,8 +142,11 @@ class MedMNIST:
                 f"{where}: labels have shape {labels.shape}, expected [N, {width}] for a "
                 f"{self.task} task."
             )
-        if len(labels) != len(images):
-            raise DataError(f"{where}: {len(images)} images but {len(labels)} labels.")
+        if len(labels) == 0:
+            raise DataError(
+                f"{where}: the {name} split has no samples; every evaluation needs samples in "
+                "train, val and test."
+            )
         if not np.issubdtype(labels.dtype, np.integer):
             if not np.all(np.mod(labels, 1) == 0):
                 raise DataError(f"{where}: labels are not integers.")
@@ -149,13 +159,30 @@ class MedMNIST:
             )
         official = self.info.n_samples.get(name)
         if official is not None and official != len(labels):
-            self.warnings.append(
-                f"{name} split has {len(labels)} samples, the official {self.flag} has {official}"
+            msg = f"{name} split has {len(labels)} samples, the official {self.flag} has {official}"
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+        return labels
+
+    def _load_split(self, name: str) -> Split:
+        images = self._read(f"{name}_images")
+        labels = self.labels(name)
+        where = f"{self.path.name} [{name}]"
+        expect = self.info.image_shape(self.size)
+        if images.dtype != np.uint8:
+            raise DataError(f"{where}: images are {images.dtype}, expected uint8 (0-255).")
+        if images.ndim != len(expect) + 1 or images.shape[1:] != expect:
+            unit = f"{self.size}^3 voxels" if self.info.is_volume else f"{self.size} px"
+            raise DataError(
+                f"{where}: images have shape {images.shape}, expected [N, {', '.join(map(str, expect))}]"
+                f" for {self.flag} at {unit}{_shape_hint(self.info, self.size, images.shape)}."
             )
+        if len(labels) != len(images):
+            raise DataError(f"{where}: {len(images)} images but {len(labels)} labels.")
         return Split(images=images, labels=labels)
 
     def describe(self) -> dict:
-        counts = {f"n_{s}": len(self.split(s)) for s in SPLITS}
+        counts = {f"n_{s}": len(self.labels(s)) for s in SPLITS}
         return {
             "flag": self.flag,
             "size": self.size,
@@ -166,6 +193,63 @@ class MedMNIST:
             "md5_verified": self.md5_verified,
             **counts,
         }
+
+
+#: The first bytes of a zip archive (an npz is one): a local file header, or an
+#: empty archive's end-of-directory record.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _check_npz_magic(path: Path) -> None:
+    """Refuse anything that is not a zip before numpy guesses what it is.
+
+    ``np.load`` takes any non-zip, non-npy file for a pickle and answers
+    "use allow_pickle=True", which would point users at running code from a
+    data file. fmeval never unpickles data; it says what the file is instead.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror or exc}).") from None
+    if head[:4] in _ZIP_MAGIC:
+        return
+    if head.startswith(b"\x93NUMPY"):
+        what = "a single .npy array"
+    elif not head:
+        what = "empty"
+    elif all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        what = "a text file"
+    else:
+        what = "not a zip archive"
+    raise DataError(
+        f"{path} is not an npz archive ({what}); MedMNIST files are zip archives of "
+        "train/val/test _images/_labels arrays."
+    )
+
+
+def _no_pickle(exc: BaseException) -> str:
+    """numpy's message, minus its advice to enable pickle loading (never do that for data)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "pickle" in text.lower():
+        return "it holds Python objects (pickled data), which fmeval never loads"
+    return text
+
+
+def _shape_hint(info: DatasetInfo, size: int, shape: tuple[int, ...]) -> str:
+    """Why a sample shape is wrong, when the shape says so (else nothing)."""
+    dims = shape[1:]
+    if info.is_volume:
+        if len(dims) == 2 or (len(dims) == 3 and dims[-1] == 3 and dims[0] != 3):
+            return ": this is a 2D image file, not a 3D volume file"
+        if len(dims) == 3 and dims[1:] == (size, size):
+            return f": depth {dims[0]}, expected {size} (volumes are [N, D, H, W] with D = H = W)"
+        if len(dims) == 3 and len(set(dims)) == 1:
+            return f": {dims[0]}^3 volumes, a file of another size"
+        return ""
+    if len(dims) == 3 and dims[-1] != 3:
+        return ": this is a 3D volume file, not a 2D image file"
+    return ""
 
 
 def cached_md5(path: Path) -> str:
@@ -198,9 +282,11 @@ def cached_md5(path: Path) -> str:
 
 def locate(flag: str, size: int, root: str | Path | None, download: bool) -> Path:
     info = dataset_info(flag)
-    if size not in SIZES:
+    if size not in info.sizes:
+        kind = "3D volumes" if info.is_volume else "MedMNIST+"
         raise DataError(
-            f"size {size} is not available; MedMNIST+ sizes are {', '.join(map(str, SIZES))}."
+            f"size {size} is not available for {info.flag}; {kind} sizes are "
+            f"{', '.join(map(str, info.sizes))}."
         )
     root = Path(root).expanduser() if root is not None else default_data_root()
     path = root / DatasetInfo.filename(info.flag, size)

@@ -2,7 +2,10 @@
 
 Images carry a class-dependent signal (a bright square whose position depends
 on the label, plus noise) so that a probe on even random features can beat
-chance: tests can then assert learning, not just shapes.
+chance: tests can then assert learning, not just shapes. 3D datasets get
+volumes [N, S, S, S] holding a bright cube centred in the volume whose side
+grows with the label, so every volume view through the centre (one axial
+slice, the tri-planar planes, all slices) sees a class-dependent square.
 """
 
 from __future__ import annotations
@@ -28,18 +31,34 @@ def synthetic_arrays(
         else:
             labels = rng.integers(0, info.n_classes, size=(count, 1)).astype(np.uint8)
             signal_class = labels[:, 0]
-        imgs = rng.integers(0, 80, size=(count, size, size), dtype=np.int64)
-        cell = max(size // max(info.n_classes, 2), 2)
-        for c in range(info.n_classes):
-            rows = signal_class == c
-            off = (c * cell) % max(size - cell, 1)
-            imgs[rows, off : off + cell, off : off + cell] += 150
+        if info.is_volume:
+            imgs = _volumes(rng, count, size, signal_class, info.n_classes)
+        else:
+            imgs = rng.integers(0, 80, size=(count, size, size), dtype=np.int64)
+            cell = max(size // max(info.n_classes, 2), 2)
+            for c in range(info.n_classes):
+                rows = signal_class == c
+                off = (c * cell) % max(size - cell, 1)
+                imgs[rows, off : off + cell, off : off + cell] += 150
         imgs = np.clip(imgs, 0, 255).astype(np.uint8)
         if info.n_channels == 3:
             imgs = np.repeat(imgs[..., None], 3, axis=-1)
         arrays[f"{split}_images"] = imgs
         arrays[f"{split}_labels"] = labels
     return arrays
+
+
+def _volumes(
+    rng: np.random.Generator, count: int, size: int, label: np.ndarray, n_classes: int
+) -> np.ndarray:
+    """Noise volumes [count, size, size, size] plus a centred cube of side ~ label."""
+    vols = rng.integers(0, 80, size=(count, size, size, size), dtype=np.int64)
+    for c in range(n_classes):
+        side = max(2, size * (c + 1) // (n_classes + 1))
+        lo = (size - side) // 2
+        cube = slice(lo, lo + side)
+        vols[label == c, cube, cube, cube] += 150
+    return vols
 
 
 def write_synthetic(

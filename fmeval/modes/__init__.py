@@ -1,15 +1,9 @@
-"""Evaluation modes. Each registers a runner ``(config) -> RunResult`` in MODES."""
+"""Evaluation modes, each one registered :class:`~fmeval.modes.base.Mode` in MODES.
 
-from fmeval.modes.base import MODES  # noqa: F401
+Importing this package registers every built-in mode; the runner and the
+study planner only ever look modes up by name.
+"""
 
+from fmeval.modes.base import MODES, Mode, register_mode  # noqa: F401
 
-def load_modes() -> None:
-    """Import every mode module so that it registers itself."""
-    import importlib
-
-    for name in ("knn", "linprobe", "zeroshot", "prompt_compare", "finetune"):
-        try:
-            importlib.import_module(f"fmeval.modes.{name}")
-        except ModuleNotFoundError as exc:  # a mode still being written
-            if exc.name != f"fmeval.modes.{name}":
-                raise
+from fmeval.modes import knn, linprobe, zeroshot, prompt_compare, finetune, robustness, score  # noqa: F401,E402

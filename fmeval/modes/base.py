@@ -1,9 +1,16 @@
-"""What every mode shares: the mode registry and turning scores into a report."""
+"""The mode registry and what every mode shares: turning scores into a RunResult.
+
+A mode is one registered :class:`Mode`: a ``run(config) -> RunResult``
+function that writes no files (the reporter does), the config sections it
+reads (they define the run's hash), and whether it works on cached frozen
+features (the study planner groups those so features are extracted once).
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -11,8 +18,52 @@ import torch
 from fmeval.errors import ConfigError
 from fmeval.registry import Registry
 
-ModeRunner = Callable[[Any], Any]
-MODES: Registry[ModeRunner] = Registry("mode", ConfigError)
+if TYPE_CHECKING:
+    from fmeval.config import RunConfig
+    from fmeval.report import RunResult
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    run: Callable[["RunConfig"], "RunResult"]
+    sections: tuple[str, ...]  # RunConfig sections this mode reads (part of the run's hash)
+    frozen: bool  # works on cached frozen features
+    description: str = ""
+    needs_text: bool = False
+
+
+MODES: Registry[Mode] = Registry("mode", ConfigError)
+
+
+@dataclass
+class FittedHead:
+    """A classifier fitted (and selected) on frozen features, ready to score any features.
+
+    The frozen modes build one and score the clean test split with it;
+    ``fmeval robustness`` scores corrupted test features with the very same
+    head, so its clean numbers are exactly the clean run's.
+    """
+
+    score: Callable[[torch.Tensor], torch.Tensor]  # features [N, D] -> class scores [N, C]
+    selection: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
+    val_scores: Any = None  # None: no validation data was used
+    split_scorer: Callable[[str], torch.Tensor] | None = None  # a split's scores when not score(features)
+    warnings: list[str] = field(default_factory=list)  # notes for the report (e.g. a trimmed k sweep)
+
+    def score_split(self, fz, split: str) -> torch.Tensor:
+        """Scores of one of ``fz``'s splits (zero-shot on volumes pools per-slice logits)."""
+        return self.split_scorer(split) if self.split_scorer is not None else self.score(fz.features[split])
+
+
+def register_mode(name: str, *, sections: tuple[str, ...], frozen: bool, description: str,
+                  needs_text: bool = False):
+    def deco(fn):
+        MODES.add(name, Mode(name, fn, sections, frozen, description, needs_text), description)
+        return fn
+
+    return deco
 
 
 def metric_labels(task: str, labels: np.ndarray) -> np.ndarray:
@@ -26,6 +77,10 @@ def target_tensor(task: str, labels: np.ndarray, device: torch.device) -> torch.
     return torch.as_tensor(metric_labels(task, labels), device=device)
 
 
+def scores_np(s: Any) -> np.ndarray:
+    return s.detach().float().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
+
+
 class Timer:
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -35,98 +90,117 @@ class Timer:
         return time.perf_counter() - self.start
 
 
-def finish_run(
+def protocol_record(cfg: "RunConfig") -> dict | None:
+    if not cfg.protocol:
+        return None
+    from fmeval.protocols import load_protocol
+
+    p = load_protocol(cfg.protocol)
+    rec = p.describe(cfg.deviations)
+    if cfg.protocol_variant:
+        rec["variant"] = cfg.protocol_variant
+    return rec
+
+
+def build_result(
+    cfg: "RunConfig",
     *,
-    mode: str,
     model: dict,
     dataset: dict,
     task: str,
     class_names: list[str],
     train_labels: np.ndarray,
     test_labels: np.ndarray,
-    test_scores: torch.Tensor | np.ndarray,
-    config: dict,
-    geometry: str,
-    seed: int,
-    n_boot: int,
+    test_scores: Any,
+    transform: dict,
+    precision: str,
+    selection: dict | None = None,
     val_labels: np.ndarray | None = None,
-    val_scores: torch.Tensor | np.ndarray | None = None,
+    val_scores: Any = None,
     extras: dict | None = None,
     warnings: list[str] | None = None,
     wall_time_s: float = 0.0,
-    reports_dir: str | None = None,
-    write: bool = True,
     run_id: str | None = None,
-):
-    """Score, build the typed result, write JSON/CSV/Markdown/plots.
+    test_indices: np.ndarray | None = None,
+) -> "RunResult":
+    """Score test (with bootstrap CIs) and validation, and assemble the typed result.
 
+    The majority baseline is the class prior of the *training* labels: it is
+    what a model that learned nothing but the training distribution scores.
     ``run_id`` lets a run that already owns an id (a fine-tuning run's adapter
-    folder) report under the same name.
+    folder) report under the same name. Writes nothing.
     """
     from fmeval.metrics import class_prior, compute_metrics
     from fmeval.provenance import collect_provenance
-    from fmeval.report import RunResult, new_run_id, write_report
-
-    def scores_np(s):
-        return s.detach().float().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
+    from fmeval.report import RunResult, new_run_id
 
     n_cls = len(class_names)
     prior = class_prior(task, metric_labels(task, train_labels), n_cls)
+    test_np = scores_np(test_scores)
     test = compute_metrics(
-        task, metric_labels(task, test_labels), scores_np(test_scores),
-        class_names=class_names, n_boot=n_boot, seed=seed, prior=prior,
+        task, metric_labels(task, test_labels), test_np,
+        class_names=class_names, n_boot=cfg.n_boot, seed=cfg.seed, prior=prior,
     )
     val = None
     if val_scores is not None and val_labels is not None:
         val = compute_metrics(
             task, metric_labels(task, val_labels), scores_np(val_scores),
-            class_names=class_names, n_boot=0, seed=seed, prior=prior,
+            class_names=class_names, n_boot=0, seed=cfg.seed, prior=prior,
         )
+    sections = MODES.get(cfg.mode).sections if cfg.mode in MODES else ()
     result = RunResult(
-        run_id=run_id or new_run_id(mode, model["name"], dataset["flag"], dataset["size"]),
-        mode=mode,
+        run_id=run_id or new_run_id(cfg.mode, model["name"], dataset["flag"], dataset["size"]),
+        mode=cfg.mode,
         model=model,
         dataset=dataset,
-        geometry=geometry,
-        seed=seed,
-        config=config,
+        geometry=cfg.geometry,
+        seed=cfg.seed,
+        config=cfg.to_dict(),
+        config_hash=cfg.digest(sections),
+        protocol=protocol_record(cfg),
+        transform=transform,
+        precision=precision,
+        selection=dict(selection or {}),
         test=test,
         val=val,
         extras=extras or {},
         provenance=collect_provenance(),
-        warnings=list(warnings or []) + list(test.warnings),
+        warnings=list(dict.fromkeys(list(warnings or []) + list(test.warnings))),
         wall_time_s=wall_time_s,
     )
-    if write:
-        from pathlib import Path
-
-        result.extras["report_dir"] = str(
-            write_report(result, Path(reports_dir) if reports_dir else None)
-        )
+    result.test_scores = test_np
+    result.test_indices = test_indices
     return result
 
 
-def finish_frozen(fz, *, mode: str, test_scores, val_scores, extras: dict, timer: Timer):
-    """:func:`finish_run` for the frozen-feature modes (they share everything but scores)."""
-    cfg = fz.config
-    train_labels = fz.labels["train"] if "train" in fz.labels else fz.data.split("train").labels
-    return finish_run(
-        mode=mode,
+def frozen_result(fz, *, test_scores, val_scores, extras: dict, selection: dict, timer: Timer,
+                  warnings: list[str] = ()) -> "RunResult":
+    """:func:`build_result` for the frozen-feature modes (they share everything but scores).
+
+    ``val_scores`` None: the run used no validation data (few-shot with fixed
+    hyper-parameters) and reports none. A few-shot run's episode record goes
+    into ``extras["fewshot"]`` and its selection rule into ``selection``.
+    """
+    if fz.fewshot is not None:
+        extras = {**extras, "fewshot": fz.fewshot}
+        selection = {**selection, "fewshot_selection": fz.fewshot["selection"]}
+        warnings = [*warnings, *fz.fewshot_warnings]
+    return build_result(
+        fz.config,
         model=fz.adapter.describe(),
         dataset=fz.dataset_record(),
         task=fz.data.task,
         class_names=list(fz.data.info.labels),
-        train_labels=train_labels,
+        train_labels=fz.prior_labels(),
         test_labels=fz.labels["test"],
         test_scores=test_scores,
-        val_labels=fz.labels["val"],
+        val_labels=fz.labels.get("val"),
         val_scores=val_scores,
-        config=cfg.to_dict(),
-        geometry=cfg.geometry,
-        seed=cfg.seed,
-        n_boot=cfg.n_boot,
+        transform=fz.transform_record(),
+        precision=fz.precision,
+        selection=selection,
         extras={**extras, "cache_hits": fz.cache_hits},
-        warnings=fz.data.warnings,
+        warnings=[*fz.data.warnings, *(fz.cache.events if fz.cache is not None else []), *warnings],
         wall_time_s=timer.seconds,
-        reports_dir=cfg.reports_dir,
+        test_indices=fz.indices.get("test"),
     )

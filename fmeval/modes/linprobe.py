@@ -1,83 +1,101 @@
-"""Linear probing on frozen features (hyper-parameters selected on validation).
+"""Linear probing on frozen features (hyper-parameters and epoch selected on validation).
 
-With ``init="zeroshot"`` every head starts from the zero-shot classifier of a
-prompt bank (text embeddings x logit scale, on L2-normalised image features,
-where that classifier is exactly linear), so the probe refines the zero-shot
-solution instead of starting from zero.
+``linprobe.feature_norm`` is its own recorded choice (``standardize`` with
+training statistics, ``l2``, or ``none``), so comparing a zero-initialised
+probe with one started from the zero-shot classifier (``init=zeroshot``,
+which needs L2-normalised features, where that classifier is exactly linear)
+changes one thing at a time. The unchanged zero-shot head competes with the
+trained heads on validation.
+
+A few-shot run with fixed hyper-parameters (``fewshot.selection=fixed``)
+sees no validation data: it trains one head (the first ``--lr`` and ``--wd``)
+for all ``--epochs`` and keeps the last epoch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
+from fmeval.config import RunConfig
 from fmeval.data import is_multilabel
-from fmeval.errors import ConfigError
-from fmeval.modes.base import MODES, Timer, finish_frozen, target_tensor
-from fmeval.pipeline import EvalConfig, prepare_frozen
-from fmeval.probes.linear import ProbeConfig, train_linear_probe
-
-INITS = ("zeros", "zeroshot")
+from fmeval.modes.base import FittedHead, Timer, frozen_result, register_mode, target_tensor
+from fmeval.modes.fewshot import training_splits
+from fmeval.pipeline import prepare_frozen
+from fmeval.probes.linear import train_linear_probe
 
 
-@dataclass
-class LinprobeConfig(EvalConfig):
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    init: str = "zeros"  # "zeros" | "zeroshot"
-    prompts: str | None = None  # bank for init="zeroshot" (default: the dataset's)
-    style: str | None = None
-
-
-def _zeroshot_init(cfg: LinprobeConfig, fz, bank) -> torch.Tensor:
+def _zeroshot_init(cfg: RunConfig, fz, bank) -> torch.Tensor:
     from fmeval.modes.zeroshot import text_features
     from fmeval.zeroshot import text_classifier_weights
 
-    text = text_features(fz.adapter, bank, cfg.style or bank.default_style, fz.cache, 256, fz.device)
+    z = cfg.zeroshot
+    text = text_features(fz.adapter, bank, z.style or bank.default_style, fz.cache, z.text_batch_size, fz.device)
     return text_classifier_weights(text, ensemble="mean-embedding") * float(fz.adapter.logit_scale)
 
 
-@MODES.register("linprobe", "linear probe on frozen features")
-def run_linprobe(cfg: LinprobeConfig):
-    if cfg.init not in INITS:
-        raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {cfg.init!r}.")
-    timer = Timer()
-    bank = None
-    if cfg.init == "zeroshot":
-        from fmeval.prompts import resolve_bank
+def _bank(cfg: RunConfig):
+    if cfg.linprobe.init != "zeroshot":
+        return None
+    from fmeval.prompts import resolve_bank
 
-        bank = resolve_bank(cfg.prompts, cfg.dataset)  # validated before any model loads
-    fz = prepare_frozen(cfg, require_text=bank is not None)
+    return resolve_bank(cfg.zeroshot.prompts, cfg.dataset)
+
+
+def prepare(cfg: RunConfig):
+    bank = _bank(cfg)  # validated before any model loads
+    return prepare_frozen(cfg, splits=training_splits(cfg), require_text=bank is not None)
+
+
+def fit_head(cfg: RunConfig, fz) -> FittedHead:
+    """Train the lr x wd grid (or the one fixed head) and return the selected head."""
+    bank = _bank(cfg)
     task, info = fz.data.task, fz.data.info
-    feats = dict(fz.features)
-    init_weight = None
-    if bank is not None:
-        init_weight = _zeroshot_init(cfg, fz, bank)
-        feats = {k: F.normalize(v.float(), dim=1) for k, v in feats.items()}
+    l2 = cfg.linprobe.feature_norm == "l2"
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=1) if l2 else x
+
+    feats = {k: norm(v) for k, v in fz.features.items()}
+    has_val = "val" in feats
+    probe_cfg = cfg.probe if has_val else replace(cfg.probe, lrs=cfg.probe.lrs[:1],
+                                                  weight_decays=cfg.probe.weight_decays[:1])
     probe = train_linear_probe(
         feats["train"],
         target_tensor(task, fz.labels["train"], fz.device),
-        feats["val"],
-        target_tensor(task, fz.labels["val"], fz.device),
+        feats.get("val"),
+        target_tensor(task, fz.labels["val"], fz.device) if has_val else None,
         n_outputs=info.n_classes,
         multilabel=is_multilabel(task),
-        config=cfg.probe,
-        init_weight=init_weight,
+        config=probe_cfg,
+        init_weight=_zeroshot_init(cfg, fz, bank) if bank is not None else None,
+        standardize=cfg.linprobe.feature_norm == "standardize",
+        seed=cfg.seed,
         description=f"linear probe {cfg.model} {info.flag}",
+        precision=fz.precision if fz.precision == "bf16" else "fp32",  # the run's resolved precision
     )
-    extras = {
-        "selected": {"lr": probe.lr, "weight_decay": probe.weight_decay,
-                     "best_epoch": probe.best_epoch, "val_loss": probe.val_loss},
-        "epochs_run": probe.epochs_run,
-        "grid": probe.grid,
-        "curves": probe.curves,
-        "init": cfg.init,
-    }
+    extras = {"grid": probe.grid, "curves": probe.curves, "epochs_run": probe.epochs_run}
     if bank is not None:
-        extras["prompt_bank"] = bank.describe(cfg.style or bank.default_style)
+        style = cfg.zeroshot.style or bank.default_style
+        extras["prompt_bank"] = bank.describe(style)
         extras["prompt_bank_hash"] = bank.content_hash
-    return finish_frozen(
-        fz, mode="linprobe", test_scores=probe.predict_proba(feats["test"]),
-        val_scores=probe.predict_proba(feats["val"]), extras=extras, timer=timer,
-    )
+    if has_val:
+        selection = {"lr": probe.lr, "weight_decay": probe.weight_decay, "best_epoch": probe.best_epoch,
+                     "val_loss": probe.val_loss}
+    else:
+        selection = {"lr": probe.lr, "weight_decay": probe.weight_decay, "epoch": probe.best_epoch,
+                     "epoch_rule": "last epoch (fixed, no early stopping)"}
+    return FittedHead(lambda x: probe.predict_proba(norm(x)), selection, extras,
+                      val_scores=probe.predict_proba(feats["val"]) if has_val else None)
+
+
+@register_mode("linprobe", sections=("probe", "linprobe", "zeroshot", "fewshot"), frozen=True,
+               description="linear probe on frozen features (lr x wd grid, selected on validation)")
+def run_linprobe(cfg: RunConfig):
+    timer = Timer()
+    fz = prepare(cfg)
+    head = fit_head(cfg, fz)
+    return frozen_result(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
+                         extras=head.extras, selection=head.selection, timer=timer)

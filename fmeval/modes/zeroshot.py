@@ -1,4 +1,4 @@
-"""Zero-shot classification from prompt banks, and prompt-style comparisons.
+"""Zero-shot classification from prompt banks.
 
 Image features come from the same feature cache as kNN and linear probing;
 text embeddings are cached the same way (keyed by the text tower and the exact
@@ -7,37 +7,32 @@ prompts), so comparing prompt styles re-encodes nothing that was seen before.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from fmeval.adapters.base import Adapter
 from fmeval.cache import FeatureCache
+from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
-from fmeval.modes.base import MODES, Timer, finish_frozen
-from fmeval.pipeline import EvalConfig, prepare_frozen
+from fmeval.modes.base import FittedHead, Timer, frozen_result, register_mode
+from fmeval.pipeline import prepare_frozen
 
 FROZEN_SPLITS = ("val", "test")
 
 
-@dataclass
-class ZeroshotConfig(EvalConfig):
-    prompts: str | None = None  # bank path or shipped bank name; None: the dataset's bank
-    style: str | None = None  # None: the bank's default style
-    ensemble: str = "mean-embedding"
-    text_batch_size: int = 256
-
-
-def load_bank_for(cfg: ZeroshotConfig):
-    """Validate the bank against the dataset before any model is loaded."""
+def load_bank_for(cfg: RunConfig):
+    """Validate the bank (and style) against the dataset before any model is loaded."""
     from fmeval.prompts import resolve_bank
     from fmeval.zeroshot import ENSEMBLES
 
-    ENSEMBLES.get(cfg.ensemble)
-    bank = resolve_bank(cfg.prompts, cfg.dataset)
-    if cfg.style is not None:  # an unknown style fails here, naming the known ones
-        bank.pairs(cfg.style) if bank.multi_label else bank.prompts(cfg.style)
+    ENSEMBLES.get(cfg.zeroshot.ensemble)
+    bank = resolve_bank(cfg.zeroshot.prompts, cfg.dataset)
+    if cfg.zeroshot.style is not None:  # an unknown style fails here, naming the known ones
+        style_prompts(bank, cfg.zeroshot.style)
     return bank
+
+
+def style_prompts(bank, style: str | None):
+    return bank.pairs(style) if bank.multi_label else bank.prompts(style)
 
 
 def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache,
@@ -55,7 +50,7 @@ def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache
             "(clip-vit-b32, clip-vit-b16, biomedclip, medclip)."
         )
     per_class = bool(getattr(adapter, "per_class_text", False))
-    groups = bank.pairs(style) if bank.multi_label else bank.prompts(style)
+    groups = style_prompts(bank, style)
     flat = [list(g) for pair in groups for g in pair] if bank.multi_label else [list(g) for g in groups]
     key = {
         "adapter": adapter.name,
@@ -70,7 +65,8 @@ def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache
             feats = encode_prompts(adapter.encode_text, flat, batch_size, per_class=per_class)
         return torch.cat(feats).float()
 
-    stacked, _ = cache.get_or_compute("text", key, compute, device=device)
+    stacked, _ = cache.get_or_compute("text", key, compute, device=device,
+                                      expect_rows=sum(len(g) for g in flat))
     parts = list(torch.split(stacked, [len(g) for g in flat]))
     if bank.multi_label:
         return [(parts[2 * i], parts[2 * i + 1]) for i in range(len(groups))]
@@ -83,24 +79,47 @@ def zeroshot_scores(adapter: Adapter, image_feats: torch.Tensor, text_feats, ens
     return zeroshot_probs(image_feats, text_feats, logit_scale=adapter.logit_scale, ensemble=ensemble)
 
 
-@MODES.register("zeroshot", "zero-shot classification with a prompt bank")
-def run_zeroshot(cfg: ZeroshotConfig):
-    timer = Timer()
+def split_scores(fz, split: str, text_feats, ensemble: str) -> torch.Tensor:
+    """Zero-shot scores of a split; volumes seen through a 2D encoder pool the
+    per-slice logits of each volume (the view's pooling) before the softmax."""
+    from fmeval.zeroshot import zeroshot_probs
+
+    if fz.view is None:
+        return zeroshot_scores(fz.adapter, fz.features[split], text_feats, ensemble)
+    pool = lambda z: fz.view.pool_scores(z, fz.n_slices, kind="logits")  # noqa: E731
+    return zeroshot_probs(fz.slice_features[split], text_feats, logit_scale=fz.adapter.logit_scale,
+                          ensemble=ensemble, pool_logits=pool)
+
+
+def bank_extras(bank, style: str, adapter: Adapter, ensemble: str) -> dict:
+    return {"prompt_bank": bank.describe(style), "prompt_bank_hash": bank.content_hash, "style": style,
+            "ensemble": ensemble, "logit_scale": float(adapter.logit_scale)}
+
+
+def prepare(cfg: RunConfig):
+    load_bank_for(cfg)  # a bad bank or style fails before any model loads
+    return prepare_frozen(cfg, splits=FROZEN_SPLITS, require_text=True)
+
+
+def fit_head(cfg: RunConfig, fz) -> FittedHead:
+    """The prompt bank's classifier: nothing is fitted or selected (the style is the config's)."""
     bank = load_bank_for(cfg)
-    fz = prepare_frozen(cfg, splits=FROZEN_SPLITS, require_text=True)
-    style = cfg.style or bank.default_style
-    text = text_features(fz.adapter, bank, style, fz.cache, cfg.text_batch_size, fz.device)
-    return finish_frozen(
-        fz,
-        mode="zeroshot",
-        test_scores=zeroshot_scores(fz.adapter, fz.features["test"], text, cfg.ensemble),
-        val_scores=zeroshot_scores(fz.adapter, fz.features["val"], text, cfg.ensemble),
-        extras={
-            "prompt_bank": bank.describe(style),
-            "prompt_bank_hash": bank.content_hash,
-            "style": style,
-            "ensemble": cfg.ensemble,
-            "logit_scale": float(fz.adapter.logit_scale),
-        },
-        timer=timer,
+    z = cfg.zeroshot
+    style = z.style or bank.default_style
+    text = text_features(fz.adapter, bank, style, fz.cache, z.text_batch_size, fz.device)
+    return FittedHead(
+        lambda x: zeroshot_scores(fz.adapter, x, text, z.ensemble), {},
+        bank_extras(bank, style, fz.adapter, z.ensemble),
+        val_scores=split_scores(fz, "val", text, z.ensemble),
+        split_scorer=lambda split: split_scores(fz, split, text, z.ensemble),
     )
+
+
+@register_mode("zeroshot", sections=("zeroshot",), frozen=True, needs_text=True,
+               description="zero-shot classification with a prompt bank")
+def run_zeroshot(cfg: RunConfig):
+    timer = Timer()
+    fz = prepare(cfg)
+    head = fit_head(cfg, fz)
+    return frozen_result(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
+                         extras=head.extras, selection=head.selection, timer=timer)

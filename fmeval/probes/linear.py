@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fmeval.errors import ConfigError, FmevalError
+from fmeval.validation import check_choice
 from fmeval.progress import progress_bar
 
 _EXP_FLOOR = 80.0  # exp(-80) ~ 1.8e-35: the smallest probability kept (floats stay normal)
@@ -32,9 +33,29 @@ class ProbeConfig:
     epochs: int = 100
     batch_size: int = 1024
     patience: int = 10
-    seed: int = 0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    schedule: str = "constant"  # "constant" | "cosine-epoch" (timm's per-epoch cosine, MedMNIST+)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "--lr values must be > 0": all(v > 0 for v in self.lrs) and len(self.lrs) > 0,
+            "--wd values must be >= 0": all(v >= 0 for v in self.weight_decays) and len(self.weight_decays) > 0,
+            "--epochs must be >= 1": self.epochs >= 1,
+            "--probe-batch-size must be >= 1": self.batch_size >= 1,
+            "--patience must be >= 1": self.patience >= 1,
+        }
+        for msg, ok in checks.items():
+            if not ok:
+                raise ConfigError(msg + ".")
+        check_choice(self.schedule, ("constant", "cosine-epoch"), "--probe-schedule", "probe schedule")
+
+    def lr_factor(self, epoch: int) -> float:
+        if self.schedule == "cosine-epoch":
+            from fmeval.training.optim import cosine_epoch_factor
+
+            return cosine_epoch_factor(epoch, self.epochs)
+        return 1.0
 
     def grid(self) -> list[tuple[float, float]]:
         return [(lr, wd) for lr in self.lrs for wd in self.weight_decays]
@@ -189,26 +210,48 @@ def _init_heads(d: int, g: int, c: int, mu, sd, init_weight, dev) -> torch.Tenso
     return wa
 
 
-def _check_inputs(x_train, x_val, precision: str) -> None:
+def _check_inputs(x_train, x_val, precision: str, config: ProbeConfig) -> None:
     if precision not in PROBE_PRECISIONS:
         raise ConfigError(f"linear-probe precision must be one of {PROBE_PRECISIONS}, got {precision!r}.")
-    if x_train.shape[0] == 0 or x_val.shape[0] == 0:
+    has_val = x_val is not None
+    if x_train.shape[0] == 0 or (has_val and x_val.shape[0] == 0):
         raise ConfigError("the linear probe needs non-empty train and validation splits.")
+    if not has_val and len(config.grid()) != 1:
+        raise ConfigError("without validation data the linear probe trains one head: give one --lr and one --wd.")
     for name, t in (("train", x_train), ("val", x_val)):
-        if not _all_finite(t):
+        if t is not None and not _all_finite(t):
             raise FmevalError(f"{name} features contain NaN/Inf; cannot train a probe.")
+
+
+def _standardiser(xt: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the *training* features (or 0 and 1 without standardising)."""
+    if standardize:
+        mu, sd = _mean_std(xt)
+        return mu, sd.clamp_min(1e-6)
+    return torch.zeros(xt.shape[1], device=xt.device), torch.ones(xt.shape[1], device=xt.device)
+
+
+def _val_loss(wa: torch.Tensor, xva: torch.Tensor, y_val, multilabel: bool) -> torch.Tensor:
+    """Validation loss per head of weights | bias ``[D+1, g, C]`` (float32)."""
+    d1, gh, c = wa.shape
+    wv = wa.view(d1, gh * c)
+    vl, _ = _loss_and_grad(torch.addmm(wv[d1 - 1], xva, wv[: d1 - 1]).view(-1, gh, c), y_val,
+                           multilabel, grad=False)
+    return vl
 
 
 def train_linear_probe(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
+    x_val: torch.Tensor | None,
+    y_val: torch.Tensor | None,
     *,
     n_outputs: int,
     multilabel: bool,
     config: ProbeConfig = ProbeConfig(),
     init_weight: torch.Tensor | None = None,
+    standardize: bool = True,
+    seed: int = 0,
     description: str = "linear probe",
     precision: str = "fp32",
 ) -> LinearProbe:
@@ -216,9 +259,15 @@ def train_linear_probe(
 
     ``y`` is int64 [N] (class index) or float/int [N, L] (multi-label).
     ``init_weight`` [C, D] (e.g. zero-shot text embeddings) starts every head
-    from that classifier instead of zeros. ``precision="bf16"`` runs the two
-    GEMMs of a step in bf16 (fast where bf16 is native: AMX CPUs, GPUs) with
-    float32 master weights, loss, AdamW and validation; ``"fp32"`` everywhere else.
+    from that classifier instead of zeros, and that unchanged classifier is a
+    selection candidate itself (best epoch 0). Without validation data
+    (``x_val`` None: a few-shot run with fixed hyper-parameters) the grid
+    must be one head, which trains for all epochs and keeps the last. ``standardize``: train on
+    features standardised with *training* statistics (folded back into the
+    exported head); MedMNIST+'s probe trains on raw features. ``seed`` sets the
+    minibatch order. ``precision="bf16"`` runs the two GEMMs of a step in bf16
+    (fast where bf16 is native: AMX CPUs, GPUs) with float32 master weights,
+    loss, AdamW and validation; ``"fp32"`` everywhere else.
 
     Performance notes: the G heads are one ``[D, G*C]`` matrix, so a step is
     two GEMMs (logits; weight gradient) around a closed-form loss gradient (no
@@ -228,17 +277,20 @@ def train_linear_probe(
     dropped from the GEMMs: their weights were frozen anyway, so the result is
     unchanged (their curve entries repeat their last values).
     """
-    _check_inputs(x_train, x_val, precision)
+    _check_inputs(x_train, x_val, precision, config)
     dev = x_train.device
-    y_train, y_val = y_train.to(dev), y_val.to(dev)
+    has_val = x_val is not None
+    y_train = y_train.to(dev)
     if not multilabel:
-        y_train, y_val = y_train.long().view(-1), y_val.long().view(-1)
+        y_train = y_train.long().view(-1)
+    if has_val:
+        y_val = y_val.to(dev)
+        y_val = y_val if multilabel else y_val.long().view(-1)
 
     xt = x_train.float()  # no copy for float32 input
-    mu, sd = _mean_std(xt)
-    sd = sd.clamp_min(1e-6)
+    mu, sd = _standardiser(xt, standardize)  # statistics of the *training* split only
     inv_sd, shift = 1.0 / sd, -mu / sd  # standardise: x * inv_sd + shift
-    xva = torch.addcmul(shift, x_val.float().to(dev), inv_sd)  # standardised val
+    xva = torch.addcmul(shift, x_val.float().to(dev), inv_sd) if has_val else None  # standardised val
 
     grid = config.grid()
     g, d, c = len(grid), xt.shape[1], n_outputs
@@ -252,8 +304,14 @@ def train_linear_probe(
     active = torch.ones(g, dtype=torch.bool, device=dev)
     last_train = torch.full((g,), math.nan, device=dev)
     last_val = torch.full((g,), math.nan, device=dev)
+    if init_weight is not None and has_val:
+        # The unchanged starting classifier (e.g. zero-shot) is a candidate too:
+        # it is kept when no trained epoch of a head beats it on validation.
+        with torch.no_grad():
+            best_loss.copy_(_val_loss(h.wa, xva, y_val, multilabel))
+        best_epoch.fill_(-1)
 
-    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)  # the run's seed: minibatch order
     n = xt.shape[0]
     bs = min(config.batch_size, n)
     mb = _Minibatch(bs, d, dev, precision)
@@ -264,7 +322,7 @@ def train_linear_probe(
         for epoch in range(config.epochs):
             perm = torch.randperm(n, generator=gen).to(dev)
             gh = len(h.idx)
-            lr = lr_all[h.idx].view(1, gh, 1)
+            lr = lr_all[h.idx].view(1, gh, 1) * config.lr_factor(epoch)
             decay = torch.ones(d + 1, gh, 1, device=dev)  # decoupled weight decay, not on the bias
             decay[:d] -= lr * wd_all[h.idx].view(1, gh, 1)
             total = torch.zeros(gh, device=dev)
@@ -275,11 +333,18 @@ def train_linear_probe(
                 total += losses * len(idx)
                 _adamw_step(h, ga, lr, decay, step, config)
             with torch.no_grad():
-                wv = h.wa.view(d + 1, gh * c)
-                vl, _ = _loss_and_grad(torch.addmm(wv[d], xva, wv[:d]).view(-1, gh, c), y_val,
-                                       multilabel, grad=False)
-                last_val[h.idx] = vl
                 last_train[h.idx] = total / n
+                if not has_val:  # keep the last epoch: "best" is simply the latest (ranked by nothing)
+                    best_loss[h.idx] = total / n
+                    best_epoch[h.idx] = epoch
+                    best_wa[:, h.idx] = h.wa
+                    curves["train_loss"].append(last_train.tolist())
+                    curves["val_loss"].append(last_val.tolist())
+                    epochs_run = epoch + 1
+                    tick(1, info=f"train loss {float(total.min() / n):.4f}")
+                    continue
+                vl = _val_loss(h.wa, xva, y_val, multilabel)
+                last_val[h.idx] = vl
                 better = vl < best_loss[h.idx]
                 if better.any():
                     hb = h.idx[better]
@@ -296,11 +361,13 @@ def train_linear_probe(
             tick(1, info=f"val loss {best_loss.min().item():.4f}")
             if not active.any():
                 break
-    return _selected(best_wa, best_loss, best_epoch, grid, mu, sd, d, multilabel, epochs_run, curves)
+    return _selected(best_wa, best_loss, best_epoch, grid, mu, sd, d, multilabel, epochs_run, curves, has_val)
 
 
-def _selected(best_wa, best_loss, best_epoch, grid, mu, sd, d, multilabel, epochs_run, curves) -> LinearProbe:
-    """The head with the lowest validation loss, folded back into raw feature space."""
+def _selected(best_wa, best_loss, best_epoch, grid, mu, sd, d, multilabel, epochs_run, curves,
+              has_val: bool) -> LinearProbe:
+    """The head with the lowest validation loss (or the one head trained without validation
+    data), folded back into raw feature space."""
     if not torch.isfinite(best_loss).any():
         raise FmevalError("every linear-probe configuration diverged (NaN validation loss).")
     k = int(torch.argmin(best_loss))
@@ -308,7 +375,8 @@ def _selected(best_wa, best_loss, best_epoch, grid, mu, sd, d, multilabel, epoch
     weight = w_std / sd[:, None]
     bias = b_std - mu @ weight
     table = [
-        {"lr": lr_, "weight_decay": wd_, "val_loss": float(best_loss[i]), "best_epoch": int(best_epoch[i])}
+        {"lr": lr_, "weight_decay": wd_, "val_loss": float(best_loss[i]) if has_val else math.nan,
+         "best_epoch": int(best_epoch[i]) + 1}
         for i, (lr_, wd_) in enumerate(grid)
     ]
     return LinearProbe(
@@ -317,8 +385,8 @@ def _selected(best_wa, best_loss, best_epoch, grid, mu, sd, d, multilabel, epoch
         multilabel=multilabel,
         lr=grid[k][0],
         weight_decay=grid[k][1],
-        best_epoch=int(best_epoch[k]),
-        val_loss=float(best_loss[k]),
+        best_epoch=int(best_epoch[k]) + 1,  # 1-based; 0 = the unchanged initial head
+        val_loss=float(best_loss[k]) if has_val else math.nan,
         epochs_run=epochs_run,
         grid=table,
         curves={

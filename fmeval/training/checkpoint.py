@@ -15,11 +15,11 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from fmeval.errors import ConfigError
+from fmeval.errors import ConfigError, ModelError
 from fmeval.io import atomic_path, atomic_write_json
 
 RUN_FILE = "run.json"
@@ -28,7 +28,7 @@ RUN_FORMAT = "fmeval-finetune/1"
 
 # Options that may differ on resume: where things are, not what is computed.
 RESUME_FREE = frozenset({
-    "resume", "device", "reports_dir", "data_root", "download", "md5", "use_cache", "n_boot",
+    "resume", "adapter_dir", "device", "reports_dir", "data_root", "download", "md5", "use_cache", "n_boot",
 })
 
 
@@ -58,18 +58,70 @@ def read_run_record(folder: str | Path) -> dict:
         raise ConfigError(f"{folder} has no {RUN_FILE}; it is not a fine-tuning run folder.")
     try:
         rec = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}).") from None
+    except (OSError, ValueError) as exc:  # incl. UnicodeDecodeError
+        raise ConfigError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}).") from None
+    if not isinstance(rec, dict):
+        raise ConfigError(f"{path} is not a run record (expected a JSON object).")
     if rec.get("format") != RUN_FORMAT:
-        raise ConfigError(f"{path} has format {rec.get('format')!r}, expected {RUN_FORMAT!r}.")
+        raise ConfigError(
+            f"{path} has format {rec.get('format')!r}; this fmeval reads {RUN_FORMAT!r} "
+            "(written by another fmeval version?)."
+        )
+    if not isinstance(rec.get("config"), dict):
+        raise ConfigError(f"{path} has no config object; the run record is damaged.")
     return rec
 
 
+T = TypeVar("T")
+
+
+def dataclass_from_record(cls: type[T], values: Any, where: str) -> T:
+    """``cls(**values)`` for a section of a saved record, or one ConfigError line.
+
+    An option this fmeval does not know means the record was written by a
+    newer version: say so instead of failing inside a constructor.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be an object, not {type(values).__name__}.")
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where} has option(s) this fmeval does not know ({', '.join(unknown)}): "
+            "it was probably written by a newer fmeval; upgrade to use it."
+        )
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required option missing
+        raise ConfigError(f"{where} is incomplete ({exc}).") from None
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a saved ``.safetensors`` file; a damaged file is one ModelError line."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError (truncated, bad header), OSError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelError(
+            f"{path} is damaged or not a safetensors file ({first}); restore it or re-run "
+            "the fine-tuning."
+        ) from None
+
+
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two config dicts (nested), ignoring RESUME_FREE."""
+    """Human-readable differences between two config dicts (nested), ignoring RESUME_FREE.
+
+    An option the saved run does not have at all was added to fmeval after the
+    run started; it matches when it is off now (False/None, how new options
+    default), so upgrading fmeval does not make interrupted runs unresumable.
+    """
     out: list[str] = []
     for key in sorted(set(saved) | set(current)):
         if key in RESUME_FREE:
+            continue
+        if key not in saved and current.get(key) in (None, False):
             continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -127,9 +179,12 @@ def load_train_state(folder: Path) -> TrainState | None:
         return None
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"cannot read training state {path}: {exc}") from None
-    return TrainState(**raw)
+    except Exception as exc:  # truncated, not a torch file, foreign pickle
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ConfigError(
+            f"cannot read training state {path} ({first}); the run cannot be resumed from it."
+        ) from None
+    return dataclass_from_record(TrainState, raw, str(path))
 
 
 def rng_state() -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Batches are built straight from the uint8 arrays: a seeded permutation per
 epoch (a function of seed and epoch only, so a resumed run draws the same
-order), ``prepare_batch`` on the target device, bf16 autocast and
-channels-last on GPU. No DataLoader: at MedMNIST sizes the per-image PIL
+order), the run's transform on the target device, and the run's precision
+(bf16 autocast where the policy chose it). No DataLoader: at MedMNIST sizes the per-image PIL
 pipeline is the bottleneck, not the model. After every epoch the loop scores
 the validation split, keeps the best weights by ``select_metric``, applies
 early stopping on validation loss and checkpoints the full training state.
@@ -21,11 +21,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fmeval.adapters.base import Preprocess
-from fmeval.data.transforms import prepare_batch
+from fmeval.data.augment import AugmentPolicy, augment_batch
 from fmeval.device import autocast
-from fmeval.features import batched_inference
 from fmeval.errors import ConfigError, FmevalError
+from fmeval.validation import check_choice
+from fmeval.features import Transform, batched_inference
 from fmeval.progress import progress_bar
 from fmeval.training.checkpoint import (
     TrainState,
@@ -36,31 +36,38 @@ from fmeval.training.checkpoint import (
 )
 from fmeval.training.losses import task_rule
 from fmeval.training.methods import Classifier, Method
-from fmeval.training.optim import build_optimizer, build_scheduler, param_groups
+from fmeval.training.optim import ScheduleSpec, build_optimizer, build_scheduler, param_groups
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Training hyper-parameters. Defaults follow the MedMNIST+ protocol
     (Doerrich et al. 2025): AdamW, lr 1e-4, batch 64, cosine schedule, up to
-    100 epochs with early stopping on validation loss (patience 5)."""
+    100 epochs with early stopping on validation loss (patience 5). Named
+    protocols (``fmeval protocols show``) set every field explicitly."""
 
     epochs: int = 100
     lr: float = 1e-4
-    weight_decay: float = 0.01  # torch's AdamW default; matrices only
+    optimizer: str = "adamw"  # a key of training.optim.OPTIMIZERS
+    weight_decay: float = 0.01  # torch's AdamW default
+    decay_scope: str = "matrices"  # "matrices" (timm/ViT recipes) | "all" (a plain optimizer over model.parameters())
     batch_size: int = 64
-    accum_steps: int = 1
+    accum_steps: int = 1  # minibatches per optimiser step: effective batch = batch_size * accum_steps
+    schedule: str = "cosine"  # a key of training.optim.SCHEDULES
     warmup_epochs: float = 1.0
+    milestones: tuple[int, ...] = ()  # multistep: epochs at which the LR is multiplied by gamma
+    gamma: float = 0.1
     patience: int = 5  # epochs without val-loss improvement; 0 disables early stopping
-    select_metric: str = "auc"
+    select_metric: str = "auc"  # a metric name, or "loss" (the training loss on val)
     pos_weight: float | None = None
     class_weights: str | None = None  # None | "balanced"
+    sampler: str = "shuffle"  # "shuffle" | "balanced" (class-balanced sampling)
     augment: bool = False
     layer_decay: float | None = None
     max_steps_per_epoch: int | None = None  # cap on minibatches per epoch (quick looks)
 
     def validate(self) -> None:
-        from fmeval.metrics import METRICS
+        from fmeval.training.optim import OPTIMIZERS, SCHEDULES
 
         checks = {
             "--epochs must be >= 1": self.epochs >= 1,
@@ -70,6 +77,8 @@ class TrainConfig:
             "--accum-steps must be >= 1": self.accum_steps >= 1,
             "--warmup-epochs must be >= 0": self.warmup_epochs >= 0,
             "--patience must be >= 0": self.patience >= 0,
+            "--gamma must be in (0, 1]": 0 < self.gamma <= 1,
+            "--milestones must be positive epochs": all(m >= 1 for m in self.milestones),
             "--max-steps-per-epoch must be >= 1":
                 self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
             "--pos-weight must be > 0": self.pos_weight is None or self.pos_weight > 0,
@@ -77,21 +86,49 @@ class TrainConfig:
         for msg, ok in checks.items():
             if not ok:
                 raise ConfigError(msg + ".")
-        METRICS.entry(self.select_metric)  # unknown names get suggestions
+        check_choice(self.sampler, ("shuffle", "balanced"), "--sampler", "sampler")
+        check_choice(self.decay_scope, ("matrices", "all"), "--decay-scope", "weight-decay scope")
+        for flag, check in (("--optimizer", lambda: OPTIMIZERS.entry(self.optimizer)),
+                            ("--schedule", lambda: SCHEDULES.entry(self.schedule)),
+                            ("--select-metric", self._check_metric),
+                            ("--class-weights", self._check_weighting)):
+            try:
+                check()  # unknown names get suggestions
+            except FmevalError as exc:
+                raise ConfigError(f"{flag}: {exc}") from None
+
+    def _check_metric(self) -> None:
+        if self.select_metric != "loss":
+            from fmeval.metrics import METRICS
+
+            METRICS.entry(self.select_metric)
+
+    def _check_weighting(self) -> None:
         if self.class_weights is not None:
             from fmeval.training.losses import WEIGHTINGS
 
             WEIGHTINGS.entry(self.class_weights)
 
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.accum_steps
+
 
 @dataclass
 class TrainData:
+    """``val_images`` None: no validation data (few-shot with fixed hyper-parameters):
+    every epoch runs and the last one is kept."""
+
     train_images: np.ndarray
     train_labels: np.ndarray
-    val_images: np.ndarray
-    val_labels: np.ndarray
+    val_images: np.ndarray | None
+    val_labels: np.ndarray | None
     task: str
     n_outputs: int
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_images is not None
 
 
 @dataclass
@@ -110,40 +147,53 @@ class FitResult:
 EpochHook = Callable[[int, TrainState], None]
 
 
+@dataclass
+class RunSetup:
+    """How a run executes (not what it learns): device, precision, transform."""
+
+    transform: Transform
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+    eval_batch_size: int = 256
+    augment: AugmentPolicy | None = None
+
+
 def _batches(n: int, batch_size: int, cap: int | None) -> int:
     nb = math.ceil(n / batch_size)
     return min(nb, cap) if cap else nb
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """Shuffled sample order of one epoch; a pure function so resuming needs no RNG state."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_order(seed: int, epoch: int, n: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Sample order of one epoch; a pure function so resuming needs no RNG state.
+
+    ``weights`` (per-sample, class-balanced sampling) draws ``n`` indices with
+    replacement in proportion to them instead of a permutation.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if weights is None:
+        return rng.permutation(n)
+    return rng.choice(n, size=n, replace=True, p=weights / weights.sum())
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Light augmentation: random horizontal flip and a shift of up to ``max_shift`` px."""
-    n = x.shape[0]
-    flip = torch.rand(n, generator=gen, device="cpu") < 0.5
-    x = torch.where(flip.to(x.device).view(n, 1, 1, 1), x.flip(-1), x)
-    if max_shift > 0:
-        dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=gen))
-        x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
-    return x
+def balanced_sample_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-sample weights 1 / count(class) so every class is drawn equally often."""
+    y = labels[:, 0]
+    counts = np.bincount(y)
+    return 1.0 / counts[y]
 
 
-def _logits(model: Classifier, images: np.ndarray, pre: Preprocess, geometry: str,
-            device: torch.device, batch_size: int) -> torch.Tensor:
+def _logits(model: Classifier, images: np.ndarray, setup: RunSetup) -> torch.Tensor:
     """Logits of ``images`` in eval mode, float32 on CPU."""
     model.eval()
-    return batched_inference(model, images, preprocess=pre, geometry=geometry,
-                             batch_size=batch_size, device=device, description="predict",
-                             name="classifier")
+    return batched_inference(model, images, transform=setup.transform, batch_size=setup.eval_batch_size,
+                             device=setup.device, precision=setup.precision,
+                             description="predict", name="classifier")
 
 
-def predict(model: Classifier, images: np.ndarray, *, task: str, preprocess: Preprocess,
-            geometry: str, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def predict(model: Classifier, images: np.ndarray, *, task: str, setup: RunSetup) -> torch.Tensor:
     """Class scores (softmax, or sigmoid for multi-label) [N, C] on CPU."""
-    return task_rule(task).scores(_logits(model, images, preprocess, geometry, device, batch_size))
+    return task_rule(task).scores(_logits(model, images, setup))
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
@@ -155,17 +205,137 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return out
 
 
+class _Trainer:
+    """One fit: optimiser, schedule, loss and the per-epoch steps.
+
+    Split out of :func:`fit` so each piece (a training epoch, a validation
+    pass, the selection/stopping rule) reads on its own.
+    """
+
+    def __init__(self, model: Classifier, data: TrainData, cfg: TrainConfig, method: Method,
+                 setup: RunSetup, seed: int) -> None:
+        from fmeval.metrics import METRICS, higher_is_better
+
+        self.model, self.data, self.cfg, self.method, self.setup, self.seed = (
+            model, data, cfg, method, setup, seed)
+        self.rule = task_rule(data.task)
+        n = len(data.train_labels)
+        self.n = n
+        self.n_batches = _batches(n, cfg.batch_size, cfg.max_steps_per_epoch)
+        if n % cfg.batch_size == 1 and self.n_batches == math.ceil(n / cfg.batch_size):
+            self.n_batches -= 1  # a last batch of one breaks BatchNorm in training mode
+        if self.n_batches < 1:
+            raise ConfigError(f"the training split has {n} samples; need at least 2.")
+        opt_steps = math.ceil(self.n_batches / cfg.accum_steps)
+        groups = param_groups(model.backbone, model.head, weight_decay=cfg.weight_decay,
+                              layer_decay=cfg.layer_decay, decay_scope=cfg.decay_scope)
+        self.optimizer = build_optimizer(groups, cfg.lr, cfg.optimizer)
+        spec = ScheduleSpec(warmup_steps=round(cfg.warmup_epochs * opt_steps), steps_per_epoch=opt_steps,
+                            epochs=cfg.epochs, milestones=tuple(cfg.milestones), gamma=cfg.gamma)
+        self.scheduler = build_scheduler(self.optimizer, spec, cfg.schedule)
+        self.loss_fn = self.rule.loss_fn(data.train_labels, data.n_outputs, class_weights=cfg.class_weights,
+                                         pos_weight=cfg.pos_weight, device=setup.device)
+        self.sample_weights = (balanced_sample_weights(data.train_labels)
+                               if cfg.sampler == "balanced" and not self.rule.multilabel else None)
+        if data.has_val:
+            self.val_targets = self.rule.targets(data.val_labels)
+            self.y_val = data.val_labels if self.rule.multilabel else data.val_labels[:, 0]
+        self.by_loss = cfg.select_metric == "loss"
+        self.metric_fn = None if self.by_loss else METRICS.get(cfg.select_metric)
+        self.better_high = False if self.by_loss else higher_is_better(cfg.select_metric)
+        self.keys = method.state_keys(model)
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        sd = self.model.state_dict()
+        return {k: sd[k].detach().cpu().clone() for k in self.keys}
+
+    def fresh_state(self) -> TrainState:
+        torch.manual_seed(self.seed)  # dropout / LoRA dropout stream
+        return TrainState(
+            epoch=-1, model={}, optimizer={}, scheduler={}, rng={}, best_state=self.snapshot(),
+            best_epoch=0, best_metric=-math.inf if self.better_high else math.inf,
+            best_val_loss=math.inf, bad_epochs=0, done=False,
+            curves={"epoch": [], "train_loss": [], "val_loss": [], f"val_{self.cfg.select_metric}": [],
+                    "lr": []},
+        )
+
+    def train_epoch(self, epoch: int, tick) -> float:
+        cfg, setup, data = self.cfg, self.setup, self.data
+        bs = cfg.batch_size
+        order = epoch_order(self.seed, epoch, self.n, self.sample_weights)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.method.set_train_mode(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        run_loss, seen = 0.0, 0
+        for b in range(self.n_batches):
+            idx = order[b * bs:(b + 1) * bs]
+            x = setup.transform.prepare(data.train_images[idx], setup.device, train=True, generator=gen)
+            if setup.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if cfg.augment and setup.augment is not None:
+                x = augment_batch(x, setup.augment, gen)
+            y = self.rule.targets(data.train_labels[idx]).to(setup.device, non_blocking=True)
+            with autocast(setup.device, setup.precision):
+                logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+            if not torch.isfinite(loss):
+                raise FmevalError(
+                    f"training loss became {loss.item()} at epoch {epoch + 1}, step {b + 1}; "
+                    "lower --lr or check the data."
+                )
+            (loss / cfg.accum_steps).backward()
+            if (b + 1) % cfg.accum_steps == 0 or b + 1 == self.n_batches:
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            run_loss += loss.item() * len(idx)
+            seen += len(idx)
+            tick(1, info=f"ep {epoch + 1} loss {run_loss / seen:.4f}")
+        return run_loss / max(seen, 1)
+
+    def validate(self) -> tuple[float, float]:
+        """(validation loss, validation selection metric); NaN without validation data."""
+        if not self.data.has_val:
+            return math.nan, math.nan
+        val_logits = _logits(self.model, self.data.val_images, self.setup)
+        val_loss = float(self.loss_fn(val_logits.to(self.setup.device), self.val_targets.to(self.setup.device)))
+        if self.by_loss:
+            return val_loss, val_loss
+        scores = self.rule.scores(val_logits).numpy()
+        return val_loss, float(self.metric_fn(self.data.task, self.y_val, scores))
+
+    def update(self, state: TrainState, epoch: int, train_loss: float, val_loss: float,
+               val_metric: float, lr: float) -> None:
+        """Record the epoch; keep the best weights by the selection metric; early stopping
+        counts epochs without a validation-loss improvement."""
+        c = state.curves
+        c["epoch"].append(epoch + 1)
+        c["train_loss"].append(train_loss)
+        c["val_loss"].append(val_loss)
+        c[f"val_{self.cfg.select_metric}"].append(val_metric)
+        c["lr"].append(lr)
+        improved = (val_metric > state.best_metric) if self.better_high else (val_metric < state.best_metric)
+        if improved or state.best_epoch == 0 or not self.data.has_val:  # no validation: keep the last epoch
+            state.best_metric, state.best_epoch = val_metric, epoch + 1
+            state.best_state = self.snapshot()
+        if not self.data.has_val:
+            state.bad_epochs = 0  # no early stopping without validation data
+        elif val_loss < state.best_val_loss:
+            state.best_val_loss, state.bad_epochs = val_loss, 0
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch
+        state.done = epoch + 1 >= self.cfg.epochs or (0 < self.cfg.patience <= state.bad_epochs)
+
+
 def fit(
     model: Classifier,
     data: TrainData,
     cfg: TrainConfig,
     *,
     method: Method,
-    preprocess: Preprocess,
-    geometry: str,
-    device: torch.device,
+    setup: RunSetup,
     seed: int,
-    eval_batch_size: int = 256,
     run_dir: Path | None = None,
     resume: bool = False,
     on_epoch_end: EpochHook | None = None,
@@ -177,115 +347,40 @@ def fit(
     validation. With ``run_dir`` the state is checkpointed after every epoch;
     ``resume=True`` continues from that checkpoint.
     """
-    from fmeval.metrics import METRICS, higher_is_better
-
     cfg.validate()
-    rule = task_rule(data.task)
+    device = setup.device
     model.to(device)
-    if device.type == "cuda":
+    if setup.channels_last:
         model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    n = len(data.train_labels)
-    bs = cfg.batch_size
-    n_batches = _batches(n, bs, cfg.max_steps_per_epoch)
-    if n % bs == 1 and n_batches == math.ceil(n / bs):
-        n_batches -= 1  # a last batch of one breaks BatchNorm in training mode
-    if n_batches < 1:
-        raise ConfigError(f"the training split has {n} samples; need at least 2.")
-    opt_steps = math.ceil(n_batches / cfg.accum_steps)
-    groups = param_groups(model.backbone, model.head, weight_decay=cfg.weight_decay,
-                          layer_decay=cfg.layer_decay)
-    optimizer = build_optimizer(groups, cfg.lr)
-    scheduler = build_scheduler(optimizer, round(cfg.warmup_epochs * opt_steps),
-                                cfg.epochs * opt_steps)
-    loss_fn = rule.loss_fn(data.train_labels, data.n_outputs, class_weights=cfg.class_weights,
-                           pos_weight=cfg.pos_weight, device=device)
-    val_targets = rule.targets(data.val_labels)
-    y_val = data.val_labels if rule.multilabel else data.val_labels[:, 0]
-    metric_fn = METRICS.get(cfg.select_metric)
-    better_high = higher_is_better(cfg.select_metric)
-    keys = method.state_keys(model)
-
-    def snapshot() -> dict[str, torch.Tensor]:
-        sd = model.state_dict()
-        return {k: sd[k].detach().cpu().clone() for k in keys}
-
+    tr = _Trainer(model, data, cfg, method, setup, seed)
     state = load_train_state(run_dir) if (resume and run_dir is not None) else None
     resumed_at: int | None = None
     if state is not None:
         model.load_state_dict(state.model, strict=False)
-        optimizer.load_state_dict(state.optimizer)
-        scheduler.load_state_dict(state.scheduler)
+        tr.optimizer.load_state_dict(state.optimizer)
+        tr.scheduler.load_state_dict(state.scheduler)
         set_rng_state(state.rng)
         resumed_at = state.epoch + 1
     else:
-        torch.manual_seed(seed)  # dropout / LoRA dropout stream
-        state = TrainState(
-            epoch=-1, model={}, optimizer={}, scheduler={}, rng={}, best_state=snapshot(),
-            best_epoch=0, best_metric=-math.inf if better_high else math.inf,
-            best_val_loss=math.inf, bad_epochs=0, done=False,
-            curves={"epoch": [], "train_loss": [], "val_loss": [], f"val_{cfg.select_metric}": [],
-                    "lr": []},
-        )
+        state = tr.fresh_state()
 
-    total = (cfg.epochs - (state.epoch + 1)) * n_batches if not state.done else 0
+    total = (cfg.epochs - (state.epoch + 1)) * tr.n_batches if not state.done else 0
     with progress_bar(description, total, "step") as tick:
         epoch = state.epoch + 1
         while not state.done and epoch < cfg.epochs:
             t0 = time.perf_counter()
-            order = epoch_order(seed, epoch, n)
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            method.set_train_mode(model)
-            optimizer.zero_grad(set_to_none=True)
-            run_loss, seen = 0.0, 0
-            for b in range(n_batches):
-                idx = order[b * bs:(b + 1) * bs]
-                x = prepare_batch(data.train_images[idx], preprocess, geometry, device)
-                if cfg.augment:
-                    x = augment_batch(x, gen)
-                y = rule.targets(data.train_labels[idx]).to(device, non_blocking=True)
-                with autocast(device):
-                    logits = model(x)
-                loss = loss_fn(logits, y)
-                if not torch.isfinite(loss):
-                    raise FmevalError(
-                        f"training loss became {loss.item()} at epoch {epoch + 1}, step {b + 1}; "
-                        "lower --lr or check the data."
-                    )
-                (loss / cfg.accum_steps).backward()
-                if (b + 1) % cfg.accum_steps == 0 or b + 1 == n_batches:
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                run_loss += loss.item() * len(idx)
-                seen += len(idx)
-                tick(1, info=f"ep {epoch + 1} loss {run_loss / seen:.4f}")
-            val_logits = _logits(model, data.val_images, preprocess, geometry, device,
-                                 eval_batch_size)
-            val_loss = float(loss_fn(val_logits.to(device), val_targets.to(device)))
-            val_metric = float(metric_fn(data.task, y_val, rule.scores(val_logits).numpy()))
-            c = state.curves
-            c["epoch"].append(epoch + 1)
-            c["train_loss"].append(run_loss / max(seen, 1))
-            c["val_loss"].append(val_loss)
-            c[f"val_{cfg.select_metric}"].append(val_metric)
-            c["lr"].append(optimizer.param_groups[-1]["lr"])
-            improved = (val_metric > state.best_metric) if better_high else (val_metric < state.best_metric)
-            if improved or state.best_epoch == 0:
-                state.best_metric, state.best_epoch = val_metric, epoch + 1
-                state.best_state = snapshot()
-            if val_loss < state.best_val_loss:
-                state.best_val_loss, state.bad_epochs = val_loss, 0
-            else:
-                state.bad_epochs += 1
-            state.epoch = epoch
+            lr = tr.optimizer.param_groups[-1]["lr"]
+            train_loss = tr.train_epoch(epoch, tick)
+            val_loss, val_metric = tr.validate()
+            tr.update(state, epoch, train_loss, val_loss, val_metric, lr)
             state.epoch_times.append(time.perf_counter() - t0)
-            state.done = epoch + 1 >= cfg.epochs or (0 < cfg.patience <= state.bad_epochs)
-            tick(0, info=f"ep {epoch + 1} loss {run_loss / max(seen, 1):.4f} val_loss {val_loss:.4f} "
+            tick(0, info=f"ep {epoch + 1} loss {train_loss:.4f} val_loss {val_loss:.4f} "
                          f"val_{cfg.select_metric} {val_metric:.4f}")
             if run_dir is not None:
-                state.model, state.rng = snapshot(), rng_state()
-                state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
+                state.model, state.rng = tr.snapshot(), rng_state()
+                state.optimizer, state.scheduler = tr.optimizer.state_dict(), tr.scheduler.state_dict()
                 save_train_state(run_dir, state)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, state)
@@ -301,7 +396,6 @@ def fit(
         resumed_at_epoch=resumed_at,
         curves={k: list(v) for k, v in state.curves.items()},
         epoch_times=list(state.epoch_times),
-        steps_per_epoch=n_batches,
+        steps_per_epoch=tr.n_batches,
         peak_memory=peak_memory(device),
     )
-

@@ -109,15 +109,22 @@ def save_lora(adapter: Adapter, settings: LoraSettings, folder: Path) -> None:
 def load_lora(adapter: Adapter, folder: Path) -> None:
     """Inject the saved LoRA config into a freshly built adapter and load its weights."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+
+    from fmeval.training.checkpoint import read_safetensors
 
     if not (folder / PEFT_CONFIG).exists() or not (folder / PEFT_WEIGHTS).exists():
         raise ModelError(f"{folder} holds no peft LoRA adapter ({PEFT_CONFIG}, {PEFT_WEIGHTS}).")
-    cfg = LoraConfig.from_pretrained(str(folder))
-    inject_adapter_in_model(cfg, adapter.backbone)
-    keep_input_dtype(adapter.backbone)
-    sd = load_file(str(folder / PEFT_WEIGHTS))
-    result = set_peft_model_state_dict(adapter.backbone, sd)
+    sd = read_safetensors(folder / PEFT_WEIGHTS)  # before touching the model: fail cheaply
+    try:
+        cfg = LoraConfig.from_pretrained(str(folder))
+        inject_adapter_in_model(cfg, adapter.backbone)
+        keep_input_dtype(adapter.backbone)
+        result = set_peft_model_state_dict(adapter.backbone, sd)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ModelError(
+            f"cannot load the LoRA adapter in {folder} ({type(exc).__name__}: {first})."
+        ) from None
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     missing = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k]
     if unexpected or missing:

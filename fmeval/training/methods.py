@@ -80,11 +80,11 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from fmeval.training.checkpoint import read_safetensors
 
     if not path.exists():
         raise ModelError(f"{path} is missing; is this a fine-tuned adapter folder?")
-    return load_file(str(path))
+    return read_safetensors(path)
 
 
 def _load_strict(module: torch.nn.Module, folder: Path, name: str, what: str) -> None:

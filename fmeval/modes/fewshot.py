@@ -1,0 +1,155 @@
+"""Few-shot runs: the K-shot training episode, and the validation data selection may use.
+
+When ``cfg.fewshot.shots`` is set, every training mode (kNN, linear probe,
+fine-tuning) trains on the episode :func:`fmeval.data.episodes.make_episode`
+draws from the run's training split: a function of (labels, K, draw, seed)
+only, so every model and every mode with the same seed trains on the same
+images. Frozen features are loaded from the cache for the whole split and
+*subset in memory* (an episode never causes an extraction).
+
+Choosing hyper-parameters on the full validation split would give a K-shot
+model thousands of labels it is not supposed to have. ``fewshot.selection``
+says what selection may look at:
+
+* ``fixed`` (default): nothing. No validation data is loaded at all; kNN uses
+  the first ``--k`` (clipped to the episode size), the linear probe trains
+  one head (the first ``--lr`` and ``--wd``) for all epochs and keeps the
+  last, fine-tuning keeps its last epoch. No early stopping.
+* ``kshot-val``: a K-shot validation draw
+  (:func:`fmeval.data.episodes.sample_validation`, a stream independent of
+  the training draw) is the validation set for every choice.
+* ``full-val``: the full validation split, as a full-data run uses it; the
+  user asks for it explicitly.
+
+The report records the rule, the episode (shots, draw, seed, counts, digest
+and the training indices in the original split) and the validation draw.
+The majority baseline stays the full training split's: the same reference
+line for every K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from fmeval.config import RunConfig
+from fmeval.data.episodes import Episode, make_episode, shortfall_warnings
+
+#: Modes that train on an episode (a study's ``shots`` axis applies to these).
+FEWSHOT_MODES = ("knn", "linprobe", "finetune-lora", "finetune-full")
+
+SELECTION_TEXT = {
+    "fixed": "fixed hyper-parameters, last epoch (no validation data used)",
+    "kshot-val": "K-shot validation draw",
+    "full-val": "full validation split",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class FewShotPlan:
+    """Positions to keep in a run's train (and val) arrays, and the record for its report.
+
+    ``val``: positions in the run's validation arrays (a K-shot draw), or None
+    to keep them all; ``use_val`` is False under ``fixed`` (no validation set).
+    """
+
+    train: np.ndarray
+    val: np.ndarray | None
+    use_val: bool
+    record: dict[str, Any]
+    warnings: list[str]
+
+
+def is_fewshot(cfg: RunConfig) -> bool:
+    return cfg.fewshot.shots is not None
+
+
+def uses_validation(cfg: RunConfig) -> bool:
+    """False only for a few-shot run with fixed hyper-parameters: it never reads validation data."""
+    return not is_fewshot(cfg) or cfg.fewshot.selection != "fixed"
+
+
+def training_splits(cfg: RunConfig) -> tuple[str, ...]:
+    return ("train", "val", "test") if uses_validation(cfg) else ("train", "test")
+
+
+def _in_split(ep: Episode, ids: np.ndarray | None) -> Episode:
+    """The episode with its indices in the original split (a ``--limit`` run draws from its subset)."""
+    return ep if ids is None else replace(ep, indices=np.asarray(ids)[ep.indices])
+
+
+def plan_fewshot(cfg: RunConfig, task: str, class_names: Sequence[str], train_labels: np.ndarray,
+                 val_labels: np.ndarray | None, train_ids: np.ndarray | None = None,
+                 val_ids: np.ndarray | None = None) -> FewShotPlan | None:
+    """The episode of ``cfg`` (None when the run is not few-shot).
+
+    ``*_ids``: the split indices of the run's rows (``--limit`` subsets), so
+    the recorded indices always refer to the original split.
+    """
+    fs = cfg.fewshot
+    if fs.shots is None:
+        return None
+    ep = make_episode(train_labels, task, fs.shots, fs.draw, cfg.seed, class_names, "train")
+    val_ep = None
+    if fs.selection == "kshot-val":
+        if val_labels is None:
+            raise ValueError("kshot-val selection needs the validation labels")  # a caller bug
+        val_ep = make_episode(val_labels, task, fs.shots, fs.draw, cfg.seed, class_names, "val")
+    n_val = None if val_labels is None else len(val_labels)
+    validation = {"fixed": 0, "kshot-val": None if val_ep is None else val_ep.size, "full-val": n_val}[fs.selection]
+    record = {
+        "shots": fs.shots,
+        "draw": fs.draw,
+        "seed": cfg.seed,
+        "selection": fs.selection,
+        "selection_rule": SELECTION_TEXT[fs.selection],
+        "n_train": ep.size,
+        "n_val_used": validation,
+        "episode": _in_split(ep, train_ids).to_dict(include_indices=True),
+        "val_episode": None if val_ep is None else _in_split(val_ep, val_ids).to_dict(include_indices=True),
+    }
+    eps = [ep] + ([val_ep] if val_ep is not None else [])
+    return FewShotPlan(ep.indices, None if val_ep is None else val_ep.indices,
+                       fs.selection != "fixed", record, shortfall_warnings(eps))
+
+
+def take_indices(ids: np.ndarray | None, n: int, positions: np.ndarray) -> np.ndarray:
+    """Split indices of the rows kept (``ids`` None: the rows are the split itself)."""
+    base = np.arange(n) if ids is None else np.asarray(ids)
+    return base[positions]
+
+
+def apply_to_frozen(fz) -> None:
+    """Subset a :class:`~fmeval.pipeline.Frozen` in memory to the run's episode (no extraction).
+
+    Called by :func:`fmeval.pipeline.prepare_frozen` once the features are
+    loaded; ``fz.full_labels`` keeps the labels before subsetting (majority
+    baseline, split sizes), ``fz.fewshot`` the record.
+    """
+    cfg = fz.config
+    if not is_fewshot(cfg) or "train" not in fz.labels:
+        return
+    plan = plan_fewshot(cfg, fz.data.task, list(fz.data.info.labels), fz.labels["train"], fz.labels.get("val"),
+                        fz.indices.get("train"), fz.indices.get("val"))
+    fz.full_labels = dict(fz.labels)
+    _take_frozen(fz, "train", plan.train)
+    if plan.val is not None:
+        _take_frozen(fz, "val", plan.val)
+    fz.fewshot = plan.record
+    fz.fewshot_warnings = plan.warnings
+
+
+def _take_frozen(fz, split: str, pos: np.ndarray) -> None:
+    import torch
+
+    n = len(fz.labels[split])
+    fz.indices[split] = take_indices(fz.indices.get(split), n, pos)
+    fz.labels[split] = fz.labels[split][pos]
+    rows = torch.as_tensor(pos, dtype=torch.long, device=fz.features[split].device)
+    fz.features[split] = fz.features[split].index_select(0, rows)
+    if split in fz.slice_features:  # per-slice rows: volume i owns rows i*S .. i*S+S-1
+        s = fz.n_slices
+        srows = (rows.view(-1, 1) * s + torch.arange(s, device=rows.device)).reshape(-1)
+        fz.slice_features[split] = fz.slice_features[split].index_select(0, srows.to(fz.slice_features[split].device))

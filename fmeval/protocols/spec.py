@@ -1,0 +1,150 @@
+"""The protocol file format: a published recipe as versioned, validated data.
+
+A protocol YAML names every setting the source defines, each with the
+sentence of the source it follows, so ``fmeval protocols show`` can print a
+recipe the way a methods section would. What the source leaves open is listed
+under ``silent`` together with the value fmeval uses. Unknown keys, unknown
+setting paths and values of the wrong type are errors, found before any model
+loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from fmeval.errors import ConfigError
+
+
+class ProtocolError(ConfigError):
+    """A protocol file is malformed, or a protocol cannot apply to a run."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Setting(_Strict):
+    """One setting and where it comes from."""
+
+    value: Any
+    source: str
+
+
+class Variant(_Strict):
+    """What a requested ``--size`` means under the protocol (MedMNIST v2's "224":
+    the 28 px images NEAREST-upsampled, with the standard ResNet stem)."""
+
+    settings: dict[str, Any]
+    source: str
+
+
+class ProtocolSpec(_Strict):
+    name: str
+    version: int
+    title: str
+    citation: str
+    url: str | None = None
+    description: str = ""
+    modes: list[str]
+    seeds: Setting
+    models: Setting | None = None
+    datasets: Setting | None = None
+    sizes: Setting | None = None
+    settings: dict[str, Setting] = {}
+    mode_settings: dict[str, dict[str, Setting]] = {}
+    variants: dict[str, Variant] = {}
+    silent: list[str] = []
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _str_keys(cls, v: Any) -> Any:
+        return {str(k): x for k, x in v.items()} if isinstance(v, dict) else v
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProtocolError(f"cannot read protocol {path}: {exc.strerror or exc}.") from None
+    except yaml.YAMLError as exc:
+        raise ProtocolError(f"protocol {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"protocol {path} must be a mapping of settings.")
+    return data
+
+
+def _validation_message(err: ValidationError) -> str:
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e["loc"]) or "file"
+    return f"{where}: {e['msg']}"
+
+
+class Protocol:
+    """A loaded, checked protocol with its content hash."""
+
+    def __init__(self, spec: ProtocolSpec, source: str) -> None:
+        self.spec = spec
+        self.source = source
+        self._check()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Protocol":
+        path = Path(path)
+        try:
+            spec = ProtocolSpec.model_validate(_read(path))
+        except ValidationError as err:
+            raise ProtocolError(f"protocol {path}: {_validation_message(err)}") from None
+        return cls(spec, str(path))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> int:
+        return self.spec.version
+
+    @property
+    def sha256(self) -> str:
+        canonical = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.spec.seeds.value]
+
+    def covers(self, mode: str) -> bool:
+        return mode in self.spec.modes or any(mode.startswith(f"{m}-") for m in self.spec.modes)
+
+    def settings_for(self, mode: str) -> dict[str, Setting]:
+        """Every setting that applies to ``mode`` (common ones, then the mode's or its group's)."""
+        out = dict(self.spec.settings)
+        group = mode.split("-")[0]
+        for key in (group, mode):
+            out.update(self.spec.mode_settings.get(key, {}))
+        return out
+
+    def describe(self, deviations: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256, "title": self.spec.title,
+                "citation": self.spec.citation, "deviations": list(deviations)}
+
+    def _check(self) -> None:
+        """Every path must be a real config field and every value must fit it."""
+        from fmeval.config import RunConfig
+
+        probe = RunConfig(mode="knn", model="x", dataset="x")
+        blocks = [("settings", self.spec.settings)] + [
+            (f"mode_settings.{m}", s) for m, s in self.spec.mode_settings.items()]
+        try:
+            for where, block in blocks:
+                probe.with_values({k: v.value for k, v in block.items()})
+            for size, var in self.spec.variants.items():
+                probe.with_values(var.settings)
+        except ConfigError as exc:
+            raise ProtocolError(f"protocol {self.source} ({where}): {exc}") from None

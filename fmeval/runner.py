@@ -1,0 +1,76 @@
+"""One path for every run: options -> RunConfig -> mode -> the one reporter.
+
+The CLI and the study executors both call :func:`make_config` and
+:func:`execute`, so a cell of a study and a command typed by hand are the
+same run with the same hash and the same report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fmeval.config import RunConfig
+from fmeval.errors import ConfigError
+from fmeval.validation import check_inputs, validate_config
+
+
+def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | None = None) -> RunConfig:
+    """Built-in defaults < user defaults (file/env) < protocol < explicit choices.
+
+    ``explicit``: dotted path -> value given on the command line (or by a study
+    cell). ``user``: dotted path -> value from ``fmeval.toml``/environment;
+    those are not deviations from a protocol. Missing required settings are
+    named together in one message; every named choice is checked against its
+    registry (:func:`fmeval.validation.validate_config`).
+    """
+    from fmeval.modes import MODES
+
+    MODES.get(mode)
+    merged = {**(user or {}), **explicit}
+    missing = [f"--{k}" for k in ("model", "dataset") if not merged.get(k)]
+    if missing:
+        raise ConfigError(f"{mode} needs {' and '.join(missing)} (e.g. --model vit-s16 --dataset pneumoniamnist).")
+    base = RunConfig(mode=mode, model=str(merged["model"]), dataset=str(merged["dataset"]))
+    base = base.with_values({k: v for k, v in (user or {}).items() if k not in ("model", "dataset")})
+    protocol = explicit.get("protocol")
+    if protocol:
+        from fmeval.protocols import apply_protocol, load_protocol
+
+        rest = {k: v for k, v in explicit.items() if k != "protocol"}
+        cfg = apply_protocol(load_protocol(str(protocol)), base, rest)
+    else:
+        cfg = base.with_values(explicit)
+    validate_config(cfg)  # every named choice, before any data is opened or model built
+    return cfg
+
+
+def execute(cfg: RunConfig, *, write: bool = True):
+    """Run one config through its mode and finish it with the reporter."""
+    from fmeval.modes import MODES
+    from fmeval.report import check_writable, finish
+
+    mode = MODES.get(cfg.mode)
+    check_inputs(cfg)
+    if write:
+        check_writable(cfg.reports_dir)
+    result = mode.run(cfg)
+    return finish(result, cfg.reports_dir, write=write)
+
+
+def fewshot_configs(mode: str, explicit: dict[str, Any], shots: tuple[int, ...], draws: int, *,
+                    user: dict[str, Any] | None = None) -> list[RunConfig]:
+    """One ordinary config per (K, draw), K-major: a few-shot sweep is these runs, nothing more.
+
+    Every config is resolved before any runs, so a bad option fails before
+    the first model loads.
+    """
+    from fmeval.modes.fewshot import FEWSHOT_MODES
+
+    if mode not in FEWSHOT_MODES:
+        raise ConfigError(f"--shots applies to {', '.join(FEWSHOT_MODES)}, not {mode}.")
+    if len(set(shots)) != len(shots):
+        raise ConfigError(f"--shots lists a value twice: {','.join(map(str, shots))}.")
+    if draws < 1:
+        raise ConfigError("--draws must be >= 1.")
+    return [make_config(mode, {**explicit, "fewshot.shots": k, "fewshot.draw": d}, user=user)
+            for k in sorted(shots) for d in range(draws)]

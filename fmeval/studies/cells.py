@@ -1,0 +1,238 @@
+"""The cells of a finished study: one row per run, and runs that differ only by seed pooled.
+
+Every study view (tables, plots, paired comparisons, the HTML page) reads
+these rows, so the same grouping rules hold everywhere:
+
+- a *group* is what may be ranked together: one dataset at one image size on
+  one test set (a ``--limit`` subset is another test set);
+- an *entry* is one contender inside a group: model x mode x prompt style x
+  config variant; its runs differ only by seed and are pooled (mean over seeds,
+  sample SD and min-max across seeds, mean of the per-seed bootstrap CIs).
+
+The *variant* is a short digest of everything the run computes except the
+study's axes (model, mode, dataset, size, seed, prompt style), so two cells
+of one model and mode that a study configured differently (a per-axis
+override) are never averaged together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from fmeval.errors import FmevalError
+from fmeval.report.leaderboard import LEADERBOARD_METRICS, row_of
+from fmeval.report.schema import RunResult
+
+
+class StudyOutputError(FmevalError):
+    """The runs of a study cannot be turned into its outputs."""
+
+
+# cells.csv columns, in this order (metric columns are inserted after ``n_train``).
+ID_COLUMNS = ("model", "mode", "dataset", "size", "seed", "style", "protocol", "deviations", "input_size",
+              "precision", "weights", "weights_id", "geometry", "n_test", "n_train", "limit", "md5_official")
+TAIL_COLUMNS = ("baseline_acc", "n_warnings", "variant", "config_hash", "run_id", "run_dir")
+
+
+def style_of(r: RunResult) -> str:
+    """The prompt style a zero-shot run used ('' for modes without prompts)."""
+    style = r.extras.get("style") or ((r.config.get("zeroshot") or {}).get("style") if r.mode == "zeroshot" else None)
+    return str(style) if style else ""
+
+
+# Config fields a study crosses (or that follow from them): left out of the variant.
+AXES = ("mode", "model", "dataset", "size", "seed", "limit", "protocol_variant", "zeroshot.style")
+
+
+def variant_of(r: RunResult) -> str:
+    """8 hex digits of what the run computes beyond the study's axes (see module docstring).
+
+    Two runs of one model and mode whose variants differ were configured
+    differently (an override), so they are never pooled or summarised together.
+    """
+    cfg = dict(r.config)
+    try:
+        from fmeval.config import RunConfig
+        from fmeval.modes import MODES
+
+        semantic = RunConfig.from_dict(cfg).semantic_dict(MODES.get(r.mode).sections)
+    except (FmevalError, TypeError, ValueError):  # another fmeval's config: hash it as recorded
+        from fmeval.config import NON_SEMANTIC
+
+        semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC}
+    for axis in AXES:  # what the study crosses is shown as columns, not hidden in the digest
+        head, _, tail = axis.partition(".")
+        if tail and isinstance(semantic.get(head), dict):
+            semantic[head].pop(tail, None)
+        else:
+            semantic.pop(axis, None)
+    text = json.dumps(semantic, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def cell_row(r: RunResult) -> dict[str, Any]:
+    """``row_of`` (the leaderboard's row) plus what a study needs to pool and pair runs."""
+    row = row_of(r)
+    row.update(style=style_of(r), n_train=r.dataset.get("n_train", ""), variant=variant_of(r),
+               run_dir=r.report_dir or "", task=r.dataset.get("task", ""),
+               classes=list(r.test.class_names or r.dataset.get("classes") or []),
+               data_root=r.config.get("data_root") or "")
+    return row
+
+
+def metric_names(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The leaderboard metrics first, then any other metric some run reported."""
+    names = list(LEADERBOARD_METRICS)
+    for row in rows:
+        names += [k[: -len("_ci_low")] for k in row if k.endswith("_ci_low")]
+    return list(dict.fromkeys(names))
+
+
+def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
+    metric_cols = [c for m in metric_names(rows) for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
+    return [*ID_COLUMNS, *metric_cols, *TAIL_COLUMNS]
+
+
+@dataclass(frozen=True, order=True)
+class GroupKey:
+    """What may be ranked together: one dataset, one image size, one test set."""
+
+    dataset: str
+    size: int
+    limit: int = 0  # 0: the full test split
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}-{self.size}" + (f"-limit{self.limit}" if self.limit else "")
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset} @ {self.size} px" + (f" (test subset, --limit {self.limit})" if self.limit else "")
+
+
+@dataclass(frozen=True, order=True)
+class EntryKey:
+    """One contender of a group; runs with the same key differ only by seed."""
+
+    model: str
+    mode: str
+    style: str = ""
+    variant: str = ""
+
+
+def _int(v: Any, default: int = 0) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def group_of(row: dict[str, Any]) -> GroupKey:
+    return GroupKey(str(row["dataset"]), _int(row["size"]), _int(row.get("limit") or 0))
+
+
+def entry_of(row: dict[str, Any]) -> EntryKey:
+    return EntryKey(str(row["model"]), str(row["mode"]), str(row.get("style") or ""), str(row.get("variant") or ""))
+
+
+@dataclass
+class Pooled:
+    """One metric of an entry over its seeds."""
+
+    mean: float
+    sd: float  # sample SD across seeds (ddof 1); NaN with one seed
+    lo: float  # min over seeds
+    hi: float  # max over seeds
+    ci_low: float  # mean over seeds of the per-run 95% bootstrap CI bounds
+    ci_high: float
+    n: int  # seeds with a finite value
+
+
+def pool(values: list[float], lows: list[float], highs: list[float]) -> Pooled:
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    if not ok.any():
+        return Pooled(math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, 0)
+    vo = v[ok]
+    lo_ci = np.asarray(lows, dtype=np.float64)[ok]
+    hi_ci = np.asarray(highs, dtype=np.float64)[ok]
+    ci_ok = np.isfinite(lo_ci) & np.isfinite(hi_ci)
+    return Pooled(
+        mean=float(vo.mean()),
+        sd=float(vo.std(ddof=1)) if vo.size > 1 else math.nan,
+        lo=float(vo.min()), hi=float(vo.max()),
+        ci_low=float(lo_ci[ci_ok].mean()) if ci_ok.any() else math.nan,
+        ci_high=float(hi_ci[ci_ok].mean()) if ci_ok.any() else math.nan,
+        n=int(vo.size),
+    )
+
+
+def _joined(rows: list[dict[str, Any]], col: str) -> str:
+    return ", ".join(dict.fromkeys(str(r.get(col, "")) for r in rows if str(r.get(col, "")) != ""))
+
+
+@dataclass
+class Entry:
+    """An entry of a group with its runs pooled over seeds."""
+
+    group: GroupKey
+    key: EntryKey
+    rows: list[dict[str, Any]]
+    metrics: dict[str, Pooled] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({_int(r["seed"]) for r in self.rows})
+
+    def value(self, metric: str) -> float:
+        p = self.metrics.get(metric)
+        return p.mean if p else math.nan
+
+    def describe(self, col: str) -> str:
+        """The runs' common value of a column (several values are joined: a sign to look closer)."""
+        return _joined(self.rows, col)
+
+
+def pool_entries(rows: list[dict[str, Any]]) -> list[Entry]:
+    """Rows -> entries, sorted by group then entry key (ranking is the tables' job)."""
+    by_key: dict[tuple[GroupKey, EntryKey], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_key.setdefault((group_of(row), entry_of(row)), []).append(row)
+    names = metric_names(rows)
+    out = []
+    for (g, k), rs in sorted(by_key.items()):
+        rs = sorted(rs, key=lambda r: (_int(r["seed"]), str(r["run_id"])))
+        pooled = {m: pool([r.get(m, math.nan) for r in rs], [r.get(f"{m}_ci_low", math.nan) for r in rs],
+                          [r.get(f"{m}_ci_high", math.nan) for r in rs]) for m in names}
+        base = [r.get("baseline_acc", math.nan) for r in rs]
+        pooled["baseline_acc"] = pool(base, [math.nan] * len(rs), [math.nan] * len(rs))
+        out.append(Entry(g, k, rs, pooled))
+    return out
+
+
+def ambiguous_variants(entries: list[Entry]) -> set[tuple[str, str, str]]:
+    """(model, mode, style) that occur with more than one variant: their labels must show it."""
+    seen: dict[tuple[str, str, str], set[str]] = {}
+    for e in entries:
+        seen.setdefault((e.key.model, e.key.mode, e.key.style), set()).add(e.key.variant)
+    return {k for k, v in seen.items() if len(v) > 1}
+
+
+def entry_label(key: EntryKey, ambiguous: set[tuple[str, str, str]], *, with_mode: bool = True) -> str:
+    """'model / mode / style [variant]', leaving out what does not distinguish anything."""
+    parts = [key.model] + ([key.mode] if with_mode else []) + ([key.style] if key.style else [])
+    label = " / ".join(parts)
+    if (key.model, key.mode, key.style) in ambiguous:
+        label += f" [{key.variant}]"
+    return label
+
+
+def run_dir_of(row: dict[str, Any]) -> Path | None:
+    return Path(row["run_dir"]) if row.get("run_dir") else None

@@ -1,0 +1,211 @@
+"""Studies: spec validation, planning, resumable execution, executors that agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fmeval.data.synthetic import write_synthetic
+from fmeval.studies.executors import EXECUTORS, run_cells
+from fmeval.studies.finish import finished_runs
+from fmeval.studies.plan import plan_study, read_state
+from fmeval.studies.spec import StudyError, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_study(tmp_path: Path, **over) -> Path:
+    spec = {
+        "name": "tiny",
+        "settings": {"tiny": True, "weights_seed": 0, "n_boot": 20, "data_root": str(tmp_path / "data")},
+        "axes": {"models": ["vit-s16"], "datasets": ["pneumoniamnist"], "sizes": [28],
+                 "modes": ["knn", "linprobe"], "seeds": [0, 1]},
+    }
+    for k, v in over.items():
+        spec[k] = v
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    if not (tmp_path / "data" / "pneumoniamnist.npz").exists():
+        write_synthetic(tmp_path / "data", "pneumoniamnist", 28, n=(60, 30, 30))
+    return path
+
+
+def _plan(path: Path, reports: Path):
+    spec, digest = load_study(path)
+    return plan_study(spec, digest, reports_root=reports)
+
+
+def _scores(plan) -> dict[str, dict]:
+    """Cell key -> its test metrics (the study leaderboard's numbers)."""
+    runs, problems = finished_runs(plan)
+    assert not problems
+    return {r.extras["study"]["cell"]: {k: (v.value, v.ci_low, v.ci_high) for k, v in r.test.metrics.items()}
+            for r in runs}
+
+
+@pytest.mark.parametrize("patch,message", [
+    ({"axes": {"models": ["vit-s16"], "datasets": ["pneumoniamnist"], "modes": ["knn"], "sedes": [0]}},
+     "axes.sedes"),
+    ({"exclude": [{"modle": "vit-s16"}]}, "exclude"),
+    ({"bogus": 1}, "bogus"),
+    ({"name": "has space"}, "name"),
+    ({"axes": {"models": ["vit-s17"], "datasets": ["pneumoniamnist"], "modes": ["knn"]}}, "unknown model 'vit-s17'"),
+    ({"settings": {"train.epoks": 2}}, "train.epoks"),
+])
+def test_bad_study_files_fail_naming_the_key(tmp_path, patch, message):
+    path = _write_study(tmp_path, **patch)
+    with pytest.raises(StudyError, match=message.replace(".", r"\.")):
+        _plan(path, tmp_path / "reports")
+
+
+def test_quick_study_plans_and_skips_text_modes_for_vision_models(tmp_path):
+    spec, digest = load_study(REPO / "studies" / "quick.yaml")
+    plan = plan_study(spec, digest, reports_root=tmp_path)
+    modes = {(c.axes["model"], c.axes["mode"]) for c in plan.cells}
+    assert ("vit-s16", "zeroshot") not in modes and ("clip-vit-b32", "zeroshot") in modes
+    assert len(plan.cells) == 20 and len(plan.skipped) == 4
+    assert len({c.key for c in plan.cells}) == len(plan.cells)
+    # cells of one encoder group are contiguous, frozen modes first
+    groups = plan.groups()
+    assert len(groups) == 3
+    for g in groups:
+        frozen = [c.frozen for c in g]
+        assert frozen == sorted(frozen, reverse=True)
+
+
+@pytest.mark.parametrize("name,n_cells", [("medmnist-plus", 10 * 12 * 4 * 3 * 3), ("resolution", 5 * 9)])
+def test_shipped_gpu_studies_validate_and_plan(tmp_path, name, n_cells):
+    spec, digest = load_study(REPO / "studies" / f"{name}.yaml")
+    plan = plan_study(spec, digest, reports_root=tmp_path)
+    assert len(plan.cells) == n_cells
+    assert all(c.config.protocol == spec.protocol and not c.config.deviations for c in plan.cells)
+
+
+def test_frozen_modes_and_seeds_extract_features_once(tmp_path, monkeypatch):
+    from fmeval.adapters.timm_models import TimmAdapter
+
+    calls = {"n": 0}
+    original = TimmAdapter.encode_image
+
+    def counted(self, x):
+        calls["n"] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(TimmAdapter, "encode_image", counted)
+    plan = _plan(_write_study(tmp_path, settings={"tiny": True, "weights_seed": 0, "n_boot": 20,
+                                                  "batch_size": 1000, "data_root": str(tmp_path / "data")}),
+                 tmp_path / "reports")
+    assert len(plan.cells) == 4  # 2 frozen modes x 2 seeds
+    counts = run_cells(str(plan.state_dir), plan.cells)
+    assert counts == {"done": 4, "failed": 0, "skipped": 0}
+    assert calls["n"] == 3  # one batch per split (train, val, test), once for all four cells
+
+
+def test_failed_cells_are_recorded_and_the_study_goes_on(tmp_path):
+    path = _write_study(tmp_path, overrides=[{"when": {"mode": "linprobe", "seed": 1},
+                                              "set": {"weights": str(tmp_path / "missing.pt")}}])
+    plan = _plan(path, tmp_path / "reports")
+    counts = EXECUTORS.get("local").run(plan)
+    assert counts["done"] == 3 and counts["failed"] == 1
+    bad = next(c for c in plan.cells if c.axes["mode"] == "linprobe" and c.axes["seed"] == 1)
+    st = read_state(plan.state_dir, bad)
+    assert st["status"] == "failed" and "missing.pt" in st["error"] and "\n" not in st["error"]
+    assert EXECUTORS.get("local").run(plan) == {"done": 0, "failed": 0, "skipped": 4}
+    again = EXECUTORS.get("local").run(plan, retry_failed=True)
+    assert again["failed"] == 1 and read_state(plan.state_dir, bad)["attempts"] == 2
+
+
+def test_two_workers_give_the_same_leaderboard_as_one(tmp_path):
+    path = _write_study(tmp_path, axes={"models": ["vit-s16", "resnet18"], "datasets": ["pneumoniamnist"],
+                                        "sizes": [28], "modes": ["knn", "linprobe"], "seeds": [0, 1]})
+    seq = _plan(path, tmp_path / "seq")
+    EXECUTORS.get("local").run(seq)
+    par = _plan(path, tmp_path / "par")
+    counts = EXECUTORS.get("local").run(par, jobs=2)
+    assert counts["done"] == 8
+    assert _scores(par) == _scores(seq)
+
+
+def test_submitit_local_executor_runs_cells_in_other_processes(tmp_path):
+    submitit = pytest.importorskip("submitit")
+    path = _write_study(tmp_path, axes={"models": ["vit-s16", "resnet18"], "datasets": ["pneumoniamnist"],
+                                        "sizes": [28], "modes": ["knn", "linprobe"], "seeds": [0]})
+    plan = _plan(path, tmp_path / "slurm")
+    assert len(plan.cells) == 4
+
+    def factory(folder):
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=10)
+        return ex
+
+    counts = EXECUTORS.get("slurm").run(plan, executor_factory=factory)
+    assert counts["done"] == 4
+    logs = list((plan.root / "slurm").rglob("*_result.pkl"))
+    assert len(logs) == 2  # one array task per encoder group, each a separate process
+    seq = _plan(path, tmp_path / "seq")
+    EXECUTORS.get("local").run(seq)
+    assert _scores(plan) == _scores(seq)
+
+
+def test_slurm_dry_run_prints_the_array(capsys, tmp_path):
+    from fmeval.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "run", str(REPO / "studies" / "resolution.yaml"), "--dry-run",
+              "--reports-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "job array of 45 tasks (45 cells)" in out
+    for word in ("slurm_partition: gpu", "gpus_per_node: 1", "timeout_min: 2880", "mem_gb: 64"):
+        assert word in out
+    assert not (tmp_path / "studies" / "resolution" / "cells").exists()  # nothing ran
+
+
+def _study_cli(path: Path, reports: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmeval", "study", "run", str(path), "--reports-dir", str(reports)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_study_then_rerun_completes_only_missing_cells(tmp_path):
+    path = _write_study(tmp_path, axes={"models": ["vit-s16"], "datasets": ["pneumoniamnist"], "sizes": [28],
+                                        "modes": ["knn", "linprobe", "finetune-lora"], "seeds": [0, 1]},
+                        overrides=[{"when": {"mode": "finetune-lora"},
+                                    "set": {"train.epochs": 2, "train.max_steps_per_epoch": 3}}])
+    env = {**os.environ, "FMEVAL_PROGRESS": "0", "FMEVAL_CACHE_DIR": str(tmp_path / "cache")}
+    reports = tmp_path / "killed"
+    plan = _plan(path, reports)
+    proc = _study_cli(path, reports, env)
+    deadline = time.time() + 300
+    while time.time() < deadline and plan.counts()["done"] < 2:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {c.key for c in plan.cells if (read_state(plan.state_dir, c) or {}).get("status") == "done"}
+    assert 2 <= len(done_before) < len(plan.cells)
+    mtimes = {k: (plan.state_dir / f"{k[:16]}.json").stat().st_mtime_ns for k in done_before}
+
+    out = subprocess.run([sys.executable, "-m", "fmeval", "study", "run", str(path), "--reports-dir", str(reports)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert plan.counts() == {"done": len(plan.cells), "failed": 0, "left": 0}
+    # finished cells were not run again
+    assert {k: (plan.state_dir / f"{k[:16]}.json").stat().st_mtime_ns for k in done_before} == mtimes
+    assert not list(plan.state_dir.glob("*.tmp")) and not list(reports.rglob(".*.tmp"))
+
+    clean = _plan(path, tmp_path / "clean")
+    out = subprocess.run([sys.executable, "-m", "fmeval", "study", "run", str(path), "--reports-dir",
+                          str(tmp_path / "clean")], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert _scores(plan) == _scores(clean)
+    board = json.dumps(sorted(_scores(plan).items()))
+    assert board == json.dumps(sorted(_scores(clean).items()))
