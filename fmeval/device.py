@@ -116,11 +116,16 @@ def family_policy(family: str) -> dict[str, Any]:
 
 
 def bf16_fidelity(family: str) -> bool | None:
-    """The measured bf16 fidelity verdict of ``family``: True (passed), False
-    (bf16 moved a metric outside its bootstrap CI or the features' cosine fell
-    below the threshold) or None (never measured)."""
+    """The measured bf16 fidelity verdict of ``family``: True (passed with tiny *and*
+    full-size weights), False (bf16 moved a metric outside its bootstrap CI or the
+    features' cosine fell below the threshold, at any size) or None (never
+    measured, or measured only at tiny size: not enough to trust CPU bf16)."""
     fid = family_policy(family).get("bf16_fidelity")
-    return None if fid is None else bool(fid.get("ok", False))
+    if fid is None:
+        return None
+    if not fid.get("ok", False):
+        return False
+    return True if "full" in fid.get("sizes", ()) else None
 
 
 def bf16_fidelity_ok(family: str) -> bool:

@@ -64,3 +64,23 @@ def test_verdict_fails_a_metric_outside_its_ci_or_a_low_cosine():
                          _result(0.9995, 0.81, "b")])
     assert v["a"]["ok"] is False and v["a"]["outside_ci"][0].startswith("full:knn:acc")
     assert v["b"]["ok"] is True and math.isclose(v["b"]["min_cosine"], 0.9995)
+
+
+def test_shipped_policy_verdicts_are_the_recorded_fidelity_output():
+    """The bf16_fidelity entries of the policy table are what benchmarks/fidelity.py
+    computes from its recorded measurements (verdicts recomputed here from the numbers)."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.fidelity import _from_dict
+    from fmeval.device import POLICY_FILE
+
+    recorded = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "fidelity.json").read_text())
+    verdicts = family_verdicts([_from_dict(r) for r in recorded["results"]])
+    table = json.loads(POLICY_FILE.read_text())["families"]
+    assert set(verdicts) == {fm.family for fm in FAMILY_MODELS}
+    for fam, v in verdicts.items():
+        fid = table[fam]["bf16_fidelity"]
+        assert fid["ok"] == v["ok"] and fid["sizes"] == v["sizes"] and fid["outside_ci"] == v["outside_ci"]
+        assert math.isclose(fid["min_cosine"], v["min_cosine"], abs_tol=1e-6)
+        assert "benchmarks/fidelity.py" in fid["source"]

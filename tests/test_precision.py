@@ -20,12 +20,13 @@ flags\t\t: fpu sse avx2 avx512f avx512bw avx512vl
 
 POLICY = {
     "families": {
-        "vit": {"bf16_fidelity": {"ok": True},
+        "vit": {"bf16_fidelity": {"ok": True, "sizes": ["tiny", "full"]},
                 "channels_last": {"cpu-fp32": {"use": False}, "cpu-bf16": {"use": True}}},
-        "cnn": {"bf16_fidelity": {"ok": True},
+        "cnn": {"bf16_fidelity": {"ok": True, "sizes": ["tiny", "full"]},
                 "channels_last": {"cpu-fp32": {"use": True}, "cpu-bf16": {"use": True},
                                   "cuda-bf16": {"use": True}}},
-        "medclip": {"bf16_fidelity": {"ok": False}},
+        "medclip": {"bf16_fidelity": {"ok": False, "sizes": ["tiny"]}},
+        "medvit": {"bf16_fidelity": {"ok": True, "sizes": ["tiny"]}},  # full size not measured yet
     }
 }
 
@@ -79,6 +80,8 @@ def test_auto_on_cuda_is_bf16_except_failed_fidelity(policy, no_bf16):
 
 def test_auto_on_capable_cpu_needs_a_measured_pass(policy, amx):
     assert fd.resolve_precision("auto", "cpu", "never-measured") == "fp32"
+    assert fd.resolve_precision("auto", "cpu", "medvit") == "fp32"  # tiny-only pass: not enough
+    assert fd.resolve_precision("auto", "cuda", "medvit") == "bf16"  # GPU: the historical default
     assert fd.resolve_precision("auto", "cpu", None) == "bf16"  # feature-space GEMMs: no family gate
 
 
