@@ -361,6 +361,15 @@ def print_rich(res: dict) -> None:
         for r in rows:
             t.add_row(*r)
         con.print(t)
+    goals = res.get("goals", {})
+    if goals:
+        t = Table(title="Issue 15 goals (measured in this run)")
+        t.add_column("Goal")
+        t.add_column("Measured", justify="right")
+        for k, v in goals.items():
+            t.add_row(k, str(v))
+        con.print(t)
+    con.print(f"load average (1, 5, 15 min) through the run: {res.get('load_trace')}")
     con.print(f"suite: {res['suite_seconds']:.0f} s; results in {res['out']}")
 
 

@@ -127,6 +127,8 @@ def goals(res: dict) -> dict:
         "extraction_resnet50_2x": ex["resnet50"]["speedup"] if "resnet50" in ex else None,
         "knn_4x_at_largest_n": knn["speedup_vs_sklearn"],
         "knn_identical": knn["identical_predictions"],
+        "knn_at_10k": _ratio(ten["knn_sklearn_s"], ten["knn_fmeval_s"]) if ten else None,
+        "knn_fraction_of_gemm_roofline": (knn.get("roofline") or {}).get("fraction_of_roofline"),
         "linear_3x_at_largest_n": lp["speedup_vs_sklearn"],
         "linear_3x_at_10k": _ratio(ten["lp_sklearn_s"], ten["lp_fmeval_s"]) if ten else None,
         "cached_rerun_3pct": _ratio(res["cache"]["second"]["seconds"], res["cache"]["first"]["seconds"]),
