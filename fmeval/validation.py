@@ -141,6 +141,7 @@ _NAMES: dict[str, tuple[str, Callable[[Any], None]]] = {
     "mode": ("--mode", _registry("fmeval.modes", "MODES")),
     "metric": ("--metric", _metric(allow_loss=False)),
     "device": ("--device", _device),
+    "precision": ("--precision", _fixed("precision", _names("fmeval.device", "PRECISIONS"))),
 }
 
 
