@@ -30,6 +30,7 @@ import numpy as np
 
 from benchmarks.cases import CASES, MARKER
 from benchmarks.common import dump_json, machine_info
+from benchmarks import sections
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
@@ -42,6 +43,15 @@ PRESETS: dict[str, dict] = {
         prepare_limit=None, dim=768, n_classes=10, k=11,
         knn_train=100_000, knn_test=10_000, lp_train=100_000, lp_val=10_000, lp_test=10_000,
         scaling=[1_000, 10_000], sk_max_iter=100, sk_grid=[0.01, 0.1, 1.0, 10.0], lp_epochs=None,
+        extract_models=[
+            dict(model="vit-s16", input_size=224, n_images=64, batch_size=32, repeats=2),
+            dict(model="vit-b16", input_size=224, n_images=32, batch_size=16, repeats=2),
+            dict(model="resnet50", input_size=224, n_images=64, batch_size=32, repeats=2),
+            dict(model="resnet18", input_size=64, n_images=2048, batch_size=256, repeats=3),
+        ],
+        gemm_square=2048,
+        finetune=dict(model="vit-s16", input_size=32, batch_size=64, steps=6, n_val=256,
+                      precisions=["fp32", "bf16"]),
     ),
     # a few minutes less: the same code paths at 1/10 of the sizes
     "quick": dict(
@@ -49,6 +59,15 @@ PRESETS: dict[str, dict] = {
         prepare_limit=512, dim=768, n_classes=10, k=11,
         knn_train=10_000, knn_test=2_000, lp_train=10_000, lp_val=2_000, lp_test=2_000,
         scaling=[1_000], sk_max_iter=100, sk_grid=[0.01, 0.1, 1.0, 10.0], lp_epochs=None,
+        extract_models=[
+            dict(model="vit-s16", input_size=224, n_images=16, batch_size=16, repeats=1),
+            dict(model="vit-b16", input_size=224, n_images=8, batch_size=8, repeats=1),
+            dict(model="resnet50", input_size=224, n_images=16, batch_size=16, repeats=1),
+            dict(model="resnet18", input_size=64, n_images=512, batch_size=256, repeats=1),
+        ],
+        gemm_square=1024,
+        finetune=dict(model="vit-s16", input_size=32, batch_size=32, steps=3, n_val=64,
+                      precisions=["fp32", "bf16"]),
     ),
     # seconds: the smoke test's end-to-end check (tiny random model, toy sizes)
     "toy": dict(
@@ -56,6 +75,13 @@ PRESETS: dict[str, dict] = {
         prepare_limit=24, dim=32, n_classes=3, k=5,
         knn_train=600, knn_test=100, lp_train=600, lp_val=100, lp_test=100,
         scaling=[200], sk_max_iter=100, sk_grid=[0.1, 1.0], lp_epochs=5,
+        extract_models=[
+            dict(model="vit-s16", input_size=None, tiny=True, n_images=16, batch_size=8, repeats=1),
+            dict(model="resnet18", input_size=None, tiny=True, n_images=32, batch_size=16, repeats=1),
+        ],
+        gemm_square=256,
+        finetune=dict(model="vit-s16", tiny=True, input_size=None, batch_size=8, steps=2, n_val=16,
+                      precisions=["fp32", "bf16"]),
     ),
 }
 
@@ -88,10 +114,11 @@ class Runner:
                     + proc.stderr[-3000:]
                 )
             result = json.loads(lines[-1][len(MARKER):])
-        desc = params.get("impl") or params.get("method") or ""
+        desc = " ".join(str(v) for v in (params.get("model"), params.get("impl") or params.get("method"),
+                                          params.get("precision")) if v)
         self.log.append(f"{name} {desc} {params.get('rule', '')} {params.get('device', '')}".strip())
         result["process_wall_s"] = round(time.perf_counter() - t0, 2)
-        _progress(f"  {name:<8} {desc:<8} {params.get('rule', '') or '':<19} "
+        _progress(f"  {name:<8} {desc:<22} {params.get('rule', '') or '':<19} "
                   f"{result['seconds']:8.2f} s   peak RSS +{result['peak_rss_delta_mb']:.0f} MB")
         return result
 
@@ -105,38 +132,6 @@ def _ratio(num: float, den: float) -> float:
 
 
 # -- sections -----------------------------------------------------------------------
-
-
-def _best(runs: list[dict]) -> dict:
-    """The fastest of repeated runs, with every time and the largest peak RSS kept."""
-    best = dict(min(runs, key=lambda r: r["seconds"]))
-    best["all_seconds"] = [r["seconds"] for r in runs]
-    best["peak_rss_delta_mb"] = max(r["peak_rss_delta_mb"] for r in runs)
-    return best
-
-
-def bench_extraction(run: Runner, cfg: dict, data: Path, devices: list[str]) -> dict:
-    rows = []
-    for dev in devices:
-        common = dict(data=str(data), model=cfg["model"], input_size=cfg["input_size"], tiny=cfg["tiny"],
-                      n_images=cfg["extract_images"], batch_size=cfg["batch_size"], device=dev)
-        runs: dict[str, list[dict]] = {"baseline": [], "fmeval": []}
-        for _ in range(cfg["extract_repeats"]):  # alternate, so drifting machine load hits both
-            for method in ("baseline", "fmeval"):
-                runs[method].append(run("extract", {**common, "method": method}))
-        base, fm = _best(runs["baseline"]), _best(runs["fmeval"])
-        rows.append({
-            "device": dev, "baseline": base, "fmeval": fm,
-            "speedup": _ratio(fm["images_per_s"], base["images_per_s"]),
-        })
-    return {
-        "what": "images/s of fmeval extract_features vs a torchvision Dataset (PIL Resize/ToTensor/"
-                "Normalize per image) + DataLoader(num_workers=0) + `model(x)` loop without "
-                "inference_mode; same model, weights, batch size and images (PneumoniaMNIST train); "
-                f"best of {cfg['extract_repeats']} alternating runs each, after a one-batch warm-up",
-        "model": cfg["model"], "input_size": cfg["input_size"], "tiny": cfg["tiny"],
-        "rows": rows,
-    }
 
 
 def bench_cache(run: Runner, cfg: dict, data: Path, tmp: Path, device: str) -> dict:
@@ -205,10 +200,10 @@ def memory_table(res: dict) -> list[dict]:
         fm = row["fmeval"]
         n, s = fm["n_images"], fm["input_size"]
         ref = f"{n} images as float32 3x{s}x{s} input"
-        add(f"extract fmeval ({row['device']})", fm, n * 3 * s * s * 4 / 2**20, ref)
-        add(f"extract baseline ({row['device']})", row["baseline"], n * 3 * s * s * 4 / 2**20, ref)
+        add(f"extract {row['model']} fmeval ({row['device']})", fm, n * 3 * s * s * 4 / 2**20, ref)
+        add(f"extract {row['model']} baseline ({row['device']})", row["baseline"], n * 3 * s * s * 4 / 2**20, ref)
     c = res["cache"]
-    s = res["extraction"]["rows"][0]["fmeval"]["input_size"]
+    s = next(r["fmeval"]["input_size"] for r in res["extraction"]["rows"] if r["model"] == res["config"]["model"])
     n = c["first"]["n_images"]
     add("prepare_frozen, first run", c["first"], n * 3 * s * s * 4 / 2**20,
         f"{n} images as float32 3x{s}x{s} input")
@@ -242,16 +237,7 @@ def _x(x: float | None) -> str:
 
 
 def summary_rows(res: dict) -> list[list[str]]:
-    rows: list[list[str]] = []
-    ex = res["extraction"]
-    for r in ex["rows"]:
-        rows.append([
-            f"Feature extraction ({ex['model']} @ {r['fmeval']['input_size']} px, {r['fmeval']['n_images']} "
-            f"PneumoniaMNIST images, batch {res['config']['batch_size']}, {r['device']})",
-            f"{_f(r['fmeval']['images_per_s'], 1)} img/s",
-            f"{_f(r['baseline']['images_per_s'], 1)} img/s (torchvision DataLoader loop)",
-            _x(r["speedup"]),
-        ])
+    rows: list[list[str]] = sections.summary_rows(res, _f, _x)
     c = res["cache"]
     rows.append([
         f"prepare_frozen, cached re-run vs first run ({c['first']['n_images']} images)",
@@ -267,6 +253,14 @@ def summary_rows(res: dict) -> list[list[str]]:
             _x(r["speedup_vs_sklearn"]) + (" identical predictions" if r["identical_predictions"]
                                            else f" {r['mismatches']} DIFFERENT predictions"),
         ])
+        roof = r.get("roofline")
+        if roof:
+            rows.append([
+                f"  kNN scoring GEMM, {r['euclidean']['scoring']} ({r['device']})",
+                f"{_f(roof['achieved_gflops'], 0)} GFLOP/s achieved",
+                f"{_f(roof['roofline_gflops'], 0)} GFLOP/s {roof['scoring']} GEMM of the same shape",
+                f"{roof['fraction_of_roofline']:.0%} of roofline",
+            ])
         rows.append([
             f"kNN cosine (DINOv2 weighted) k={k['k']}, same data ({r['device']})",
             f"{_f(r['cosine']['seconds'])} s", "-", "-",
@@ -344,6 +338,9 @@ def to_markdown(res: dict) -> str:
         "Peak resident-memory growth during each call (its inputs already resident; the "
         "high-water mark is reset before the call), next to the size of the data it streams over:", "",
         _md_table(MEMORY_HEAD, memory_rows(res)), "",
+        f"Load average (1, 5, 15 min) through the run: {res.get('load_trace')}.", "",
+        "Goals of issue 15 as measured in this run (informational; `met` needs a quiet machine):", "",
+        _md_table(["Goal", "Measured"], [[k, str(v)] for k, v in res.get("goals", {}).items()]), "",
     ]
     return "\n".join(parts)
 
@@ -364,6 +361,15 @@ def print_rich(res: dict) -> None:
         for r in rows:
             t.add_row(*r)
         con.print(t)
+    goals = res.get("goals", {})
+    if goals:
+        t = Table(title="Issue 15 goals (measured in this run)")
+        t.add_column("Goal")
+        t.add_column("Measured", justify="right")
+        for k, v in goals.items():
+            t.add_row(k, str(v))
+        con.print(t)
+    con.print(f"load average (1, 5, 15 min) through the run: {res.get('load_trace')}")
     con.print(f"suite: {res['suite_seconds']:.0f} s; results in {res['out']}")
 
 
@@ -411,20 +417,27 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory(prefix="fmeval-bench-") as tmpd:
         tmp = Path(tmpd)
-        _progress("[1/5] feature extraction")
-        res["extraction"] = bench_extraction(run, cfg, data, devices)
-        _progress("[2/5] cached prepare_frozen")
+        res["load_trace"] = {"start": sections.load_trace()}
+        _progress("[0/7] GEMM roofline")
+        res["gemm"] = sections.bench_gemm(run, cfg, devices)
+        _progress("[1/7] feature extraction")
+        res["extraction"] = sections.bench_extraction(run, cfg, data, devices, tmp)
+        res["load_trace"]["after_extraction"] = sections.load_trace()
+        _progress("[2/7] cached prepare_frozen")
         res["cache"] = bench_cache(run, cfg, data, tmp, devices[-1])
         real = str(tmp / "real_features.npz")
-        _progress("[3/5] kNN")
+        _progress("[3/7] kNN")
         res["knn"] = bench_knn(run, cfg, tmp, devices, cfg["knn_train"])
-        _progress("[4/5] linear probe")
+        for row in res["knn"]["rows"]:
+            row["roofline"] = sections.knn_roofline(row, res["gemm"][row["device"]])
+        res["load_trace"]["after_knn"] = sections.load_trace()
+        _progress("[4/7] linear probe")
         res["linear"] = {
             "synthetic": bench_linear(run, cfg, devices, cfg["lp_train"]),
             "pneumoniamnist": bench_linear(run, cfg, devices, 0, features=real, tag="pneumoniamnist",
                                            grid=True),
         }
-        _progress("[5/5] scaling")
+        _progress("[5/7] scaling")
         scaling = []
         for n in cfg["scaling"]:
             kn = bench_knn(run, cfg, tmp, devices[:1], n)
@@ -448,6 +461,10 @@ def main(argv: list[str] | None = None) -> dict:
             "source": "sections 3 and 4",
         })
         res["scaling"] = scaling
+        res["load_trace"]["after_scaling"] = sections.load_trace()
+        _progress("[6/7] LoRA vs full fine-tuning")
+        res["finetune"] = sections.bench_finetune(run, cfg, data, devices)
+        res["load_trace"]["end"] = sections.load_trace()
     res["memory"] = memory_table(res)
     res["suite_seconds"] = round(time.perf_counter() - t0, 1)
     res["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -460,6 +477,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fmeval_ahead_knn_at_largest_n": knn_row["speedup_vs_sklearn"] > 1.0,
         "fmeval_ahead_linear_at_largest_n": lp_row["speedup_vs_sklearn"] > 1.0,
     }
+    res["goals"] = sections.goals(res)
     out = Path(args.out)
     res["out"] = str(out)
     if not args.no_write:

@@ -71,27 +71,43 @@ def baseline_extract(adapter, images: np.ndarray, batch_size: int, device: str):
     return torch.cat(feats)
 
 
+def fmeval_extractor(adapter, precision: str, dev: str, bs: int):
+    """fmeval's extraction (``extract_features``) at the resolved ``precision``, in the
+    memory format the policy picks for the adapter's family."""
+    import torch
+
+    from fmeval.device import resolve_precision, use_channels_last
+    from fmeval.features import extract_features
+
+    device = torch.device(dev)
+    resolved = resolve_precision(precision, device, adapter.family)
+    cl = use_channels_last(adapter.family, device, resolved)
+    return (lambda imgs: extract_features(adapter, imgs, batch_size=bs, device=dev, precision=resolved)), \
+        resolved, cl
+
+
 def case_extract(p: dict) -> dict:
     from fmeval.adapters.base import create_adapter
-    from fmeval.features import extract_features
 
     dev, bs = p["device"], p["batch_size"]
     images = np.load(p["data"])["train_images"][: p["n_images"]]
     adapter = create_adapter(p["model"], pretrained=False, tiny=p["tiny"],
                              input_size=p["input_size"], device=dev)
+    extra: dict = {"model": p["model"]}
     if p["method"] == "fmeval":
-        def run(imgs):
-            return extract_features(adapter, imgs, batch_size=bs, device=dev)
+        run, resolved, cl = fmeval_extractor(adapter, p.get("precision", "auto"), dev, bs)
+        extra.update(precision=resolved, channels_last=cl)
     else:
         def run(imgs):
             return baseline_extract(adapter, imgs, bs, dev)
+        extra.update(precision="fp32", channels_last=False)
     run(images[: min(bs, len(images))])  # warm-up: one batch (kernel selection, allocator)
     with measure(dev) as m:
         feats = run(images)
     if p.get("save"):
-        np.save(p["save"], feats.numpy())
+        np.save(p["save"], feats.float().numpy())
     return {
-        **m.as_dict(),
+        **m.as_dict(), **extra,
         "n_images": len(images),
         "images_per_s": len(images) / m.seconds,
         "feature_dim": int(feats.shape[1]),
@@ -160,13 +176,21 @@ def case_knn(p: dict) -> dict:
     k, dev = p["k"], p.get("device", "cpu")
     extra: dict = {}
     if p["impl"] == "fmeval":
-        from fmeval.probes.knn import knn_predict
+        from fmeval.probes.knn import knn_predict, resolve_scoring
+        from fmeval.probes.knn_search import SearchStats
 
         xtr_d, ytr_d, xte_d = xtr.to(dev), ytr.to(dev), xte.to(dev)
+        stats = SearchStats()
+        scoring = p.get("scoring", "auto")
         with measure(dev) as m:
-            prob = knn_predict(xtr_d, ytr_d, xte_d, [k], n_classes=n_classes, rule=p["rule"])[k]
+            prob = knn_predict(xtr_d, ytr_d, xte_d, [k], n_classes=n_classes, rule=p["rule"],
+                               scoring=scoring, stats=stats)[k]
             pred = prob.argmax(1).cpu().numpy()
-        extra["rule"] = p["rule"]
+        gemm_flops = 2.0 * len(xtr) * len(xte) * xtr.shape[1]
+        extra.update(rule=p["rule"], scoring=resolve_scoring(scoring, torch.device(dev)),
+                     rows_by_precision=stats.by_precision, rows_full_exact=stats.full_exact,
+                     switched_to_fp32=stats.switched_to_fp32, reranked_per_row=stats.reranked / len(xte),
+                     gemm_gflop=gemm_flops / 1e9, achieved_gflops=gemm_flops / m.seconds / 1e9)
     else:
         from sklearn.neighbors import KNeighborsClassifier
 
@@ -197,13 +221,16 @@ def case_linear(p: dict) -> dict:
     dev = p.get("device", "cpu")
     extra: dict = {}
     if p["impl"] == "fmeval":
+        from fmeval.device import resolve_precision
         from fmeval.probes.linear import ProbeConfig, train_linear_probe
 
         cfg = ProbeConfig(epochs=p["epochs"]) if p.get("epochs") else ProbeConfig()
         xtr_d, ytr_d, xva_d, yva_d = xtr.to(dev), ytr.to(dev), xva.to(dev), yva.to(dev)
+        precision = resolve_precision(p.get("precision", "auto"), torch.device(dev), None)
         with measure(dev) as m:
             probe = train_linear_probe(xtr_d, ytr_d, xva_d, yva_d, n_outputs=n_classes,
-                                       multilabel=False, config=cfg)
+                                       multilabel=False, config=cfg, precision=precision)
+        extra["precision"] = precision
         pred = probe.predict_proba(xte.to(dev)).argmax(1).cpu().numpy()
         extra.update(heads=len(cfg.grid()), epochs_run=probe.epochs_run, max_epochs=cfg.epochs,
                      batch_size=cfg.batch_size, selected_lr=probe.lr,
@@ -247,6 +274,15 @@ CASES: dict[str, Callable[[dict], dict]] = {
     "knn": case_knn,
     "linear": case_linear,
 }
+
+
+def _register_perf_cases() -> None:
+    from benchmarks.cases_perf import PERF_CASES
+
+    CASES.update(PERF_CASES)
+
+
+_register_perf_cases()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,6 +141,7 @@ _NAMES: dict[str, tuple[str, Callable[[Any], None]]] = {
     "mode": ("--mode", _registry("fmeval.modes", "MODES")),
     "metric": ("--metric", _metric(allow_loss=False)),
     "device": ("--device", _device),
+    "precision": ("--precision", _fixed("precision", _names("fmeval.device", "PRECISIONS"))),
 }
 
 
@@ -172,7 +173,7 @@ def validate_config(cfg: "RunConfig") -> None:
     """Every named choice of ``cfg`` (``None``: the built-in default, always valid)."""
     for c in CHOICES:
         value = cfg.get(c.path)
-        if value is None:
+        if value is None or (c.path == "model" and cfg.mode == "score"):  # external:<file>: no adapter
             continue
         try:
             c.check(value)

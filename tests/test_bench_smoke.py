@@ -22,7 +22,8 @@ def test_bench_toy_end_to_end(tmp_path):
 
     saved = json.loads((out / "bench.json").read_text())
     assert saved["preset"] == "toy"
-    for key in ("machine", "extraction", "cache", "knn", "linear", "scaling", "memory", "checks"):
+    for key in ("machine", "extraction", "cache", "knn", "linear", "scaling", "memory", "checks",
+                "gemm", "finetune", "goals", "load_trace"):
         assert key in saved, key
     assert saved["machine"]["torch_threads"] >= 1 and saved["machine"]["cpu_cores"] >= 1
     assert saved["checks"]["knn_identical_predictions"] is True
@@ -30,6 +31,18 @@ def test_bench_toy_end_to_end(tmp_path):
     assert saved["cache"]["first"]["cache_hits"] == {"train": False, "val": False, "test": False}
     ex = saved["extraction"]["rows"][0]
     assert ex["fmeval"]["images_per_s"] > 0 and ex["baseline"]["images_per_s"] > 0
+    assert {r["model"] for r in saved["extraction"]["rows"]} == {"vit-s16", "resnet18"}
+    for r in saved["extraction"]["rows"]:  # same features as the plain loop (preprocessing aside)
+        assert r["fmeval"]["precision"] in ("fp32", "bf16") and r["min_cosine_to_baseline"] > 0.9
+    g = saved["gemm"]["cpu"]
+    assert g["square_fp32_gflops"] > 0 and g["square_bf16_gflops"] > 0
+    roof = saved["knn"]["rows"][0]["roofline"]
+    assert roof["achieved_gflops"] > 0 and roof["roofline_gflops"] > 0
+    ft = saved["finetune"]["rows"]
+    assert {r["precision"] for r in ft} == {"fp32", "bf16"}
+    for r in ft:
+        assert r["lora"]["trainable_params"] < r["full"]["trainable_params"]
+        assert r["epoch_ratio"] > 0 and r["lora"]["peak_rss_mb"] > 0
     lin = saved["linear"]["synthetic"]
     assert 0.0 <= lin["rows"][0]["fmeval"]["accuracy"] <= 1.0 and 0.0 <= lin["sklearn"]["accuracy"] <= 1.0
     assert [s["n_train"] for s in saved["scaling"]] == [200, 600]

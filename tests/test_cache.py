@@ -146,3 +146,23 @@ def test_written_files_get_normal_permissions(tmp_path):
     atomic_write_text(tmp_path / "r.md", "x")
     mode = stat.S_IMODE((tmp_path / "r.md").stat().st_mode)
     assert mode == 0o666 & ~mask  # not mkstemp's private 0600
+
+
+def test_full_cache_hit_reads_no_images_and_rehashes_no_data_file(tmp_path, counting, monkeypatch):
+    """A cached re-run decompresses and validates no image array, and trusts the data
+    file's remembered MD5 (path, size, mtime): only the small label arrays are read."""
+    import fmeval.data.npz as npz
+
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(40, 20, 20))
+    prepare_frozen(_cfg(tmp_path))  # first run: computes, caches, remembers the MD5
+    reads, splits, digests = [], [], []
+    monkeypatch.setattr(npz.MedMNIST, "_read", lambda self, key, _r=npz.MedMNIST._read: reads.append(key)
+                        or _r(self, key))
+    monkeypatch.setattr(npz.MedMNIST, "_load_split", lambda self, name, _l=npz.MedMNIST._load_split:
+                        splits.append(name) or _l(self, name))
+    monkeypatch.setattr(npz, "file_digest", lambda *a, _d=npz.file_digest, **k: digests.append(a) or _d(*a, **k))
+    counting["n"] = 0
+    again = prepare_frozen(_cfg(tmp_path))
+    assert set(again.cache_hits.values()) == {True} and counting["n"] == 0
+    assert splits == [] and digests == []
+    assert sorted(reads) == ["test_labels", "train_labels", "val_labels"]

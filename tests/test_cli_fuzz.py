@@ -51,10 +51,14 @@ BASE: dict[str, tuple[str, ...]] = {
     "study run": ("quick",),
     "study report": ("quick",),
     "weights fetch": ("medclip",),
+    "robustness": FROZEN + ("--head", "knn"),  # knn: --k is checked against the training set
+    "score": ("preds.csv", "--dataset", "pneumoniamnist", "--data-root", DATA),
+    "predict": ("--out", "p.csv", "--adapter", EMPTY_DIR),
 }
 # Values that are wrong for an option whatever its type says (the rest come from its type).
 SPECIAL: dict[str, tuple[str, ...]] = {
     "k": ("5,10000",),  # 10000 > the 60 synthetic training images: found before the model is built
+    "predict out": (EMPTY_DIR,),  # a file option: a folder is what is wrong there
 }
 
 
@@ -144,6 +148,8 @@ def bad_values(p: Param) -> list[str]:
     """Values the parameter must refuse, from its type and declared range."""
     if p.kind is bool:
         return []  # flags take no value: see _cases
+    if f"{p.command} {p.name}" in SPECIAL:  # command-specific: exactly these (predict --out is a file)
+        return list(SPECIAL[f"{p.command} {p.name}"])
     if p.name in SPECIAL:
         vals = list(SPECIAL[p.name])
     else:
@@ -220,6 +226,8 @@ def workdir(tmp_path_factory) -> Path:
     write_synthetic(root / DATA, "pneumoniamnist", 28, n=(60, 20, 20))
     (root / AFILE).write_text("not a folder\n")
     (root / EMPTY_DIR).mkdir()
+    # a valid predictions file of the synthetic test split (20 images, 2 classes) for `score`
+    (root / "preds.csv").write_text("index,0,1\n" + "".join(f"{i},0.25,0.75\n" for i in range(20)))
     return root
 
 

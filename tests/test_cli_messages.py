@@ -308,3 +308,17 @@ def test_unknown_key_in_the_settings_file_is_one_line(work, capsys):
         code, _, err = run(capsys, *argv)
         line = one_error_line(code, err)
         assert "fmeval.toml" in line and "unknown setting(s) colour" in line
+
+
+def test_help_shows_bracketed_defaults_verbatim():
+    """Rich markup must not eat '[env FMEVAL_REPORTS_DIR; ...]' or '[default: ...]' from help."""
+    from typer.testing import CliRunner
+
+    from fmeval.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["study", "run", "--help"], env={"COLUMNS": "200"}).output
+    assert "[env FMEVAL_REPORTS_DIR; default ./reports]" in out
+    assert "[default: the study file's]" in out
+    out = runner.invoke(app, ["knn", "--help"], env={"COLUMNS": "200"}).output
+    assert "[default: the encoder's]" in out

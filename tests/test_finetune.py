@@ -127,6 +127,19 @@ def test_cli_evaluate_writes_the_same_metrics(lora_run, tmp_path):
     assert json.loads(results.read_text())["test"]["metrics"] == _metrics(r)
 
 
+def test_reloaded_adapter_runs_in_the_precision_it_trained_in(lora_run):
+    """evaluate/predict default to the run's resolved precision (an ``auto`` run trained
+    in bf16 on a GPU stays bf16 elsewhere); ``--precision`` overrides it."""
+    _, r = lora_run
+    folder = Path(r.extras["training"]["adapter_path"])
+    rec = json.loads((folder / RUN_FILE).read_text())
+    assert rec["precision"] in ("fp32", "bf16") and rec["config"]["precision"] == "auto"
+    cfg, p = load_finetuned(folder)
+    assert cfg.precision == rec["precision"] and p.setup.precision == rec["precision"]
+    cfg, p = load_finetuned(folder, precision="bf16")
+    assert p.setup.precision == "bf16"
+
+
 def test_full_finetune_resnet_beats_majority_baseline(pneumonia_root, tmp_path):
     # 3 epochs x 20 minibatches of 64 (quick-look cap), full val/test splits
     cfg = _cfg(pneumonia_root, "resnet18", "full", tmp_path, epochs=3, lr=1e-3, patience=0,

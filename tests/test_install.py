@@ -66,6 +66,13 @@ CASES: list[Case] = [
     Case("knn", exit=2, stderr=("--model",)),
     Case("knn --bogus", exit=2, stderr=("--bogus",)),
     Case("weights ls", stdout=("medclip", "medvit-small", "missing")),
+    Case("prompts compare --model medclip --tiny --prompts pneumonia.yaml --dataset pneumoniamnist "
+         "--bootstrap 50", stdout=("prompt styles (val)", "selected on validation"),
+         files=("reports/*/results.json",)),
+    Case("finetune --lora", exit=2, stderr=("--model", "--dataset")),
+    # the shipped study resolves from an empty folder; planning and a dry run build no model
+    Case("study plan studies/quick.yaml", stdout=("20 cells", "0 done")),
+    Case("study run studies/quick.yaml --dry-run", stdout=("would run 20 cells",)),
 ]
 
 

@@ -51,6 +51,17 @@ def _scores(plan) -> dict[str, dict]:
             for r in runs}
 
 
+def assert_same_scores(a: dict, b: dict) -> None:
+    """Same cells, same metrics, same numbers. Worker processes split the cores (fewer BLAS
+    threads), so float sums may differ in the last bits: equal to 1e-6 relative, i.e. identical
+    at every digit a leaderboard shows."""
+    assert a.keys() == b.keys()
+    for cell in a:
+        assert a[cell].keys() == b[cell].keys()
+        for m in a[cell]:
+            assert a[cell][m] == pytest.approx(b[cell][m], rel=1e-6, abs=1e-9), (cell, m)
+
+
 @pytest.mark.parametrize("patch,message", [
     ({"axes": {"models": ["vit-s16"], "datasets": ["pneumoniamnist"], "modes": ["knn"], "sedes": [0]}},
      "axes.sedes"),
@@ -131,7 +142,7 @@ def test_two_workers_give_the_same_leaderboard_as_one(tmp_path):
     par = _plan(path, tmp_path / "par")
     counts = EXECUTORS.get("local").run(par, jobs=2)
     assert counts["done"] == 8
-    assert _scores(par) == _scores(seq)
+    assert_same_scores(_scores(par), _scores(seq))
 
 
 def test_submitit_local_executor_runs_cells_in_other_processes(tmp_path):
@@ -152,7 +163,7 @@ def test_submitit_local_executor_runs_cells_in_other_processes(tmp_path):
     assert len(logs) == 2  # one array task per encoder group, each a separate process
     seq = _plan(path, tmp_path / "seq")
     EXECUTORS.get("local").run(seq)
-    assert _scores(plan) == _scores(seq)
+    assert_same_scores(_scores(plan), _scores(seq))
 
 
 def test_slurm_dry_run_prints_the_array(capsys, tmp_path):
@@ -209,3 +220,24 @@ def test_kill_9_mid_study_then_rerun_completes_only_missing_cells(tmp_path):
     assert _scores(plan) == _scores(clean)
     board = json.dumps(sorted(_scores(plan).items()))
     assert board == json.dumps(sorted(_scores(clean).items()))
+
+
+def test_study_run_prints_the_leaderboard_ranked_as_in_leaderboard_md(capsys, tmp_path, monkeypatch):
+    """The terminal shows each dataset x size table, same order as leaderboard.md, variants in words."""
+    from fmeval.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    path = _write_study(tmp_path, axes={"models": ["vit-s16"], "datasets": ["pneumoniamnist"], "sizes": [28],
+                                        "input_sizes": [32, 48], "modes": ["knn"], "seeds": [0]})
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "run", str(path), "--reports-dir", str(tmp_path / "reports")])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    board = (tmp_path / "reports" / "studies" / "tiny" / "leaderboard.md").read_text()
+    section = board[board.index("## pneumoniamnist @ 28 px"):]
+    md_order = [line.split("|")[4].strip() for line in section.splitlines() if line.startswith("| 1 ")
+                or line.startswith("| 2 ")]
+    term = out[out.index("pneumoniamnist @ 28 px"):]
+    term_order = [w for line in term.splitlines() for w in ("input 32", "input 48") if w in line]
+    assert md_order == term_order and sorted(term_order) == ["input 32", "input 48"]
+    assert all(len(line) <= 80 for line in term.splitlines())

@@ -249,6 +249,30 @@ def test_plots_are_skipped_cleanly_when_the_study_has_nothing_for_them(study, tm
         tmp_path / "index.html").read_text()
 
 
+def test_resolution_plot_follows_the_encoder_input_size_at_one_image_size(study, tmp_path, monkeypatch):
+    """A study at one image size that varies --input-size gets its resolution plot over input sizes;
+    two variants at the same input size (an override) are never joined into one line."""
+    monkeypatch.setenv("FMEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FMEVAL_PROGRESS", "0")
+    base = {"mode": "knn", "model": "resnet18", "dataset": "breastmnist", "size": 28, "seed": 0}
+    runs = [_run({**base, "input_size": n}, study["data"], tmp_path / "runs") for n in (32, 64)]
+    files = write_study_outputs("inputs", runs, tmp_path / "out", n_boot=10)
+    manifest = json.loads((tmp_path / "out" / "outputs.json").read_text())
+    plot = next(p for p in manifest["plots"] if p["name"] == "resolution")
+    assert plot["file"] == "plot_resolution.png" and "plot_resolution.png" in files
+    assert plot["title"] == "AUC against encoder input size"
+    board = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "| input 32 |" in board and "| input 64 |" in board  # variants named by what differs
+    # a second variant (another kNN temperature) at input 32: input 32 is now two entries, no line
+    other = _run({**base, "input_size": 32, "knn.temperature": 0.5}, study["data"], tmp_path / "runs")
+    out = write_study_outputs("inputs2", [*runs, other], tmp_path / "out2", n_boot=10)
+    manifest = json.loads((tmp_path / "out2" / "outputs.json").read_text())
+    plot = next(p for p in manifest["plots"] if p["name"] == "resolution")
+    assert plot["file"] is None and "one encoder input size" in plot["caption"] and "plot_resolution.png" not in out
+    board = (tmp_path / "out2" / "leaderboard.md").read_text()  # the columns cannot tell the 32s apart: digests
+    assert sum(f"| input 32 · {C.variant_of(r)} |" in board for r in (runs[0], other)) == 2
+
+
 def test_limit_subsets_are_a_group_of_their_own_and_still_paired(study, tmp_path):
     """--limit runs scored a subset (indices not 0..N-1): never ranked with full runs, read and paired anyway."""
     limited = [_run({"mode": "knn", "model": m, "dataset": "pneumoniamnist", "size": 28, "seed": 0, "limit": 16},

@@ -19,7 +19,7 @@ app = typer.Typer(
 console = Console()
 
 ReportsDir = Annotated[Optional[Path], typer.Option(
-    "--reports-dir", help="Where reports go [env FMEVAL_REPORTS_DIR; default ./reports].")]
+    "--reports-dir", help="Where reports go \\[env FMEVAL_REPORTS_DIR; default ./reports].")]
 
 
 def user_defaults() -> dict[str, Any]:

@@ -44,21 +44,31 @@ def predict(
     header: Annotated[bool, typer.Option("--header/--no-header", help="Write the header row (no header: the "
                                          "layout medmnist's Evaluator writes).")] = True,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder with the npz files, if not "
-                                                      "where the run found them [env FMEVAL_DATA_ROOT].")] = None,
+                                                      "where the run found them \\[env FMEVAL_DATA_ROOT].")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N (--adapter).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16 (--adapter) \\[default: the "
+                                                     "precision the run trained in].")] = None,
 ) -> None:
     """Write a run's test predictions as the CSV `fmeval score` reads (round trip: same metrics)."""
     import os
 
     from fmeval.report.export import export_adapter, export_run
+    from fmeval.validation import check_names
 
+    from fmeval.validation import check_folder
+
+    check_names(device=device, precision=precision)
+    check_folder(data_root, "--data-root")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the CSV file to write.")
     if (run is None) == (adapter is None):
         raise ConfigError("predict needs exactly one of --run reports/<run_id> or --adapter adapters/<run>.")
     if run is not None:
         exp = export_run(run, out, header=header)
     else:
         root = data_root or (Path(os.environ["FMEVAL_DATA_ROOT"]) if os.environ.get("FMEVAL_DATA_ROOT") else None)
-        exp = export_adapter(adapter, out, header=header, data_root=str(root) if root else None, device=device)
+        exp = export_adapter(adapter, out, header=header, data_root=str(root) if root else None, device=device,
+                             precision=precision)
     console.print(f"wrote {exp.path}: {exp.n} rows, sha256 {exp.sha256}", markup=False, highlight=False, soft_wrap=True)
     if exp.n_split is not None and exp.n != exp.n_split:
         console.print(f"⚠ the run scored {exp.n} of {exp.n_split} test images (--limit); `fmeval score` needs every "

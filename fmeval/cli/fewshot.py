@@ -76,8 +76,13 @@ def fewshot_report(
     from fmeval.report import load_runs, reports_dir as default_root
     from fmeval.report.fewshot import fewshot_curves, print_fewshot_summary, write_fewshot_summary
 
+    from fmeval.validation import check_names
+
     METRICS.entry(metric)
+    check_names(dataset=dataset, mode=mode, model=model)
     root = Path(reports_dir) if reports_dir else default_root()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--reports-dir {root} is a file, not a folder.")
     if not root.is_dir():
         raise ConfigError(f"reports folder {root} does not exist.")
     runs, _ = load_runs(root)

@@ -75,8 +75,10 @@ def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
 @app.command()
 def evaluate(
     adapter: Annotated[Path, typer.Option("--adapter", "-a", help="Folder of a fine-tuned run (adapters/<run>).")],
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder with the npz files, if not where the run found them [env FMEVAL_DATA_ROOT].")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder with the npz files, if not where the run found them \\[env FMEVAL_DATA_ROOT].")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16 [default: the precision the run "
+                                                     "trained in].")] = None,
     bootstrap: Annotated[Optional[int], typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the CIs (default: the run's).")] = None,
     reports_dir: ReportsDir = None,
 ) -> None:
@@ -92,11 +94,11 @@ def evaluate(
     from fmeval.report import check_writable, finish, print_result
     from fmeval.validation import check_folder, check_names
 
-    check_names(device=device)
+    check_names(device=device, precision=precision)
     check_folder(data_root, "--data-root")
     reports = str(reports_dir) if reports_dir else os.environ.get("FMEVAL_REPORTS_DIR") or None
     check_writable(reports)
     root = data_root or (Path(os.environ["FMEVAL_DATA_ROOT"]) if os.environ.get("FMEVAL_DATA_ROOT") else None)
     result = evaluate_adapter(adapter, data_root=str(root) if root else None, device=device,
-                              n_boot=bootstrap, reports_dir=reports)
+                              precision=precision, n_boot=bootstrap, reports_dir=reports)
     print_result(finish(result, reports), console)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 
 from fmeval.errors import ConfigError
 
@@ -41,7 +42,8 @@ class Opt:
     value: Any = None  # for flags that set a fixed value (e.g. --tiny -> True)
 
     def annotation(self) -> Any:
-        kw: dict[str, Any] = {"help": self.help, "show_default": self.default_text or False}
+        # help is plain text: rich markup would eat "[env X; default Y]" as a tag
+        kw: dict[str, Any] = {"help": escape(self.help), "show_default": self.default_text or False}
         if not self.list_of:  # list values and exclusive minimums are checked in convert()
             if self.min is not None and not self.min_open:
                 kw["min"] = self.min

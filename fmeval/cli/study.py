@@ -97,7 +97,7 @@ def _print_dry_run(plan, executor: str, jobs: int) -> None:
 def study_run(
     file: StudyFile,
     reports_dir: ReportsDir = None,
-    executor: Annotated[Optional[str], typer.Option(help="local or slurm [default: the study file's].")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="local or slurm \\[default: the study file's].")] = None,
     jobs: Annotated[Optional[int], typer.Option(min=1, help="local: worker processes (one GPU each when there are several).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed cells again.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run (Slurm: the array and resources).")] = False,
@@ -139,6 +139,58 @@ def study_run(
     paths = finish_study(plan)
     for label, path in paths.items():
         console.print(f"{label}: {path}", markup=False, highlight=False)
+    print_leaderboards(plan)
+
+
+#: Leaderboard columns shown in the terminal (the rest are in leaderboard.md / .csv and the page).
+TERMINAL_COLUMNS = {"#": "#", "model": "model", "mode": "mode", "style": "style", "variant": "variant",
+                    "AUC (± sd)": "AUC ± sd", "ACC (± sd)": "ACC ± sd", "majority ACC": "maj."}
+
+
+def print_leaderboards(plan) -> None:
+    """The study's leaderboard per dataset x size, in the terminal, narrowed to what fits a line.
+
+    Built from the same tables as leaderboard.md (same ranking, same pooling
+    over seeds), so the terminal never says something the files do not.
+    """
+    from rich import box
+    from rich.table import Table as RichTable
+
+    from fmeval.report.leaderboard import SHORT_MODES
+    from fmeval.studies import cells as C
+    from fmeval.studies import tables as T
+    from fmeval.studies.finish import finished_runs
+
+    runs, _ = finished_runs(plan)
+    if not runs:
+        return
+    entries = C.pool_entries([C.cell_row(r) for r in runs])
+    for table in T.group_tables(entries, "auc"):
+        keep = [i for i, c in enumerate(table.columns) if c in TERMINAL_COLUMNS]
+        rt = RichTable(title=escape(table.title), title_justify="left", header_style="bold", box=None,
+                       pad_edge=False, padding=(0, 1))
+        for i in keep:
+            name = table.columns[i]
+            rt.add_column(escape(TERMINAL_COLUMNS[name]), justify="right" if name == "#" else "left",
+                          no_wrap=name in ("model", "mode") or "±" in name, overflow="fold")
+        for row in table.rows:
+            rt.add_row(*[escape(_short_cell(row[i].text, SHORT_MODES)) for i in keep])
+        console.print(rt)
+    console.print(f"full tables, CIs and plots: {plan.root / 'index.html'}", markup=False, highlight=False)
+
+
+def _short_cell(text: str, short_modes: dict) -> str:
+    """'0.8840 ± 0.0087' -> '0.884±0.009'; mode names shortened as in `fmeval report`."""
+    if " ± " in text:
+        try:
+            v, sd = (float(x) for x in text.split(" ± "))
+            return f"{v:.3f}±{sd:.3f}"
+        except ValueError:
+            return text
+    try:
+        return f"{float(text):.3f}" if "." in text else short_modes.get(text, text)
+    except ValueError:
+        return short_modes.get(text, text)
 
 
 def _summary(plan) -> None:
@@ -163,3 +215,4 @@ def study_report(file: StudyFile, reports_dir: ReportsDir = None) -> None:
     _summary(plan)
     for label, path in finish_study(plan).items():
         console.print(f"{label}: {path}", markup=False, highlight=False)
+    print_leaderboards(plan)

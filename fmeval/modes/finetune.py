@@ -318,7 +318,9 @@ def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Prepared
     """Rebuild a finished run's classifier (base adapter + its saved weights).
 
     ``overrides``: fields that may differ from the run (data_root, device,
-    reports_dir, n_boot, ...).
+    precision, reports_dir, n_boot, ...). Without a ``precision`` override the
+    run's own resolved precision (run.json ``precision``) is used, so an
+    ``auto`` run trained in bf16 on a GPU is evaluated in bf16 elsewhere too.
     """
     folder = Path(folder).expanduser()
     rec = read_run_record(folder)
@@ -331,7 +333,10 @@ def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Prepared
         cfg = RunConfig.from_dict(rec["config"])
     except ConfigError as exc:
         raise ConfigError(f"{folder / 'run.json'}: config: {exc}") from None
-    cfg = replace(cfg, resume=None, **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "precision" not in overrides and rec.get("precision") in ("fp32", "bf16"):
+        overrides["precision"] = rec["precision"]
+    cfg = replace(cfg, resume=None, **overrides)
     p = prepare(cfg, train_method=False)
     apply_fewshot(cfg, p)  # the same episode and validation data as in training
     p.method.load(p.model, folder)

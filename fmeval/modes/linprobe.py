@@ -74,6 +74,7 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
         standardize=cfg.linprobe.feature_norm == "standardize",
         seed=cfg.seed,
         description=f"linear probe {cfg.model} {info.flag}",
+        precision=fz.precision if fz.precision == "bf16" else "fp32",  # the run's resolved precision
     )
     extras = {"grid": probe.grid, "curves": probe.curves, "epochs_run": probe.epochs_run}
     if bank is not None:

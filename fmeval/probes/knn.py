@@ -7,13 +7,17 @@ Two named rules:
   distance, unweighted majority vote; probabilities are vote fractions and
   ties go to the lowest class index, as in scikit-learn.
 
-Test points are processed in chunks (one fused matmul + a two-stage top-k
-each), so memory is bounded by a fixed budget for the ``[rows, n_train]`` score
-chunk and there is no per-sample Python loop; nothing of size
-``[n_train, D]`` is copied. Euclidean candidates are re-ranked in float64, so
-neighbour sets match an exact (scikit-learn) computation. All k of a sweep
-come out of one pass: neighbours are sorted, so the votes of the first k are
-a prefix of the same neighbour list.
+Neighbours are found by :mod:`fmeval.probes.knn_search`: one GEMM per chunk
+of test rows in a fast precision (``scoring``: bf16 where the hardware
+multiplies bf16 natively, else fp32), a candidate set proven by an error
+bound to hold the true k nearest, and a float64 re-rank of the candidates that
+could still change places. So neighbour sets (and the majority votes) are
+those of an exact float64 computation such as scikit-learn's whatever the
+scoring precision. Memory is bounded by a fixed budget for the
+``[rows, n_train]`` score chunk and there is no per-sample Python loop; the fp32
+path copies nothing of size ``[n_train, D]`` (bf16 keeps one half-size centred
+copy). All k of a sweep come out of one pass: neighbours are sorted, so the
+votes of the first k are a prefix of the same neighbour list.
 """
 
 from __future__ import annotations
@@ -24,47 +28,42 @@ import torch
 import torch.nn.functional as F
 
 from fmeval.errors import ConfigError
+from fmeval.probes.knn_search import (
+    Scorer,
+    SearchStats,
+    cosine_scorer,
+    euclidean_scorer,
+    inverse_norms,
+    search,
+)
 from fmeval.registry import Registry
+
+SCORINGS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
 class KnnRule:
     name: str
     largest: bool  # True: similarity (bigger is nearer); False: distance
+    cosine: bool
 
-    def scores(self, test: torch.Tensor, train: torch.Tensor, train_sq: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+    def scorer(self, train: torch.Tensor, precision: str) -> Scorer:
+        if self.cosine:
+            return cosine_scorer(train, precision, inverse_norms(train))
+        return euclidean_scorer(train, precision)
 
     def weights(self, near: torch.Tensor, temperature: float) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class CosineRule(KnnRule):
-    def scores(self, test, train, train_sq):
-        # ``test`` is normalised; ``train_sq`` holds 1/||train row||, applied to the
-        # columns of the score chunk instead of normalising a copy of ``train``
-        sc = test @ train.T
-        return sc.mul_(train_sq) if train_sq is not None else sc
-
-    def weights(self, near, temperature):
-        return (near / temperature).exp()
-
-
-class EuclideanMajorityRule(KnnRule):
-    def scores(self, test, train, train_sq):
-        # squared distances up to a per-row constant: ||b||^2 - 2ab (||a||^2 does not change
-        # ranks), as one fused GEMM
-        return torch.addmm(train_sq.unsqueeze(0), test, train.T, alpha=-2.0)
-
-    def weights(self, near, temperature):
+        if self.cosine:
+            return (near / temperature).exp()
         return torch.ones_like(near)
 
 
 KNN_RULES: Registry[KnnRule] = Registry("kNN rule", ConfigError)
-KNN_RULES.add("cosine", CosineRule("cosine", largest=True), "DINOv2 temperature-weighted cosine votes")
+KNN_RULES.add("cosine", KnnRule("cosine", largest=True, cosine=True),
+              "DINOv2 temperature-weighted cosine votes")
 KNN_RULES.add(
     "euclidean-majority",
-    EuclideanMajorityRule("euclidean-majority", largest=False),
+    KnnRule("euclidean-majority", largest=False, cosine=False),
     "MedMNIST+ protocol: Euclidean distance, majority vote",
 )
 
@@ -73,59 +72,23 @@ KNN_RULES.add(
 # elements (64 MiB of float32 on CPU, where it must not thrash the caches and
 # RAM; 512 MiB on GPU) whatever ``chunk`` says.
 _SCORE_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 27}
-_BLOCK = 64  # block width of the two-stage top-k
-_RERANK_MARGIN = 4  # extra float32 candidates re-ranked in float64 (euclidean), + k/8
+# extra candidates beyond k whose scores bound the window: small for fp32
+# (its error is ~1e-5 relative), wider for bf16 (~1e-2)
+_MARGIN = {"fp32": lambda k: 4 + k // 8, "bf16": lambda k: 48 + k}
+# below this fraction of a chunk's rows settled by bf16, the remaining chunks use fp32
+_MIN_SETTLED = 0.5
 
 
-def _topk(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact sorted top-k along dim 1, in two stages for wide rows.
+def resolve_scoring(scoring: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where bf16 GEMMs are native (CUDA, AMX/AVX-512-BF16 CPUs), else fp32."""
+    from fmeval.device import native_bf16
 
-    A full ``topk`` over 100k columns costs as much as the GEMM that made them.
-    Instead: the best element of each block of ``_BLOCK`` columns (one
-    vectorised reduction), the k best blocks, then top-k among their
-    ``k * _BLOCK`` members. Exact: an element of the true top-k lies in one of
-    the k best blocks, otherwise those blocks would hold k better elements.
-    """
-    rows, n = scores.shape
-    nb = n // _BLOCK
-    if nb < 4 * k:
-        return scores.topk(k, dim=1, largest=largest, sorted=True)
-    body = scores[:, : nb * _BLOCK].view(rows, nb, _BLOCK)
-    best = body.amax(dim=2) if largest else body.amin(dim=2)
-    blocks = best.topk(k, dim=1, largest=largest, sorted=False).indices  # [rows, k]
-    offs = torch.arange(_BLOCK, device=scores.device)
-    cand = (blocks.unsqueeze(-1) * _BLOCK + offs).view(rows, k * _BLOCK)
-    if nb * _BLOCK < n:  # the ragged tail is always a candidate
-        tail = torch.arange(nb * _BLOCK, n, device=scores.device).expand(rows, -1)
-        cand = torch.cat([cand, tail], dim=1)
-    near, j = scores.gather(1, cand).topk(k, dim=1, largest=largest, sorted=True)
-    return near, cand.gather(1, j)
-
-
-def _row_sq_norms(x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Squared L2 norm of every row, in chunks (no [N, D] temporary)."""
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    for i in range(0, x.shape[0], chunk):
-        c = x[i : i + chunk]
-        out[i : i + chunk] = (c * c).sum(1)
-    return out
-
-
-def _exact_euclidean(test: torch.Tensor, train: torch.Tensor, idx: torch.Tensor, k: int, sub: int = 64):
-    """Re-rank float32 candidates ``idx`` [c, m] by float64 squared distance; keep k.
-
-    ``||b||^2 - 2 a.b`` in float64 (the ranking of scikit-learn's float64
-    computation), ``sub`` test rows at a time so the float64 copies stay small.
-    """
-    nears, idxs = [], []
-    for i in range(0, len(test), sub):
-        cand = idx[i : i + sub]
-        c64 = train[cand].double()  # [s, m, D]
-        d2 = (c64 * c64).sum(-1) - 2.0 * torch.bmm(c64, test[i : i + sub].double().unsqueeze(2)).squeeze(2)
-        near, j = d2.topk(k, dim=1, largest=False, sorted=True)
-        nears.append(near.float())
-        idxs.append(cand.gather(1, j))
-    return torch.cat(nears), torch.cat(idxs)
+    key = scoring.lower()
+    if key not in SCORINGS:
+        raise ConfigError(f"unknown kNN scoring {scoring!r}; choose one of {', '.join(SCORINGS)}.")
+    if key == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return key
 
 
 def _targets(labels: torch.Tensor, n_classes: int, multilabel: bool) -> torch.Tensor:
@@ -146,35 +109,37 @@ def knn_predict(
     temperature: float = 0.07,
     multilabel: bool = False,
     chunk: int = 1024,
+    scoring: str = "auto",
+    stats: SearchStats | None = None,
 ) -> dict[int, torch.Tensor]:
     """Return {k: scores [n_test, n_classes]} - probabilities (rows sum to 1
     for single-label; per-label positive fractions for multi-label).
 
     ``chunk`` is the most test rows scored at once; it is lowered further so
     that one chunk's ``[rows, n_train]`` score matrix stays within a fixed
-    memory budget. Euclidean neighbours are found on float32 scores and the
-    best few candidates re-ranked in float64, so the neighbour sets (and the
-    majority votes) are those of an exact float64 computation such as
-    scikit-learn's.
+    memory budget. ``scoring`` is the precision of the candidate GEMM
+    (``auto``: bf16 where native); the neighbours are exact either way.
+    ``stats`` (optional) counts how the rows were settled.
     """
     r = KNN_RULES.get(rule)
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ConfigError("k must be positive.")
-    kmax = min(ks[-1], train.shape[0])
-    if ks[-1] > train.shape[0]:
-        raise ConfigError(f"k={ks[-1]} exceeds the {train.shape[0]} training samples.")
+    kmax = ks[-1]
+    if kmax > train.shape[0]:
+        raise ConfigError(f"k={kmax} exceeds the {train.shape[0]} training samples.")
     train = train.float()
     test = test.float().to(train.device)
     n_train, dev = train.shape[0], train.device
-    exact = not r.largest  # a distance rule: re-rank its candidates in float64
-    train_sq = _row_sq_norms(train)
-    if rule == "cosine":  # as F.normalize: x / max(||x||, 1e-12), without a copy of train
-        test = F.normalize(test, dim=1)
-        train_sq = 1.0 / train_sq.sqrt_().clamp_min_(1e-12)
-    n_cand = min(n_train, kmax + _RERANK_MARGIN + kmax // 8) if exact else kmax
+    precision = resolve_scoring(scoring, dev)
+    scorers = [r.scorer(train, precision)]
+    if precision != "fp32":  # rows whose bf16 gap is too small: fp32 next
+        scorers.append(r.scorer(train, "fp32"))
+    margin = _MARGIN[precision](kmax)
     budget = _SCORE_BUDGET["cuda" if dev.type == "cuda" else "cpu"]
     rows = max(1, min(int(chunk), budget // max(1, n_train)))
+    stats = stats if stats is not None else SearchStats()
+    stats.rows += test.shape[0]
     labels = train_labels.to(dev)
     targets = _targets(labels, n_classes, multilabel) if multilabel else None
     labels = labels.long().view(-1) if not multilabel else None
@@ -182,12 +147,15 @@ def knn_predict(
     k_idx = torch.tensor([k - 1 for k in ks], device=dev)
     for start in range(0, test.shape[0], rows):
         t = test[start : start + rows]
-        sc = r.scores(t, train, train_sq)
-        near, idx = _topk(sc, n_cand, r.largest)
-        del sc
-        if exact:
-            near, idx = _exact_euclidean(t, train, idx, kmax)
-        w = r.weights(near, temperature)  # [c, kmax]
+        before = stats.by_precision.get(precision, 0) if stats.by_precision else 0
+        near, idx = search(t, train, scorers, kmax, margin, r.largest, r.cosine, stats)
+        settled = (stats.by_precision or {}).get(precision, 0) - before
+        if len(scorers) > 1 and settled < _MIN_SETTLED * len(t):
+            # bf16 cannot separate these neighbours (dense clusters): every row paid the
+            # bf16 pass for nothing, so score the rest in fp32 directly
+            scorers, margin = scorers[1:], _MARGIN["fp32"](kmax)
+            stats.switched_to_fp32 = True
+        w = r.weights(near.float(), temperature)  # [c, kmax]
         if targets is not None:  # multi-label: per-label weighted fractions
             votes = targets[idx] * w.unsqueeze(-1)  # [c, kmax, L]
             cum = votes.cumsum(dim=1)[:, k_idx]  # [c, len(ks), L]

@@ -22,6 +22,9 @@ from fmeval.errors import ConfigError, FmevalError
 from fmeval.validation import check_choice
 from fmeval.progress import progress_bar
 
+_EXP_FLOOR = 80.0  # exp(-80) ~ 1.8e-35: the smallest probability kept (floats stay normal)
+PROBE_PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class ProbeConfig:
@@ -88,7 +91,11 @@ def _loss_and_grad(
 
     The gradients of softmax cross-entropy and of BCE are closed-form, so a
     step needs no autograd graph. The returned gradient is *not* divided by N
-    (the caller folds that into its GEMM).
+    (the caller folds that into its GEMM). Softmax is written out (max, exp,
+    sum: 3x faster than ``log_softmax`` over C ~ 10) and its exponent floored
+    at ``-_EXP_FLOOR``: probabilities below ~1e-35 would be subnormal floats,
+    and one subnormal in the gradient slows the next GEMM several-fold on x86;
+    they contribute nothing a float32 weight could register.
     """
     n, g, c = logits.shape
     if multilabel:
@@ -97,13 +104,16 @@ def _loss_and_grad(
         loss = loss.mean(dim=(0, 2))
         if not grad:
             return loss, None
-        return loss, torch.sigmoid(logits).sub_(yf).div_(c)
-    logp = torch.log_softmax(logits, dim=2)
-    loss = -logp.gather(2, y.view(n, 1, 1).expand(n, g, 1)).squeeze(2).mean(0)
+        p = torch.sigmoid(logits.clamp(-_EXP_FLOOR, _EXP_FLOOR))
+        return loss, p.sub_(yf).div_(c)
+    zs = logits - logits.amax(dim=2, keepdim=True)
+    e = zs.clamp(min=-_EXP_FLOOR).exp_()
+    s = e.sum(dim=2, keepdim=True)
+    yi = y.view(n, 1, 1).expand(n, g, 1)
+    loss = (s.log().squeeze(2) - zs.gather(2, yi).squeeze(2)).mean(0)
     if not grad:
         return loss, None
-    onehot = F.one_hot(y, c).to(logp.dtype).unsqueeze(1)  # [N, 1, C]
-    return loss, logp.exp_().sub_(onehot)  # softmax - onehot
+    return loss, e.div_(s).scatter_add_(2, yi, torch.full_like(zs[:, :, :1], -1.0))  # softmax - onehot
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -129,6 +139,102 @@ def _mean_std(x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.T
     return mu, (sq / max(n - 1, 1)).sqrt().float()
 
 
+@dataclass
+class _Heads:
+    """The heads still training, compacted: weights | bias rows ``[D+1, g*C]`` and AdamW moments."""
+
+    idx: torch.Tensor  # [g] grid indices of the working heads
+    wa: torch.Tensor  # [D+1, g, C]: rows 0..D-1 weights, row D bias (standardised space)
+    ma: torch.Tensor
+    va: torch.Tensor
+
+    def keep(self, mask: torch.Tensor) -> None:
+        self.idx = self.idx[mask]
+        self.wa, self.ma, self.va = (t[:, mask].contiguous() for t in (self.wa, self.ma, self.va))
+
+
+class _Minibatch:
+    """Preallocated buffers for one minibatch step (raw rows, standardised rows, grads)."""
+
+    def __init__(self, bs: int, d: int, dev: torch.device, precision: str) -> None:
+        self.raw = torch.empty(bs, d, device=dev)
+        self.std = torch.empty(bs, d, device=dev)
+        self.low = precision == "bf16"
+
+    def logits_and_grad(self, xt, idx, shift, inv_sd, h: _Heads, y, multilabel):
+        """Loss per head and the [D+1, g, C] gradient of the mean loss over the batch."""
+        nb, d = len(idx), xt.shape[1]
+        gh, c = h.wa.shape[1], h.wa.shape[2]
+        torch.index_select(xt, 0, idx, out=self.raw[:nb])
+        xs = torch.addcmul(shift, self.raw[:nb], inv_sd, out=self.std[:nb])
+        wa = h.wa.view(d + 1, gh * c)
+        if self.low:  # bf16 GEMMs, float32 master weights, loss and update
+            xl = xs.to(torch.bfloat16)
+            logits = torch.mm(xl, wa[:d].to(torch.bfloat16)).float().add_(wa[d])
+        else:
+            logits = torch.addmm(wa[d], xs, wa[:d])
+        losses, gz = _loss_and_grad(logits.view(nb, gh, c), y, multilabel)
+        gz = gz.view(nb, gh * c)
+        ga = torch.empty(d + 1, gh * c, device=xt.device)
+        if self.low:
+            ga[:d] = torch.mm(xl.T, gz.to(torch.bfloat16)).float().mul_(1.0 / nb)
+        else:
+            torch.addmm(ga[:d], xs.T, gz, beta=0.0, alpha=1.0 / nb, out=ga[:d])
+        torch.sum(gz, 0, out=ga[d]).mul_(1.0 / nb)
+        return losses, ga.view(d + 1, gh, c)
+
+
+def _adamw_step(h: _Heads, ga: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor, step: int,
+                config: ProbeConfig) -> None:
+    """p <- p * (1 - lr wd) - lr * (m / bc1) / (sqrt(v / bc2) + eps), every head at once."""
+    b1, b2 = config.betas
+    bc1, bc2 = 1 - b1**step, 1 - b2**step
+    h.ma.lerp_(ga, 1 - b1)
+    h.va.mul_(b2).addcmul_(ga, ga, value=1 - b2)
+    denom = h.va.sqrt().add_(config.eps * math.sqrt(bc2)).div_(lr * (math.sqrt(bc2) / bc1))
+    h.wa.mul_(decay).addcdiv_(h.ma, denom, value=-1.0)
+
+
+def _init_heads(d: int, g: int, c: int, mu, sd, init_weight, dev) -> torch.Tensor:
+    """[D+1, G, C] start weights | bias in standardised space (zeros, or a given classifier)."""
+    wa = torch.zeros(d + 1, g, c, device=dev)
+    if init_weight is not None:
+        w0 = init_weight.float().to(dev).T * sd[:, None]  # raw -> standardised space
+        wa[:d] += w0[:, None, :]
+        wa[d] += (mu @ init_weight.float().to(dev).T).view(1, c)
+    return wa
+
+
+def _check_inputs(x_train, x_val, precision: str, config: ProbeConfig) -> None:
+    if precision not in PROBE_PRECISIONS:
+        raise ConfigError(f"linear-probe precision must be one of {PROBE_PRECISIONS}, got {precision!r}.")
+    has_val = x_val is not None
+    if x_train.shape[0] == 0 or (has_val and x_val.shape[0] == 0):
+        raise ConfigError("the linear probe needs non-empty train and validation splits.")
+    if not has_val and len(config.grid()) != 1:
+        raise ConfigError("without validation data the linear probe trains one head: give one --lr and one --wd.")
+    for name, t in (("train", x_train), ("val", x_val)):
+        if t is not None and not _all_finite(t):
+            raise FmevalError(f"{name} features contain NaN/Inf; cannot train a probe.")
+
+
+def _standardiser(xt: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the *training* features (or 0 and 1 without standardising)."""
+    if standardize:
+        mu, sd = _mean_std(xt)
+        return mu, sd.clamp_min(1e-6)
+    return torch.zeros(xt.shape[1], device=xt.device), torch.ones(xt.shape[1], device=xt.device)
+
+
+def _val_loss(wa: torch.Tensor, xva: torch.Tensor, y_val, multilabel: bool) -> torch.Tensor:
+    """Validation loss per head of weights | bias ``[D+1, g, C]`` (float32)."""
+    d1, gh, c = wa.shape
+    wv = wa.view(d1, gh * c)
+    vl, _ = _loss_and_grad(torch.addmm(wv[d1 - 1], xva, wv[: d1 - 1]).view(-1, gh, c), y_val,
+                           multilabel, grad=False)
+    return vl
+
+
 def train_linear_probe(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -142,6 +248,7 @@ def train_linear_probe(
     standardize: bool = True,
     seed: int = 0,
     description: str = "linear probe",
+    precision: str = "fp32",
 ) -> LinearProbe:
     """Train all grid heads; return the one with the lowest validation loss.
 
@@ -152,25 +259,22 @@ def train_linear_probe(
     (``x_val`` None: a few-shot run with fixed hyper-parameters) the grid
     must be one head, which trains for all epochs and keeps the last. ``standardize``: train on
     features standardised with *training* statistics (folded back into the
-    exported head); MedMNIST+'s probe trains on raw features.
+    exported head); MedMNIST+'s probe trains on raw features. ``seed`` sets the
+    minibatch order. ``precision="bf16"`` runs the two GEMMs of a step in bf16
+    (fast where bf16 is native: AMX CPUs, GPUs) with float32 master weights,
+    loss, AdamW and validation; ``"fp32"`` everywhere else.
 
     Performance notes: the G heads are one ``[D, G*C]`` matrix, so a step is
     two GEMMs (logits; weight gradient) around a closed-form loss gradient (no
     autograd), and the AdamW update is a handful of fused in-place kernels.
-    Features are standardised per minibatch (no standardised copy of the
-    training set). Heads that have early-stopped are dropped from the GEMMs:
-    their weights were frozen anyway, so the result is unchanged (their curve
-    entries repeat their last values).
+    Features are standardised per minibatch into a preallocated buffer (no
+    standardised copy of the training set). Heads that have early-stopped are
+    dropped from the GEMMs: their weights were frozen anyway, so the result is
+    unchanged (their curve entries repeat their last values).
     """
+    _check_inputs(x_train, x_val, precision, config)
     dev = x_train.device
     has_val = x_val is not None
-    if x_train.shape[0] == 0 or (has_val and x_val.shape[0] == 0):
-        raise ConfigError("the linear probe needs non-empty train and validation splits.")
-    if not has_val and len(config.grid()) != 1:
-        raise ConfigError("without validation data the linear probe trains one head: give one --lr and one --wd.")
-    for name, t in (("train", x_train), ("val", x_val)):
-        if t is not None and not _all_finite(t):
-            raise FmevalError(f"{name} features contain NaN/Inf; cannot train a probe.")
     y_train = y_train.to(dev)
     if not multilabel:
         y_train = y_train.long().view(-1)
@@ -179,123 +283,86 @@ def train_linear_probe(
         y_val = y_val if multilabel else y_val.long().view(-1)
 
     xt = x_train.float()  # no copy for float32 input
-    if standardize:  # statistics of the *training* split only
-        mu, sd = _mean_std(xt)
-        sd = sd.clamp_min(1e-6)
-    else:
-        mu = torch.zeros(xt.shape[1], device=dev)
-        sd = torch.ones(xt.shape[1], device=dev)
+    mu, sd = _standardiser(xt, standardize)  # statistics of the *training* split only
     inv_sd, shift = 1.0 / sd, -mu / sd  # standardise: x * inv_sd + shift
-    xva = None
-    if has_val:
-        xva = torch.ones(x_val.shape[0], x_val.shape[1] + 1, device=dev)  # standardised val | 1
-        torch.addcmul(shift, x_val.float().to(dev), inv_sd, out=xva[:, :-1])
+    xva = torch.addcmul(shift, x_val.float().to(dev), inv_sd) if has_val else None  # standardised val
 
     grid = config.grid()
     g, d, c = len(grid), xt.shape[1], n_outputs
     lr_all = torch.tensor([p[0] for p in grid], device=dev)
     wd_all = torch.tensor([p[1] for p in grid], device=dev)
-    # every head's weights side by side: w [D, G, C], b [G, C]
-    w_all = torch.zeros(d, g, c, device=dev)
-    b_all = torch.zeros(g, c, device=dev)
-    if init_weight is not None:
-        w0 = init_weight.float().to(dev).T * sd[:, None]  # raw -> standardised space
-        w_all += w0[:, None, :]
-        b_all += (mu @ init_weight.float().to(dev).T).view(1, c)
-    b1, b2 = config.betas
-
+    wa0 = _init_heads(d, g, c, mu, sd, init_weight, dev)
+    best_wa = wa0.clone()
+    h = _Heads(torch.arange(g, device=dev), wa0, torch.zeros_like(wa0), torch.zeros_like(wa0))
     best_loss = torch.full((g,), math.inf, device=dev)
     best_epoch = torch.zeros(g, dtype=torch.long, device=dev)
-    # the bias is row D of the weights: x gets a constant-1 column, so one GEMM
-    # gives the logits and one GEMM the gradients of weights and bias together
-    wa_all = torch.cat([w_all, b_all.unsqueeze(0)])  # [D+1, G, C]
-    best_wa = wa_all.clone()
     active = torch.ones(g, dtype=torch.bool, device=dev)
-    # working set: the heads still training (compacted when some stop)
-    heads = torch.arange(g, device=dev)
-    wa = wa_all.clone()
-    ma, va = torch.zeros_like(wa), torch.zeros_like(wa)
     last_train = torch.full((g,), math.nan, device=dev)
     last_val = torch.full((g,), math.nan, device=dev)
     if init_weight is not None and has_val:
         # The unchanged starting classifier (e.g. zero-shot) is a candidate too:
         # it is kept when no trained epoch of a head beats it on validation.
         with torch.no_grad():
-            v0, _ = _loss_and_grad(
-                torch.mm(xva, wa.view(d + 1, g * c)).view(-1, g, c), y_val, multilabel, grad=False
-            )
-        best_loss.copy_(v0)
+            best_loss.copy_(_val_loss(h.wa, xva, y_val, multilabel))
         best_epoch.fill_(-1)
 
     gen = torch.Generator(device="cpu").manual_seed(seed)  # the run's seed: minibatch order
     n = xt.shape[0]
     bs = min(config.batch_size, n)
-    xsel = torch.empty(bs, d, device=dev)
-    xa = torch.ones(bs, d + 1, device=dev)  # standardised minibatch | 1
+    mb = _Minibatch(bs, d, dev, precision)
     step = 0
     curves: dict[str, list[list[float]]] = {"train_loss": [], "val_loss": []}
     epochs_run = 0
     with progress_bar(description, config.epochs, "ep") as tick:
         for epoch in range(config.epochs):
             perm = torch.randperm(n, generator=gen).to(dev)
-            gh = len(heads)
-            lr = lr_all[heads].view(1, gh, 1) * config.lr_factor(epoch)
+            gh = len(h.idx)
+            lr = lr_all[h.idx].view(1, gh, 1) * config.lr_factor(epoch)
             decay = torch.ones(d + 1, gh, 1, device=dev)  # decoupled weight decay, not on the bias
-            decay[:d] -= lr * wd_all[heads].view(1, gh, 1)
+            decay[:d] -= lr * wd_all[h.idx].view(1, gh, 1)
             total = torch.zeros(gh, device=dev)
             for start in range(0, n, bs):
                 idx = perm[start : start + bs]
-                nb = len(idx)
-                torch.index_select(xt, 0, idx, out=xsel[:nb])
-                torch.addcmul(shift, xsel[:nb], inv_sd, out=xa[:nb, :d])
-                xb = xa[:nb]
-                logits = torch.mm(xb, wa.view(d + 1, gh * c)).view(nb, gh, c)
-                losses, gz = _loss_and_grad(logits, y_train[idx], multilabel)
-                ga = torch.empty(d + 1, gh * c, device=dev)
-                torch.addmm(ga, xb.T, gz.view(nb, gh * c), beta=0.0, alpha=1.0 / nb, out=ga)
-                ga = ga.view(d + 1, gh, c)
+                losses, ga = mb.logits_and_grad(xt, idx, shift, inv_sd, h, y_train[idx], multilabel)
                 step += 1
-                total += losses * nb
-                bc1, bc2 = 1 - b1**step, 1 - b2**step
-                # AdamW: p <- p * (1 - lr wd) - lr * (m / bc1) / (sqrt(v / bc2) + eps)
-                ma.lerp_(ga, 1 - b1)
-                va.mul_(b2).addcmul_(ga, ga, value=1 - b2)
-                denom = va.sqrt().add_(config.eps * math.sqrt(bc2)).div_(lr * (math.sqrt(bc2) / bc1))
-                wa.mul_(decay).addcdiv_(ma, denom, value=-1.0)
+                total += losses * len(idx)
+                _adamw_step(h, ga, lr, decay, step, config)
             with torch.no_grad():
-                last_train[heads] = total / n
+                last_train[h.idx] = total / n
                 if not has_val:  # keep the last epoch: "best" is simply the latest (ranked by nothing)
-                    best_loss[heads] = total / n
-                    best_epoch[heads] = epoch
-                    best_wa[:, heads] = wa
+                    best_loss[h.idx] = total / n
+                    best_epoch[h.idx] = epoch
+                    best_wa[:, h.idx] = h.wa
                     curves["train_loss"].append(last_train.tolist())
                     curves["val_loss"].append(last_val.tolist())
                     epochs_run = epoch + 1
                     tick(1, info=f"train loss {float(total.min() / n):.4f}")
                     continue
-                vl, _ = _loss_and_grad(
-                    torch.mm(xva, wa.view(d + 1, gh * c)).view(-1, gh, c), y_val, multilabel, grad=False
-                )
-                last_val[heads] = vl
-                better = vl < best_loss[heads]
+                vl = _val_loss(h.wa, xva, y_val, multilabel)
+                last_val[h.idx] = vl
+                better = vl < best_loss[h.idx]
                 if better.any():
-                    hb = heads[better]
+                    hb = h.idx[better]
                     best_loss[hb] = vl[better]
                     best_epoch[hb] = epoch
-                    best_wa[:, hb] = wa[:, better]
+                    best_wa[:, hb] = h.wa[:, better]
                 active &= (epoch - best_epoch) < config.patience
-                keep = active[heads]
+                keep = active[h.idx]
                 if not keep.all():  # drop stopped heads from the GEMMs
-                    heads = heads[keep]
-                    wa = wa[:, keep].contiguous()
-                    ma, va = ma[:, keep].contiguous(), va[:, keep].contiguous()
+                    h.keep(keep)
             curves["train_loss"].append(last_train.tolist())
             curves["val_loss"].append(last_val.tolist())
             epochs_run = epoch + 1
             tick(1, info=f"val loss {best_loss.min().item():.4f}")
             if not active.any():
                 break
+    return _selected(best_wa, best_loss, best_epoch, grid, mu, sd, d, multilabel, epochs_run, curves, has_val)
 
+
+def _selected(best_wa, best_loss, best_epoch, grid, mu, sd, d, multilabel, epochs_run, curves,
+              has_val: bool) -> LinearProbe:
+    """The head with the lowest validation loss (or the one head trained without validation
+    data), folded back into raw feature space."""
     if not torch.isfinite(best_loss).any():
         raise FmevalError("every linear-probe configuration diverged (NaN validation loss).")
     k = int(torch.argmin(best_loss))

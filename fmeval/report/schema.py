@@ -43,7 +43,9 @@ class ReportError(FmevalError):
 
 
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """Creation time to the millisecond: runs.csv is rebuilt in this order, and
+    two runs of the same second must keep the order they ran in."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def jsonable(obj: Any) -> Any:

@@ -217,20 +217,53 @@ def pool_entries(rows: list[dict[str, Any]]) -> list[Entry]:
     return out
 
 
-def ambiguous_variants(entries: list[Entry]) -> set[tuple[str, str, str]]:
-    """(model, mode, style) that occur with more than one variant: their labels must show it."""
-    seen: dict[tuple[str, str, str], set[str]] = {}
+# Row columns that often tell variants apart, with their short names in labels.
+_VARIANT_FIELDS = {"input_size": "input", "precision": "", "geometry": "", "protocol": "", "deviations": "",
+                   "weights": "weights"}
+
+
+def ambiguous_variants(entries: list[Entry]) -> dict[tuple[str, str, str], dict[str, str]]:
+    """(model, mode, style) that occur with more than one variant -> {variant: its label}.
+
+    Their labels must show the variant. The label says in words what differs
+    (``input 64``, ``bf16``) when the recorded columns tell the variants
+    apart; otherwise it is the variant's digest (an override the columns do
+    not show; ``cells.csv`` has the full config hash of each run).
+    """
+    seen: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
     for e in entries:
-        seen.setdefault((e.key.model, e.key.mode, e.key.style), set()).add(e.key.variant)
-    return {k for k, v in seen.items() if len(v) > 1}
+        seen.setdefault((e.key.model, e.key.mode, e.key.style), {}).setdefault(e.key.variant, e.rows[0])
+    out: dict[tuple[str, str, str], dict[str, str]] = {}
+    for k, rows in seen.items():
+        if len(rows) > 1:
+            out[k] = _variant_labels(rows)
+    return out
 
 
-def entry_label(key: EntryKey, ambiguous: set[tuple[str, str, str]], *, with_mode: bool = True) -> str:
+def _variant_labels(rows: dict[str, dict[str, Any]]) -> dict[str, str]:
+    fields = [f for f in _VARIANT_FIELDS if len({str(r.get(f, "")) for r in rows.values()}) > 1]
+
+    def words(r: dict[str, Any]) -> str:
+        return ", ".join(f"{_VARIANT_FIELDS[f]} {r.get(f, '') or '-'}".strip() for f in fields)
+
+    labels = {v: words(r) for v, r in rows.items()}
+    if fields and len(set(labels.values())) == len(labels):
+        return labels
+    return {v: f"{labels[v]} · {v}" if labels[v] else v for v in rows}
+
+
+def variant_label(key: EntryKey, ambiguous: dict[tuple[str, str, str], dict[str, str]]) -> str:
+    """The variant's label when its (model, mode, style) has several variants, else ''."""
+    labels = ambiguous.get((key.model, key.mode, key.style))
+    return labels.get(key.variant, key.variant) if labels else ""
+
+
+def entry_label(key: EntryKey, ambiguous: dict, *, with_mode: bool = True) -> str:
     """'model / mode / style [variant]', leaving out what does not distinguish anything."""
     parts = [key.model] + ([key.mode] if with_mode else []) + ([key.style] if key.style else [])
     label = " / ".join(parts)
-    if (key.model, key.mode, key.style) in ambiguous:
-        label += f" [{key.variant}]"
+    if variant := variant_label(key, ambiguous):
+        label += f" [{variant}]"
     return label
 
 

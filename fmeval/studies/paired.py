@@ -20,7 +20,7 @@ import numpy as np
 
 from fmeval.metrics import higher_is_better, paired_difference
 from fmeval.report.fmt import csv_num, fmt, fmt_ci
-from fmeval.studies.cells import Entry, ambiguous_variants
+from fmeval.studies.cells import Entry, ambiguous_variants, variant_label
 from fmeval.studies.samples import RunScores
 from fmeval.studies.tables import DIGITS, SHORT, Cell, Table
 
@@ -63,7 +63,8 @@ def _candidates(entries: list[Entry]) -> dict[tuple, list[tuple[str, dict[str, A
     ambiguous = ambiguous_variants(entries)
     out: dict[tuple, list[tuple[str, dict[str, Any]]]] = {}
     for e in entries:
-        label = e.key.model + (f" [{e.key.variant}]" if (e.key.model, e.key.mode, e.key.style) in ambiguous else "")
+        variant = variant_label(e.key, ambiguous)
+        label = e.key.model + (f" [{variant}]" if variant else "")
         for row in e.rows:
             out.setdefault((e.group, e.key.mode, e.key.style, int(row["seed"])), []).append((label, row))
     return out

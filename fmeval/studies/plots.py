@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from fmeval.report.plots import new_figure, save_png
-from fmeval.studies.cells import Entry, EntryKey, ambiguous_variants, entry_label
+from fmeval.studies.cells import Entry, EntryKey, GroupKey, ambiguous_variants, entry_label
 from fmeval.studies.tables import SHORT, Summary
 
 MAX_PANELS = 12
@@ -73,7 +73,7 @@ def plot_resolution(entries: list[Entry], metric: str, path: Path) -> PlotOutcom
         by_ds.setdefault(e.group.dataset, []).append(e)
     multi = {ds: es for ds, es in by_ds.items() if len({e.group.size for e in es}) > 1}
     if not multi:
-        return PlotOutcome("resolution", title, None, "skipped: every dataset was run at one image size only.")
+        return plot_input_size(entries, metric, path)
     ambiguous = ambiguous_variants(entries)
     shown = sorted(multi)[:MAX_PANELS]
     colors = _colors(list({e.key for ds in shown for e in multi[ds]}))
@@ -104,6 +104,70 @@ def plot_resolution(entries: list[Entry], metric: str, path: Path) -> PlotOutcom
     more = f" (first {len(shown)} of {len(multi)} datasets)" if len(multi) > len(shown) else ""
     return PlotOutcome("resolution", title, path,
                        f"Mean over seeds with the mean per-seed 95% bootstrap CI as bars; one panel per dataset{more}.")
+
+
+def _input_size(e: Entry) -> int:
+    sizes = {_int_or_0(r.get("input_size")) for r in e.rows}
+    return sizes.pop() if len(sizes) == 1 else 0
+
+
+def _int_or_0(v) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
+def plot_input_size(entries: list[Entry], metric: str, path: Path) -> PlotOutcome:
+    """The resolution plot of a study that varies the *encoder input size* at one image size.
+
+    One panel per dataset @ size, a line per model / mode / style through its
+    input sizes. A line is drawn only where each input size is one entry (one
+    variant): two variants at one input size differ by something else, and
+    joining them would mix configurations.
+    """
+    title = f"{SHORT.get(metric, metric)} against encoder input size"
+    panels: dict[GroupKey, dict[tuple[str, str, str], list[Entry]]] = {}
+    for e in entries:
+        if _input_size(e):
+            panels.setdefault(e.group, {}).setdefault((e.key.model, e.key.mode, e.key.style), []).append(e)
+    lines = {g: {k: sorted(es, key=_input_size) for k, es in by.items()
+                 if len(es) > 1 and len({_input_size(e) for e in es}) == len(es)}
+             for g, by in panels.items()}
+    lines = {g: by for g, by in lines.items() if by}
+    if not lines:
+        return PlotOutcome("resolution", title, None,
+                           "skipped: every dataset was run at one image size and one encoder input size only.")
+    shown = sorted(lines, key=lambda g: g.label)[:MAX_PANELS]
+    keys = sorted({k for g in shown for k in lines[g]})
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(keys) <= 10 else "tab20"]
+    colors = {k: cmap(i % cmap.N) for i, k in enumerate(keys)}
+    fig, axes = _grid(len(shown), legend=True)
+    for ax, g in zip(axes, shown):
+        for k, es in sorted(lines[g].items()):
+            pts = np.array([_err(e, metric) for e in es])
+            label = " / ".join(x for x in k if x)
+            ax.errorbar([_input_size(e) for e in es], pts[:, 0], yerr=pts[:, 1:].T, marker="o", capsize=3,
+                        color=colors[k], label=label)
+        sizes = sorted({_input_size(e) for es in lines[g].values() for e in es})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.set_title(g.title)
+        ax.set_xlabel("encoder input size (px)")
+        ax.set_ylabel(SHORT.get(metric, metric))
+        ax.grid(alpha=0.3)
+    seen: dict = {}
+    for ax in axes[: len(shown)]:
+        handles, labels = ax.get_legend_handles_labels()
+        seen.update(zip(labels, handles))
+    fig.legend(list(seen.values()), list(seen.keys()), loc="outside right upper", fontsize=8)
+    save_png(fig, path)
+    return PlotOutcome("resolution", title, path,
+                       "The images at one size, resized to each encoder input size; mean over seeds with the mean "
+                       "per-seed 95% bootstrap CI as bars; one panel per dataset @ image size.")
 
 
 def _per_dataset(entries: list[Entry], summary: Summary, metric: str) -> dict[EntryKey, dict[str, float]]:

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 from fmeval.metrics import higher_is_better
 from fmeval.report.fmt import csv_num, fmt, fmt_ci, md_table
-from fmeval.studies.cells import Entry, EntryKey, GroupKey, ambiguous_variants, csv_columns
+from fmeval.studies.cells import Entry, EntryKey, GroupKey, ambiguous_variants, csv_columns, variant_label
 
 DIGITS = 4  # AUC saturates near 1 on some datasets: 3 decimals hide differences
 TABLE_METRICS = ("auc", "acc", "balanced_acc")
@@ -85,21 +85,21 @@ def _label_columns(entries: Sequence[Entry]) -> tuple[bool, set]:
     return any(e.key.style for e in entries), ambiguous_variants(list(entries))
 
 
-def _key_cells(key: EntryKey, show_style: bool, ambiguous: set) -> list[Cell]:
+def _key_cells(key: EntryKey, show_style: bool, ambiguous: dict) -> list[Cell]:
     cells = [Cell(key.model), Cell(key.mode)]
     if show_style:
         cells.append(Cell(key.style or "–"))
     if ambiguous:
-        cells.append(Cell(key.variant if (key.model, key.mode, key.style) in ambiguous else ""))
+        cells.append(Cell(variant_label(key, ambiguous)))
     return cells
 
 
-def _key_header(show_style: bool, ambiguous: set) -> list[str]:
+def _key_header(show_style: bool, ambiguous: dict) -> list[str]:
     return ["model", "mode"] + (["style"] if show_style else []) + (["variant"] if ambiguous else [])
 
 
 def group_table(group: GroupKey, entries: list[Entry], metric: str, *, show_style: bool,
-                ambiguous: set) -> Table:
+                ambiguous: dict) -> Table:
     """One dataset x size: entries ranked by ``metric`` (mean over seeds)."""
     entries = sorted(entries, key=rank_key(metric))
     metrics = list(dict.fromkeys([metric, *TABLE_METRICS]))
@@ -181,7 +181,7 @@ def summarise(entries: list[Entry], summary_datasets: Sequence[str] | None,
     return out
 
 
-def summary_table(s: Summary, metric: str, *, show_style: bool, ambiguous: set) -> Table:
+def summary_table(s: Summary, metric: str, *, show_style: bool, ambiguous: dict) -> Table:
     metrics = list(dict.fromkeys([metric, *TABLE_METRICS]))
     sign = -1.0 if higher_is_better(metric) else 1.0
 

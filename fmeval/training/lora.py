@@ -69,6 +69,7 @@ def apply_lora(adapter: Adapter, settings: LoraSettings) -> nn.Module:
         raise ConfigError(f"LoRA on {adapter.name}: {str(exc).splitlines()[0]}") from None
     for p in adapter.parameters():
         p.requires_grad_(False)
+    keep_input_dtype(backbone)
     n = 0
     for name, p in backbone.named_parameters():
         if "lora_" in name:
@@ -77,6 +78,17 @@ def apply_lora(adapter: Adapter, settings: LoraSettings) -> nn.Module:
     if n == 0:
         raise ConfigError(f"LoRA targets {cfg.target_modules} matched nothing in {adapter.name}.")
     return backbone
+
+
+def keep_input_dtype(module: nn.Module) -> None:
+    """Stop peft casting each LoRA layer's input to the LoRA weights' dtype.
+
+    Under bf16 autocast peft would copy every (bf16) LoRA input to float32 only
+    for autocast to cast it back to bf16 for the matmul; in fp32 it is a no-op.
+    """
+    for m in module.modules():
+        if hasattr(m, "cast_input_dtype_enabled") and hasattr(m, "lora_A"):
+            m.cast_input_dtype_enabled = False
 
 
 def save_lora(adapter: Adapter, settings: LoraSettings, folder: Path) -> None:
@@ -106,6 +118,7 @@ def load_lora(adapter: Adapter, folder: Path) -> None:
     try:
         cfg = LoraConfig.from_pretrained(str(folder))
         inject_adapter_in_model(cfg, adapter.backbone)
+        keep_input_dtype(adapter.backbone)
         result = set_peft_model_state_dict(adapter.backbone, sd)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
