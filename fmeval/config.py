@@ -15,6 +15,8 @@ path, and deviations from a protocol are reported by path.
 
 from __future__ import annotations
 
+import functools
+
 import dataclasses
 import hashlib
 import json
@@ -257,7 +259,7 @@ SECTIONS = ("knn", "probe", "linprobe", "zeroshot", "train", "lora", "fewshot", 
 def field_paths(cls: type = RunConfig, prefix: str = "") -> dict[str, Any]:
     """Every settable dotted path -> its type annotation."""
     out: dict[str, Any] = {}
-    hints = get_type_hints(cls)
+    hints = _hints(cls)
     for f in fields(cls):
         t = hints[f.name]
         if isinstance(t, type) and is_dataclass(t):
@@ -304,9 +306,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a config dataclass (resolving them per call dominated study planning)."""
+    return get_type_hints(cls)
+
+
 def _apply(obj: Any, nested: dict[str, Any]) -> Any:
     names = {f.name for f in fields(obj)}
-    hints = get_type_hints(type(obj))
+    hints = _hints(type(obj))
     changes = {}
     for name, item in nested.items():
         if name not in names:
@@ -332,7 +340,7 @@ def _apply(obj: Any, nested: dict[str, Any]) -> Any:
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     if not isinstance(d, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping.")
-    hints = get_type_hints(cls)
+    hints = _hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:

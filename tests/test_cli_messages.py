@@ -136,12 +136,12 @@ def test_label_error_keeps_its_split_name(work, capsys):
     (typer.Exit(3), 3, None),
 ])
 def test_interrupt_abort_and_exit_never_print_a_traceback(work, capsys, monkeypatch, raised, code, line):
-    import fmeval.cli.frozen as frozen
+    import fmeval.cli.fewshot as dispatch  # knn/linprobe/finetune run through run_with_shots
 
     def stop(*a, **k):
         raise raised
 
-    monkeypatch.setattr(frozen, "run_mode", stop)
+    monkeypatch.setattr(dispatch, "run_mode", stop)
     got, out, err = run(capsys, "knn", *FROZEN)
     assert got == code and "Traceback" not in out + err
     assert [ln for ln in err.splitlines() if ln.strip()] == ([line] if line else [])

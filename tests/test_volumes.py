@@ -271,7 +271,9 @@ def test_volume_transform_rejects_bad_input():
 def test_ls_datasets_shows_3d_with_dimensionality(capsys, tmp_path, monkeypatch):
     from fmeval.cli import main
 
-    monkeypatch.setenv("COLUMNS", "200")
+    from fmeval.cli.app import console
+
+    monkeypatch.setattr(console, "width", 200)  # the console's width is fixed when it is created
     write_synthetic(tmp_path, "nodulemnist3d", 64, n=(2, 1, 1))
     with pytest.raises(SystemExit) as exc:
         main(["ls", "datasets", "--data-root", str(tmp_path)])
