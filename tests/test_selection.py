@@ -513,7 +513,7 @@ def test_finetune_without_validation_runs_every_epoch_and_keeps_the_last(monkeyp
 @pytest.mark.parametrize("largest", [True, False])
 def test_two_stage_topk_is_exact_on_wide_rows(largest):
     """Training sets of thousands take the blocked top-k path (rows wider than 4 * k * 64 columns)."""
-    from fmeval.probes.knn import _BLOCK, _topk
+    from fmeval.probes.knn_search import _BLOCK, _topk
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(6, 47 * _BLOCK + 29, generator=g)  # a ragged tail of 29 columns
@@ -586,12 +586,16 @@ def test_all_finite():
     assert not _all_finite(torch.tensor([float("inf"), 1.0, 2.0]))
 
 
-def test_row_sq_norms_in_chunks():
-    from fmeval.probes.knn import _row_sq_norms
+def test_row_sq_norms_in_chunks(monkeypatch):
+    """The chunked squared row norms (and the row mean) of the kNN search equal the direct ones."""
+    import fmeval.probes.knn_search as ks
 
+    monkeypatch.setattr(ks, "_NORM_CHUNK", 3)  # 10 rows: chunks of 3, 3, 3 and a tail of 1
     x = torch.arange(20.0).view(10, 2)
-    torch.testing.assert_close(_row_sq_norms(x, chunk=3), (x * x).sum(1))
-    assert _row_sq_norms(x).dtype == torch.float32
+    sq, copy, b_max, bt_max, _ = ks._transformed_stats(x, None, None, None)
+    torch.testing.assert_close(sq.float(), (x * x).sum(1))
+    assert copy is None and b_max == pytest.approx(float((x * x).sum(1).max().sqrt())) and bt_max == b_max
+    torch.testing.assert_close(ks._mean_rows(x).float(), x.mean(0))
 
 
 def test_probe_schedule_factor_and_probabilities():
