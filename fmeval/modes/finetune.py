@@ -317,8 +317,9 @@ def _result(cfg: RunConfig, p: Prepared, scores: dict[str, torch.Tensor], extras
 def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Prepared]:
     """Rebuild a finished run's classifier (base adapter + its saved weights).
 
-    ``overrides``: fields that may differ from the run (data_root, device,
-    precision, reports_dir, n_boot, ...). Without a ``precision`` override the
+    ``overrides``: fields that may differ from the run (data_root - used only
+    when the run's own data folder is gone -, device, precision, reports_dir,
+    n_boot, ...). Without a ``precision`` override the
     run's own resolved precision (run.json ``precision``) is used, so an
     ``auto`` run trained in bf16 on a GPU is evaluated in bf16 elsewhere too.
     """
@@ -334,6 +335,11 @@ def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Prepared
     except ConfigError as exc:
         raise ConfigError(f"{folder / 'run.json'}: config: {exc}") from None
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    # The run's own data folder first: another root (--data-root, FMEVAL_DATA_ROOT, fmeval.toml) is
+    # used only when the folder the run read no longer exists, so a reloaded adapter is never
+    # silently scored on a different file that happens to share the name.
+    if "data_root" in overrides and cfg.data_root and Path(cfg.data_root).expanduser().is_dir():
+        overrides.pop("data_root")
     if "precision" not in overrides and rec.get("precision") in ("fp32", "bf16"):
         overrides["precision"] = rec["precision"]
     cfg = replace(cfg, resume=None, **overrides)
