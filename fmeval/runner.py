@@ -11,7 +11,7 @@ from typing import Any
 
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
-from fmeval.validation import check_inputs, validate_config
+from fmeval.validation import check_inputs, check_required, validate_config
 
 
 def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | None = None) -> RunConfig:
@@ -27,9 +27,7 @@ def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | N
 
     MODES.get(mode)
     merged = {**(user or {}), **explicit}
-    missing = [f"--{k}" for k in ("model", "dataset") if not merged.get(k)]
-    if missing:
-        raise ConfigError(f"{mode} needs {' and '.join(missing)} (e.g. --model vit-s16 --dataset pneumoniamnist).")
+    check_required(mode, merged)
     base = RunConfig(mode=mode, model=str(merged["model"]), dataset=str(merged["dataset"]))
     base = base.with_values({k: v for k, v in (user or {}).items() if k not in ("model", "dataset")})
     protocol = explicit.get("protocol")

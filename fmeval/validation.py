@@ -159,6 +159,14 @@ def check_names(**values: Any) -> None:
             raise ConfigError(msg if msg.startswith(flag) else f"{flag}: {msg}") from None
 
 
+def check_required(mode: str, merged: dict[str, Any]) -> None:
+    """--model and --dataset, named together; light enough to run before torch is imported
+    (a usage error must not wait for the model stack to load)."""
+    missing = [f"--{k}" for k in ("model", "dataset") if not merged.get(k)]
+    if missing:
+        raise ConfigError(f"{mode} needs {' and '.join(missing)} (e.g. --model vit-s16 --dataset pneumoniamnist).")
+
+
 def check_folder(path: str | Path | None, flag: str) -> Path | None:
     """A folder option: ``None`` passes, an existing file does not (a missing folder may be created later)."""
     if path is None:

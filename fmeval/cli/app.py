@@ -39,8 +39,12 @@ def user_defaults() -> dict[str, Any]:
 
 def run_mode(mode: str, explicit: dict[str, Any]) -> None:
     """Resolve the config (defaults < user < protocol < options), run it, print it."""
+    from fmeval.validation import check_required
+
+    user = user_defaults()
+    check_required(mode, {**user, **explicit})  # before the model stack is imported (seconds)
     from fmeval.report import print_result
     from fmeval.runner import execute, make_config
 
-    cfg = make_config(mode, explicit, user=user_defaults())
+    cfg = make_config(mode, explicit, user=user)
     print_result(execute(cfg), console)
