@@ -223,8 +223,8 @@ def class_prior(task: str, labels: Any, n_classes: int | None = None) -> np.ndar
     y = _as_int_labels(y.reshape(-1))
     if y.size == 0 or y.min() < 0:
         raise MetricInputError("labels for a class prior must be non-empty, non-negative class indices")
-    k = max(int(y.max()) + 1, n_classes or 0, 2)
-    return np.bincount(y, minlength=k).astype(np.float64) / y.size
+    # bincount grows to the largest label by itself; minlength adds absent top classes.
+    return np.bincount(y, minlength=max(n_classes or 0, 2)).astype(np.float64) / y.size
 
 
 def majority_scores(task: str, labels_or_prior: Any, n: int, *, n_classes: int | None = None) -> np.ndarray:
@@ -237,7 +237,7 @@ def majority_scores(task: str, labels_or_prior: Any, n: int, *, n_classes: int |
     """
     check_task(task)
     arr = np.asarray(labels_or_prior)
-    prior = arr.astype(np.float64) if arr.dtype.kind == "f" else class_prior(task, arr, n_classes)
+    prior = arr.astype(np.float64) if arr.dtype.kind == "f" else class_prior(task, arr)
     if prior.ndim != 1:
         raise MetricInputError(f"a prior must be 1-D, got shape {prior.shape}")
     if n_classes is not None and prior.size > n_classes:

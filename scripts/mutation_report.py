@@ -5,8 +5,10 @@ usage: scripts/mutation_report.py [--seconds S] [--equivalent FILE] [-o OUT.json
 
 PATTERN: the mutant-name globs the run used. Writes counts (mutants, killed,
 survived, timeout, ...), the kill ratio, per-function counts and every
-surviving mutant with its diff; a survivor listed in ``--equivalent``
-(JSON: {mutant name: why it is equivalent}) carries that reason.
+surviving mutant with its diff. A survivor matching an entry of ``--equivalent``
+(JSON list of {"function", "diff", "why"}) carries that reason: entries match on the
+function and the changed lines, not on mutmut's mutant number, which shifts
+whenever the function is edited.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def main() -> int:
     ap.add_argument("--equivalent", type=Path, default=None)
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
-    reasons = json.loads(args.equivalent.read_text()) if args.equivalent and args.equivalent.exists() else {}
+    entries = json.loads(args.equivalent.read_text()) if args.equivalent and args.equivalent.exists() else []
+    reasons = {(e["function"], tuple(e["diff"])): e["why"] for e in entries}
 
     status: dict[str, str] = {}
     for meta in sorted(Path("mutants").rglob("*.py.meta")):
@@ -80,7 +83,8 @@ def main() -> int:
     survivors = []
     for key in sorted(k for k, s in status.items() if s == "survived"):
         lines = _diff(key)
-        survivors.append({"mutant": key, "diff": lines, "equivalent": reasons.get(key)})
+        survivors.append({"mutant": key, "diff": lines, "equivalent": reasons.get((_function(key), tuple(lines)))})
+    n_equivalent = sum(1 for s in survivors if s["equivalent"])
     report = {
         "tool": "mutmut 3.8.1",
         "command": "scripts/mutation.sh",
@@ -94,7 +98,8 @@ def main() -> int:
         "other": {k: v for k, v in counts.items() if k not in ("killed", "timeout", "survived", "no tests")},
         "kill_ratio": round(killed / tested, 4) if tested else None,
         "kill_ratio_rule": "(killed + timeout) / (mutants - skipped - not checked); 'no tests' counts as not killed",
-        "equivalent_survivors": sum(1 for s in survivors if s["equivalent"]),
+        "equivalent_survivors": n_equivalent,
+        "kill_ratio_excluding_equivalent": round(killed / (tested - n_equivalent), 4) if tested > n_equivalent else None,
         "per_function": {f: dict(c) for f, c in sorted(per_function.items())},
         "survivors": survivors,
     }
@@ -104,7 +109,8 @@ def main() -> int:
         args.output.write_text(text)
         print(f"written {args.output}")
     print(f"mutants {report['mutants']}  killed {report['killed']}  timeout {report['timeout']}  "
-          f"survived {report['survived']}  no tests {report['no_tests']}  kill ratio {report['kill_ratio']}")
+          f"survived {report['survived']} ({n_equivalent} equivalent)  no tests {report['no_tests']}  "
+          f"kill ratio {report['kill_ratio']} ({report['kill_ratio_excluding_equivalent']} without the equivalent)")
     for s in survivors:
         print(f"  survived {s['mutant']}" + (f"  (equivalent: {s['equivalent']})" if s["equivalent"] else ""))
     return 0

@@ -467,6 +467,12 @@ def test_multilabel_knn_selection_scores_every_label():
     assert head.val_scores.shape == (4, 3)
     sweep = {r["k"]: r["val_acc"] for r in head.extras["k_sweep"]}
     assert sweep[2] == pytest.approx(np.mean((head.val_scores.numpy() > 0.5) == yq))
+    # the head votes per label (weighted positive fraction), not over a flattened label list
+    two = knn_fit_head(RunConfig(mode="knn", model="x", dataset="chestmnist",
+                                 knn=KnnSettings(ks=(2,), rule="euclidean-majority")), fz)
+    torch.testing.assert_close(two.val_scores, torch.tensor(
+        [[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.5, 0.0, 1.0], [1.0, 0.0, 0.5]]))
+    torch.testing.assert_close(two.score(q), two.val_scores)
 
 
 def test_knn_fit_head_passes_the_configured_temperature():
@@ -569,6 +575,41 @@ def test_class_prior_shapes_padding_and_errors():
     for bad in ([], [0, -1]):
         with pytest.raises(FmevalError, match=r"^labels for a class prior must be non-empty, non-negative"):
             class_prior("multi-class", bad)
+
+
+def test_majority_scores_pads_absent_top_classes_and_checks_the_prior():
+    from fmeval.errors import FmevalError
+    from fmeval.metrics import majority_scores
+
+    np.testing.assert_allclose(majority_scores("multi-class", np.array([0.7, 0.3]), 3, n_classes=4),
+                               np.tile([0.7, 0.3, 0.0, 0.0], (3, 1)))
+    np.testing.assert_allclose(majority_scores("multi-class", [0, 0, 1], 2, n_classes=4),
+                               np.tile([2 / 3, 1 / 3, 0.0, 0.0], (2, 1)))
+    thirds = np.full(3, 1 / 3, dtype=np.float32)  # sums to 1 only up to float32 rounding: accepted
+    assert abs(float(thirds.astype(np.float64).sum()) - 1.0) > 1e-9
+    assert majority_scores("multi-class", thirds, 2).shape == (2, 3)
+    with pytest.raises(FmevalError, match=r"^class prior must sum to 1, got 0\.5$"):
+        majority_scores("multi-class", np.array([0.2, 0.3]), 2)
+    with pytest.raises(FmevalError, match=r"^a prior must be 1-D, got shape \(1, 2\)$"):
+        majority_scores("binary-class", np.array([[0.5, 0.5]]), 2)
+    with pytest.raises(FmevalError, match=r"^prior has 3 entries but there are 2 classes$"):
+        majority_scores("multi-class", np.array([0.2, 0.3, 0.5]), 2, n_classes=2)
+
+
+def test_binary_predictions_accept_a_bare_positive_probability():
+    np.testing.assert_array_equal(predict_labels("binary-class", [0.2, 0.7, 0.5]), [0, 1, 0])
+    np.testing.assert_array_equal(predict_labels("binary-class", np.array([[0.9], [0.1]])), [1, 0])
+
+
+def test_bootstrap_weights_draw_every_index_in_bounded_blocks(monkeypatch):
+    import fmeval.metrics as metrics
+
+    w = np.concatenate(list(metrics.bootstrap_weights(3, 300, seed=0)))
+    assert w.shape == (300, 3) and (w.sum(axis=1) == 3).all()
+    assert (w > 0).any(axis=0).all()  # the first and the last sample are both drawn
+    monkeypatch.setattr(metrics, "BOOT_BLOCK_ELEMS", 8)
+    assert [b.shape for b in metrics.bootstrap_weights(5, 3, seed=0)] == [(1, 5)] * 3  # n > budget: one row
+    assert [b.shape for b in metrics.bootstrap_weights(2, 10, seed=0)] == [(4, 2), (4, 2), (2, 2)]
 
 
 def test_mean_std_two_rows():

@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from fmeval.errors import ConfigError
 from fmeval.probes.knn_search import (
@@ -91,12 +90,6 @@ def resolve_scoring(scoring: str, device: torch.device) -> str:
     return key
 
 
-def _targets(labels: torch.Tensor, n_classes: int, multilabel: bool) -> torch.Tensor:
-    if multilabel:
-        return labels.float()
-    return F.one_hot(labels.long().view(-1), n_classes).float()
-
-
 @torch.inference_mode()
 def knn_predict(
     train: torch.Tensor,
@@ -141,7 +134,7 @@ def knn_predict(
     stats = stats if stats is not None else SearchStats()
     stats.rows += test.shape[0]
     labels = train_labels.to(dev)
-    targets = _targets(labels, n_classes, multilabel) if multilabel else None
+    targets = labels.float() if multilabel else None  # [N, L] 0/1: the vote is a weighted mean
     labels = labels.long().view(-1) if not multilabel else None
     out = {k: torch.empty((test.shape[0], n_classes), dtype=torch.float32, device=dev) for k in ks}
     k_idx = torch.tensor([k - 1 for k in ks], device=dev)
