@@ -13,6 +13,7 @@ import fmeval.adapters.timm_models as tm
 from fmeval.adapters import ADAPTERS, MEDMNIST_PLUS_MODELS, create_adapter
 from fmeval.errors import ConfigError, ModelError
 from fmeval.training.lora import LoraSettings, apply_lora, load_lora, save_lora
+from helpers import encode, image_batch
 
 # fmeval name -> (pinned weights tag shown by `fmeval ls models`, pre-logits width at full size,
 # and native input size (the pinned weights' own config; protocols override it)
@@ -30,16 +31,6 @@ TIMM_SPECS = {s.name: s for s in tm.SPECS}
 # The key of the 1000-class (EVA-02 CLIP: 512-d projection) layer in a released checkpoint.
 HEAD = {"vgg16": "head.fc", "tv-alexnet": "classifier.6", "densenet121-ra": "classifier",
         "efficientnet-b4": "classifier", "vit-b16-clip-ft": "head", "eva02-b16-clip": "head"}
-
-
-def _x(adapter, n: int = 2, seed: int = 0) -> torch.Tensor:
-    s = adapter.preprocess.input_size
-    return torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(seed))
-
-
-def _encode(adapter: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return adapter(x)
 
 
 @pytest.fixture
@@ -114,11 +105,11 @@ def test_ls_models_lists_them_with_their_pinned_tags(capsys, monkeypatch):
 @pytest.mark.parametrize("name", NAMES)
 def test_tiny_build_is_offline_seeded_and_the_same_class(name):
     a = create_adapter(name, tiny=True, seed=3)
-    x = _x(a, 4)
-    f1 = _encode(a, x)
+    x = image_batch(a, 4)
+    f1 = encode(a, x)
     assert f1.shape == (4, a.feature_dim) and torch.isfinite(f1).all()
-    assert torch.equal(f1, _encode(create_adapter(name, tiny=True, seed=3), x))
-    assert not torch.equal(f1, _encode(create_adapter(name, tiny=True, seed=4), x))
+    assert torch.equal(f1, encode(create_adapter(name, tiny=True, seed=3), x))
+    assert not torch.equal(f1, encode(create_adapter(name, tiny=True, seed=4), x))
     assert a.weights_id.startswith("random:") and a.weights_id.endswith(":tiny:seed3")
     full = {"vgg16": "VGG", "tv-alexnet": "AlexNet", "densenet121-ra": "DenseNet",
             "efficientnet-b4": "EfficientNet", "vit-b16-clip-ft": "VisionTransformer",
@@ -131,10 +122,10 @@ def test_tiny_build_is_offline_seeded_and_the_same_class(name):
 def test_features_are_timms_pre_logits(name):
     """MedMNIST+ features: ``forward_head(forward_features(x), pre_logits=True)``."""
     a = create_adapter(name, tiny=True)
-    x = _x(a)
+    x = image_batch(a)
     with torch.inference_mode():
         ref = a.model.forward_head(a.model.forward_features(x), pre_logits=True)
-    assert torch.equal(_encode(a, x), ref) and ref.shape[1] == a.feature_dim
+    assert torch.equal(encode(a, x), ref) and ref.shape[1] == a.feature_dim
 
 
 def test_vgg_features_are_the_4096_wide_convmlp_not_the_conv_trunk():
@@ -143,7 +134,7 @@ def test_vgg_features_are_the_4096_wide_convmlp_not_the_conv_trunk():
     assert [n for n, _ in a.model.features.named_children()] == [
         n for n, _ in timm.create_model("vgg16", pretrained=False, num_classes=0, device="meta")
         .features.named_children()]  # VGG-16's layer pattern: same indices
-    assert (_encode(a, _x(a)) >= 0).all()  # after the ConvMlp's last ReLU
+    assert (encode(a, image_batch(a)) >= 0).all()  # after the ConvMlp's last ReLU
 
 
 def test_efficientnet_b4_tiny_is_b4s_block_layout():
@@ -161,11 +152,11 @@ def test_alexnet_tiny_keeps_torchvisions_layout_and_features_are_penultimate():
     with torch.device("meta"):
         ref = AlexNet()
     assert [type(m) for m in a.model.modules()] == [type(m) for m in ref.modules()][:-1] + [torch.nn.Identity]
-    x = _x(a)
+    x = image_batch(a)
     with torch.inference_mode():
         m = a.model
         pen = m.classifier[:6](torch.flatten(m.avgpool(m.features(x)), 1))
-    assert torch.equal(_encode(a, x), pen) and pen.shape == (2, 512)
+    assert torch.equal(encode(a, x), pen) and pen.shape == (2, 512)
     assert a.preprocess.input_size == 64 and a.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
     with pytest.raises(ConfigError, match=">= 63"):
         create_adapter("tv-alexnet", tiny=True, input_size=32)
@@ -204,8 +195,8 @@ def test_lora_wraps_every_declared_target_on_the_forward_path(name, tmp_path):
     from peft.tuners.lora import LoraLayer
 
     a = create_adapter(name, tiny=True)
-    x = _x(a)
-    before = _encode(a, x)
+    x = image_batch(a)
+    before = encode(a, x)
     settings = LoraSettings(r=4, alpha=8.0, dropout=0.0)
     apply_lora(a, settings)
     wrapped = {n: m for n, m in a.backbone.named_modules() if isinstance(m, LoraLayer)}
@@ -213,7 +204,7 @@ def test_lora_wraps_every_declared_target_on_the_forward_path(name, tmp_path):
         assert any(n == target or n.endswith("." + target) for n in wrapped), target
     called: set[str] = set()
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: called.add(n)) for n, m in wrapped.items()]
-    assert torch.allclose(_encode(a, x), before, atol=1e-6)  # lora_B starts at zero
+    assert torch.allclose(encode(a, x), before, atol=1e-6)  # lora_B starts at zero
     for h in hooks:
         h.remove()
     assert called == set(wrapped)  # no dead LoRA layer
@@ -221,12 +212,12 @@ def test_lora_wraps_every_declared_target_on_the_forward_path(name, tmp_path):
         for n, p in a.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
-    changed = _encode(a, x)
+    changed = encode(a, x)
     assert not torch.allclose(changed, before, atol=1e-4)
     save_lora(a, settings, tmp_path / "lora")
     fresh = create_adapter(name, tiny=True)
     load_lora(fresh, tmp_path / "lora")
-    assert torch.equal(_encode(fresh, x), changed)
+    assert torch.equal(encode(fresh, x), changed)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -237,8 +228,8 @@ def test_local_checkpoint_roundtrip_is_strict(name, tmp_path):
     sd[f"{HEAD[name]}.bias"] = torch.zeros(1000)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
     loaded = create_adapter(name, tiny=True, seed=0, weights=tmp_path / "w.safetensors")
-    x = _x(src)
-    assert torch.equal(_encode(src, x), _encode(loaded, x))
+    x = image_batch(src)
+    assert torch.equal(encode(src, x), encode(loaded, x))
     assert loaded.weights_id.startswith("file:") and loaded.load_report.clean
 
     key = next(k for k, v in sd.items() if v.ndim >= 2 and not k.startswith(HEAD[name]))
@@ -262,7 +253,7 @@ def test_vgg_reads_torchvisions_own_checkpoint_layout(tmp_path):
     assert tv["classifier.0.weight"].shape == (64, 64 * 7 * 7)
     torch.save(tv, tmp_path / "vgg16-tv.pth")
     loaded = create_adapter("vgg16", tiny=True, weights=tmp_path / "vgg16-tv.pth")
-    assert loaded.load_report.clean and torch.equal(_encode(loaded, _x(src)), _encode(src, _x(src)))
+    assert loaded.load_report.clean and torch.equal(encode(loaded, image_batch(src)), encode(src, image_batch(src)))
     tv["classifier.3.weight"] = torch.zeros(4096, 63)  # a wrong size is still reported
     torch.save(tv, tmp_path / "bad.pth")
     with pytest.raises(ModelError, match="1 shape mismatch: pre_logits.fc2.weight"):
@@ -291,7 +282,7 @@ def test_pretrained_loads_from_the_hugging_face_cache_offline(empty_hub):
     assert a.weights_id == "timm:densenet121.ra_in1k" and a.preprocess.interpolation == "bicubic"
     x = torch.randn(2, 3, 64, 64)
     ref.eval().reset_classifier(0)
-    assert torch.equal(_encode(a, x), _encode(ref, x))
+    assert torch.equal(encode(a, x), encode(ref, x))
 
 
 def test_timm_offline_check_reports_the_cache_it_looked_in(empty_hub):

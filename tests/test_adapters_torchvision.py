@@ -13,19 +13,10 @@ import fmeval.adapters.torchvision_models as tvm
 from fmeval.adapters import ADAPTERS, create_adapter
 from fmeval.errors import ConfigError, ModelError
 from fmeval.training.lora import LoraSettings, apply_lora, count_parameters, load_lora, save_lora
+from helpers import encode, image_batch
 
 SPECS = {s.name: s for s in tvm.SPECS}
 NAMES = list(SPECS)
-
-
-def _x(adapter, n: int = 2, seed: int = 0) -> torch.Tensor:
-    s = adapter.preprocess.input_size
-    return torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(seed))
-
-
-def _encode(adapter: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return adapter(x)
 
 
 @pytest.fixture
@@ -61,13 +52,13 @@ def test_registered_names_pin_the_protocol_weights():
 @pytest.mark.parametrize("name", NAMES)
 def test_tiny_build_is_seeded_and_encodes(name):
     a = create_adapter(name, tiny=True, seed=3)
-    x = _x(a, 4)
-    f1 = _encode(a, x)
+    x = image_batch(a, 4)
+    f1 = encode(a, x)
     b = create_adapter(name, tiny=True, seed=3)
     c = create_adapter(name, tiny=True, seed=4)
     assert f1.shape == (4, a.feature_dim) and torch.isfinite(f1).all()
     assert a.weights_id == b.weights_id == f"random:torchvision.{SPECS[name].arch}:tiny:seed3"
-    assert torch.equal(f1, _encode(b, x)) and not torch.equal(f1, _encode(c, x))
+    assert torch.equal(f1, encode(b, x)) and not torch.equal(f1, encode(c, x))
     assert a.family == SPECS[name].family and a.lora_targets
     # the ImageNet classifier is gone: no module maps to 1000 outputs
     assert not any(getattr(m, "out_features", 0) == 1000 for m in a.modules())
@@ -95,9 +86,9 @@ def test_full_size_random_build_is_the_torchvision_architecture(name):
 
 def test_input_size_only_where_the_architecture_allows_it(offline_hub):
     cnn = create_adapter("tv-efficientnetv2-s", tiny=True, input_size=64)
-    assert cnn.preprocess.input_size == 64 and _encode(cnn, _x(cnn)).shape == (2, cnn.feature_dim)
+    assert cnn.preprocess.input_size == 64 and encode(cnn, image_batch(cnn)).shape == (2, cnn.feature_dim)
     vit = create_adapter("tv-vit-b16", tiny=True, input_size=48)
-    assert vit.weights_id.endswith("tiny@48:seed0") and _encode(vit, _x(vit)).shape == (2, 32)
+    assert vit.weights_id.endswith("tiny@48:seed0") and encode(vit, image_batch(vit)).shape == (2, 32)
     with pytest.raises(ConfigError, match="fix the input at 224 px") as err:
         create_adapter("tv-vit-b16", input_size=128)  # refused before any download
     assert "\n" not in str(err.value) and not offline_hub.exists()
@@ -116,8 +107,8 @@ def test_local_checkpoint_roundtrip_ignores_the_classifier(name, tmp_path):
     sd[f"{head}.bias"] = torch.zeros(1000)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
     loaded = create_adapter(name, tiny=True, seed=0, weights=tmp_path / "w.safetensors")
-    x = _x(src)
-    assert torch.equal(_encode(src, x), _encode(loaded, x))
+    x = image_batch(src)
+    assert torch.equal(encode(src, x), encode(loaded, x))
     assert loaded.weights_id.startswith("file:") and loaded.load_report.clean
 
 
@@ -146,30 +137,30 @@ def test_densenet_checkpoint_with_released_key_names(tmp_path):
     assert any(".norm.1." in k for k in old)
     torch.save(old, tmp_path / "densenet121-old.pth")
     loaded = create_adapter("tv-densenet121", tiny=True, weights=tmp_path / "densenet121-old.pth")
-    assert torch.equal(_encode(src, _x(src)), _encode(loaded, _x(src)))
+    assert torch.equal(encode(src, image_batch(src)), encode(loaded, image_batch(src)))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_lora_injects_live_layers(name, tmp_path):
     a = create_adapter(name, tiny=True)
-    x = _x(a)
-    before = _encode(a, x)
+    x = image_batch(a)
+    before = encode(a, x)
     _, total_before = count_parameters(a)
     apply_lora(a, LoraSettings(r=4, alpha=8.0, dropout=0.0))
     trainable, total = count_parameters(a)
     lora = {n: p for n, p in a.named_parameters() if "lora_" in n}
     assert trainable == sum(p.numel() for p in lora.values()) == total - total_before > 0
-    assert torch.allclose(_encode(a, x), before, atol=1e-6)  # lora_B starts at zero
+    assert torch.allclose(encode(a, x), before, atol=1e-6)  # lora_B starts at zero
     with torch.no_grad():
         for n, p in lora.items():
             if "lora_B" in n:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
-    changed = _encode(a, x)
+    changed = encode(a, x)
     assert not torch.allclose(changed, before, atol=1e-4)  # every target is on the forward path
     save_lora(a, LoraSettings(r=4, alpha=8.0, dropout=0.0), tmp_path / "lora")
     fresh = create_adapter(name, tiny=True)
     load_lora(fresh, tmp_path / "lora")
-    assert torch.equal(_encode(fresh, x), changed)
+    assert torch.equal(encode(fresh, x), changed)
 
 
 def test_lora_on_vit_out_proj_alone_would_be_dead():
@@ -177,14 +168,14 @@ def test_lora_on_vit_out_proj_alone_would_be_dead():
     from peft import LoraConfig, inject_adapter_in_model
 
     a = create_adapter("tv-vit-b16", tiny=True)
-    x = _x(a)
-    before = _encode(a, x)
+    x = image_batch(a)
+    before = encode(a, x)
     inject_adapter_in_model(LoraConfig(target_modules=["out_proj"], r=4), a.model)
     with torch.no_grad():
         for n, p in a.model.named_parameters():
             if "lora_B" in n:
                 p.fill_(1.0)
-    assert torch.equal(_encode(a, x), before)
+    assert torch.equal(encode(a, x), before)
 
 
 def test_pretrained_offline_is_one_line_and_immediate(offline_hub):
@@ -231,7 +222,7 @@ def test_pretrained_loads_from_torchvision_cache(tmp_path, monkeypatch):
     assert a.weights_id == "torchvision:resnet18.IMAGENET1K_V1"
     x = torch.randn(2, 3, 64, 64)
     ref.fc = torch.nn.Identity()
-    assert torch.equal(_encode(a, x), _encode(ref, x))
+    assert torch.equal(encode(a, x), encode(ref, x))
 
     cached.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="cannot load the cached torchvision:resnet18.IMAGENET1K_V1 weights") as err:

@@ -12,16 +12,9 @@ import pytest
 import torch
 
 from fmeval.cache import FeatureCache
-from fmeval.cli import main
 from fmeval.data.synthetic import write_synthetic
 from fmeval.io import file_lock
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from helpers import run
 
 
 class _Terminal(io.StringIO):

@@ -11,17 +11,10 @@ import pytest
 import torch
 
 from fmeval.cache import FeatureCache, key_digest
-from fmeval.cli import main
 from fmeval.data.synthetic import write_synthetic
+from helpers import run
 
 LINE = re.compile(r"cache entry [0-9a-f]{12} failed verification \((.+)\), recomputed")
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def _report(reports: Path, n: int) -> dict:

@@ -8,20 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmeval.cli import main
 from fmeval.data.synthetic import synthetic_arrays, write_synthetic
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def _only_report(root: Path) -> dict:
-    (path,) = list(root.glob("*/results.json"))
-    return json.loads(path.read_text())
+from helpers import only_report, run
 
 
 REAL = ("--dataset", "pneumoniamnist", "--tiny", "--bootstrap", "200")
@@ -33,7 +21,7 @@ def test_linprobe_and_knn_on_real_pneumoniamnist(capsys, pneumonia_root, tmp_pat
     code, out, err = run(capsys, "linprobe", "--model", "vit-b16", *REAL, "--data-root", str(pneumonia_root),
                          "--reports-dir", str(reports))
     assert code == 0, err
-    res = _only_report(reports)
+    res = only_report(reports)
     test = res["test"]
     assert res["dataset"]["n_test"] == 624 and res["mode"] == "linprobe"
     for m in ("acc", "auc", "balanced_acc", "f1_macro", "kappa", "ece"):

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import typer
 
-from fmeval.cli import main
 from fmeval.cli.app import console
 from fmeval.data.synthetic import synthetic_arrays, write_synthetic
+from helpers import run
 
 FROZEN = ("--model", "vit-s16", "--tiny", "--dataset", "pneumoniamnist")
 QUICK = ("--bootstrap", "10")
@@ -43,13 +43,6 @@ def work(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("FMEVAL_PROGRESS", "0")
     write_synthetic(tmp_path / "data", "pneumoniamnist", 28, n=(60, 20, 20))
     return tmp_path
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def one_error_line(code: int, err: str) -> str:

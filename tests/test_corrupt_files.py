@@ -11,13 +11,7 @@ import torch
 
 from fmeval.cli import main
 from fmeval.data.synthetic import write_synthetic
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from helpers import run
 
 
 def one_error(code: int, out: str, err: str) -> str:

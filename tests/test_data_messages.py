@@ -5,17 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmeval.cli import main
 from fmeval.data import load_dataset
 from fmeval.data.synthetic import synthetic_arrays
 from fmeval.errors import DataError
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from helpers import run
 
 
 def _knn(root) -> tuple[str, ...]:

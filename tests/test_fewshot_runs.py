@@ -9,20 +9,13 @@ import numpy as np
 import pytest
 import yaml
 
-from fmeval.cli import main
 from fmeval.data.episodes import make_episode
 from fmeval.data.synthetic import synthetic_arrays
 from fmeval.io import atomic_path
+from helpers import run
 
 N = (60, 30, 40)
 CLASSES = ["normal", "pneumonia"]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def _write(root: Path, arrays: dict[str, np.ndarray]) -> Path:

@@ -3,32 +3,16 @@ fidelity defects they exposed (each test fails on the code before protocols exis
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 
-from fmeval.cli import main
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
 from fmeval.protocols import ProtocolError, apply_protocol, load_protocol, protocol_names
 from fmeval.runner import make_config
+from helpers import only_report, run
 
 SHIPPED = ("medmnist-v2", "medmnist-plus", "resolution-study", "medclip-zeroshot", "clip-zeroshot")
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def _only(root: Path) -> dict:
-    (path,) = list(root.glob("*/results.json"))
-    return json.loads(path.read_text())
 
 
 def test_protocols_ls_and_show_every_setting_with_its_source(capsys):
@@ -246,7 +230,7 @@ def test_each_protocol_end_to_end_records_its_settings(capsys, pneumonia_root, t
                          "--data-root", str(pneumonia_root), "--limit", "96", "--bootstrap", "20",
                          "--reports-dir", str(reports))
     assert code == 0, err
-    res = _only(reports)
+    res = only_report(reports)
     p = res["protocol"]
     assert p["name"] == name and p["version"] == load_protocol(name).version
     assert p["sha256"] == load_protocol(name).sha256

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fmeval.cli import main
 from fmeval.data.synthetic import write_synthetic
+from helpers import run
 
 
 def _need_medmnistc() -> None:
@@ -23,13 +23,6 @@ def _need_medmnistc() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"medmnistc is not installed in CI ({exc}); run scripts/install-robustness.sh")
         pytest.skip(f"medmnistc not installed ({exc})")
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture()

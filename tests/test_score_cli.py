@@ -9,17 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmeval.cli import main
 from fmeval.data.synthetic import write_synthetic
+from helpers import run
 
 N_TEST = 40
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture()

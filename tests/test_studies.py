@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,27 @@ def test_bad_study_files_fail_naming_the_key(tmp_path, patch, message):
     path = _write_study(tmp_path, **patch)
     with pytest.raises(StudyError, match=message.replace(".", r"\.")):
         _plan(path, tmp_path / "reports")
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, r"^study file {p} not found\.$"),
+    (b"\xff\xfe", r"^cannot read study file {p}: not UTF-8 text\.$"),
+    (b"a: [\n", r"^study file {p} is not valid YAML: while parsing a flow node$"),
+    (b"- 1\n", r"^study file {p} must be a mapping \(name, axes, \.\.\.\)\.$"),
+])
+def test_unreadable_study_and_protocol_files_fail_in_one_line(tmp_path, content, message):
+    from fmeval.protocols import ProtocolError, load_protocol
+
+    p = tmp_path / "x.yaml"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(StudyError, match=message.format(p=re.escape(str(p)))):
+        load_study(p)
+    if content is None:  # a path that is not there reads as a protocol name
+        message = r"^unknown protocol '{p}'\."
+    with pytest.raises(ProtocolError, match=message.replace("study file", "protocol").replace(
+            r"\(name, axes, \.\.\.\)", "of settings").format(p=re.escape(str(p)))):
+        load_protocol(str(p))
 
 
 def test_quick_study_plans_and_skips_text_modes_for_vision_models(tmp_path):

@@ -9,16 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from fmeval.adapters.base import create_adapter
-from fmeval.cli import main
 from fmeval.data.synthetic import write_synthetic
 from fmeval.errors import ModelError
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from helpers import run
 
 
 @pytest.fixture

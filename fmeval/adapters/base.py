@@ -188,6 +188,19 @@ def _resolve_weights(
     return None
 
 
+def fetch_error(name: str, source: str, exc: BaseException, *, where: str = "",
+                checkpoint: str = "a local checkpoint") -> ModelError:
+    """One line for pretrained weights that could not be fetched: which, why (the
+    first line of the cause), and the two ways to go on offline. ``where`` names the
+    cache a file may be put into by hand."""
+    detail = (str(exc).strip().splitlines() or [""])[0][:160]
+    return ModelError(
+        f"could not fetch pretrained weights for {name} ({source}): {type(exc).__name__}: {detail}. "
+        f"{where}{'pass' if where else 'Pass'} --weights PATH for {checkpoint}, "
+        "or --random-init/--tiny for an offline run."
+    )
+
+
 def ungrouped_conv_names(model: nn.Module) -> tuple[str, ...]:
     """Full names of every ``groups == 1`` Conv2d, the LoRA targets of CNNs whose
     layer names vary (VGG's ``features.<i>``; EfficientNet's ``block.1.0`` is a

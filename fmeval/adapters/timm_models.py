@@ -19,6 +19,7 @@ from torch import nn
 from fmeval.adapters.base import (
     Adapter,
     AdapterConfig,
+    fetch_error,
     Preprocess,
     checkpoint_weights_id,
     load_state_dict_file,
@@ -205,11 +206,7 @@ class TimmAdapter(Adapter):
                 self.model = timm.create_model(spec.arch, pretrained=use_hub, num_classes=0, **kwargs)
         except Exception as exc:  # network, hub or config failure -> one line
             if use_hub:
-                raise ModelError(
-                    f"could not fetch pretrained weights for {spec.name} ({spec.arch}): "
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}. Pass --weights PATH "
-                    "for a local checkpoint, or --random-init/--tiny for an offline run."
-                ) from None
+                raise fetch_error(spec.name, spec.arch, exc) from None
             raise ModelError(f"cannot build {spec.name}: {exc}") from None
         medmnist_size = cfg.input_size or 28
         self.native_input = spec.medmnist_stem  # takes its input size as is: never a silent resize

@@ -37,6 +37,7 @@ from torch import nn
 from fmeval.adapters.base import (
     Adapter,
     AdapterConfig,
+    fetch_error,
     Preprocess,
     file_digest,
     load_state_dict_file,
@@ -261,14 +262,9 @@ def ensure_cached(url: str, *, timeout_s: float | None = None) -> Path:
 
 def _fetch_error(spec: TvSpec, url: str, exc: Exception) -> ModelError:
     """One line: what failed, where torchvision caches the file, how to work offline."""
-    detail = (str(exc).splitlines() or [""])[0][:160]
     cached = hub_cache_file(url)
-    return ModelError(
-        f"could not fetch pretrained weights for {spec.name} ({spec.weights_tag}): "
-        f"{type(exc).__name__}: {detail}. Put {cached.name} in {cached.parent} "
-        "(set by TORCH_HOME), pass --weights PATH for a local checkpoint, "
-        "or --random-init/--tiny for an offline run."
-    )
+    return fetch_error(spec.name, spec.weights_tag, exc,
+                       where=f"Put {cached.name} in {cached.parent} (set by TORCH_HOME), ")
 
 
 def _check_size(spec: TvSpec, cfg: AdapterConfig, use_hub: bool) -> None:

@@ -47,6 +47,7 @@ from torch import nn
 from fmeval.adapters.base import (
     Adapter,
     AdapterConfig,
+    fetch_error,
     file_digest,
     load_state_dict_file,
     load_weights,
@@ -143,11 +144,7 @@ def _timm_resnet(spec: ResNet3DSpec, cfg: AdapterConfig, in_chans: int, use_hub:
         return timm.create_model(spec.arch, pretrained=use_hub, num_classes=0, in_chans=in_chans, **kwargs)
     except Exception as exc:  # network, hub or config failure -> one line
         if use_hub:
-            raise ModelError(
-                f"could not fetch pretrained weights for {spec.name} ({spec.arch}): "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}. Pass --weights PATH "
-                "for a local 2D checkpoint, or --random-init/--tiny for an offline run."
-            ) from None
+            raise fetch_error(spec.name, spec.arch, exc, checkpoint="a local 2D checkpoint") from None
         raise ModelError(f"cannot build {spec.name}: {exc}") from None
 
 

@@ -173,6 +173,16 @@ def build_result(
     return result
 
 
+def run_frozen(cfg, prepare: Callable, fit_head: Callable) -> "RunResult":
+    """The body every frozen-feature mode shares: features, a head fitted and selected
+    without test, the test split scored once. The timer starts before the features."""
+    timer = Timer()
+    fz = prepare(cfg)
+    head = fit_head(cfg, fz)
+    return frozen_result(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
+                         extras=head.extras, selection=head.selection, timer=timer, warnings=head.warnings)
+
+
 def frozen_result(fz, *, test_scores, val_scores, extras: dict, selection: dict, timer: Timer,
                   warnings: list[str] = ()) -> "RunResult":
     """:func:`build_result` for the frozen-feature modes (they share everything but scores).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fmeval.config import RunConfig
 from fmeval.data import is_multilabel
 from fmeval.errors import ConfigError
-from fmeval.modes.base import FittedHead, Timer, frozen_result, metric_labels, register_mode, target_tensor
+from fmeval.modes.base import FittedHead, metric_labels, register_mode, run_frozen, target_tensor
 from fmeval.modes.fewshot import training_splits
 from fmeval.pipeline import prepare_frozen, split_sizes
 from fmeval.probes.knn import KNN_RULES, knn_predict
@@ -110,9 +110,4 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
                description="k-nearest neighbours on frozen features (k chosen on validation)")
 def run_knn(cfg: RunConfig):
     """Sweep k on the validation split; score test only for the chosen k."""
-    timer = Timer()
-    fz = prepare(cfg)
-    head = fit_head(cfg, fz)
-    return frozen_result(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
-                         extras=head.extras, selection=head.selection, timer=timer,
-                         warnings=head.warnings)
+    return run_frozen(cfg, prepare, fit_head)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from fmeval.config import RunConfig
 from fmeval.data import is_multilabel
-from fmeval.modes.base import FittedHead, Timer, frozen_result, register_mode, target_tensor
+from fmeval.modes.base import FittedHead, register_mode, run_frozen, target_tensor
 from fmeval.modes.fewshot import training_splits
 from fmeval.pipeline import prepare_frozen
 from fmeval.probes.linear import train_linear_probe
@@ -94,8 +94,4 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
 @register_mode("linprobe", sections=("probe", "linprobe", "zeroshot", "fewshot"), frozen=True,
                description="linear probe on frozen features (lr x wd grid, selected on validation)")
 def run_linprobe(cfg: RunConfig):
-    timer = Timer()
-    fz = prepare(cfg)
-    head = fit_head(cfg, fz)
-    return frozen_result(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
-                         extras=head.extras, selection=head.selection, timer=timer)
+    return run_frozen(cfg, prepare, fit_head)

@@ -13,7 +13,7 @@ from fmeval.adapters.base import Adapter
 from fmeval.cache import FeatureCache
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
-from fmeval.modes.base import FittedHead, Timer, frozen_result, register_mode
+from fmeval.modes.base import FittedHead, register_mode, run_frozen
 from fmeval.pipeline import prepare_frozen
 
 FROZEN_SPLITS = ("val", "test")
@@ -118,8 +118,4 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
 @register_mode("zeroshot", sections=("zeroshot",), frozen=True, needs_text=True,
                description="zero-shot classification with a prompt bank")
 def run_zeroshot(cfg: RunConfig):
-    timer = Timer()
-    fz = prepare(cfg)
-    head = fit_head(cfg, fz)
-    return frozen_result(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
-                         extras=head.extras, selection=head.selection, timer=timer)
+    return run_frozen(cfg, prepare, fit_head)

@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from fmeval.errors import ConfigError
+from fmeval.yaml_files import first_error, read_mapping
 
 
 class ProtocolError(ConfigError):
@@ -67,24 +67,6 @@ class ProtocolSpec(_Strict):
         return {str(k): x for k, x in v.items()} if isinstance(v, dict) else v
 
 
-def _read(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ProtocolError(f"cannot read protocol {path}: {exc.strerror or exc}.") from None
-    except yaml.YAMLError as exc:
-        raise ProtocolError(f"protocol {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError(f"protocol {path} must be a mapping of settings.")
-    return data
-
-
-def _validation_message(err: ValidationError) -> str:
-    e = err.errors()[0]
-    where = ".".join(str(p) for p in e["loc"]) or "file"
-    return f"{where}: {e['msg']}"
-
-
 _LOADED: dict[tuple, "Protocol"] = {}  # (path, size, mtime_ns) -> the checked protocol
 
 
@@ -109,9 +91,9 @@ class Protocol:
         if key is not None and key in _LOADED:
             return _LOADED[key]
         try:
-            spec = ProtocolSpec.model_validate(_read(path))
+            spec = ProtocolSpec.model_validate(read_mapping(path, "protocol", ProtocolError, "of settings"))
         except ValidationError as err:
-            raise ProtocolError(f"protocol {path}: {_validation_message(err)}") from None
+            raise ProtocolError(f"protocol {path}: {first_error(err)}") from None
         loaded = cls(spec, str(path))
         if key is not None:
             _LOADED[key] = loaded

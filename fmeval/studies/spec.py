@@ -28,10 +28,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fmeval.errors import ConfigError
+from fmeval.yaml_files import first_error, read_mapping
 
 AXIS_KEYS = ("model", "dataset", "size", "input_size", "mode", "seed", "style", "shots")
 
@@ -107,29 +107,14 @@ class StudySpec(_Strict):
         return v
 
 
-def _message(err: ValidationError) -> str:
-    e = err.errors()[0]
-    where = ".".join(str(p) for p in e["loc"]) or "file"
-    return f"{where}: {e['msg']}"
-
-
 def load_study(path: str | Path) -> tuple[StudySpec, str]:
     """Parse and validate a study file; returns (spec, sha256 of its canonical form)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StudyError(f"study file {path} not found.") from None
-    except OSError as exc:
-        raise StudyError(f"cannot read study file {path}: {exc.strerror or exc}.") from None
-    except yaml.YAMLError as exc:
-        raise StudyError(f"study file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise StudyError(f"study file {path} must be a mapping (name, axes, ...).")
+    raw = read_mapping(path, "study file", StudyError, "(name, axes, ...)")
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as err:
-        raise StudyError(f"study {path}: {_message(err)}") from None
+        raise StudyError(f"study {path}: {first_error(err)}") from None
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
     return spec, digest
 
