@@ -34,3 +34,37 @@ def image_batch(adapter, n: int = 2, seed: int = 0) -> torch.Tensor:
 def encode(adapter: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return adapter(x)
+
+
+def count_encodes(monkeypatch) -> dict[str, int]:
+    """Count TimmAdapter.encode_image calls (one per batch): ``calls["n"]``, live."""
+    from fmeval.adapters.timm_models import TimmAdapter
+
+    calls = {"n": 0}
+    original = TimmAdapter.encode_image
+
+    def counted(self, x):
+        calls["n"] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(TimmAdapter, "encode_image", counted)
+    return calls
+
+
+def checkpoint_roundtrip(name: str, head: str, tmp_path: Path):
+    """A tiny model saved as a released checkpoint (with a 1000-class ``head``, which
+    loading must drop) and loaded back: (source adapter, its state dict, loaded adapter)."""
+    from safetensors.torch import save_file
+
+    from fmeval.adapters import create_adapter
+
+    src = create_adapter(name, tiny=True, seed=7)
+    sd = dict(src.model.state_dict())
+    sd[f"{head}.weight"] = torch.zeros(1000, src.feature_dim)
+    sd[f"{head}.bias"] = torch.zeros(1000)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
+    loaded = create_adapter(name, tiny=True, seed=0, weights=tmp_path / "w.safetensors")
+    x = image_batch(src)
+    assert torch.equal(encode(src, x), encode(loaded, x))
+    assert loaded.weights_id.startswith("file:") and loaded.load_report.clean
+    return src, sd, loaded

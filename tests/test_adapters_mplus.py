@@ -13,7 +13,7 @@ import fmeval.adapters.timm_models as tm
 from fmeval.adapters import ADAPTERS, MEDMNIST_PLUS_MODELS, create_adapter
 from fmeval.errors import ConfigError, ModelError
 from fmeval.training.lora import LoraSettings, apply_lora, load_lora, save_lora
-from helpers import encode, image_batch
+from helpers import checkpoint_roundtrip, encode, image_batch
 
 # fmeval name -> (pinned weights tag shown by `fmeval ls models`, pre-logits width at full size,
 # and native input size (the pinned weights' own config; protocols override it)
@@ -222,15 +222,7 @@ def test_lora_wraps_every_declared_target_on_the_forward_path(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_local_checkpoint_roundtrip_is_strict(name, tmp_path):
-    src = create_adapter(name, tiny=True, seed=7)
-    sd = dict(src.model.state_dict())
-    sd[f"{HEAD[name]}.weight"] = torch.zeros(1000, src.feature_dim)  # a released head is dropped
-    sd[f"{HEAD[name]}.bias"] = torch.zeros(1000)
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
-    loaded = create_adapter(name, tiny=True, seed=0, weights=tmp_path / "w.safetensors")
-    x = image_batch(src)
-    assert torch.equal(encode(src, x), encode(loaded, x))
-    assert loaded.weights_id.startswith("file:") and loaded.load_report.clean
+    src, sd, loaded = checkpoint_roundtrip(name, HEAD[name], tmp_path)  # a released head is dropped
 
     key = next(k for k, v in sd.items() if v.ndim >= 2 and not k.startswith(HEAD[name]))
     bad = {**sd, key: torch.zeros(3, 3), "extra.key": torch.zeros(1)}

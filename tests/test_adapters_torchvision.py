@@ -7,13 +7,12 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import fmeval.adapters.torchvision_models as tvm
 from fmeval.adapters import ADAPTERS, create_adapter
 from fmeval.errors import ConfigError, ModelError
 from fmeval.training.lora import LoraSettings, apply_lora, count_parameters, load_lora, save_lora
-from helpers import encode, image_batch
+from helpers import checkpoint_roundtrip, encode, image_batch
 
 SPECS = {s.name: s for s in tvm.SPECS}
 NAMES = list(SPECS)
@@ -100,16 +99,7 @@ def test_input_size_only_where_the_architecture_allows_it(offline_hub):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_local_checkpoint_roundtrip_ignores_the_classifier(name, tmp_path):
-    src = create_adapter(name, tiny=True, seed=7)
-    sd = dict(src.model.state_dict())
-    head = SPECS[name].head
-    sd[f"{head}.weight"] = torch.zeros(1000, src.feature_dim)  # an ImageNet head is dropped
-    sd[f"{head}.bias"] = torch.zeros(1000)
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
-    loaded = create_adapter(name, tiny=True, seed=0, weights=tmp_path / "w.safetensors")
-    x = image_batch(src)
-    assert torch.equal(encode(src, x), encode(loaded, x))
-    assert loaded.weights_id.startswith("file:") and loaded.load_report.clean
+    checkpoint_roundtrip(name, SPECS[name].head, tmp_path)  # an ImageNet head is dropped
 
 
 def test_local_checkpoint_strict_and_lenient(tmp_path):

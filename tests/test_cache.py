@@ -12,24 +12,13 @@ from fmeval.cache import FeatureCache
 from fmeval.data.synthetic import write_synthetic
 from fmeval.config import RunConfig
 from fmeval.pipeline import prepare_frozen
+from helpers import count_encodes
 
 
 @pytest.fixture
 def counting(monkeypatch):
-    """Count encoder forward passes of every adapter."""
-    from fmeval.adapters.base import Adapter
-    from fmeval.adapters.timm_models import TimmAdapter
-
-    calls = {"n": 0}
-    original = TimmAdapter.encode_image
-
-    def counted(self, x):
-        calls["n"] += 1
-        return original(self, x)
-
-    monkeypatch.setattr(TimmAdapter, "encode_image", counted)
-    assert issubclass(TimmAdapter, Adapter)
-    return calls
+    """Count encoder forward passes (the timm adapters serve every model these tests use)."""
+    return count_encodes(monkeypatch)
 
 
 def _cfg(root, **kw):

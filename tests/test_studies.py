@@ -19,6 +19,7 @@ from fmeval.studies.executors import EXECUTORS, run_cells
 from fmeval.studies.finish import finished_runs
 from fmeval.studies.plan import plan_study, read_state
 from fmeval.studies.spec import StudyError, load_study
+from helpers import count_encodes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,16 +124,7 @@ def test_shipped_gpu_studies_validate_and_plan(tmp_path, name, n_cells):
 
 
 def test_frozen_modes_and_seeds_extract_features_once(tmp_path, monkeypatch):
-    from fmeval.adapters.timm_models import TimmAdapter
-
-    calls = {"n": 0}
-    original = TimmAdapter.encode_image
-
-    def counted(self, x):
-        calls["n"] += 1
-        return original(self, x)
-
-    monkeypatch.setattr(TimmAdapter, "encode_image", counted)
+    calls = count_encodes(monkeypatch)
     plan = _plan(_write_study(tmp_path, settings={"tiny": True, "weights_seed": 0, "n_boot": 20,
                                                   "batch_size": 1000, "data_root": str(tmp_path / "data")}),
                  tmp_path / "reports")
