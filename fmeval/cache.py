@@ -356,7 +356,8 @@ class FeatureCache:
                 for f in files:
                     f.unlink(missing_ok=True)
                     report.files += 1
-        for f in (self.root / "md5.json", self.root / "md5.lock", *self.root.glob(".md5.json.*.tmp")):
+        memos = [self.root / f"{m}{ext}" for m in ("md5", "adapters") for ext in (".json", ".lock")]
+        for f in (*memos, *self.root.glob(".md5.json.*.tmp"), *self.root.glob(".adapters.json.*.tmp")):
             if f.exists():
                 f.unlink()
                 report.files += 1

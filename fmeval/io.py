@@ -102,3 +102,25 @@ def file_digest(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) ->
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_memo(path: str | Path, key: str) -> Any | None:
+    """One value of a JSON memo file (None when absent, unreadable or not yet written)."""
+    try:
+        return json.loads(Path(path).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_memo(path: str | Path, key: str, value: Any) -> None:
+    """Add one value to a JSON memo file: read-modify-write under its lock, written atomically,
+    so concurrent runs never lose each other's entries or see a half-written file."""
+    path = Path(path)
+    with file_lock(path.with_suffix(".lock")):
+        try:
+            memo = json.loads(path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        memo = memo if isinstance(memo, dict) else {}
+        memo[key] = value
+        atomic_write_json(path, memo)

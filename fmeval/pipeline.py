@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from fmeval.adapters.base import Adapter, create_adapter
+from fmeval.adapters.lazy import LazyAdapter, identity_key, recall, remember
 from fmeval.cache import FeatureCache
 from fmeval.config import RunConfig
 from fmeval.data import SPLITS, MedMNIST, load_dataset
@@ -135,7 +137,10 @@ def reuse_adapters() -> Iterator[None]:
 
 
 def build_adapter(cfg: RunConfig, device: torch.device, data: MedMNIST | None = None, *,
-                  reusable: bool = False) -> Adapter:
+                  reusable: bool = False, memo: Path | None = None) -> Adapter:
+    """The run's encoder. ``memo`` (the feature cache folder, frozen modes only): a
+    configuration built before comes back as a :class:`LazyAdapter`, whose weights
+    are built only when a feature is not cached."""
     kwargs = dict(
         pretrained=cfg.pretrained, tiny=cfg.tiny, weights=cfg.weights, strict=cfg.strict,
         seed=cfg.seed if cfg.weights_seed is None else cfg.weights_seed,
@@ -145,7 +150,16 @@ def build_adapter(cfg: RunConfig, device: torch.device, data: MedMNIST | None = 
     if reusable and _REUSE is not None and key in _REUSE:
         adapter = _REUSE[key]
     else:
-        adapter = create_adapter(cfg.model, **kwargs)
+        ident_key = identity_key(cfg.model, kwargs) if memo is not None else None
+
+        def build() -> Adapter:
+            built = create_adapter(cfg.model, **kwargs)
+            if ident_key is not None:
+                remember(memo, ident_key, built)
+            return built
+
+        identity = recall(memo, ident_key) if ident_key is not None else None
+        adapter = LazyAdapter(identity, build) if identity is not None else build()
         if reusable and _REUSE is not None:
             _REUSE.clear()  # keep one encoder in memory: cells come grouped by model
             _REUSE[key] = adapter
@@ -225,12 +239,12 @@ def prepare_frozen(
         check(data)
     view = parse_view(cfg.volume_view) if cfg.volume_view else None
     device = resolve_device(cfg.device)
-    adapter = build_adapter(cfg, device, data, reusable=True)
+    cache = FeatureCache(enabled=cfg.use_cache)
+    adapter = build_adapter(cfg, device, data, reusable=True, memo=cache.root if cache.enabled else None)
     if require_text and not adapter.supports_text:
         adapter.encode_text([])  # raises the adapter's own "no text encoder" error
     transform = run_transform(adapter, cfg, data)
     precision = resolve_precision(cfg.precision, device, adapter.family)
-    cache = FeatureCache(enabled=cfg.use_cache)
     fz = Frozen(cfg, adapter, data, device, transform, precision, cache=cache, view=view)
     fz.n_slices = view.n_slices(data.size) if view is not None else 1
     for split in splits:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import pytest
@@ -38,6 +39,50 @@ def test_second_run_does_zero_forward_passes(tmp_path, counting):
     assert set(second.cache_hits.values()) == {True}
     for split in ("train", "val", "test"):
         assert torch.equal(first.features[split], second.features[split])
+
+
+def test_cached_rerun_does_not_build_the_encoder(tmp_path, counting, monkeypatch):
+    """A full cache hit answers from the recorded identity (no random init, no checkpoint
+    read); a miss builds the encoder once; a changed weights file is a new identity."""
+    import fmeval.pipeline as pipeline
+    from fmeval.adapters.base import create_adapter
+    from fmeval.adapters.lazy import LazyAdapter
+
+    builds = []
+    monkeypatch.setattr(pipeline, "create_adapter", lambda *a, **k: builds.append(a) or create_adapter(*a, **k))
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(40, 20, 20))
+    first = prepare_frozen(_cfg(tmp_path))
+    assert len(builds) == 1 and not isinstance(first.adapter, LazyAdapter)
+    second = prepare_frozen(_cfg(tmp_path))
+    assert len(builds) == 1 and counting["n"] == 7  # neither built nor run
+    assert isinstance(second.adapter, LazyAdapter) and not second.adapter.built
+    assert json.dumps(second.adapter.describe()) == json.dumps(first.adapter.describe())  # as reported
+    assert second.transform.as_dict() == first.transform.as_dict() and second.precision == first.precision
+    for split in ("train", "val", "test"):
+        assert torch.equal(first.features[split], second.features[split])
+
+    third = prepare_frozen(_cfg(tmp_path, limit=10))  # misses: the recorded encoder is built, once
+    assert len(builds) == 2 and third.adapter.built and counting["n"] == 7 + 3
+    assert torch.equal(third.features["train"], first.features["train"][third.indices["train"]])
+
+    ckpt = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    for seed in (1, 2):
+        src = create_adapter("vit-b16", tiny=True, seed=seed)
+        save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(ckpt))
+        os.utime(ckpt, ns=(seed * 10**9, seed * 10**9))  # a rewritten file: new mtime
+        a = prepare_frozen(_cfg(tmp_path, weights=str(ckpt)))
+        b = prepare_frozen(_cfg(tmp_path, weights=str(ckpt)))
+        assert not isinstance(a.adapter, LazyAdapter) and isinstance(b.adapter, LazyAdapter)
+        assert a.adapter.weights_id == b.adapter.weights_id and set(b.cache_hits.values()) == {True}
+    assert len(builds) == 4
+    memo = FeatureCache().root / "adapters.json"
+    assert len(json.loads(memo.read_text())) == 3  # random seed 0, and the two checkpoints
+    FeatureCache().clear_all()
+    assert not memo.exists()
+    prepare_frozen(_cfg(tmp_path, use_cache=False))
+    assert len(builds) == 5 and not memo.exists()  # no cache, no record
 
 
 @pytest.mark.parametrize("change", [

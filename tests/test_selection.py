@@ -665,3 +665,104 @@ def test_closed_form_probe_gradient_matches_autograd_when_a_class_is_absent():
     torch.testing.assert_close(loss, ref.detach())
     (auto,) = torch.autograd.grad(ref.sum(), logits)
     torch.testing.assert_close(grad, auto * 6)  # the closed form is not divided by N
+
+
+# --------------------------------------------------------------------------- #
+# Exact kNN internals and the probe's closed-form gradients (mutation survivors)
+# --------------------------------------------------------------------------- #
+def test_knn_auto_scoring_follows_the_hardware_and_bad_names_fail(monkeypatch):
+    import fmeval.device
+    from fmeval.errors import ConfigError
+    from fmeval.probes.knn import SCORINGS, resolve_scoring
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(fmeval.device, "native_bf16", lambda device: True)
+    assert resolve_scoring("auto", cpu) == "bf16" and resolve_scoring("FP32", cpu) == "fp32"
+    monkeypatch.setattr(fmeval.device, "native_bf16", lambda device: False)
+    assert resolve_scoring("auto", cpu) == "fp32" and resolve_scoring("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match=rf"^unknown kNN scoring 'fp8'; choose one of {', '.join(SCORINGS)}\.$"):
+        resolve_scoring("fp8", cpu)
+
+
+@pytest.mark.parametrize("rule", ["cosine", "euclidean-majority"])
+def test_knn_scorer_scores_in_the_requested_precision(rule):
+    from fmeval.probes.knn import KNN_RULES
+
+    train = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        sc = KNN_RULES.get(rule).scorer(train, precision)
+        assert sc.precision == precision and sc.mat.dtype == dtype
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+def test_full_exact_search_spans_every_chunk_and_breaks_ties_to_the_lower_index(cosine):
+    """The last-resort float64 search, over more training rows than one scoring chunk."""
+    from fmeval.probes.knn_search import _NORM_CHUNK, _full_exact
+
+    g = torch.Generator().manual_seed(3)
+    n = _NORM_CHUNK + 900
+    train = torch.randn(n, 4, generator=g)
+    test = torch.randn(5, 4, generator=g)
+    train[n - 50] = test[0] * (2.0 if cosine else 1.0)  # the best match sits in the second chunk
+    train[n - 40] = train[n - 50]  # and an exact tie after it
+    vals, idx = _full_exact(test, train, 3, largest=cosine, cosine=cosine)
+    t64, b64 = test.double(), train.double()
+    if cosine:
+        ref = torch.nn.functional.normalize(t64, dim=1) @ torch.nn.functional.normalize(b64, dim=1).T
+    else:
+        ref = (b64 * b64).sum(1)[None] - 2 * t64 @ b64.T
+    order = np.argsort(-ref.numpy() if cosine else ref.numpy(), axis=1, kind="stable")[:, :3]
+    assert idx.tolist() == order.tolist()
+    assert idx[0, :2].tolist() == [n - 50, n - 40]
+    np.testing.assert_allclose(vals.numpy(), np.take_along_axis(ref.numpy(), order, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_stable_top_orders_by_value_then_training_index():
+    from fmeval.probes.knn_search import _stable_top
+
+    values = torch.tensor([[0.5, 0.9, 0.9, 0.1], [2.0, 1.0, 1.0, 3.0]], dtype=torch.float64)
+    cand = torch.tensor([[7, 9, 3, 1], [4, 8, 2, 6]])
+    v, i = _stable_top(values, cand, 3, largest=True)
+    assert i.tolist() == [[3, 9, 7], [6, 4, 2]] and v[0].tolist() == [0.9, 0.9, 0.5]
+    v, i = _stable_top(values, cand, 3, largest=False)
+    assert i.tolist() == [[1, 7, 3], [2, 8, 4]] and v[1].tolist() == [1.0, 1.0, 2.0]
+
+
+def test_exact_cosine_values_are_cosines_for_short_test_vectors():
+    from fmeval.probes.knn_search import exact_values
+
+    train = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, -2.0]])
+    test = torch.tensor([[0.3, 0.4], [0.05, 0.0]])  # norms 0.5 and 0.05
+    cand = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    got = exact_values(test, train, cand, cosine=True)
+    expect = torch.nn.functional.cosine_similarity(test.double()[:, None], train.double()[cand], dim=2)
+    torch.testing.assert_close(got, expect)
+
+
+def test_softmax_gradient_is_exact_for_rows_of_very_different_scale():
+    from fmeval.probes.linear import _loss_and_grad
+
+    logits = torch.tensor([[[1000.0, 999.0, 0.0]], [[0.0, 1.0, 2.0]]])  # [N=2, G=1, C=3]
+    y = torch.tensor([1, 0])
+    loss, grad = _loss_and_grad(logits, y, multilabel=False)
+    ref = logits.double().requires_grad_()
+    ref_loss = torch.nn.functional.cross_entropy(ref[:, 0], y, reduction="sum")
+    ref_loss.backward()
+    torch.testing.assert_close(loss.double(), ref_loss.detach()[None] / 2, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad.double(), ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_multilabel_gradient_has_no_subnormal_floats():
+    """A subnormal in the gradient slows the next GEMM several-fold: probabilities are floored."""
+    from fmeval.probes.linear import _loss_and_grad
+
+    logits = torch.tensor([[[-88.0, 100.0, 0.0]]])  # float32 sigmoid(-88) = 6e-39 is subnormal
+    _, grad = _loss_and_grad(logits, torch.tensor([[0, 1, 1]]), multilabel=True)
+    tiny = torch.finfo(torch.float32).tiny
+    assert not ((grad != 0) & (grad.abs() < tiny)).any()
+    torch.testing.assert_close(grad, torch.tensor([[[0.0, 0.0, -1 / 6]]]), atol=1e-30, rtol=1e-6)
+
+
+def test_multilabel_predictions_are_integers():
+    pred = predict_labels("multi-label, binary-class", np.array([[0.7, 0.2], [0.5, 0.51]]))
+    assert pred.dtype == np.int64 and pred.tolist() == [[1, 0], [0, 1]]

@@ -12,7 +12,6 @@ file saved under a 3D name, a volume of the wrong depth) is named as such.
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import numpy as np
 
 from fmeval.data.info import SPLITS, DatasetInfo, dataset_info, is_multilabel
 from fmeval.errors import DataError
-from fmeval.io import atomic_write_json, file_digest, file_lock
+from fmeval.io import file_digest, read_memo, write_memo
 
 
 def default_data_root() -> Path:
@@ -263,20 +262,10 @@ def cached_md5(path: Path) -> str:
     st = path.stat()
     memo_path = cache_root() / "md5.json"
     ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if ident in memo:
-        return memo[ident]
-    digest = file_digest(path, "md5")
-    with file_lock(memo_path.with_suffix(".lock")):
-        try:
-            memo = json.loads(memo_path.read_text())
-        except (OSError, ValueError):
-            memo = {}
-        memo[ident] = digest
-        atomic_write_json(memo_path, memo)
+    digest = read_memo(memo_path, ident)
+    if digest is None:
+        digest = file_digest(path, "md5")
+        write_memo(memo_path, ident, digest)
     return digest
 
 

@@ -104,7 +104,7 @@ def _loss_and_grad(
         loss = loss.mean(dim=(0, 2))
         if not grad:
             return loss, None
-        p = torch.sigmoid(logits.clamp(-_EXP_FLOOR, _EXP_FLOOR))
+        p = torch.sigmoid(logits.clamp(min=-_EXP_FLOOR))  # no subnormal p; 1 - p never is one
         return loss, p.sub_(yf).div_(c)
     zs = logits - logits.amax(dim=2, keepdim=True)
     e = zs.clamp(min=-_EXP_FLOOR).exp_()
