@@ -9,7 +9,9 @@ asks the record instead of matching on a "3d" suffix.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from fmeval.errors import DataError
 
@@ -27,10 +29,30 @@ def is_multilabel(task: str) -> bool:
     return task == MULTILABEL
 
 
+@functools.lru_cache(maxsize=1)
 def _medmnist_info() -> dict:
-    import medmnist
+    """medmnist's INFO table, read from its ``info.py`` alone.
 
-    return medmnist.INFO
+    ``import medmnist`` imports its Evaluator and with it scikit-learn and SciPy
+    (2-4 s on a cold start), which looking up a dataset never needs: a cached
+    re-run, ``fmeval ls``, study planning. The module is loaded from the installed
+    package's own file, so the table is medmnist's, whatever its version.
+    """
+    import importlib.util
+    import sys
+
+    if "medmnist" in sys.modules:
+        return sys.modules["medmnist"].INFO
+    spec = importlib.util.find_spec("medmnist")
+    if spec is None or not spec.submodule_search_locations:
+        import medmnist  # not installed as a package folder: the import says what is wrong
+
+        return medmnist.INFO
+    path = Path(list(spec.submodule_search_locations)[0]) / "info.py"
+    info_spec = importlib.util.spec_from_file_location("fmeval._medmnist_info", path)
+    module = importlib.util.module_from_spec(info_spec)
+    info_spec.loader.exec_module(module)
+    return module.INFO
 
 
 def _is_3d(flag: str) -> bool:
