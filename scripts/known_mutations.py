@@ -84,9 +84,10 @@ MUTATIONS: dict[str, tuple[str, str, list[tuple[str, str]], list[str]]] = {
         [SEL],
     ),
     "euclidean-no-float64-rerank": (
-        "Euclidean kNN's float64 re-ranking switched off",
-        "fmeval/probes/knn.py",
-        [("    exact = not r.largest", "    exact = False")],
+        "Euclidean kNN's float64 re-ranking switched off (re-ranked in float32 instead)",
+        "fmeval/probes/knn_search.py",
+        [("    c64 = train[cand].double()  # [s, m, D]\n    t64 = test.double()",
+          "    c64 = train[cand].float()  # [s, m, D]\n    t64 = test.float()")],
         [SEL],
     ),
     "argmax-ties-highest-class": (
