@@ -3,6 +3,10 @@
 Cache entries and reports must never be seen half-written (a killed run, two
 runs at once): everything is written to a temporary file in the destination
 folder and moved into place with ``os.replace``, which is atomic on POSIX.
+
+A write killed with SIGKILL cannot remove its temporary file, so every
+temporary name carries its writer (``w<pid>@<host>``): :func:`sweep_leftovers`
+removes those whose writer is gone, and never those of a live one.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,6 +48,48 @@ def file_mode() -> int:
     return 0o666 & ~_current_umask()
 
 
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:32] or "host"
+_OWNER = re.compile(r"\.w(\d+)@([A-Za-z0-9-]+)\.")
+LEFTOVER_SUFFIXES = (".tmp", ".partial")
+
+
+def owner_tag() -> str:
+    """``w<pid>@<host>``: who writes a temporary file or folder (read per call: pids change on fork)."""
+    return f"w{os.getpid()}@{_HOST}"
+
+
+def _writer_gone(name: str) -> bool:
+    """True only when the name's writer ran on this host and its process no longer exists."""
+    m = _OWNER.search(name)
+    if not m or m.group(2) != _HOST:
+        return False  # another machine's (a cluster's shared folder) or not ours: not ours to judge
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
+def sweep_leftovers(folder: str | Path, *, recursive: bool = True) -> list[Path]:
+    """Remove the temporary files and half-written run folders of killed writers in ``folder``
+    (and, with ``recursive``, in every folder under it)."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.rglob(".*") if recursive else folder.glob(".*")):
+        if path.suffix not in LEFTOVER_SUFFIXES or not _writer_gone(path.name):
+            continue
+        try:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except FileNotFoundError:
+            continue  # inside a folder removed a moment ago
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place on success.
@@ -53,7 +102,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -44,3 +44,24 @@ def test_kill_9_during_a_write_leaves_the_old_file_whole(tmp_path):
     assert target.read_text() == '{"old": true}\n'  # the old file, whole: never half of the new one
     leftover = [p.name for p in tmp_path.iterdir() if p != target]
     assert all(n.startswith(".results.json.") and n.endswith(".tmp") for n in leftover)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_a_killed_writers_temporary_file_is_swept_and_a_live_ones_is_not(tmp_path):
+    from fmeval.io import sweep_leftovers
+
+    target = tmp_path / "sub" / "results.json"
+    target.parent.mkdir()
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "half-written"
+        assert sweep_leftovers(tmp_path) == []  # its writer is alive: the file is being written
+        (temp,) = target.parent.iterdir()
+        assert f".w{proc.pid}@" in temp.name
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert sweep_leftovers(tmp_path, recursive=False) == []  # not in the top folder
+    assert sweep_leftovers(tmp_path) == [temp] and not list(target.parent.iterdir())

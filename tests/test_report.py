@@ -15,6 +15,7 @@ from rich.console import Console
 
 from fmeval import metrics as M
 from fmeval import report as R
+from fmeval.errors import ConfigError
 from fmeval.provenance import collect_provenance, git_info
 
 PROVENANCE = {"fmeval_version": "0.1.0", "git": {"commit": "a" * 40, "dirty": False}, "packages": {"numpy": "2"}}
@@ -248,3 +249,139 @@ def test_provenance_is_cached_complete_and_hostname_free(tmp_path):
     p["python"] = "edited"
     assert collect_provenance()["python"] != "edited"  # callers get copies of the cached block
     assert git_info(tmp_path) == {"commit": None, "dirty": None}  # not a checkout: no crash
+
+
+def test_writable_check_leaves_no_folder_behind(tmp_path):
+    target = tmp_path / "a" / "b" / "reports"
+    assert R.check_writable(target) == target
+    assert not (tmp_path / "a").exists()
+
+
+def test_writable_check_accepts_a_folder_another_run_makes_first(tmp_path, monkeypatch):
+    """Two study workers check one new reports folder: the second mkdir finds it made."""
+    target = tmp_path / "runs"
+    real_mkdir = Path.mkdir
+
+    def racing_mkdir(self, *a, **k):
+        if self == target and not target.exists():
+            real_mkdir(self)  # the other worker, a moment earlier
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    assert R.check_writable(target) == target
+    assert target.is_dir()  # theirs: not removed by this check
+
+
+def test_writable_check_retries_when_another_run_removes_the_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    real_mkstemp, calls = tempfile.mkstemp, {"n": 0}
+
+    def vanishing(*a, **k):  # the other worker's check removed the folder between mkdir and write
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_mkstemp(*a, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", vanishing)
+    assert R.check_writable(tmp_path / "runs") == tmp_path / "runs"
+    assert calls["n"] == 4
+
+
+@pytest.mark.parametrize("flock", ["works", "refused"])
+def test_concurrent_writable_checks_of_one_new_folder_all_pass(tmp_path, monkeypatch, flock):
+    """Study workers start together; without a folder lock (some NFS mounts) the retries do it."""
+    if flock == "refused":
+        import fcntl
+
+        def refuse(*_):
+            raise OSError(9, "Bad file descriptor")
+
+        monkeypatch.setattr(fcntl, "flock", refuse)
+    for round_ in range(30):
+        target = tmp_path / f"r{round_}" / "studies" / "runs"
+        barrier, errors = threading.Barrier(6), []
+
+        def check():
+            barrier.wait()
+            try:
+                R.check_writable(target)
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=check) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+
+
+def test_writable_check_names_a_file_in_the_way(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="cannot be created: .*f is a file"):
+        R.check_writable(tmp_path / "f" / "runs")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        R.check_writable(tmp_path / "f")
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_run_folder_appears_only_whole_and_killed_reports_are_swept(tmp_path, monkeypatch):
+    from fmeval.io import owner_tag
+
+    host = owner_tag().split("@", 1)[1]
+    dead = tmp_path / f".20260101T000000Z_knn_x_y-28_abcdef.w{_dead_pid()}@{host}.partial"
+    live = tmp_path / f".20260101T000000Z_knn_x_y-28_fedcba.{owner_tag()}.partial"
+    elsewhere = tmp_path / f".20260101T000000Z_knn_x_y-28_aaaaaa.w{_dead_pid()}@another-node.partial"
+    for d in (dead, live, elsewhere):
+        d.mkdir()
+        (d / "results.json").write_text("{}")
+    seen = {}
+    real_plots = R.writer.write_plots
+
+    def spy(result, run_dir):  # what exists while the report is being written
+        seen["named"] = (tmp_path / result.run_id).exists()
+        seen["staging"] = run_dir.name
+        return real_plots(result, run_dir)
+
+    monkeypatch.setattr(R.writer, "write_plots", spy)
+    r = make_result()
+    run_dir = R.write_report(r, tmp_path)
+    assert seen["named"] is False and seen["staging"].endswith(".partial")
+    assert run_dir == tmp_path / r.run_id and (run_dir / "report.md").exists()
+    assert not dead.exists()  # its writer is gone
+    assert live.exists() and elsewhere.exists()  # a live writer's, and another machine's: not ours to judge
+    assert {p.name for p in tmp_path.glob(".*.partial")} == {live.name, elsewhere.name}
+
+
+def test_a_failing_plot_keeps_the_numbers_under_the_run_name(tmp_path, monkeypatch):
+    def broken(*_):
+        raise RuntimeError("plot backend broke")
+
+    monkeypatch.setattr(R.writer, "write_plots", broken)
+    r = make_result()
+    with pytest.raises(RuntimeError):
+        R.write_report(r, tmp_path)
+    assert json.loads((tmp_path / r.run_id / "results.json").read_text())["run_id"] == r.run_id
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_half_written_run_folders_are_not_runs(tmp_path):
+    whole = make_result(0.7)
+    R.write_report(whole, tmp_path)
+    half = make_result(0.5, seed=1)
+    staging = tmp_path / f".{half.run_id}.w1@elsewhere.partial"  # being written, or killed mid-report
+    staging.mkdir()
+    (staging / "results.json").write_text(json.dumps(half.to_dict(), default=str))
+    runs, skipped = R.load_runs(tmp_path)
+    assert [r.run_id for r in runs] == [whole.run_id] and not skipped
+    R.runs_index.rebuild(tmp_path)
+    assert [row["run_id"] for row in read_csv(tmp_path / "runs.csv")] == [whole.run_id]

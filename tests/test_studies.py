@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from fmeval.data.synthetic import write_synthetic
+from fmeval.io import owner_tag
 from fmeval.studies.executors import EXECUTORS, run_cells
 from fmeval.studies.finish import finished_runs
 from fmeval.studies.plan import plan_study, read_state
@@ -155,7 +156,8 @@ def test_two_workers_give_the_same_leaderboard_as_one(tmp_path):
     EXECUTORS.get("local").run(seq)
     par = _plan(path, tmp_path / "par")
     counts = EXECUTORS.get("local").run(par, jobs=2)
-    assert counts["done"] == 8
+    assert counts["done"] == 8, [read_state(par.state_dir, c).get("error") for c in par.cells
+                                 if read_state(par.state_dir, c)["status"] != "done"]
     assert_same_scores(_scores(par), _scores(seq))
 
 
@@ -218,6 +220,10 @@ def test_kill_9_mid_study_then_rerun_completes_only_missing_cells(tmp_path):
     done_before = {c.key for c in plan.cells if (read_state(plan.state_dir, c) or {}).get("status") == "done"}
     assert 2 <= len(done_before) < len(plan.cells)
     mtimes = {k: (plan.state_dir / f"{k[:16]}.json").stat().st_mtime_ns for k in done_before}
+    # what a kill mid-write leaves, whether or not this kill hit a write: the rerun must sweep it
+    tag = f"w{proc.pid}@{owner_tag().split('@', 1)[1]}"
+    (plan.root / "runs" / f".20260101T000000Z_knn_vit-s16_p-28_abcdef.{tag}.partial").mkdir(parents=True)
+    (plan.state_dir / f".{next(iter(done_before))[:16]}.json.{tag}.k1ll3d.tmp").write_text("{")
 
     out = subprocess.run([sys.executable, "-m", "fmeval", "study", "run", str(path), "--reports-dir", str(reports)],
                          env=env, capture_output=True, text=True, timeout=600)
@@ -225,7 +231,7 @@ def test_kill_9_mid_study_then_rerun_completes_only_missing_cells(tmp_path):
     assert plan.counts() == {"done": len(plan.cells), "failed": 0, "left": 0}
     # finished cells were not run again
     assert {k: (plan.state_dir / f"{k[:16]}.json").stat().st_mtime_ns for k in done_before} == mtimes
-    assert not list(plan.state_dir.glob("*.tmp")) and not list(reports.rglob(".*.tmp"))
+    assert not list(reports.rglob(".*.tmp")) and not list(reports.rglob(".*.partial"))
 
     clean = _plan(path, tmp_path / "clean")
     out = subprocess.run([sys.executable, "-m", "fmeval", "study", "run", str(path), "--reports-dir",

@@ -105,6 +105,7 @@ def study_run(
     """Run every cell that is not finished; failed cells are recorded and the study goes on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from fmeval.io import sweep_leftovers
     from fmeval.report import check_writable
     from fmeval.studies.executors import EXECUTORS
     from fmeval.studies.finish import finish_study
@@ -117,6 +118,7 @@ def study_run(
         _print_dry_run(plan, kind, n_jobs)
         return
     check_writable(plan.root, "study folder")  # a bad --reports-dir fails here, not in every cell
+    sweep_leftovers(plan.root)  # what cells killed mid-write left (temporary files, half run folders)
     counts = plan.counts()
     console.print(f"study {plan.spec.name}: {len(plan.cells)} cells ({counts['done']} done, {counts['failed']} failed, "
                   f"{counts['left']} left) -> {plan.root}", markup=False, highlight=False)
@@ -153,7 +155,6 @@ def print_leaderboards(plan) -> None:
     Built from the same tables as leaderboard.md (same ranking, same pooling
     over seeds), so the terminal never says something the files do not.
     """
-    from rich import box
     from rich.table import Table as RichTable
 
     from fmeval.report.leaderboard import SHORT_MODES

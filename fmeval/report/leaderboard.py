@@ -23,7 +23,7 @@ from fmeval.errors import FmevalError
 from fmeval.io import atomic_write_text
 from fmeval.metrics import METRICS, higher_is_better
 from fmeval.report.fmt import csv_num, fmt, fmt_ci, md_table
-from fmeval.report.schema import RESULTS_FILE, RunResult, reports_dir
+from fmeval.report.schema import RESULTS_FILE, RunResult, reports_dir, run_files
 
 LEADERBOARD_METRICS = ("auc", "acc", "balanced_acc", "f1_macro")
 
@@ -95,7 +95,7 @@ def load_runs(root: Path, pattern: str = f"*/{RESULTS_FILE}", *,
     as one warning line instead of a Python warning).
     """
     runs, skipped = [], []
-    for path in sorted(Path(root).glob(pattern)):
+    for path in run_files(root, pattern):
         try:
             runs.append(RunResult.load(path))
         except FmevalError as e:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fmeval.io import atomic_write_text, file_lock
 from fmeval.report.fmt import csv_num
-from fmeval.report.schema import RESULTS_FILE, ReportError, RunResult
+from fmeval.report.schema import ReportError, RunResult, run_files
 
 RUNS_CSV = "runs.csv"
 _RUNS_LOCK = ".runs.csv.lock"  # a separate file: runs.csv itself may be replaced
@@ -80,7 +80,7 @@ def _healthy_ids(path: Path) -> set[str] | None:
 def rebuild(root: Path) -> Path:
     """Rewrite ``root/runs.csv`` from every ``root/*/results.json`` (skipping unreadable ones)."""
     rows = []
-    for res in sorted(root.glob(f"*/{RESULTS_FILE}")):
+    for res in run_files(root):
         try:
             rows.append(run_row(RunResult.load(res)))
         except ReportError as e:

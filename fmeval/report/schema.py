@@ -236,5 +236,13 @@ def new_run_id(mode: str, model: str | Mapping[str, Any], dataset: str, size: in
     return f"{stamp}_{slug(mode, 24)}_{slug(name)}_{slug(dataset, 24)}{size_part}_{secrets.token_hex(3)}"
 
 
+def run_files(root: str | Path, pattern: str = f"*/{RESULTS_FILE}") -> list[Path]:
+    """The ``results.json`` files of the run folders under ``root``, sorted; hidden folders
+    (a report being written, or one a killed run left: ``.<run_id>....partial``) are not runs."""
+    root = Path(root)
+    return sorted(p for p in root.glob(pattern)
+                  if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1]))
+
+
 def reports_dir() -> Path:
     return Path(os.environ.get("FMEVAL_REPORTS_DIR") or "reports")

@@ -3,15 +3,19 @@
 ``<root>/<run_id>/results.json`` first (if plotting fails, the numbers are
 already safe), then the plots of the run and of its registered sections,
 then ``report.md``, then one line in ``<root>/runs.csv``. Every file is
-written atomically.
+written atomically, and a new run folder appears under its name only when
+it is complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
-from fmeval.io import atomic_write_json, atomic_write_text
+from fmeval.io import atomic_write_json, atomic_write_text, owner_tag, sweep_leftovers
 from fmeval.report.markdown import render_markdown
 from fmeval.report.runs_index import append_run
 from fmeval.report.schema import RESULTS_FILE, ReportError, RunResult, reports_dir, slug
@@ -49,12 +53,32 @@ def write_plots(r: RunResult, run_dir: Path) -> list[str]:
 
 
 def write_report(result: RunResult, root: str | Path | None = None, *, plots: bool = True) -> Path:
-    """Write the run folder and its runs.csv line; return the run folder."""
+    """Write the run folder and its runs.csv line; return the run folder.
+
+    A new run folder is written under a hidden name that carries its writer
+    (``.<run_id>.w<pid>@<host>.partial``) and renamed into place once
+    ``report.md`` is there, so a run killed mid-report leaves no half run
+    folder for a leaderboard to count, only a leftover that
+    :func:`fmeval.io.sweep_leftovers` removes (a study does, when it starts).
+    """
     root = Path(root) if root is not None else reports_dir()
     if slug(result.run_id, 200) != result.run_id:
         raise ReportError(f"run_id {result.run_id!r} is not a safe folder name; use new_run_id()")
     run_dir = root / result.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = run_dir if run_dir.exists() else root / f".{result.run_id}.{owner_tag()}.partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_files(result, staging, plots)
+    finally:  # the numbers are kept even when a plot fails
+        if staging != run_dir and (staging / RESULTS_FILE).exists():
+            os.replace(staging, run_dir)
+    append_run(result, root)
+    sweep_leftovers(root, recursive=False)  # an earlier run killed mid-report, in this folder
+    result.report_dir = str(run_dir)
+    return run_dir
+
+
+def _write_files(result: RunResult, run_dir: Path, plots: bool) -> None:
     atomic_write_json(run_dir / RESULTS_FILE, result.to_dict())
     write_predictions_file(result, run_dir)
     try:
@@ -63,9 +87,6 @@ def write_report(result: RunResult, root: str | Path | None = None, *, plots: bo
         warnings.warn(f"plots skipped: {e}", stacklevel=2)
         images = []
     atomic_write_text(run_dir / REPORT_FILE, render_markdown(result, images))
-    append_run(result, root)
-    result.report_dir = str(run_dir)
-    return run_dir
 
 
 def finish(result: RunResult, root: str | Path | None = None, *, write: bool = True,
@@ -76,6 +97,9 @@ def finish(result: RunResult, root: str | Path | None = None, *, write: bool = T
     return result
 
 
+_ATTEMPTS = 20  # a concurrent check may remove a folder this one just saw: look again
+
+
 def check_writable(root: str | Path | None, what: str = "reports folder") -> Path:
     """Fail before any work when the reports folder (or another output folder) cannot be created or written.
 
@@ -84,40 +108,82 @@ def check_writable(root: str | Path | None, what: str = "reports folder") -> Pat
     the missing folders are created, a file is written into the deepest one,
     and everything the check created is removed again (a run that then fails
     on bad input leaves no empty folder behind).
+
+    Study workers start together and check the same new folder, so the check
+    holds a lock on the deepest folder that exists (checks of one folder take
+    turns) and, where the filesystem refuses that lock (some NFS mounts),
+    looks again after a short random wait when another check's clean-up
+    removed a folder under it.
     """
+    import random
+    import time
+
     from fmeval.errors import ConfigError
 
     root = Path(root) if root is not None else reports_dir()
-    missing: list[Path] = []  # deepest first
-    probe = root
-    while not probe.exists():
-        missing.append(probe)
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        problem = "exists and is not a folder" if probe == root else f"cannot be created: {probe} is a file"
-        raise ConfigError(f"{what} {root} {problem}.")
-    for attempt in range(2):  # a concurrent check may remove a folder this one just saw
+    for attempt in range(_ATTEMPTS):
+        missing, existing = _missing_folders(root)
+        if not existing.is_dir():
+            if not existing.exists():
+                continue  # removed while we looked
+            problem = "exists and is not a folder" if existing == root else f"cannot be created: {existing} is a file"
+            raise ConfigError(f"{what} {root} {problem}.")
         try:
-            _try_write(root, missing)
+            with _folder_lock(existing):
+                _try_write(root, missing)
             return root
+        except (FileNotFoundError, FileExistsError) as exc:
+            if attempt + 1 == _ATTEMPTS:
+                raise ConfigError(f"cannot write to the {what} {root}: {exc.strerror}.") from None
+            time.sleep(random.uniform(0.001, 0.02))
         except OSError as exc:
-            if isinstance(exc, FileNotFoundError) and not attempt:
-                continue
             reason = exc.strerror or type(exc).__name__
             raise ConfigError(f"cannot write to the {what} {root}: {reason}.") from None
-    return root
+    raise ConfigError(f"cannot write to the {what} {root}: its parent folders keep changing.")
+
+
+def _missing_folders(root: Path) -> tuple[list[Path], Path]:
+    """The folders to create, deepest first, and the deepest one that exists (or a file in the way)."""
+    missing: list[Path] = []
+    probe = root
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    return missing, probe
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """``flock`` on the folder itself (nothing written there); no lock where the filesystem refuses one."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # e.g. NFS without flock on folders: the retries above do the job
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _try_write(root: Path, missing: list[Path]) -> None:
-    import os
     import tempfile
 
     created: list[Path] = []
     try:
         for d in reversed(missing):
-            d.mkdir()
+            try:
+                d.mkdir()
+            except FileExistsError:  # made by a check that had no lock (or by a run): theirs to keep
+                if not d.is_dir():
+                    raise
+                continue
             created.append(d)
         fd, tmp = tempfile.mkstemp(dir=root, prefix=".fmeval-write-check-")
         os.close(fd)
