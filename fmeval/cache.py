@@ -53,6 +53,10 @@ _MAX_HASH_THREADS = 8
 
 #: Files of one entry, and the temporary files of its interrupted writes.
 _ENTRY_SUFFIXES = (".safetensors", ".json", ".lock", ".tmp")
+# Memo files kept in the cache folder (fmeval.io.write_memo), removed by ``fmeval cache clear``.
+MD5_MEMO = "md5.json"  # data file -> MD5 (fmeval.data.npz.cached_md5)
+ADAPTER_MEMO = "adapters.json"  # build -> encoder identity (fmeval.adapters.lazy)
+MEMO_FILES = (MD5_MEMO, ADAPTER_MEMO)
 
 
 def cache_root() -> Path:
@@ -356,8 +360,9 @@ class FeatureCache:
                 for f in files:
                     f.unlink(missing_ok=True)
                     report.files += 1
-        memos = [self.root / f"{m}{ext}" for m in ("md5", "adapters") for ext in (".json", ".lock")]
-        for f in (*memos, *self.root.glob(".md5.json.*.tmp"), *self.root.glob(".adapters.json.*.tmp")):
+        memos = [p for name in MEMO_FILES for p in (self.root / name, (self.root / name).with_suffix(".lock"),
+                                                    *self.root.glob(f".{name}.*.tmp"))]
+        for f in memos:
             if f.exists():
                 f.unlink()
                 report.files += 1

@@ -15,9 +15,8 @@ path, and deviations from a protocol are reported by path.
 
 from __future__ import annotations
 
-import functools
-
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass, replace

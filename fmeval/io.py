@@ -153,6 +153,13 @@ def file_digest(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) ->
     return h.hexdigest()
 
 
+def file_identity(path: str | Path) -> tuple[str, int, int]:
+    """(resolved path, size, mtime in ns): what memos keyed by a file trust instead of reading it."""
+    path = Path(path)
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
 def read_memo(path: str | Path, key: str) -> Any | None:
     """One value of a JSON memo file (None when absent, unreadable or not yet written)."""
     try:

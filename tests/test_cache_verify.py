@@ -18,7 +18,9 @@ LINE = re.compile(r"cache entry [0-9a-f]{12} failed verification \((.+)\), recom
 
 
 def _report(reports: Path, n: int) -> dict:
-    runs = sorted(reports.glob("*/results.json"))
+    """The newest of ``n`` runs. By write time, not by name: two fast runs can start in the same
+    second, and then their run ids order by the random suffix."""
+    runs = sorted(reports.glob("*/results.json"), key=lambda p: p.stat().st_mtime_ns)
     assert len(runs) == n
     return json.loads(runs[-1].read_text())
 

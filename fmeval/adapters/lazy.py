@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fmeval.adapters.base import ADAPTERS, Adapter
+from fmeval.cache import ADAPTER_MEMO as MEMO_FILE
 from fmeval.data.transforms import Preprocess
-from fmeval.io import read_memo, write_memo
+from fmeval.io import file_identity, read_memo, write_memo
 
-MEMO_FILE = "adapters.json"
+
 _PACKAGES = ("fmeval", "torch", "timm", "open_clip_torch")
 
 
@@ -52,8 +53,7 @@ def identity_key(model: str, kwargs: dict[str, Any]) -> str | None:
         path = Path(weights).expanduser()
         if not path.is_file():
             return None
-        st = path.stat()
-        stat = [str(path.resolve()), st.st_size, st.st_mtime_ns]
+        stat = list(file_identity(path))
     elif entry.tags.get("asset") and kwargs.get("pretrained") and not kwargs.get("tiny"):
         return None
     args = {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items() if k not in ("device", "weights")}

@@ -22,7 +22,7 @@ import numpy as np
 
 from fmeval.data.info import SPLITS, DatasetInfo, dataset_info, is_multilabel
 from fmeval.errors import DataError
-from fmeval.io import file_digest, read_memo, write_memo
+from fmeval.io import file_digest, file_identity, read_memo, write_memo
 
 
 def default_data_root() -> Path:
@@ -257,11 +257,10 @@ def cached_md5(path: Path) -> str:
     224 px files are gigabytes; hashing them on every run would dominate a
     cached evaluation.
     """
-    from fmeval.cache import cache_root
+    from fmeval.cache import MD5_MEMO, cache_root
 
-    st = path.stat()
-    memo_path = cache_root() / "md5.json"
-    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo_path = cache_root() / MD5_MEMO
+    ident = "|".join(map(str, file_identity(path)))
     digest = read_memo(memo_path, ident)
     if digest is None:
         digest = file_digest(path, "md5")
