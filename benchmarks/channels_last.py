@@ -12,10 +12,15 @@ for a quiet machine or a GPU. Channels-last is chosen for a
 (family, device, precision) when it is at least ``GAIN`` (10 %) faster; below
 that the contiguous layout stays (no change without a measured reason).
 
+The same timings say whether bf16 is faster than fp32 at all for the family
+(each in its chosen layout; :func:`decide_bf16`): on native-bf16 hardware
+``auto`` keeps fp32 for a tower measured clearly slower in bf16.
+
 Decisions are written to ``fmeval/precision_policy.json`` with ``--write-policy``
 only for the settings this host can speak for: ``cpu-fp32`` always,
-``cpu-bf16`` only on a CPU with native bf16 (AMX / AVX-512-BF16; elsewhere bf16
-is emulated and its timings say nothing about hosts where ``auto`` picks it),
+``cpu-bf16`` and the bf16 speed only on a CPU with native bf16 (AMX /
+AVX-512-BF16; elsewhere bf16 is emulated and its timings say nothing about
+hosts where ``auto`` picks it),
 ``cuda-*`` on a GPU.
 
     python -m benchmarks.channels_last [--device cpu] [--batch 8] [--repeats 3] [--write-policy]
@@ -108,7 +113,32 @@ def decide(rows: list[dict], precision: str) -> dict:
             "models": {k: round(v, 3) for k, v in med.items()}}
 
 
-def write_policy(decisions: dict[str, dict[str, dict]], source: str, path: Path | None = None) -> Path:
+def decide_bf16(rows: list[dict], layouts: dict[str, bool]) -> dict:
+    """Whether bf16 autocast is faster than fp32 for a family, each in the layout chosen for it.
+
+    ``auto`` means bf16 on hardware with native bf16, so bf16 stays unless it is
+    measurably slower: the geometric mean of the full-size models' median
+    speed-ups (fp32 time / bf16 time) below 1 / GAIN *and* bf16 lost every repeat
+    of every model (some towers run bf16 slower than fp32 on a CPU: a slow path
+    under autocast, not the GEMMs)."""
+    def key(p: str) -> str:
+        return f"{p}+cl" if layouts.get(p) else p
+
+    full = [r for r in rows if not r["tiny"]]
+    per = {f"{r['model']}@{r['input_size']}": [a / b for a, b in zip(r["seconds"][key("fp32")],
+                                                                     r["seconds"][key("bf16")])]
+           for r in full}
+    med = {k: statistics.median(v) for k, v in per.items()}
+    lost_all = all(max(v) < 1.0 for v in per.values())
+    gm = float(torch.tensor(list(med.values())).log().mean().exp()) if med else 1.0
+    return {"use": not (gm < 1 / GAIN and lost_all), "speedup": round(gm, 3), "lost_every_repeat": lost_all,
+            "layouts": {p: ("channels-last" if cl else "contiguous") for p, cl in layouts.items()},
+            "models": {k: round(v, 3) for k, v in med.items()}}
+
+
+def write_policy(decisions: dict[str, dict[str, dict]], source: str, path: Path | None = None,
+                 speed: dict[str, dict[str, dict]] | None = None) -> Path:
+    """Record the channels-last decisions (and, on native-bf16 hardware, whether bf16 is faster)."""
     from fmeval.device import POLICY_FILE, load_policy
     from fmeval.io import atomic_write_text
 
@@ -118,6 +148,10 @@ def write_policy(decisions: dict[str, dict[str, dict]], source: str, path: Path 
         cl = policy.setdefault("families", {}).setdefault(fam, {}).setdefault("channels_last", {})
         for key, d in per_key.items():
             cl[key] = {**d, "source": source}
+    for fam, per_dev in (speed or {}).items():
+        sp = policy.setdefault("families", {}).setdefault(fam, {}).setdefault("bf16_speed", {})
+        for dev, d in per_dev.items():
+            sp[dev] = {**d, "source": source}
     atomic_write_text(path, json.dumps(policy, indent=1, sort_keys=True) + "\n")
     load_policy.cache_clear()
     return path
@@ -167,34 +201,45 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{fam:<10} {name:<14} {'tiny' if tiny else 'full'} @{r['input_size']:<4} "
                       + " ".join(f"{k} {v:7.1f}" for k, v in r["images_per_s"].items()) + " img/s",
                       file=sys.stderr, flush=True)
-        res["families"][fam] = {"rows": rows, "decisions": {
-            f"{device.type}-{p}": decide(rows, p) for p in sorted({p for p, _ in settings})}}
+        res["families"][fam] = _decisions(rows, device.type)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         from fmeval.io import atomic_write_text
 
         atomic_write_text(out / f"channels_last_{device.type}.json", json.dumps(res, indent=1) + "\n")
     if args.write_policy:
-        keys = [f"{device.type}-fp32"] + ([f"{device.type}-bf16"] if native else [])
-        write_policy({fam: {k: v["decisions"][k] for k in keys} for fam, v in res["families"].items()},
-                     f"benchmarks/channels_last.py on {device.type} ({res['date']}, {clock_name} clock, "
-                     f"{res['threads']} threads, native bf16: {native})")
+        _write(res, device.type)
     return res
+
+
+def _decisions(rows: list[dict], dev: str) -> dict:
+    """The family's channels-last decision per precision measured, and bf16's speed where both ran."""
+    precisions = sorted({k.split("+")[0] for k in rows[0]["seconds"]})
+    out = {"rows": rows, "decisions": {f"{dev}-{p}": decide(rows, p) for p in precisions}}
+    if {"fp32", "bf16"} <= set(precisions):
+        out["bf16_speed"] = decide_bf16(rows, {p: out["decisions"][f"{dev}-{p}"]["use"] for p in precisions})
+    return out
+
+
+def _write(res: dict, dev: str) -> None:
+    """Only what this host can speak for: bf16 layouts and speed only with native bf16."""
+    native = res["native_bf16"]
+    keys = [f"{dev}-fp32"] + ([f"{dev}-bf16"] if native else [])
+    speed = {f: {dev: v["bf16_speed"]} for f, v in res["families"].items() if native and "bf16_speed" in v}
+    write_policy({f: {k: v["decisions"][k] for k in keys} for f, v in res["families"].items()},
+                 f"benchmarks/channels_last.py on {dev} ({res['date']}, {res.get('clock', 'wall')} clock, "
+                 f"{res['threads']} threads, native bf16: {native})", speed=speed)
 
 
 def redecide(path: Path, write: bool) -> dict:
     """Decisions again from a saved run's timings (e.g. after changing the rule)."""
     res = json.loads(path.read_text())
     dev = res["device"].split(":")[0]
-    for fam in res["families"].values():
-        precisions = {k.split("+")[0] for k in fam["rows"][0]["seconds"]}
-        fam["decisions"] = {f"{dev}-{p}": decide(fam["rows"], p) for p in sorted(precisions)}
+    for fam, v in res["families"].items():
+        res["families"][fam] = _decisions(v["rows"], dev)
     path.write_text(json.dumps(res, indent=1) + "\n")
     if write:
-        keys = [f"{dev}-fp32"] + ([f"{dev}-bf16"] if res["native_bf16"] else [])
-        write_policy({f: {k: v["decisions"][k] for k in keys} for f, v in res["families"].items()},
-                     f"benchmarks/channels_last.py on {dev} ({res['date']}, {res.get('clock', 'wall')} "
-                     f"clock, {res['threads']} threads, native bf16: {res['native_bf16']})")
+        _write(res, dev)
     return res
 
 

@@ -308,6 +308,15 @@ def to_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _machine(device: str) -> dict:
+    """Where the bf16 was computed: native (AMX / AVX-512-BF16, a GPU) or emulated."""
+    from benchmarks.common import cpu_model
+    from fmeval.device import cpu_bf16_capable, native_bf16
+
+    return {"cpu": cpu_model(), "device": device, "cpu_native_bf16": cpu_bf16_capable(),
+            "native_bf16": native_bf16(torch.device(device))}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
@@ -321,10 +330,14 @@ def main(argv: list[str] | None = None) -> dict:
     fams = args.families.split(",") if args.families else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    kept = [_from_dict(d) for d in json.loads(Path(args.resume).read_text())] if args.resume else []
     res = run(args.preset, Path(args.data), fams, args.device, partial=out / "fidelity.partial.json",
               resume=Path(args.resume) if args.resume else None)
     res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["load_average_end"] = [round(v, 2) for v in __import__("os").getloadavg()]
+    res["machine"] = _machine(args.device)
+    if args.resume:  # say which results this run measured and which it kept
+        res["resumed"] = {"from": args.resume, "kept": [[r.family, r.size] for r in kept]}
     from fmeval.io import atomic_write_text
 
     atomic_write_text(out / "fidelity.json", json.dumps(res, indent=1) + "\n")

@@ -22,15 +22,17 @@ def _cl(entry: dict | None) -> str:
 
 
 def policy_markdown(policy: dict) -> str:
-    lines = ["| family | bf16 fidelity (auto may pick bf16) | min cosine bf16 vs fp32 | "
+    lines = ["| family | bf16 fidelity (auto may pick bf16) | min cosine bf16 vs fp32 | bf16 speed-up, CPU | "
              + " | ".join(f"channels-last {k}" for k in KEYS) + " |",
-             "|---|---|---|" + "---|" * len(KEYS)]
+             "|---|---|---|---|" + "---|" * len(KEYS)]
     for fam, p in sorted(policy["families"].items()):
         fid = p.get("bf16_fidelity", {})
         ok = "pass" if fid.get("ok") else ("**fail**: " + "; ".join(fid.get("outside_ci", [])) if fid else "not measured")
         cos = f"{fid['min_cosine']:.5f}" if "min_cosine" in fid else "-"
         cl = p.get("channels_last", {})
-        lines.append(f"| {fam} | {ok} | {cos} | " + " | ".join(_cl(cl.get(k)) for k in KEYS) + " |")
+        sp = p.get("bf16_speed", {}).get("cpu")
+        speed = "not measured" if sp is None else f"{sp['speedup']:.2f}x" + ("" if sp["use"] else " (**auto: fp32**)")
+        lines.append(f"| {fam} | {ok} | {cos} | {speed} | " + " | ".join(_cl(cl.get(k)) for k in KEYS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,9 @@ keeps fp32 for an adapter family whose measured bf16 fidelity failed (bf16
 features moved a kNN / linear-probe / zero-shot metric outside its bootstrap
 CI): see ``benchmarks/fidelity.py``. On a CPU, bf16 is also only picked for
 families that were measured and passed; on CUDA an unmeasured family keeps the
-historical bf16 default.
+historical bf16 default. Native is not always faster, though: a tower measured
+slower in bf16 than in fp32 on a kind of device (a slow path under autocast)
+keeps fp32 there (``bf16_speed``, from ``benchmarks/channels_last.py``).
 
 Channels-last memory format is decided per adapter family and per
 (device type, precision) from forward-pass measurements
@@ -128,6 +130,18 @@ def bf16_fidelity(family: str) -> bool | None:
     return True if "full" in fid.get("sizes", ()) else None
 
 
+def bf16_faster(family: str, device: torch.device | str) -> bool:
+    """Whether bf16 autocast runs ``family`` faster than fp32 on this kind of device.
+
+    Measured by ``benchmarks/channels_last.py`` on hardware with native bf16 (each
+    precision in its own best layout); where it was not measured, bf16 is taken
+    to be faster, which native bf16 GEMMs make true for most towers. A tower
+    whose bf16 was measurably slower gets fp32 from ``auto``.
+    """
+    entry = family_policy(family).get("bf16_speed", {}).get(torch.device(device).type)
+    return True if entry is None else bool(entry["use"])
+
+
 def bf16_fidelity_ok(family: str) -> bool:
     """Whether bf16 features of ``family`` passed the measured fidelity check
     (a family that was never measured does not pass)."""
@@ -148,7 +162,8 @@ def resolve_precision(name: str, device: torch.device | str, family: str | None)
     measured bf16 fidelity failed. A family never measured keeps the historical
     default: bf16 on CUDA, fp32 on a bf16-capable CPU (CPU bf16 is new and only
     trusted where code has shown it leaves the metrics inside their bootstrap
-    CIs). A measured pass means bf16 on CUDA and on bf16-capable CPUs.
+    CIs). A measured pass means bf16 on CUDA and on bf16-capable CPUs, unless
+    bf16 was measured slower than fp32 for the family on that kind of device.
     ``family=None`` is for computations on features rather than an encoder (the
     linear probe's GEMMs, whose bf16 accuracy is tested on its own): no
     fidelity gate. An explicit ``fp32``/``bf16`` is honoured as asked.
@@ -164,6 +179,8 @@ def resolve_precision(name: str, device: torch.device | str, family: str | None)
     verdict = True if family is None else bf16_fidelity(family)
     if verdict is None:  # never measured
         verdict = device.type == "cuda"
+    if verdict and family is not None and not bf16_faster(family, device):
+        verdict = False  # faithful, but measured slower than fp32 here
     return "bf16" if verdict else "fp32"
 
 

@@ -27,6 +27,8 @@ POLICY = {
                                   "cuda-bf16": {"use": True}}},
         "medclip": {"bf16_fidelity": {"ok": False, "sizes": ["tiny"]}},
         "medvit": {"bf16_fidelity": {"ok": True, "sizes": ["tiny"]}},  # full size not measured yet
+        "open_clip": {"bf16_fidelity": {"ok": True, "sizes": ["tiny", "full"]},  # faithful, but slow on CPU
+                      "bf16_speed": {"cpu": {"use": False, "speedup": 0.31}}},
     }
 }
 
@@ -89,6 +91,13 @@ def test_auto_keeps_fp32_for_failed_family_on_capable_cpu(policy, amx):
     assert fd.resolve_precision("auto", "cpu", "medclip") == "fp32"
 
 
+def test_auto_keeps_fp32_where_bf16_was_measured_slower(policy, amx):
+    assert fd.resolve_precision("auto", "cpu", "open_clip") == "fp32"  # 0.31x on this kind of CPU
+    assert fd.resolve_precision("auto", "cuda", "open_clip") == "bf16"  # not measured slower on a GPU
+    assert fd.resolve_precision("bf16", "cpu", "open_clip") == "bf16"  # asked for: honoured
+    assert fd.bf16_faster("vit", "cpu") is True  # not measured: native bf16 is taken to be faster
+
+
 def test_explicit_precision_is_honoured(policy, no_bf16):
     assert fd.resolve_precision("bf16", "cpu", "medclip") == "bf16"
     assert fd.resolve_precision("fp32", "cuda", "vit") == "fp32"
@@ -144,6 +153,16 @@ def test_shipped_policy_table_is_consistent():
         for key, entry in table[fam].get("channels_last", {}).items():
             assert key in ("cpu-fp32", "cpu-bf16", "cuda-fp32", "cuda-bf16")
             assert isinstance(entry["use"], bool) and entry.get("source")
+        for dev, entry in table[fam].get("bf16_speed", {}).items():
+            assert dev in ("cpu", "cuda") and isinstance(entry["use"], bool) and entry.get("source")
+            assert entry["use"] or entry["speedup"] < 1.0  # fp32 only where bf16 was measured slower
+
+
+def test_readme_shows_the_shipped_policy():
+    from benchmarks.policy_table import policy_markdown
+
+    readme = (fd.POLICY_FILE.parents[1] / "README.md").read_text()
+    assert policy_markdown(json.loads(fd.POLICY_FILE.read_text())).strip() in readme
 
 
 def test_channels_last_decision_needs_a_measured_repeatable_gain():
@@ -163,3 +182,30 @@ def test_channels_last_decision_needs_a_measured_repeatable_gain():
     assert d["use"] is False and not d["won_every_repeat"]  # noise veto
     slow = row("c", 224, [1.0, 1.0, 1.0], [0.95, 0.94, 0.96])  # 1.05x: below the gain threshold
     assert decide([slow], "bf16")["use"] is False and GAIN > 1.05
+
+
+def test_bf16_speed_decision_keeps_bf16_unless_measurably_slower():
+    from benchmarks.channels_last import GAIN, _decisions, decide_bf16
+
+    def row(model, size, fp32, bf16, tiny=False, cl=None):
+        cl = cl or {}
+        return {"tiny": tiny, "model": model, "input_size": size,
+                "seconds": {"fp32": fp32, "fp32+cl": cl.get("fp32", fp32), "bf16": bf16,
+                            "bf16+cl": cl.get("bf16", bf16)}}
+
+    slow = row("clip", 224, [1.0, 1.0, 1.1], [3.0, 3.1, 2.9])  # bf16 3x slower, every repeat
+    d = decide_bf16([slow, row("clip", 32, [1, 1, 1], [0.1, 0.1, 0.1], tiny=True)], {"fp32": False, "bf16": False})
+    assert d["use"] is False and d["lost_every_repeat"] and set(d["models"]) == {"clip@224"}
+    assert d["speedup"] == pytest.approx(1.0 / 3.0, rel=1e-3)
+    fast = row("vit", 224, [3.0, 3.0, 3.0], [1.0, 1.1, 0.9])
+    assert decide_bf16([fast], {"fp32": False, "bf16": False})["use"] is True
+    noisy = row("x", 224, [1.0, 1.0, 1.0], [1.3, 0.9, 1.4])  # slower in median, won one repeat
+    assert decide_bf16([noisy], {"fp32": False, "bf16": False})["use"] is True
+    near = row("y", 224, [1.0, 1.0, 1.0], [1.05, 1.05, 1.05])  # 5 % slower: within the threshold
+    assert decide_bf16([near], {"fp32": False, "bf16": False})["use"] is True and 1 / GAIN < 1 / 1.05
+    # each precision in its chosen layout: bf16 slow contiguous but fast channels-last (a CNN)
+    cnn = row("resnet50", 224, [1.0, 1.0, 1.0], [2.0, 2.0, 2.0], cl={"fp32": [1.0] * 3, "bf16": [0.4] * 3})
+    out = _decisions([cnn], "cpu")
+    assert out["decisions"]["cpu-bf16"]["use"] is True
+    assert out["bf16_speed"]["use"] is True and out["bf16_speed"]["speedup"] == pytest.approx(2.5)
+    assert "bf16_speed" not in _decisions([{**cnn, "seconds": {"fp32": [1.0], "fp32+cl": [1.0]}}], "cpu")
