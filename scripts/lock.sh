@@ -8,7 +8,14 @@
 # is moved on purpose. To take newer releases: run `.ci/drift` first (it tests
 # the newest allowed versions), then set LOCK_DATE below to today and rerun.
 #
-# usage: scripts/lock.sh [-o FILE]      (default: constraints.txt)
+# A package index can gain files dated before LOCK_DATE after the lock was
+# made (a mirror backfilling a release: accelerate 1.16.0, uploaded
+# 2026-11-16, appeared on this project's index on 2026-12-02), so a fresh
+# resolution is not reproducible forever. `--prefer FILE` keeps FILE's
+# versions wherever they still satisfy pyproject.toml at LOCK_DATE: the check
+# that the committed lock is a complete, valid resolution (tests/test_lock.py).
+#
+# usage: scripts/lock.sh [-o FILE] [--prefer LOCK]      (default: constraints.txt, fresh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,10 +25,12 @@ PYTHON_VERSION="3.11"
 PLATFORM="x86_64-manylinux_2_28"
 
 out="constraints.txt"
+prefer=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -o) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --prefer) prefer="$2"; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "scripts/lock.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -42,7 +51,11 @@ fi
 tmp="$(mktemp)"
 trap 'rm -f "$tmp"' EXIT
 # A fresh output file: uv prefers versions already in -o, which would make the
-# result depend on the previous lock instead of only on LOCK_DATE.
+# result depend on the previous lock instead of only on LOCK_DATE -- unless asked (--prefer).
+if [ -n "$prefer" ]; then
+  [ -f "$prefer" ] || { echo "scripts/lock.sh: --prefer $prefer: no such file" >&2; exit 2; }
+  cp "$prefer" "$tmp"
+fi
 UV_NO_CONFIG=1 "$uv" pip compile pyproject.toml --extra test --extra robustness \
   --python-version "$PYTHON_VERSION" --python-platform "$PLATFORM" \
   --exclude-newer "$LOCK_DATE" --index-url https://pypi.org/simple \
