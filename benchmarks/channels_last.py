@@ -101,6 +101,12 @@ def _paired(row: dict, precision: str) -> list[float]:
     return [a / b for a, b in zip(sec[precision], sec[f"{precision}+cl"])]
 
 
+def _geomean(values) -> float:
+    """Geometric mean of speed-ups (1.0 for none)."""
+    values = list(values)
+    return float(torch.tensor(values).log().mean().exp()) if values else 1.0
+
+
 def decide(rows: list[dict], precision: str) -> dict:
     """Channels-last for a family iff the geometric mean of its full-size models' median
     speed-ups is >= GAIN *and* channels-last won every single repeat of every model: a
@@ -108,7 +114,7 @@ def decide(rows: list[dict], precision: str) -> dict:
     full = [r for r in rows if not r["tiny"]]
     med = {f"{r['model']}@{r['input_size']}": statistics.median(_paired(r, precision)) for r in full}
     every = all(min(_paired(r, precision)) > 1.0 for r in full)
-    gm = float(torch.tensor(list(med.values())).log().mean().exp()) if med else 1.0
+    gm = _geomean(med.values())
     return {"use": bool(gm >= GAIN and every), "speedup": round(gm, 3), "won_every_repeat": every,
             "models": {k: round(v, 3) for k, v in med.items()}}
 
@@ -130,7 +136,7 @@ def decide_bf16(rows: list[dict], layouts: dict[str, bool]) -> dict:
            for r in full}
     med = {k: statistics.median(v) for k, v in per.items()}
     lost_all = all(max(v) < 1.0 for v in per.values())
-    gm = float(torch.tensor(list(med.values())).log().mean().exp()) if med else 1.0
+    gm = _geomean(med.values())
     return {"use": not (gm < 1 / GAIN and lost_all), "speedup": round(gm, 3), "lost_every_repeat": lost_all,
             "layouts": {p: ("channels-last" if cl else "contiguous") for p, cl in layouts.items()},
             "models": {k: round(v, 3) for k, v in med.items()}}

@@ -288,9 +288,12 @@ def run(preset: str, data_path: Path, families: list[str] | None = None, device:
             print(f"{fm.family:<10} {r.size:<5} @{r.input_size:<4} min cos {r.image_cosine['min']:.6f}"
                   + (f" text {r.text_cosine['min']:.6f}" if r.text_cosine else "")
                   + f"  {'ok' if r.ok else 'FAIL'}  {r.seconds}", file=sys.stderr, flush=True)
-    return {"preset": preset, "min_cosine_threshold": MIN_COSINE, "metrics": list(METRICS_CHECKED),
-            "seconds": round(time.perf_counter() - t0, 1),
-            "results": [r.as_dict() for r in results], "verdicts": family_verdicts(results)}
+    out = {"preset": preset, "min_cosine_threshold": MIN_COSINE, "metrics": list(METRICS_CHECKED),
+           "seconds": round(time.perf_counter() - t0, 1),
+           "results": [r.as_dict() for r in results], "verdicts": family_verdicts(results)}
+    if resume:  # say which results this run kept rather than measured
+        out["resumed"] = {"from": str(resume), "kept": sorted(map(list, done))}
+    return out
 
 
 def to_markdown(res: dict) -> str:
@@ -330,14 +333,11 @@ def main(argv: list[str] | None = None) -> dict:
     fams = args.families.split(",") if args.families else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    kept = [_from_dict(d) for d in json.loads(Path(args.resume).read_text())] if args.resume else []
     res = run(args.preset, Path(args.data), fams, args.device, partial=out / "fidelity.partial.json",
               resume=Path(args.resume) if args.resume else None)
     res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["load_average_end"] = [round(v, 2) for v in __import__("os").getloadavg()]
     res["machine"] = _machine(args.device)
-    if args.resume:  # say which results this run measured and which it kept
-        res["resumed"] = {"from": args.resume, "kept": [[r.family, r.size] for r in kept]}
     from fmeval.io import atomic_write_text
 
     atomic_write_text(out / "fidelity.json", json.dumps(res, indent=1) + "\n")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fmeval.adapters.base import ADAPTERS, Adapter
-from fmeval.cache import ADAPTER_MEMO as MEMO_FILE
+from fmeval.cache import ADAPTER_MEMO
 from fmeval.data.transforms import Preprocess
 from fmeval.io import file_identity, read_memo, write_memo
 
@@ -77,13 +77,13 @@ def identity_of(adapter: Adapter) -> dict | None:
 
 
 def recall(root: Path, key: str | None) -> dict | None:
-    return read_memo(root / MEMO_FILE, key) if key else None
+    return read_memo(root / ADAPTER_MEMO, key) if key else None
 
 
 def remember(root: Path, key: str | None, adapter: Adapter) -> None:
     ident = identity_of(adapter) if key else None
     if ident is not None:
-        write_memo(root / MEMO_FILE, key, ident)
+        write_memo(root / ADAPTER_MEMO, key, ident)
 
 
 class LazyAdapter:
