@@ -92,20 +92,20 @@ MUTATIONS: dict[str, tuple[str, str, list[tuple[str, str]], list[str]]] = {
     ),
     "argmax-ties-highest-class": (
         "argmax ties go to the highest class index",
-        "fmeval/metrics.py",
+        "fmeval/metrics/core.py",
         [("    return np.argmax(s, axis=1).astype(np.int64)",
           "    return (s.shape[1] - 1 - np.argmax(s[:, ::-1], axis=1)).astype(np.int64)")],
         [SEL],
     ),
     "bootstrap-5-95": (
         "bootstrap CI at 5/95 % instead of 2.5/97.5 % (percentile_ci)",
-        "fmeval/metrics.py",
+        "fmeval/metrics/resampling.py",
         [("    alpha = (1.0 - level) / 2.0", "    alpha = 1.0 - level")],
         [SEL],
     ),
     "bootstrap-level-90": (
         "bootstrap CI level 0.90 instead of 0.95 (compute_metrics default)",
-        "fmeval/metrics.py",
+        "fmeval/metrics/summary.py",
         [("    ci: float = 0.95,\n    seed: int = 0,\n    prior", "    ci: float = 0.90,\n    seed: int = 0,\n    prior")],
         [SEL],
     ),

@@ -29,17 +29,17 @@ done
 # run fits well inside an hour on 2 cores. Left out, for time: train_linear_probe's
 # body (615 mutants; its selection, standardisation and bias-fold lines are guarded by
 # scripts/known_mutations.py), fit() and build_result() (mostly checkpoint/report
-# plumbing), the rest of metrics.py (checked against scikit-learn by tests/test_metrics.py),
+# plumbing), the rest of metrics/ (checked against scikit-learn by tests/test_metrics.py),
 # the error bounds of knn_search.py (they decide only how many rows are re-ranked; the
 # re-rank, the exact float64 values and the tie rule are in scope).
 # Decorated functions (knn_predict, the registered metrics) are never mutated by mutmut.
 SCOPE=(
-  "fmeval.metrics.x_predict_labels__mutmut_*"
-  "fmeval.metrics.x_class_prior__mutmut_*"
-  "fmeval.metrics.x_majority_scores__mutmut_*"
-  "fmeval.metrics.x_higher_is_better__mutmut_*"
-  "fmeval.metrics.x_percentile_ci__mutmut_*"
-  "fmeval.metrics.x_bootstrap_weights__mutmut_*"
+  "fmeval.metrics.core.x_predict_labels__mutmut_*"
+  "fmeval.metrics.core.x_class_prior__mutmut_*"
+  "fmeval.metrics.core.x_majority_scores__mutmut_*"
+  "fmeval.metrics.core.x_higher_is_better__mutmut_*"
+  "fmeval.metrics.resampling.x_percentile_ci__mutmut_*"
+  "fmeval.metrics.resampling.x_bootstrap_weights__mutmut_*"
   "fmeval.probes.knn.*"
   "fmeval.probes.knn_search.x__topk__mutmut_*"
   "fmeval.probes.knn_search.x__stable_top__mutmut_*"

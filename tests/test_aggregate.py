@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from fmeval.aggregate import (
+from fmeval.metrics.aggregate import (
     aggregate_draws,
     fewshot_summary,
     fewshot_table,
@@ -17,7 +17,7 @@ from fmeval.aggregate import (
     stat,
     summarize_robustness,
 )
-from fmeval.sweep_plots import plot_fewshot_curve, plot_robustness
+from fmeval.report.sweep_plots import plot_fewshot_curve, plot_robustness
 
 
 def test_mean_and_sample_std_over_draws_keep_every_draw():

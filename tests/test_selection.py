@@ -602,7 +602,7 @@ def test_binary_predictions_accept_a_bare_positive_probability():
 
 
 def test_bootstrap_weights_draw_every_index_in_bounded_blocks(monkeypatch):
-    import fmeval.metrics as metrics
+    import fmeval.metrics.resampling as metrics
 
     w = np.concatenate(list(metrics.bootstrap_weights(3, 300, seed=0)))
     assert w.shape == (300, 3) and (w.sum(axis=1) == 3).all()

@@ -14,19 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmeval.errors import DataError
+from fmeval.tasks import BINARY, MULTICLASS, MULTILABEL, ORDINAL, TASKS, is_multilabel  # noqa: F401
 
 SIZES = (28, 64, 128, 224)  # every size MedMNIST+ publishes (2D); 3D stops at 64
 SPLITS = ("train", "val", "test")
 
-BINARY = "binary-class"
-MULTICLASS = "multi-class"
-MULTILABEL = "multi-label, binary-class"
-ORDINAL = "ordinal-regression"
-TASKS = (BINARY, MULTICLASS, MULTILABEL, ORDINAL)
-
-
-def is_multilabel(task: str) -> bool:
-    return task == MULTILABEL
 
 
 @functools.lru_cache(maxsize=1)

@@ -12,7 +12,7 @@ metrics are the clean test metrics (bootstrap CIs as usual), and
 metric (point estimates: 65 bootstraps of 1000 resamples would cost more than
 the corruptions and say little about a mean drop), the mean over severities
 and over corruptions, and the drop from clean, absolute and relative
-(:func:`fmeval.aggregate.summarize_robustness`). The registered report
+(:func:`fmeval.metrics.aggregate.summarize_robustness`). The registered report
 section renders it (Markdown, terminal, plot).
 
 Corrupted test features are cached like clean ones, under the clean test
@@ -117,7 +117,7 @@ def _values(task: str, labels: np.ndarray, scores: Any, class_names: list[str], 
 def robustness_record(clean: dict[str, float], table: dict[str, dict[int, dict[str, float]]], *,
                       cfg: RunConfig, head: str, cache: dict[str, int]) -> dict[str, Any]:
     """``extras["robustness"]``: the table, its summary per metric, and what made the images."""
-    from fmeval.aggregate import summarize_robustness
+    from fmeval.metrics.aggregate import summarize_robustness
     from fmeval.data.corruptions import SCHEME_VERSION, medmnistc_version, severity_params
 
     names = [m for m in SHOWN_METRICS if m in clean] + [m for m in clean if m not in SHOWN_METRICS]

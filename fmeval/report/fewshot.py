@@ -30,7 +30,7 @@ from fmeval.report.sections import SECTIONS, Section
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from fmeval.aggregate import Stat
+    from fmeval.metrics.aggregate import Stat
     from fmeval.report.schema import RunResult
 
 CURVE_METRICS = ("auc", "acc", "balanced_acc")
@@ -90,7 +90,7 @@ class FewShotCurve:
     label: str = ""
 
     def stats(self) -> dict[int, dict[str, "Stat"]]:
-        from fmeval.aggregate import fewshot_summary
+        from fmeval.metrics.aggregate import fewshot_summary
 
         per_k: dict[int, list[dict]] = {}
         for d in self.draws:
@@ -171,7 +171,7 @@ def _reference(curves: list[FewShotCurve], metric: str) -> dict[str, float]:
 
 
 def summary_markdown(curves: list[FewShotCurve], metric: str, image: str | None) -> str:
-    from fmeval.aggregate import fewshot_table
+    from fmeval.metrics.aggregate import fewshot_table
 
     n_draws = sorted({len([d for d in c.draws if d["shots"] == k]) for c in curves for k in c.stats()})
     lines = ["# Few-shot summary", "",
@@ -197,7 +197,7 @@ def summary_markdown(curves: list[FewShotCurve], metric: str, image: str | None)
 
 def write_fewshot_summary(curves: list[FewShotCurve], root: str | Path, *, metric: str = "auc") -> Path:
     """Write ``<root>/fewshot-<stamp>/summary.{json,png,md}`` (atomically); returns the folder."""
-    from fmeval.sweep_plots import plot_fewshot_curve
+    from fmeval.report.sweep_plots import plot_fewshot_curve
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     folder = Path(root) / f"fewshot-{stamp}_{secrets.token_hex(2)}"
@@ -220,7 +220,7 @@ def print_fewshot_summary(curves: list[FewShotCurve], console: "Console", *, met
                           folder: Path | None = None) -> None:
     from rich.table import Table
 
-    from fmeval.aggregate import fewshot_table
+    from fmeval.metrics.aggregate import fewshot_table
 
     header, rows = fewshot_table({c.label: c.stats() for c in curves}, metric, digits=3)
     t = Table(title=f"few-shot {metric} (test; mean ± std over draws)")

@@ -91,8 +91,8 @@ def _terminal(rob: Any, r: "RunResult", console: "Console") -> None:
 
 
 def _plot(rob: Any, r: "RunResult", run_dir: Path) -> list[str]:
-    from fmeval.aggregate import summary_from_dict
-    from fmeval.sweep_plots import plot_robustness
+    from fmeval.metrics.aggregate import summary_from_dict
+    from fmeval.report.sweep_plots import plot_robustness
 
     if not isinstance(rob, dict):
         return []

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from fmeval.aggregate import RobustnessSummary, Stat
+from fmeval.metrics.aggregate import RobustnessSummary, Stat
 from fmeval.report.plots import new_figure, save_png
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def plot_fewshot_curve(
 ) -> Path:
     """``metric`` against K (log2 axis) per model, mean line with a ±std band.
 
-    ``curves[model][K][metric]`` as :func:`fmeval.aggregate.fewshot_summary`
+    ``curves[model][K][metric]`` as :func:`fmeval.metrics.aggregate.fewshot_summary`
     returns per model. ``reference``: horizontal dashed lines, e.g. the
     full-training-set value of each model or the majority-class baseline.
     """

@@ -1,0 +1,17 @@
+"""The task types of MedMNIST-style classification: one home for their names.
+
+MedMNIST's ``INFO[flag]["task"]`` strings, used as-is so a dataset's metadata,
+the metrics, the losses and the reports agree without translation.
+"""
+
+from __future__ import annotations
+
+BINARY = "binary-class"
+MULTICLASS = "multi-class"
+MULTILABEL = "multi-label, binary-class"
+ORDINAL = "ordinal-regression"
+TASKS = (BINARY, MULTICLASS, MULTILABEL, ORDINAL)
+
+
+def is_multilabel(task: str) -> bool:
+    return task == MULTILABEL
