@@ -36,7 +36,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from fmeval.adapters.lazy import ADAPTER_MEMO
+from fmeval.data.npz import MD5_MEMO
 from fmeval.io import atomic_path, atomic_write_json, file_lock
+from fmeval.settings import cache_root  # noqa: F401  (re-exported: the cache folder)
 
 # 2: manifests carry shape, dtype and a content hash. Format-1 entries live at
 # other addresses (the format is part of the key) and are never read.
@@ -54,17 +57,8 @@ _MAX_HASH_THREADS = 8
 #: Files of one entry, and the temporary files of its interrupted writes.
 _ENTRY_SUFFIXES = (".safetensors", ".json", ".lock", ".tmp")
 # Memo files kept in the cache folder (fmeval.io.write_memo), removed by ``fmeval cache clear``.
-MD5_MEMO = "md5.json"  # data file -> MD5 (fmeval.data.npz.cached_md5)
-ADAPTER_MEMO = "adapters.json"  # build -> encoder identity (fmeval.adapters.lazy)
+# (each named by the layer that writes it: data/npz.MD5_MEMO, adapters/lazy.ADAPTER_MEMO)
 MEMO_FILES = (MD5_MEMO, ADAPTER_MEMO)
-
-
-def cache_root() -> Path:
-    env = os.environ.get("FMEVAL_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "fmeval"
 
 
 def key_digest(key: dict[str, Any]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Iterator
 
 from rich.console import Console
@@ -23,7 +22,9 @@ console = Console(stderr=True)
 
 
 def progress_enabled() -> bool:
-    return os.environ.get("FMEVAL_PROGRESS", "1") != "0"
+    from fmeval.settings import env
+
+    return env("FMEVAL_PROGRESS") != "0"
 
 
 @contextlib.contextmanager

@@ -687,8 +687,9 @@ def prompts_dirs() -> list[Path]:
     """
     from fmeval.resources import shipped_dir
 
-    env = os.environ.get(PROMPTS_DIR_ENV, "")
-    dirs = [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    from fmeval.settings import env
+
+    dirs = [Path(p).expanduser() for p in (env(PROMPTS_DIR_ENV) or "").split(os.pathsep) if p]
     dirs.append(shipped_dir("prompts"))
     return dirs
 

@@ -38,6 +38,55 @@ USER_SETTINGS: tuple[UserSetting, ...] = (
 )
 BY_KEY = {s.key: s for s in USER_SETTINGS}
 
+# -- the environment ------------------------------------------------------------
+#: Every environment variable fmeval reads, and what it sets. :func:`env` is the only
+#: reader (tests/test_layers.py checks no other module reads one), so this table is
+#: the whole list a user can set.
+ENV_VARS: dict[str, str] = {
+    "FMEVAL_DATA_ROOT": "folder with the dataset files",
+    "FMEVAL_REPORTS_DIR": "where reports go (default ./reports)",
+    "FMEVAL_CACHE_DIR": "feature cache (default $XDG_CACHE_HOME/fmeval or ~/.cache/fmeval)",
+    "FMEVAL_ADAPTERS_DIR": "where fine-tuned adapters go (default ./adapters)",
+    "FMEVAL_DEVICE": "default --device",
+    "FMEVAL_PRECISION": "default --precision",
+    "FMEVAL_WEIGHTS_DIR": "weights store (default <cache>/weights)",
+    "FMEVAL_WEIGHTS_MIRROR": "base URL that replaces the weights' own download URLs",
+    "FMEVAL_OFFLINE": "1: never download weights",
+    "FMEVAL_PROMPTS_DIR": "extra folders searched for prompt banks (os.pathsep-separated)",
+    "FMEVAL_PROGRESS": "0: no progress bars",
+    "FMEVAL_FT_STOP_AFTER_EPOCH": "test hook: stop fine-tuning after this epoch, as if killed",
+}
+
+
+def env(name: str) -> str | None:
+    """The value of one of fmeval's environment variables; ``None`` when unset or empty."""
+    if name not in ENV_VARS:
+        raise KeyError(f"{name} is not one of fmeval's environment variables")
+    return os.environ.get(name) or None
+
+
+def cache_root() -> Path:
+    """The feature cache folder (also holds the weights store and the memo files)."""
+    custom = env("FMEVAL_CACHE_DIR")
+    if custom:
+        return Path(custom).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "fmeval"
+
+
+def reports_root() -> Path:
+    return Path(env("FMEVAL_REPORTS_DIR") or "reports")
+
+
+def adapters_root() -> Path:
+    return Path(env("FMEVAL_ADAPTERS_DIR") or "adapters").expanduser()
+
+
+def data_root() -> Path | None:
+    """``$FMEVAL_DATA_ROOT`` (None: the dataset layer's own default)."""
+    root = env("FMEVAL_DATA_ROOT")
+    return Path(root).expanduser() if root else None
+
 
 def _read_toml(path: Path) -> dict:
     try:
@@ -70,8 +119,8 @@ def resolve(key: str, option: Any = None, cwd: Path | None = None) -> tuple[Any,
     s = BY_KEY[key]
     if option is not None:
         return option, "option"
-    if s.env and os.environ.get(s.env):
-        return os.environ[s.env], f"environment ({s.env})"
+    if s.env and env(s.env):
+        return env(s.env), f"environment ({s.env})"
     table, where = file_settings(cwd)
     if key in table:
         return table[key], f"file ({where})"
@@ -82,5 +131,5 @@ def apply_to_environment(cwd: Path | None = None) -> None:
     """Export file-configured locations (cache, adapters) for code that reads the environment."""
     table, _ = file_settings(cwd)
     for s in USER_SETTINGS:
-        if s.env and s.key in table and not os.environ.get(s.env) and s.path is None:
+        if s.env and s.key in table and not env(s.env) and s.path is None:
             os.environ[s.env] = str(Path(str(table[s.key])).expanduser())

@@ -20,25 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from fmeval.errors import ConfigError, FmevalError
+from fmeval.errors import ConfigError, FmevalError, check_choice, unknown_choice  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from fmeval.config import RunConfig
-
-
-def unknown_choice(kind: str, value: Any, known: Iterable[str]) -> str:
-    """``unknown <kind> 'x'. Did you mean: y? Known: a, b.`` (the Registry's wording)."""
-    known = list(known)
-    close = difflib.get_close_matches(str(value).lower(), known, n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return f"unknown {kind} {value!r}.{hint} Known: {', '.join(known)}."
-
-
-def check_choice(value: Any, known: Iterable[str], flag: str, kind: str) -> None:
-    """Raise ``--flag: unknown <kind> ...`` unless ``value`` is one of ``known``."""
-    known = tuple(known)
-    if value not in known:
-        raise ConfigError(f"{flag}: {unknown_choice(kind, value, known)}")
 
 
 # -- the named choices of a RunConfig -------------------------------------------

@@ -79,7 +79,7 @@ MUTATIONS: dict[str, tuple[str, str, list[tuple[str, str]], list[str]]] = {
     ),
     "knn-temperature-config-default": (
         "kNN temperature 0.07 -> 0.7 (the config / CLI default)",
-        "fmeval/config.py",
+        "fmeval/config/sections.py",
         [("    temperature: float = 0.07  #", "    temperature: float = 0.7  #")],
         [SEL],
     ),

@@ -49,7 +49,7 @@ SCOPE=(
   "fmeval.probes.linear.x__mean_std__mutmut_*"
   "fmeval.probes.linear.x__all_finite__mutmut_*"
   "fmeval.probes.linear.xǁLinearProbeǁ*"
-  "fmeval.probes.linear.xǁProbeConfigǁlr_factor__mutmut_*"
+  "fmeval.probes.linear.x_probe_lr_factor__mutmut_*"
   "fmeval.modes.knn.x_select_k__mutmut_*"
   "fmeval.modes.knn.x__nan_low__mutmut_*"
   "fmeval.modes.knn.x_sweep_ks__mutmut_*"

@@ -1,4 +1,4 @@
-"""Arrows point down only: the import layers of ``[tool.fmeval.layers]`` in pyproject.toml.
+"""Arrows point down only: the import layers of ``[tool.fmeval-layers]`` in pyproject.toml.
 
 Every ``import`` of every module under ``fmeval/`` is read from its source (module
 level, inside functions and under ``TYPE_CHECKING`` alike: a lazy import is still a
@@ -21,7 +21,7 @@ PACKAGE = REPO / "fmeval"
 
 
 def contract() -> dict:
-    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["fmeval"]["layers"]
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["fmeval-layers"]
 
 
 def module_name(path: Path) -> str:

@@ -25,7 +25,7 @@ from fmeval.metrics import bootstrap, class_prior, compute_metrics, percentile_c
 from fmeval.modes.base import build_result
 from fmeval.modes.knn import fit_head as knn_fit_head, select_k
 from fmeval.probes.knn import knn_predict
-from fmeval.probes.linear import ProbeConfig, _mean_std, train_linear_probe
+from fmeval.probes.linear import ProbeConfig, _mean_std, probe_lr_factor, train_linear_probe
 
 
 # --------------------------------------------------------------------------- #
@@ -643,9 +643,9 @@ def test_probe_schedule_factor_and_probabilities():
     from fmeval.training.optim import cosine_epoch_factor
 
     cos = ProbeConfig(schedule="cosine-epoch", epochs=10)
-    assert [cos.lr_factor(e) for e in (0, 5, 9)] == [cosine_epoch_factor(e, 10) for e in (0, 5, 9)]
-    assert cos.lr_factor(0) == 1.0 and cos.lr_factor(5) < 1.0
-    assert ProbeConfig().lr_factor(7) == 1.0
+    assert [probe_lr_factor(cos, e) for e in (0, 5, 9)] == [cosine_epoch_factor(e, 10) for e in (0, 5, 9)]
+    assert probe_lr_factor(cos, 0) == 1.0 and probe_lr_factor(cos, 5) < 1.0
+    assert probe_lr_factor(ProbeConfig(), 7) == 1.0
     (xtr, ytr), _ = _overfit_data()
     probe = train_linear_probe(xtr, ytr, xtr, ytr, n_outputs=2, multilabel=False,
                                config=ProbeConfig(lrs=(0.1,), weight_decays=(0.0,), epochs=3))

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fmeval.adapters.base import ADAPTERS, Adapter
-from fmeval.cache import ADAPTER_MEMO
 from fmeval.data.transforms import Preprocess
 from fmeval.io import file_identity, read_memo, write_memo
 
 
+#: The cache folder's memo of built encoders' identities (removed by ``fmeval cache clear``).
+ADAPTER_MEMO = "adapters.json"
 _PACKAGES = ("fmeval", "torch", "timm", "open_clip_torch")
 
 

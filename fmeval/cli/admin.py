@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fmeval.cli.app import ReportsDir, app, console
 from fmeval.errors import ConfigError
+from fmeval.settings import reports_root
 
 ls_app = typer.Typer(help="List registered models and available datasets.", no_args_is_help=True)
 cache_app = typer.Typer(help="Inspect or clear the feature cache.", no_args_is_help=True)
@@ -194,7 +195,6 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="Folder for leaderboard.md/.csv (default: the reports folder).")] = None,
 ) -> None:
     """Aggregate the runs under the reports folder into a leaderboard per dataset x size (Markdown + CSV)."""
-    import os
 
     from fmeval.io import atomic_write_text
     from fmeval.report import build_leaderboard, load_runs, print_leaderboard
@@ -205,7 +205,7 @@ def report(
     check_names(metric=metric, mode=mode, dataset=dataset)
     if out is not None:
         check_writable(out, "leaderboard folder")
-    root = reports_dir or Path(os.environ.get("FMEVAL_REPORTS_DIR") or "reports")
+    root = reports_dir or reports_root()
     if not root.is_dir():
         raise ConfigError(f"no reports folder at {root}; run an evaluation first or pass --reports-dir.")
     check_writable(out or root, "leaderboard folder")

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from fmeval.settings import data_root as settings_data_root
 from fmeval.cli.app import app, console, run_mode
 from fmeval.cli.options import SCORE, Given, command
 from fmeval.errors import ConfigError
@@ -50,7 +51,6 @@ def predict(
                                                      "precision the run trained in].")] = None,
 ) -> None:
     """Write a run's test predictions as the CSV `fmeval score` reads (round trip: same metrics)."""
-    import os
 
     from fmeval.report.export import export_adapter, export_run
     from fmeval.validation import check_names
@@ -66,7 +66,7 @@ def predict(
     if run is not None:
         exp = export_run(run, out, header=header)
     else:
-        root = data_root or (Path(os.environ["FMEVAL_DATA_ROOT"]) if os.environ.get("FMEVAL_DATA_ROOT") else None)
+        root = data_root or settings_data_root()
         exp = export_adapter(adapter, out, header=header, data_root=str(root) if root else None, device=device,
                              precision=precision)
     console.print(f"wrote {exp.path}: {exp.n} rows, sha256 {exp.sha256}", markup=False, highlight=False, soft_wrap=True)

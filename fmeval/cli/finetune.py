@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from fmeval.settings import data_root as settings_data_root, env
 from fmeval.cli.app import ReportsDir, app, console
 from fmeval.cli.fewshot import run_with_shots
 from fmeval.cli.options import COMMON, FEWSHOT, FINETUNE, Given, command
@@ -88,7 +89,6 @@ def evaluate(
     are loaded, and predictions are made as at the end of training, so the
     test metrics equal the run's (a differing fingerprint is a warning).
     """
-    import os
 
     from fmeval.modes.finetune import evaluate_adapter
     from fmeval.report import check_writable, finish, print_result
@@ -96,9 +96,9 @@ def evaluate(
 
     check_names(device=device, precision=precision)
     check_folder(data_root, "--data-root")
-    reports = str(reports_dir) if reports_dir else os.environ.get("FMEVAL_REPORTS_DIR") or None
+    reports = str(reports_dir) if reports_dir else env("FMEVAL_REPORTS_DIR")
     check_writable(reports)
-    root = data_root or (Path(os.environ["FMEVAL_DATA_ROOT"]) if os.environ.get("FMEVAL_DATA_ROOT") else None)
+    root = data_root or settings_data_root()
     result = evaluate_adapter(adapter, data_root=str(root) if root else None, device=device,
                               precision=precision, n_boot=bootstrap, reports_dir=reports)
     print_result(finish(result, reports), console)

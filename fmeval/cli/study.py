@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fmeval.cli.app import ReportsDir, app, console, user_defaults
+from fmeval.settings import reports_root
 
 study_app = typer.Typer(help="Studies: a grid of runs from one YAML file, resumable, local or on Slurm.",
                         no_args_is_help=True)
@@ -19,13 +20,12 @@ StudyFile = Annotated[str, typer.Argument(help="Study YAML (a path, or the name 
 
 
 def _plan(file: str, reports_dir: Optional[Path]):
-    import os
 
     from fmeval.studies.plan import plan_study
     from fmeval.studies.spec import load_study, resolve_study_path
 
     spec, digest = load_study(resolve_study_path(file))
-    root = reports_dir or Path(os.environ.get("FMEVAL_REPORTS_DIR") or "reports")
+    root = reports_dir or reports_root()
     return plan_study(spec, digest, reports_root=root, user=user_defaults())
 
 

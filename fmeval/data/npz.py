@@ -12,7 +12,6 @@ file saved under a 3D name, a volume of the wrong depth) is named as such.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,9 +26,10 @@ from fmeval.io import file_digest, file_identity, read_memo, write_memo
 
 def default_data_root() -> Path:
     """``$FMEVAL_DATA_ROOT``, else where ``medmnist`` keeps its files."""
-    env = os.environ.get("FMEVAL_DATA_ROOT")
-    if env:
-        return Path(env).expanduser()
+    from fmeval.settings import data_root
+
+    if data_root() is not None:
+        return data_root()
     try:
         from medmnist.info import DEFAULT_ROOT
 
@@ -251,13 +251,17 @@ def _shape_hint(info: DatasetInfo, size: int, shape: tuple[int, ...]) -> str:
     return ""
 
 
+#: The cache folder's memo of data-file MD5s (removed by ``fmeval cache clear``).
+MD5_MEMO = "md5.json"
+
+
 def cached_md5(path: Path) -> str:
     """MD5 of a data file, remembered by (path, size, mtime) in the cache folder.
 
     224 px files are gigabytes; hashing them on every run would dominate a
     cached evaluation.
     """
-    from fmeval.cache import MD5_MEMO, cache_root
+    from fmeval.settings import cache_root
 
     memo_path = cache_root() / MD5_MEMO
     ident = "|".join(map(str, file_identity(path)))

@@ -9,7 +9,6 @@ fine-tuned and probed numbers are comparable.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from fmeval.pipeline import (
     subset_indices,
 )
 from fmeval.progress import console as progress_console
+from fmeval.settings import env
 from fmeval.training.checkpoint import (
     adapters_root,
     check_resume,
@@ -159,7 +159,7 @@ def scores_digest(scores: torch.Tensor) -> str:
 
 
 def _stop_hook():
-    raw = os.environ.get(STOP_ENV)
+    raw = env(STOP_ENV)
     if not raw:
         return None
     stop_at = int(raw)

@@ -18,47 +18,26 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from fmeval.config import ProbeConfig
 from fmeval.errors import ConfigError, FmevalError
-from fmeval.validation import check_choice
 from fmeval.progress import progress_bar
 
 _EXP_FLOOR = 80.0  # exp(-80) ~ 1.8e-35: the smallest probability kept (floats stay normal)
 PROBE_PRECISIONS = ("fp32", "bf16")
 
 
-@dataclass(frozen=True)
-class ProbeConfig:
-    lrs: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
-    weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2)
-    epochs: int = 100
-    batch_size: int = 1024
-    patience: int = 10
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: str = "constant"  # "constant" | "cosine-epoch" (timm's per-epoch cosine, MedMNIST+)
+def cosine_epoch_factor(epoch: int, epochs: int) -> float:
+    """LR factor of epoch ``epoch`` (0-based) under timm's ``CosineLRScheduler(t_initial=epochs,
+    t_in_epochs=True)`` stepped with ``step(epoch=e)`` after each epoch, as the MedMNIST+
+    code does: epochs 0 and 1 run at the base LR, epoch k at cos-factor(k - 1)."""
+    return 0.5 * (1.0 + math.cos(math.pi * max(epoch - 1, 0) / max(epochs, 1)))
 
-    def __post_init__(self) -> None:
-        checks = {
-            "--lr values must be > 0": all(v > 0 for v in self.lrs) and len(self.lrs) > 0,
-            "--wd values must be >= 0": all(v >= 0 for v in self.weight_decays) and len(self.weight_decays) > 0,
-            "--epochs must be >= 1": self.epochs >= 1,
-            "--probe-batch-size must be >= 1": self.batch_size >= 1,
-            "--patience must be >= 1": self.patience >= 1,
-        }
-        for msg, ok in checks.items():
-            if not ok:
-                raise ConfigError(msg + ".")
-        check_choice(self.schedule, ("constant", "cosine-epoch"), "--probe-schedule", "probe schedule")
 
-    def lr_factor(self, epoch: int) -> float:
-        if self.schedule == "cosine-epoch":
-            from fmeval.training.optim import cosine_epoch_factor
-
-            return cosine_epoch_factor(epoch, self.epochs)
-        return 1.0
-
-    def grid(self) -> list[tuple[float, float]]:
-        return [(lr, wd) for lr in self.lrs for wd in self.weight_decays]
+def probe_lr_factor(config: ProbeConfig, epoch: int) -> float:
+    """The probe's LR multiplier in ``epoch``: 1, or timm's per-epoch cosine (MedMNIST+)."""
+    if config.schedule == "cosine-epoch":
+        return cosine_epoch_factor(epoch, config.epochs)
+    return 1.0
 
 
 @dataclass
@@ -317,7 +296,7 @@ def train_linear_probe(
         for epoch in range(config.epochs):
             perm = torch.randperm(n, generator=gen).to(dev)
             gh = len(h.idx)
-            lr = lr_all[h.idx].view(1, gh, 1) * config.lr_factor(epoch)
+            lr = lr_all[h.idx].view(1, gh, 1) * probe_lr_factor(config, epoch)
             decay = torch.ones(d + 1, gh, 1, device=dev)  # decoupled weight decay, not on the bias
             decay[:d] -= lr * wd_all[h.idx].view(1, gh, 1)
             total = torch.zeros(gh, device=dev)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import secrets
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -245,4 +244,6 @@ def run_files(root: str | Path, pattern: str = f"*/{RESULTS_FILE}") -> list[Path
 
 
 def reports_dir() -> Path:
-    return Path(os.environ.get("FMEVAL_REPORTS_DIR") or "reports")
+    from fmeval.settings import reports_root
+
+    return reports_root()

@@ -12,7 +12,6 @@ uninterrupted one would.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ import torch
 
 from fmeval.errors import ConfigError, ModelError
 from fmeval.io import atomic_path, atomic_write_json
+from fmeval.settings import adapters_root  # noqa: F401  (re-exported)
 
 RUN_FILE = "run.json"
 STATE_FILE = "train_state.pt"
@@ -30,10 +30,6 @@ RUN_FORMAT = "fmeval-finetune/1"
 RESUME_FREE = frozenset({
     "resume", "adapter_dir", "device", "reports_dir", "data_root", "download", "md5", "use_cache", "n_boot",
 })
-
-
-def adapters_root() -> Path:
-    return Path(os.environ.get("FMEVAL_ADAPTERS_DIR", "adapters")).expanduser()
 
 
 def new_run_dir(method: str, model: str, dataset: str, size: int) -> Path:

@@ -21,10 +21,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fmeval.config import TrainConfig
 from fmeval.data.augment import AugmentPolicy, augment_batch
 from fmeval.device import autocast
 from fmeval.errors import ConfigError, FmevalError
-from fmeval.validation import check_choice
 from fmeval.features import Transform, batched_inference
 from fmeval.progress import progress_bar
 from fmeval.training.checkpoint import (
@@ -37,81 +37,6 @@ from fmeval.training.checkpoint import (
 from fmeval.training.losses import task_rule
 from fmeval.training.methods import Classifier, Method
 from fmeval.training.optim import ScheduleSpec, build_optimizer, build_scheduler, param_groups
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyper-parameters. Defaults follow the MedMNIST+ protocol
-    (Doerrich et al. 2025): AdamW, lr 1e-4, batch 64, cosine schedule, up to
-    100 epochs with early stopping on validation loss (patience 5). Named
-    protocols (``fmeval protocols show``) set every field explicitly."""
-
-    epochs: int = 100
-    lr: float = 1e-4
-    optimizer: str = "adamw"  # a key of training.optim.OPTIMIZERS
-    weight_decay: float = 0.01  # torch's AdamW default
-    decay_scope: str = "matrices"  # "matrices" (timm/ViT recipes) | "all" (a plain optimizer over model.parameters())
-    batch_size: int = 64
-    accum_steps: int = 1  # minibatches per optimiser step: effective batch = batch_size * accum_steps
-    schedule: str = "cosine"  # a key of training.optim.SCHEDULES
-    warmup_epochs: float = 1.0
-    milestones: tuple[int, ...] = ()  # multistep: epochs at which the LR is multiplied by gamma
-    gamma: float = 0.1
-    patience: int = 5  # epochs without val-loss improvement; 0 disables early stopping
-    select_metric: str = "auc"  # a metric name, or "loss" (the training loss on val)
-    pos_weight: float | None = None
-    class_weights: str | None = None  # None | "balanced"
-    sampler: str = "shuffle"  # "shuffle" | "balanced" (class-balanced sampling)
-    augment: bool = False
-    layer_decay: float | None = None
-    max_steps_per_epoch: int | None = None  # cap on minibatches per epoch (quick looks)
-
-    def validate(self) -> None:
-        from fmeval.training.optim import OPTIMIZERS, SCHEDULES
-
-        checks = {
-            "--epochs must be >= 1": self.epochs >= 1,
-            "--lr must be > 0": self.lr > 0,
-            "--weight-decay must be >= 0": self.weight_decay >= 0,
-            "--train-batch-size must be >= 1": self.batch_size >= 1,
-            "--accum-steps must be >= 1": self.accum_steps >= 1,
-            "--warmup-epochs must be >= 0": self.warmup_epochs >= 0,
-            "--patience must be >= 0": self.patience >= 0,
-            "--gamma must be in (0, 1]": 0 < self.gamma <= 1,
-            "--milestones must be positive epochs": all(m >= 1 for m in self.milestones),
-            "--max-steps-per-epoch must be >= 1":
-                self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
-            "--pos-weight must be > 0": self.pos_weight is None or self.pos_weight > 0,
-        }
-        for msg, ok in checks.items():
-            if not ok:
-                raise ConfigError(msg + ".")
-        check_choice(self.sampler, ("shuffle", "balanced"), "--sampler", "sampler")
-        check_choice(self.decay_scope, ("matrices", "all"), "--decay-scope", "weight-decay scope")
-        for flag, check in (("--optimizer", lambda: OPTIMIZERS.entry(self.optimizer)),
-                            ("--schedule", lambda: SCHEDULES.entry(self.schedule)),
-                            ("--select-metric", self._check_metric),
-                            ("--class-weights", self._check_weighting)):
-            try:
-                check()  # unknown names get suggestions
-            except FmevalError as exc:
-                raise ConfigError(f"{flag}: {exc}") from None
-
-    def _check_metric(self) -> None:
-        if self.select_metric != "loss":
-            from fmeval.metrics import METRICS
-
-            METRICS.entry(self.select_metric)
-
-    def _check_weighting(self) -> None:
-        if self.class_weights is not None:
-            from fmeval.training.losses import WEIGHTINGS
-
-            WEIGHTINGS.entry(self.class_weights)
-
-    @property
-    def effective_batch(self) -> int:
-        return self.batch_size * self.accum_steps
 
 
 @dataclass

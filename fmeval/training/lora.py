@@ -16,25 +16,11 @@ from pathlib import Path
 from torch import nn
 
 from fmeval.adapters.base import Adapter
+from fmeval.config import LoraSettings
 from fmeval.errors import ConfigError, ModelError
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyper-parameters (rank 8, scaling alpha/r = 2 as in common ViT recipes)."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ConfigError("--lora-r must be >= 1.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("--lora-dropout must be in [0, 1).")
 
 
 def lora_config(adapter: Adapter, settings: LoraSettings):

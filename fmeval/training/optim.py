@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fmeval.errors import ConfigError
+from fmeval.probes.linear import cosine_epoch_factor  # noqa: F401  (one home: the probe's schedule)
 from fmeval.registry import Registry
 
 _NUMBERED = re.compile(r"^(.*?\.\d+)(?:\.|$)")
@@ -168,13 +169,6 @@ class WarmupMultiStep:
             return (step + 1) / (self.warmup_steps + 1)
         epoch = step // max(1, self.steps_per_epoch)
         return self.gamma ** sum(1 for m in self.milestones if epoch >= m)
-
-
-def cosine_epoch_factor(epoch: int, epochs: int) -> float:
-    """LR factor of epoch ``epoch`` (0-based) under timm's ``CosineLRScheduler(t_initial=epochs,
-    t_in_epochs=True)`` stepped with ``step(epoch=e)`` after each epoch, as the MedMNIST+
-    code does: epochs 0 and 1 run at the base LR, epoch k at cos-factor(k - 1)."""
-    return 0.5 * (1.0 + math.cos(math.pi * max(epoch - 1, 0) / max(epochs, 1)))
 
 
 @dataclass

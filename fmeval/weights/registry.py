@@ -23,11 +23,11 @@ original hosts, every URL can be redirected to a mirror with
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from fmeval.errors import WeightsError
 from fmeval.registry import Registry
+from fmeval.settings import env
 
 #: Base URL that replaces every asset URL: ``<mirror>/<asset name>/<filename>``.
 MIRROR_ENV = "FMEVAL_WEIGHTS_MIRROR"
@@ -86,7 +86,7 @@ class Asset:
 
     def url(self, f: AssetFile) -> str:
         """The URL a file is fetched from, after the mirror override."""
-        mirror = os.environ.get(MIRROR_ENV, "").strip()
+        mirror = (env(MIRROR_ENV) or "").strip()
         return f"{mirror.rstrip('/')}/{self.name}/{f.filename}" if mirror else f.url
 
     def origin(self) -> str:

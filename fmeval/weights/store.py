@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from fmeval.errors import ModelError, WeightsError
 from fmeval.io import atomic_write_json, file_lock
 from fmeval.registry import Registry
+from fmeval.settings import cache_root, env
 from fmeval.weights.download import Downloaded, discard, download, file_hashes
 from fmeval.weights.registry import ASSETS, Asset
 
@@ -50,19 +51,17 @@ _ZIP_JUNK = ("__MACOSX/",)
 
 
 def weights_root() -> Path:
-    env = os.environ.get(WEIGHTS_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    from fmeval.cache import cache_root
-
+    custom = env(WEIGHTS_DIR_ENV)
+    if custom:
+        return Path(custom).expanduser()
     return cache_root() / "weights"
 
 
 def auto_download_blocker() -> str | None:
     """Why automatic downloads are off (``"HF_HUB_OFFLINE=1"``), or ``None``."""
-    for var in (OFFLINE_ENV, "HF_HUB_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _TRUE:
-            return f"{var}={os.environ[var]}"
+    for var, value in ((OFFLINE_ENV, env(OFFLINE_ENV)), ("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE"))):
+        if (value or "").strip().lower() in _TRUE:
+            return f"{var}={value}"
     return None
 
 
