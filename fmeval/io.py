@@ -16,11 +16,13 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 
 def _current_umask() -> int:
@@ -180,3 +182,24 @@ def write_memo(path: str | Path, key: str, value: Any) -> None:
         memo = memo if isinstance(memo, dict) else {}
         memo[key] = value
         atomic_write_json(path, memo)
+
+
+# -- names of run folders ------------------------------------------------------
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def slug(text: Any, max_len: int = 40) -> str:
+    s = _SLUG.sub("-", str(text)).strip("-.") or "x"
+    return s[:max_len].rstrip("-.")
+
+
+def new_run_id(mode: str, model: str | Mapping[str, Any], dataset: str, size: int | None) -> str:
+    """``20250101T120000Z_knn_dinov2-vits14_pneumoniamnist-28_3fa2c1``.
+
+    Timestamp first so folders sort chronologically; the random suffix keeps two
+    runs started in the same second (parallel seeds) apart. Safe as a folder name.
+    """
+    name = model.get("name", "model") if isinstance(model, Mapping) else model
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    size_part = f"-{size}" if size else ""
+    return f"{stamp}_{slug(mode, 24)}_{slug(name)}_{slug(dataset, 24)}{size_part}_{secrets.token_hex(3)}"

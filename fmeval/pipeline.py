@@ -22,6 +22,7 @@ from fmeval.adapters.lazy import LazyAdapter, identity_key, recall, remember
 from fmeval.cache import FeatureCache
 from fmeval.config import RunConfig
 from fmeval.data import SPLITS, MedMNIST, load_dataset
+from fmeval.data.fewshot import is_fewshot, plan_fewshot, take_indices
 from fmeval.data.transforms import DEFAULT_CANVAS, resolve_transform
 from fmeval.data.volumes import VolumeView, parse_view
 from fmeval.device import resolve_device, resolve_precision
@@ -30,9 +31,12 @@ from fmeval.features import Transform, extract_features
 
 
 @dataclass
-class Frozen:
-    """Everything a frozen-feature mode needs.
+class Prepared:
+    """Everything a mode needs before its own work: data, encoder, pixels, and the rows.
 
+    ``frozen`` (the kNN, probe and zero-shot modes): ``features`` hold each split's
+    cached features. Otherwise (fine-tuning) ``images`` hold each split's uint8 arrays
+    and the encoder is fresh (never shared, never lazy): training changes it.
     For a 3D dataset seen through a 2D encoder, ``features`` are the pooled
     volume features and ``slice_features`` the per-slice ones (zero-shot pools
     per-slice logits instead), ``n_slices`` slices per volume.
@@ -52,10 +56,12 @@ class Frozen:
     view: VolumeView | None = None
     slice_features: dict[str, torch.Tensor] = field(default_factory=dict)
     n_slices: int = 1
-    # few-shot runs (fmeval.modes.fewshot): the episode record, and the labels before subsetting
+    # few-shot runs (fmeval.data.fewshot): the episode record, and the labels before subsetting
     fewshot: dict | None = None
     fewshot_warnings: list[str] = field(default_factory=list)
     full_labels: dict[str, np.ndarray] = field(default_factory=dict)
+    frozen: bool = True
+    images: dict[str, np.ndarray | None] = field(default_factory=dict)  # not frozen: the rows to train on
 
     def transform_record(self) -> dict:
         rec = self.transform.as_dict()
@@ -218,60 +224,129 @@ def split_sizes(cfg: RunConfig, data: MedMNIST, splits: tuple[str, ...] = SPLITS
     return {s: min(n, cfg.limit) if cfg.limit else n for s, n in sizes.items()}
 
 
-def prepare_frozen(
-    cfg: RunConfig, splits: tuple[str, ...] = SPLITS, *, require_text: bool = False,
+def prepare_frozen(cfg: RunConfig, splits: tuple[str, ...] = SPLITS, *, require_text: bool = False,
+                   check: Callable[[MedMNIST], None] | None = None) -> Prepared:
+    """:func:`prepare` for the frozen-feature modes (features of ``splits``, cached)."""
+    return prepare(cfg, splits, frozen=True, require_text=require_text, check=check)
+
+
+def prepare(
+    cfg: RunConfig, splits: tuple[str, ...] = SPLITS, *, frozen: bool = True, require_text: bool = False,
     check: Callable[[MedMNIST], None] | None = None,
-) -> Frozen:
-    """Load (or extract once and cache) features of ``splits``.
+) -> Prepared:
+    """The one door of every mode: data, encoder, pixel pipeline and the rows of ``splits``.
 
     Data is opened and its labels validated before the model is built; images
     are decompressed and validated only for splits whose features are not
     cached yet. ``check(data)``: the mode's own checks that need the data
     (e.g. k against the training set size), run before any model work.
-    A few-shot config then keeps only its episode's rows, in
-    memory (:func:`fmeval.modes.fewshot.apply_to_frozen`).
+    ``frozen``: load (or extract once and cache) features; else keep the
+    split images for training. A few-shot config then keeps only its
+    episode's rows, in memory (:func:`apply_fewshot`).
     """
     data = open_data(cfg)
-    for s in splits:
+    for s in splits if frozen else ():
         data.labels(s)  # validated (an empty split is an error) before any model work
     check_dimensions(cfg, data)
     if check is not None:
         check(data)
     view = parse_view(cfg.volume_view) if cfg.volume_view else None
     device = resolve_device(cfg.device)
-    cache = FeatureCache(enabled=cfg.use_cache)
-    adapter = build_adapter(cfg, device, data, reusable=True, memo=cache.root if cache.enabled else None)
+    cache = FeatureCache(enabled=cfg.use_cache) if frozen else None
+    if frozen:
+        adapter = build_adapter(cfg, device, data, reusable=True, memo=cache.root if cache.enabled else None)
+    else:
+        adapter = build_adapter(cfg, device, data)
     if require_text and not adapter.supports_text:
         adapter.encode_text([])  # raises the adapter's own "no text encoder" error
     transform = run_transform(adapter, cfg, data)
     precision = resolve_precision(cfg.precision, device, adapter.family)
-    fz = Frozen(cfg, adapter, data, device, transform, precision, cache=cache, view=view)
-    fz.n_slices = view.n_slices(data.size) if view is not None else 1
+    p = Prepared(cfg, adapter, data, device, transform, precision, cache=cache, view=view, frozen=frozen)
+    p.n_slices = view.n_slices(data.size) if view is not None else 1
     for split in splits:
-        all_labels = data.labels(split)
-        idx = subset_indices(len(all_labels), cfg.limit, cfg.seed)
-        key = feature_key(adapter, data, split, cfg, transform, precision, view)
+        if frozen:
+            _load_features(p, split)
+        else:
+            _load_images(p, split)
+    apply_fewshot(p)
+    return p
 
-        def compute(split=split, idx=idx) -> torch.Tensor:
-            images = data.split(split).images
-            images = images if idx is None else images[idx]
-            if view is not None:
-                images = view.select(images)  # [N * S, H, W]: an ordinary grey 2D split
-            return extract_features(
-                adapter, images, transform=transform, batch_size=cfg.batch_size, device=device,
-                precision=precision, description=f"{cfg.model} {data.flag} {split}",
-            )
 
-        n_rows = (len(all_labels) if idx is None else len(idx)) * fz.n_slices
-        feats, hit = cache.get_or_compute("image", key, compute, device=device, expect_rows=n_rows)
+def _load_images(p: Prepared, split: str) -> None:
+    """A split's uint8 images and labels (the ``--limit`` subset), for training."""
+    sp = p.data.split(split)
+    if len(sp) == 0:
+        raise ConfigError(f"the {split} split of {p.data.path.name} is empty.")
+    idx = subset_indices(len(sp), p.config.limit, p.config.seed)
+    p.images[split] = sp.images if idx is None else sp.images[idx]
+    p.labels[split] = sp.labels if idx is None else sp.labels[idx]
+    p.indices[split] = idx
+
+
+def _load_features(p: Prepared, split: str) -> None:
+    """A split's features from the cache (extracted once on a miss), labels and rows."""
+    cfg, data, view = p.config, p.data, p.view
+    all_labels = data.labels(split)
+    idx = subset_indices(len(all_labels), cfg.limit, cfg.seed)
+    key = feature_key(p.adapter, data, split, cfg, p.transform, p.precision, view)
+
+    def compute() -> torch.Tensor:
+        images = data.split(split).images
+        images = images if idx is None else images[idx]
         if view is not None:
-            fz.slice_features[split] = feats
-            feats = view.pool_features(feats, fz.n_slices)
-        fz.features[split] = feats
-        fz.labels[split] = all_labels if idx is None else all_labels[idx]
-        fz.cache_hits[split] = hit
-        fz.indices[split] = idx
-    from fmeval.modes.fewshot import apply_to_frozen
+            images = view.select(images)  # [N * S, H, W]: an ordinary grey 2D split
+        return extract_features(
+            p.adapter, images, transform=p.transform, batch_size=cfg.batch_size, device=p.device,
+            precision=p.precision, description=f"{cfg.model} {data.flag} {split}",
+        )
 
-    apply_to_frozen(fz)
-    return fz
+    n_rows = (len(all_labels) if idx is None else len(idx)) * p.n_slices
+    feats, hit = p.cache.get_or_compute("image", key, compute, device=p.device, expect_rows=n_rows)
+    if view is not None:
+        p.slice_features[split] = feats
+        feats = view.pool_features(feats, p.n_slices)
+    p.features[split] = feats
+    p.labels[split] = all_labels if idx is None else all_labels[idx]
+    p.cache_hits[split] = hit
+    p.indices[split] = idx
+
+
+def apply_fewshot(p: Prepared) -> None:
+    """Keep only the run's K-shot episode (and the validation rows selection may use), in memory.
+
+    Frozen features are subset, never re-extracted; ``p.full_labels`` keeps the
+    labels before subsetting (majority baseline, split sizes), ``p.fewshot`` the
+    record. Fine-tuning under ``fewshot.selection=fixed`` drops the validation
+    split: it trains for all epochs and keeps the last (no early stopping).
+    """
+    cfg = p.config
+    if not is_fewshot(cfg) or "train" not in p.labels:
+        return
+    plan = plan_fewshot(cfg, p.data.task, list(p.data.info.labels), p.labels["train"], p.labels.get("val"),
+                        p.indices.get("train"), p.indices.get("val"))
+    p.full_labels = dict(p.labels)
+    take = _take_features if p.frozen else _take_images
+    take(p, "train", plan.train)
+    if plan.val is not None:
+        take(p, "val", plan.val)
+    if not p.frozen and not plan.use_val:
+        p.images["val"] = p.labels["val"] = None
+    p.fewshot = plan.record
+    p.fewshot_warnings = plan.warnings
+
+
+def _take_images(p: Prepared, split: str, pos: np.ndarray) -> None:
+    p.indices[split] = take_indices(p.indices.get(split), len(p.labels[split]), pos)
+    p.images[split], p.labels[split] = p.images[split][pos], p.labels[split][pos]
+
+
+def _take_features(fz: Prepared, split: str, pos: np.ndarray) -> None:
+    n = len(fz.labels[split])
+    fz.indices[split] = take_indices(fz.indices.get(split), n, pos)
+    fz.labels[split] = fz.labels[split][pos]
+    rows = torch.as_tensor(pos, dtype=torch.long, device=fz.features[split].device)
+    fz.features[split] = fz.features[split].index_select(0, rows)
+    if split in fz.slice_features:  # per-slice rows: volume i owns rows i*S .. i*S+S-1
+        s = fz.n_slices
+        srows = (rows.view(-1, 1) * s + torch.arange(s, device=rows.device)).reshape(-1)
+        fz.slice_features[split] = fz.slice_features[split].index_select(0, srows.to(fz.slice_features[split].device))

@@ -256,3 +256,27 @@ def read_predictions(
     """``(indices, scores)`` of a validated predictions file (see :func:`load_predictions`)."""
     p = load_predictions(path, task=task, n_expected=n_expected, class_names=class_names)
     return p.indices, p.scores
+
+
+def read_run_predictions(path: Path, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, scores)`` of a run's own predictions.csv (the reporter's strict format), rows sorted by index."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise PredictionsError(f"cannot read {path}: {exc.strerror or exc}.") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if r]
+    if not rows:
+        raise PredictionsError(f"{path} is empty.")
+    header, body = [c.strip().lower() for c in rows[0]], rows[1:]
+    names = [c.strip().lower() for c in class_names]
+    if header[:1] != ["index"] or sorted(header[1:]) != sorted(names) or not body:
+        raise PredictionsError(f"{path}: expected the header index,{','.join(class_names)} and one row per test "
+                               "image (a file written by the fmeval reporter).")
+    order = [header[1:].index(n) for n in names]
+    try:
+        table = np.asarray(body, dtype=np.float64)
+    except ValueError:
+        raise PredictionsError(f"{path}: a row has a missing or non-numeric cell.") from None
+    idx = table[:, 0].astype(np.int64)
+    sort = np.argsort(idx, kind="stable")
+    return idx[sort], table[sort][:, 1:][:, order]

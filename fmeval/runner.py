@@ -62,7 +62,7 @@ def fewshot_configs(mode: str, explicit: dict[str, Any], shots: tuple[int, ...],
     Every config is resolved before any runs, so a bad option fails before
     the first model loads.
     """
-    from fmeval.modes.fewshot import FEWSHOT_MODES
+    from fmeval.data.fewshot import FEWSHOT_MODES
 
     if mode not in FEWSHOT_MODES:
         raise ConfigError(f"--shots applies to {', '.join(FEWSHOT_MODES)}, not {mode}.")

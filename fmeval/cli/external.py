@@ -52,7 +52,8 @@ def predict(
 ) -> None:
     """Write a run's test predictions as the CSV `fmeval score` reads (round trip: same metrics)."""
 
-    from fmeval.report.export import export_adapter, export_run
+    from fmeval.modes.finetune import export_adapter
+    from fmeval.report.export import export_run
     from fmeval.validation import check_names
 
     from fmeval.validation import check_folder

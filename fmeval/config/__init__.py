@@ -8,7 +8,7 @@ Build a run's config only through :func:`fmeval.runner.make_config` (defaults < 
 settings < protocol < explicit options, every named choice checked).
 """
 
-from fmeval.config.run import NON_SEMANTIC, SECTIONS, RunConfig, field_paths  # noqa: F401
+from fmeval.config.run import MODE_SECTIONS, NON_SEMANTIC, SECTIONS, RunConfig, field_paths, variant_digest  # noqa: F401
 from fmeval.config.sections import (  # noqa: F401
     FewShotSettings,
     KnnSettings,

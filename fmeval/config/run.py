@@ -171,6 +171,41 @@ class RunConfig:
 
 SECTIONS = ("knn", "probe", "linprobe", "zeroshot", "train", "lora", "fewshot", "robustness", "score")
 
+#: The sections each mode reads: what its run hash and its variant digest cover. Here, not
+#: beside the modes, so the reporter and the study tables can digest a recorded run's
+#: config without importing the mode stack (a mode registers under one of these names).
+MODE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "knn": ("knn", "fewshot"),
+    "linprobe": ("probe", "linprobe", "zeroshot", "fewshot"),
+    "zeroshot": ("zeroshot",),
+    "prompts-compare": ("zeroshot",),
+    "robustness": ("robustness", "knn", "probe", "linprobe", "zeroshot"),
+    "score": ("score",),
+    "finetune-lora": ("train", "lora", "fewshot"),
+    "finetune-full": ("train", "fewshot"),
+}
+
+
+def variant_digest(config: dict[str, Any], mode: str, axes: tuple[str, ...]) -> str:
+    """8 hex digits of what a recorded run computes beyond ``axes`` (dotted paths).
+
+    Runs that agree on the axes but differ here were configured differently, so the
+    few-shot curves and the study tables never pool them. A config this fmeval cannot
+    read (another version's) is hashed as recorded, less its non-semantic fields.
+    """
+    try:
+        semantic = RunConfig.from_dict(dict(config)).semantic_dict(MODE_SECTIONS[mode])
+    except (ConfigError, KeyError, TypeError, ValueError):
+        semantic = {k: v for k, v in dict(config).items() if k not in NON_SEMANTIC}
+    for axis in axes:
+        head, _, tail = axis.partition(".")
+        if tail and isinstance(semantic.get(head), dict):
+            semantic[head].pop(tail, None)
+        elif not tail:
+            semantic.pop(axis, None)
+    text = json.dumps(semantic, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
 
 def field_paths(cls: type = RunConfig, prefix: str = "") -> dict[str, Any]:
     """Every settable dotted path -> its type annotation."""

@@ -57,10 +57,17 @@ class FittedHead:
         return self.split_scorer(split) if self.split_scorer is not None else self.score(fz.features[split])
 
 
-def register_mode(name: str, *, sections: tuple[str, ...], frozen: bool, description: str,
-                  needs_text: bool = False):
+def register_mode(name: str, *, frozen: bool, description: str, needs_text: bool = False):
+    """Register ``run`` under ``name``; the sections it reads are the config's
+    :data:`~fmeval.config.MODE_SECTIONS` entry (one list for the hash, the variant digest
+    and the mode)."""
+    from fmeval.config import MODE_SECTIONS
+
+    if name not in MODE_SECTIONS:
+        raise ValueError(f"mode {name!r} has no entry in fmeval.config.MODE_SECTIONS")
+
     def deco(fn):
-        MODES.add(name, Mode(name, fn, sections, frozen, description, needs_text), description)
+        MODES.add(name, Mode(name, fn, MODE_SECTIONS[name], frozen, description, needs_text), description)
         return fn
 
     return deco
@@ -179,38 +186,47 @@ def run_frozen(cfg, prepare: Callable, fit_head: Callable) -> "RunResult":
     timer = Timer()
     fz = prepare(cfg)
     head = fit_head(cfg, fz)
-    return frozen_result(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
-                         extras=head.extras, selection=head.selection, timer=timer, warnings=head.warnings)
+    return result_of(fz, test_scores=head.score_split(fz, "test"), val_scores=head.val_scores,
+                     extras=head.extras, selection=head.selection, timer=timer, warnings=head.warnings)
 
 
-def frozen_result(fz, *, test_scores, val_scores, extras: dict, selection: dict, timer: Timer,
-                  warnings: list[str] = ()) -> "RunResult":
-    """:func:`build_result` for the frozen-feature modes (they share everything but scores).
+def result_of(p, *, test_scores, val_scores, extras: dict, selection: dict, timer: Timer,
+              warnings: list[str] = (), run_id: str | None = None) -> "RunResult":
+    """The one :func:`build_result` call of every mode that ran :func:`fmeval.pipeline.prepare`.
 
+    ``p`` is the pipeline's :class:`~fmeval.pipeline.Prepared`; everything but the
+    scores, the selection record and the mode's extras comes from it.
     ``val_scores`` None: the run used no validation data (few-shot with fixed
     hyper-parameters) and reports none. A few-shot run's episode record goes
-    into ``extras["fewshot"]`` and its selection rule into ``selection``.
+    into ``extras["fewshot"]`` and its selection rule into ``selection``; a frozen
+    run records which splits came from the feature cache.
     """
-    if fz.fewshot is not None:
-        extras = {**extras, "fewshot": fz.fewshot}
-        selection = {**selection, "fewshot_selection": fz.fewshot["selection"]}
-        warnings = [*warnings, *fz.fewshot_warnings]
+    if p.fewshot is not None:
+        extras = {**extras, "fewshot": p.fewshot}
+        selection = {**selection, "fewshot_selection": p.fewshot["selection"]}
+    if p.frozen:
+        extras = {**extras, "cache_hits": p.cache_hits}
+        notes = [*p.data.warnings, *(p.cache.events if p.cache is not None else []), *warnings,
+                 *p.fewshot_warnings]
+    else:
+        notes = [*p.data.warnings, *p.fewshot_warnings, *warnings]
     return build_result(
-        fz.config,
-        model=fz.adapter.describe(),
-        dataset=fz.dataset_record(),
-        task=fz.data.task,
-        class_names=list(fz.data.info.labels),
-        train_labels=fz.prior_labels(),
-        test_labels=fz.labels["test"],
+        p.config,
+        model=p.adapter.describe(),
+        dataset=p.dataset_record(),
+        task=p.data.task,
+        class_names=list(p.data.info.labels),
+        train_labels=p.prior_labels(),
+        test_labels=p.labels["test"],
         test_scores=test_scores,
-        val_labels=fz.labels.get("val"),
+        val_labels=p.labels.get("val"),
         val_scores=val_scores,
-        transform=fz.transform_record(),
-        precision=fz.precision,
+        transform=p.transform_record(),
+        precision=p.precision,
         selection=selection,
-        extras={**extras, "cache_hits": fz.cache_hits},
-        warnings=[*fz.data.warnings, *(fz.cache.events if fz.cache is not None else []), *warnings],
+        extras=extras,
+        warnings=notes,
         wall_time_s=timer.seconds,
-        test_indices=fz.indices.get("test"),
+        run_id=run_id,
+        test_indices=p.indices.get("test"),
     )

@@ -11,25 +11,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from fmeval.config import RunConfig
-from fmeval.data import SPLITS, MedMNIST
+from fmeval.data import MedMNIST
 from fmeval.data.augment import augment_policy
-from fmeval.device import resolve_device, resolve_precision, use_channels_last
+from fmeval.device import use_channels_last
 from fmeval.errors import ConfigError, FmevalError
-from fmeval.modes.base import Timer, build_result, register_mode
-from fmeval.pipeline import (
-    build_adapter,
-    check_dimensions,
-    dataset_record,
-    is_volume_model,
-    open_data,
-    run_transform,
-    subset_indices,
-)
+from fmeval.modes.base import Timer, register_mode, result_of
+from fmeval import pipeline
+from fmeval.pipeline import Prepared, is_volume_model
 from fmeval.progress import console as progress_console
 from fmeval.settings import env
 from fmeval.training.checkpoint import (
@@ -43,6 +37,9 @@ from fmeval.training.checkpoint import (
 from fmeval.training.lora import count_parameters
 from fmeval.training.loop import FitResult, RunSetup, TrainData, fit, predict
 from fmeval.training.methods import METHODS, Classifier, Method
+
+if TYPE_CHECKING:
+    from fmeval.report.export import Exported
 
 #: Test hook: stop (as if the process died) right after this epoch was checkpointed.
 STOP_ENV = "FMEVAL_FT_STOP_AFTER_EPOCH"
@@ -61,76 +58,51 @@ def method_of(cfg: RunConfig) -> str:
 
 
 @dataclass
-class Prepared:
-    """Data subsets, execution setup and the classifier of one run."""
+class Trainable:
+    """A fine-tuning run: the pipeline's :class:`~fmeval.pipeline.Prepared` (data, encoder,
+    pixels, rows) plus what training adds: execution setup, classifier and method."""
 
-    data: MedMNIST
-    images: dict[str, np.ndarray]
-    labels: dict[str, np.ndarray]
+    prepared: Prepared
     setup: RunSetup
     model: Classifier
     method: Method
-    indices: dict[str, np.ndarray | None]
-    fewshot: dict | None = None  # the episode record of a few-shot run
-    full_labels: dict[str, np.ndarray] | None = None  # labels before few-shot subsetting
-    warnings: list[str] | None = None
+
+    # the rows are the pipeline's (few-shot episodes included)
+    data = property(lambda self: self.prepared.data)
+    images = property(lambda self: self.prepared.images)
+    labels = property(lambda self: self.prepared.labels)
+    indices = property(lambda self: self.prepared.indices)
+    fewshot = property(lambda self: self.prepared.fewshot)
+    full_labels = property(lambda self: self.prepared.full_labels)
 
     def has(self, split: str) -> bool:
         return self.images.get(split) is not None
 
 
-def apply_fewshot(cfg: RunConfig, p: Prepared) -> None:
-    """Keep only the episode's training images (and the validation data selection may use).
+def _check_trainable(cfg: RunConfig):
+    def check(data: MedMNIST) -> None:
+        if data.info.is_volume and not is_volume_model(cfg.model):
+            raise ConfigError(
+                f"fine-tuning on the volumes of {data.flag} needs a 3D model (resnet18-acs, resnet18-3d, "
+                "resnet18-2.5d, vit3d, ...); a 2D encoder sees volumes through --volume-view in knn, "
+                "linprobe and zeroshot."
+            )
 
-    Under ``fewshot.selection=fixed`` the validation split is dropped: the run
-    trains for all epochs and keeps the last (no early stopping).
-    """
-    from fmeval.modes.fewshot import plan_fewshot, take_indices
-
-    plan = plan_fewshot(cfg, p.data.task, list(p.data.info.labels), p.labels["train"], p.labels["val"],
-                        p.indices["train"], p.indices["val"])
-    if plan is None:
-        return
-    p.full_labels = dict(p.labels)
-    for split, pos in (("train", plan.train), ("val", plan.val)):
-        if pos is not None:
-            p.indices[split] = take_indices(p.indices[split], len(p.labels[split]), pos)
-            p.images[split], p.labels[split] = p.images[split][pos], p.labels[split][pos]
-    if not plan.use_val:
-        p.images["val"] = p.labels["val"] = None
-    p.fewshot, p.warnings = plan.record, plan.warnings
+    return check
 
 
-def prepare(cfg: RunConfig, *, train_method: bool = True) -> Prepared:
-    """Open data (validated first: a bad dataset never costs a model build) and the model.
+def prepare(cfg: RunConfig, *, train_method: bool = True) -> Trainable:
+    """:func:`fmeval.pipeline.prepare` (data validated first: a bad dataset never costs a
+    model build; the few-shot episode applied), then the classifier.
 
     ``train_method``: let the method mark trainable parameters and insert its
     layers (training); ``False`` builds the bare classifier for reloading.
     """
     method = METHODS.get(method_of(cfg))
-    data = open_data(cfg)
-    check_dimensions(cfg, data)
-    if data.info.is_volume and not is_volume_model(cfg.model):
-        raise ConfigError(
-            f"fine-tuning on the volumes of {data.flag} needs a 3D model (resnet18-acs, resnet18-3d, "
-            "resnet18-2.5d, vit3d, ...); a 2D encoder sees volumes through --volume-view in knn, "
-            "linprobe and zeroshot."
-        )
-    images, labels, indices = {}, {}, {}
-    for s in SPLITS:
-        sp = data.split(s)
-        if len(sp) == 0:
-            raise ConfigError(f"the {s} split of {data.path.name} is empty.")
-        idx = subset_indices(len(sp), cfg.limit, cfg.seed)
-        images[s] = sp.images if idx is None else sp.images[idx]
-        labels[s] = sp.labels if idx is None else sp.labels[idx]
-        indices[s] = idx
-    device = resolve_device(cfg.device)
-    adapter = build_adapter(cfg, device, data)
-    transform = run_transform(adapter, cfg, data)
-    precision = resolve_precision(cfg.precision, device, adapter.family)
-    setup = RunSetup(transform=transform, device=device, precision=precision,
-                     channels_last=use_channels_last(adapter.family, device, precision),
+    p = pipeline.prepare(cfg, frozen=False, check=_check_trainable(cfg))
+    adapter, data = p.adapter, p.data
+    setup = RunSetup(transform=p.transform, device=p.device, precision=p.precision,
+                     channels_last=use_channels_last(adapter.family, p.device, p.precision),
                      eval_batch_size=cfg.batch_size,
                      augment=None if data.info.is_volume else augment_policy(data.flag))
     # LoRA init and head init are seeded on their own, independent of what ran before.
@@ -139,10 +111,10 @@ def prepare(cfg: RunConfig, *, train_method: bool = True) -> Prepared:
         if train_method:
             method.prepare(adapter, cfg.lora)
         else:
-            for p in adapter.parameters():
-                p.requires_grad_(False)
-        model = Classifier(adapter, data.info.n_classes).to(device)
-    return Prepared(data, images, labels, setup, model, method, indices)
+            for w in adapter.parameters():
+                w.requires_grad_(False)
+        model = Classifier(adapter, data.info.n_classes).to(p.device)
+    return Trainable(p, setup, model, method)
 
 
 def _classifier_params(model: Classifier) -> tuple[int, int]:
@@ -171,7 +143,7 @@ def _stop_hook():
     return hook
 
 
-def _run_record(cfg: RunConfig, p: Prepared, run_dir: Path, trainable: int, total: int) -> dict:
+def _run_record(cfg: RunConfig, p: Trainable, run_dir: Path, trainable: int, total: int) -> dict:
     data = p.data
     return {
         "run_id": run_dir.name,
@@ -214,7 +186,6 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
 
         check_writable(cfg.adapter_dir or adapters_root(), "adapters folder")
     p = prepare(cfg)
-    apply_fewshot(cfg, p)
     model, data = p.model, p.data
     trainable, total = _classifier_params(model)
     if run_dir is None and cfg.adapter_dir:
@@ -249,10 +220,10 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
                      f"val_{cfg.train.select_metric}": res.best_metric}
     else:
         selection = {"epoch": res.best_epoch, "epoch_rule": "last epoch (fixed, no early stopping)"}
-    return _result(cfg, p, scores, extras, selection, timer, run_id=run_dir.name)
+    return _result(p, scores, extras, selection, timer, run_id=run_dir.name)
 
 
-def _scores(p: Prepared) -> dict[str, torch.Tensor]:
+def _scores(p: Trainable) -> dict[str, torch.Tensor]:
     """Scores of val (when the run uses validation data) and test, as at the end of training."""
     return {s: predict(p.model, p.images[s], task=p.data.task, setup=p.setup) for s in ("val", "test") if p.has(s)}
 
@@ -285,36 +256,13 @@ def _training(res: FitResult, trainable: int, total: int, run_dir: Path) -> dict
     }
 
 
-def _result(cfg: RunConfig, p: Prepared, scores: dict[str, torch.Tensor], extras: dict, selection: dict,
+def _result(p: Trainable, scores: dict[str, torch.Tensor], extras: dict, selection: dict,
             timer: Timer, run_id: str | None = None, warnings: list[str] = ()):
-    data = p.data
-    labels = p.full_labels or p.labels  # split sizes and the majority baseline: before few-shot subsetting
-    if p.fewshot is not None:
-        extras = {**extras, "fewshot": p.fewshot}
-        selection = {**selection, "fewshot_selection": p.fewshot["selection"]}
-    return build_result(
-        cfg,
-        model=p.model.adapter.describe(),
-        dataset=dataset_record(data, cfg, labels),
-        task=data.task,
-        class_names=list(data.info.labels),
-        train_labels=labels["train"],
-        test_labels=p.labels["test"],
-        test_scores=scores["test"],
-        val_labels=p.labels["val"],
-        val_scores=scores.get("val"),
-        transform=p.setup.transform.as_dict(),
-        precision=p.setup.precision,
-        selection=selection,
-        extras=extras,
-        warnings=[*data.warnings, *(p.warnings or []), *warnings],
-        wall_time_s=timer.seconds,
-        run_id=run_id,
-        test_indices=p.indices.get("test"),
-    )
+    return result_of(p.prepared, test_scores=scores["test"], val_scores=scores.get("val"), extras=extras,
+                     selection=selection, timer=timer, warnings=warnings, run_id=run_id)
 
 
-def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Prepared]:
+def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Trainable]:
     """Rebuild a finished run's classifier (base adapter + its saved weights).
 
     ``overrides``: fields that may differ from the run (data_root - used only
@@ -343,8 +291,7 @@ def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Prepared
     if "precision" not in overrides and rec.get("precision") in ("fp32", "bf16"):
         overrides["precision"] = rec["precision"]
     cfg = replace(cfg, resume=None, **overrides)
-    p = prepare(cfg, train_method=False)
-    apply_fewshot(cfg, p)  # the same episode and validation data as in training
+    p = prepare(cfg, train_method=False)  # the same episode and validation data as in training
     p.method.load(p.model, folder)
     p.model.eval()
     return cfg, p
@@ -377,13 +324,27 @@ def evaluate_adapter(folder: str | Path, **overrides):
         "size or library versions?)"
     ]
     selection = {"best_epoch": rec.get("result", {}).get("best_epoch")}
-    return _result(cfg, p, scores, extras, selection, timer, warnings=mismatch)
+    return _result(p, scores, extras, selection, timer, warnings=mismatch)
+
+
+def export_adapter(folder: str | Path, out: str | Path, *, header: bool = True, **overrides) -> "Exported":
+    """Reload a fine-tuned adapter, predict its test split, write the CSV."""
+    from fmeval.predictions import write_predictions
+    from fmeval.report.export import Exported
+
+    cfg, p = load_finetuned(folder, **overrides)
+    scores = predict(p.model, p.images["test"], task=p.data.task, setup=p.setup).float().numpy()
+    idx = p.indices.get("test")
+    idx = np.arange(len(scores)) if idx is None else np.asarray(idx)
+    if not len(scores):
+        raise ConfigError(f"{folder}: the test split is empty.")
+    sha = write_predictions(out, scores, list(p.data.info.labels), idx, header=header)
+    return Exported(Path(out), sha, len(idx), len(p.data.labels("test")), p.data.flag, p.data.size, cfg.seed,
+                    cfg.n_boot)
 
 
 def _register(method: str) -> None:
-    sections = ("train", "lora", "fewshot") if method == "lora" else ("train", "fewshot")
-    register_mode(f"finetune-{method}", sections=sections,
-                  frozen=False, description=METHODS.entry(method).description)(run_finetune)
+    register_mode(f"finetune-{method}", frozen=False, description=METHODS.entry(method).description)(run_finetune)
 
 
 for _m in METHODS.names():

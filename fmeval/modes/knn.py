@@ -6,7 +6,7 @@ from fmeval.config import RunConfig
 from fmeval.data import is_multilabel
 from fmeval.errors import ConfigError
 from fmeval.modes.base import FittedHead, metric_labels, register_mode, run_frozen, target_tensor
-from fmeval.modes.fewshot import training_splits
+from fmeval.data.fewshot import training_splits
 from fmeval.pipeline import prepare_frozen, split_sizes
 from fmeval.probes.knn import KNN_RULES, knn_predict
 
@@ -106,7 +106,7 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
     return FittedHead(score, selection, {"k_sweep": sweep}, val_scores=val_scores[k], warnings=notes)
 
 
-@register_mode("knn", sections=("knn", "fewshot"), frozen=True,
+@register_mode("knn", frozen=True,
                description="k-nearest neighbours on frozen features (k chosen on validation)")
 def run_knn(cfg: RunConfig):
     """Sweep k on the validation split; score test only for the chosen k."""

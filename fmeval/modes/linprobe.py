@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from fmeval.config import RunConfig
 from fmeval.data import is_multilabel
 from fmeval.modes.base import FittedHead, register_mode, run_frozen, target_tensor
-from fmeval.modes.fewshot import training_splits
+from fmeval.data.fewshot import training_splits
 from fmeval.pipeline import prepare_frozen
 from fmeval.probes.linear import train_linear_probe
 
@@ -91,7 +91,7 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
                       val_scores=probe.predict_proba(feats["val"]) if has_val else None)
 
 
-@register_mode("linprobe", sections=("probe", "linprobe", "zeroshot", "fewshot"), frozen=True,
+@register_mode("linprobe", frozen=True,
                description="linear probe on frozen features (lr x wd grid, selected on validation)")
 def run_linprobe(cfg: RunConfig):
     return run_frozen(cfg, prepare, fit_head)

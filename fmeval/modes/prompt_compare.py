@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmeval.config import RunConfig
-from fmeval.modes.base import Timer, frozen_result, metric_labels, register_mode, scores_np
+from fmeval.modes.base import Timer, result_of, metric_labels, register_mode, scores_np
 from fmeval.modes.zeroshot import bank_extras, load_bank_for, split_scores, style_prompts, text_features
 from fmeval.pipeline import prepare_frozen
 
@@ -40,7 +40,7 @@ def _better(a: float, b: float) -> bool:
     return (a == a) and (b != b or a > b)
 
 
-@register_mode("prompts-compare", sections=("zeroshot",), frozen=True, needs_text=True,
+@register_mode("prompts-compare", frozen=True, needs_text=True,
                description="compare prompt styles on validation; test for the style chosen there")
 def run_prompt_compare(cfg: RunConfig):
     from fmeval.metrics import paired_difference
@@ -80,7 +80,7 @@ def run_prompt_compare(cfg: RunConfig):
     extras = {**bank_extras(bank, chosen, fz.adapter, z.ensemble), "comparison": rows,
               "comparison_split": "test" if z.test_all else "val",
               "spread_auc": (max(vals) - min(vals)) if vals else None}
-    return frozen_result(
+    return result_of(
         fz, test_scores=scores["test"][chosen], val_scores=scores["val"][chosen], extras=extras,
         selection={"style": chosen, "select_metric": "auc"}, timer=timer,
     )

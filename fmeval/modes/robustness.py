@@ -33,7 +33,7 @@ import torch
 
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
-from fmeval.modes.base import Timer, build_result, frozen_result, metric_labels, register_mode, scores_np
+from fmeval.modes.base import Timer, build_result, result_of, metric_labels, register_mode, scores_np
 from fmeval.registry import Registry
 
 #: Metrics of the robustness table (every registered metric is computed; these are shown first).
@@ -167,7 +167,7 @@ def _run_frozen(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer):
 
     table = _sweep(corruptions, cfg.robustness.severities, score,
                    lambda sc: _values(fz.data.task, fz.labels["test"], sc, names, fz.prior_labels(), cfg.seed))
-    result = frozen_result(fz, test_scores=fitted.score_split(fz, "test"), val_scores=fitted.val_scores,
+    result = result_of(fz, test_scores=fitted.score_split(fz, "test"), val_scores=fitted.val_scores,
                            extras=fitted.extras, selection=fitted.selection, timer=timer)
     clean = {name: mv.value for name, mv in result.test.metrics.items()}
     result.extras["robustness"] = robustness_record(clean, table, cfg=cfg, head=head_name, cache=hits)
@@ -208,7 +208,7 @@ def _run_adapter(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer):
     return result
 
 
-@register_mode("robustness", sections=("robustness", "knn", "probe", "linprobe", "zeroshot"), frozen=True,
+@register_mode("robustness", frozen=True,
                description="clean-trained head (or fine-tuned adapter) on MedMNIST-C corrupted test images")
 def run_robustness(cfg: RunConfig):
     timer = Timer()

@@ -29,7 +29,7 @@ def external_model_name(path: str | Path) -> str:
     return f"{EXTERNAL_PREFIX}{Path(path).stem}"
 
 
-@register_mode("score", sections=("score",), frozen=False,
+@register_mode("score", frozen=False,
                description="score an external model's predictions file (per-sample class probabilities)")
 def run_score(cfg: RunConfig):
     from fmeval.pipeline import open_data

@@ -115,7 +115,7 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
     )
 
 
-@register_mode("zeroshot", sections=("zeroshot",), frozen=True, needs_text=True,
+@register_mode("zeroshot", frozen=True, needs_text=True,
                description="zero-shot classification with a prompt bank")
 def run_zeroshot(cfg: RunConfig):
     return run_frozen(cfg, prepare, fit_head)

@@ -2,8 +2,8 @@
 
 Every run folder already holds ``predictions.csv`` (written by the reporter);
 :func:`export_run` re-exports it, re-validated, to a path the user names. A
-fine-tuned adapter is reloaded and its test split predicted again
-(:func:`export_adapter`), exactly as at the end of training. Either way the
+fine-tuned adapter is reloaded and its test split predicted again by the fine-tune
+mode (:func:`fmeval.modes.finetune.export_adapter`; the reporter never runs a model). Either way the
 file round-trips: ``fmeval score`` on it, with the run's seed and bootstrap
 count, reproduces the run's test metrics and CIs.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fmeval.errors import ConfigError
-from fmeval.predictions import write_predictions
+from fmeval.predictions import read_run_predictions, write_predictions
 from fmeval.report.schema import RESULTS_FILE, ReportError, RunResult
 from fmeval.report.writer import PREDICTIONS_FILE
 
@@ -41,8 +41,6 @@ class Exported:
 
 def export_run(run_dir: str | Path, out: str | Path, *, header: bool = True) -> Exported:
     """Re-export ``run_dir/predictions.csv`` to ``out`` (validated, atomically)."""
-    from fmeval.studies.samples import read_run_predictions
-
     run_dir = Path(run_dir).expanduser()
     if not (run_dir / RESULTS_FILE).is_file():
         raise ReportError(f"{run_dir} is not a run folder (no {RESULTS_FILE}); pass reports/<run_id>.")
@@ -58,19 +56,3 @@ def export_run(run_dir: str | Path, out: str | Path, *, header: bool = True) -> 
     sha = write_predictions(out, scores, classes, idx, header=header)
     return Exported(Path(out), sha, len(idx), r.dataset.get("n_test"), r.dataset_flag, r.dataset.get("size"),
                     r.seed, r.test.n_boot)
-
-
-def export_adapter(folder: str | Path, out: str | Path, *, header: bool = True, **overrides) -> Exported:
-    """Reload a fine-tuned adapter, predict its test split, write the CSV."""
-    from fmeval.modes.finetune import load_finetuned
-    from fmeval.training.loop import predict
-
-    cfg, p = load_finetuned(folder, **overrides)
-    scores = predict(p.model, p.images["test"], task=p.data.task, setup=p.setup).float().numpy()
-    idx = p.indices.get("test")
-    idx = np.arange(len(scores)) if idx is None else np.asarray(idx)
-    if not len(scores):
-        raise ConfigError(f"{folder}: the test split is empty.")
-    sha = write_predictions(out, scores, list(p.data.info.labels), idx, header=header)
-    return Exported(Path(out), sha, len(idx), len(p.data.labels("test")), p.data.flag, p.data.size, cfg.seed,
-                    cfg.n_boot)

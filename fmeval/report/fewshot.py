@@ -105,23 +105,15 @@ class FewShotCurve:
                 "draws": sorted(self.draws, key=lambda d: (d["shots"], d["seed"], d["draw"]))}
 
 
+#: What a few-shot curve varies along (everything else is its variant).
+CURVE_AXES = ("mode", "model", "dataset", "size", "seed", "fewshot.shots", "fewshot.draw", "fewshot.selection")
+
+
 def _variant(r: "RunResult") -> str:
     """What the run computes beyond model, mode, dataset, size, K, draw and seed (8 hex digits)."""
-    from fmeval.config import NON_SEMANTIC, RunConfig
-    from fmeval.errors import FmevalError
-    from fmeval.modes import MODES
+    from fmeval.config import variant_digest
 
-    try:
-        d = RunConfig.from_dict(dict(r.config)).semantic_dict(MODES.get(r.mode).sections)
-    except (FmevalError, TypeError, ValueError):
-        d = {k: v for k, v in r.config.items() if k not in NON_SEMANTIC}
-    for k in ("mode", "model", "dataset", "size", "seed"):
-        d.pop(k, None)
-    fs = d.get("fewshot")
-    if isinstance(fs, dict):
-        for k in ("shots", "draw", "selection"):
-            fs.pop(k, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return variant_digest(r.config, r.mode, CURVE_AXES)
 
 
 def fewshot_curves(runs: Iterable["RunResult"]) -> list[FewShotCurve]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import secrets
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from fmeval.io import new_run_id, slug  # noqa: F401  (re-exported)
 from fmeval.errors import FmevalError
 from fmeval.metrics import MetricsReport
 
@@ -213,26 +212,6 @@ class RunResult:
         r = cls.from_dict(data)
         r.report_dir = str(path.parent)
         return r
-
-
-_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def slug(text: Any, max_len: int = 40) -> str:
-    s = _SLUG.sub("-", str(text)).strip("-.") or "x"
-    return s[:max_len].rstrip("-.")
-
-
-def new_run_id(mode: str, model: str | Mapping[str, Any], dataset: str, size: int | None) -> str:
-    """``20250101T120000Z_knn_dinov2-vits14_pneumoniamnist-28_3fa2c1``.
-
-    Timestamp first so folders sort chronologically; the random suffix keeps two
-    runs started in the same second (parallel seeds) apart. Safe as a folder name.
-    """
-    name = model.get("name", "model") if isinstance(model, Mapping) else model
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    size_part = f"-{size}" if size else ""
-    return f"{stamp}_{slug(mode, 24)}_{slug(name)}_{slug(dataset, 24)}{size_part}_{secrets.token_hex(3)}"
 
 
 def run_files(root: str | Path, pattern: str = f"*/{RESULTS_FILE}") -> list[Path]:

@@ -57,24 +57,9 @@ def variant_of(r: RunResult) -> str:
     Two runs of one model and mode whose variants differ were configured
     differently (an override), so they are never pooled or summarised together.
     """
-    cfg = dict(r.config)
-    try:
-        from fmeval.config import RunConfig
-        from fmeval.modes import MODES
+    from fmeval.config import variant_digest
 
-        semantic = RunConfig.from_dict(cfg).semantic_dict(MODES.get(r.mode).sections)
-    except (FmevalError, TypeError, ValueError):  # another fmeval's config: hash it as recorded
-        from fmeval.config import NON_SEMANTIC
-
-        semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC}
-    for axis in AXES:  # what the study crosses is shown as columns, not hidden in the digest
-        head, _, tail = axis.partition(".")
-        if tail and isinstance(semantic.get(head), dict):
-            semantic[head].pop(tail, None)
-        else:
-            semantic.pop(axis, None)
-    text = json.dumps(semantic, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return variant_digest(r.config, r.mode, AXES)
 
 
 def cell_row(r: RunResult) -> dict[str, Any]:

@@ -121,7 +121,7 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
     """Every cell of the grid as a resolved config, ordered for reuse; invalid
     settings fail here, naming the cell, before anything runs."""
     from fmeval.modes import MODES
-    from fmeval.modes.fewshot import FEWSHOT_MODES  # modes whose cells differ by K
+    from fmeval.data.fewshot import FEWSHOT_MODES  # modes whose cells differ by K
     from fmeval.runner import make_config
 
     _validate_axes(spec)

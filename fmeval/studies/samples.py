@@ -22,6 +22,7 @@ import numpy as np
 
 from fmeval.errors import FmevalError
 from fmeval.io import atomic_path
+from fmeval.predictions import PredictionsError, read_run_predictions
 from fmeval.studies.cells import StudyOutputError, run_dir_of
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -34,30 +35,6 @@ class RunScores:
     indices: np.ndarray  # int64 [N], increasing test-split indices
     scores: np.ndarray  # float64 [N, C]
     labels: np.ndarray  # what the metrics take: [N] (single label) or [N, L] (multi-label)
-
-
-def read_run_predictions(path: Path, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(indices, scores)`` of a run's own predictions.csv, rows sorted by index."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise StudyOutputError(f"cannot read {path}: {exc.strerror or exc}.") from None
-    rows = [r for r in csv.reader(io.StringIO(text)) if r]
-    if not rows:
-        raise StudyOutputError(f"{path} is empty.")
-    header, body = [c.strip().lower() for c in rows[0]], rows[1:]
-    names = [c.strip().lower() for c in class_names]
-    if header[:1] != ["index"] or sorted(header[1:]) != sorted(names) or not body:
-        raise StudyOutputError(f"{path}: expected the header index,{','.join(class_names)} and one row per test "
-                               "image (a file written by the fmeval reporter).")
-    order = [header[1:].index(n) for n in names]
-    try:
-        table = np.asarray(body, dtype=np.float64)
-    except ValueError:
-        raise StudyOutputError(f"{path}: a row has a missing or non-numeric cell.") from None
-    idx = table[:, 0].astype(np.int64)
-    sort = np.argsort(idx, kind="stable")
-    return idx[sort], table[sort][:, 1:][:, order]
 
 
 def _open(flag: str, size: int, root: str):
@@ -92,7 +69,10 @@ def load_run_scores(row: dict[str, Any], data_root: str | None) -> RunScores:
     if run_dir is None:
         raise StudyOutputError(f"run {row['run_id']} has no report folder.")
     classes = list(row.get("classes") or [])
-    idx, scores = read_run_predictions(run_dir / PREDICTIONS_FILE, classes)
+    try:
+        idx, scores = read_run_predictions(run_dir / PREDICTIONS_FILE, classes)
+    except PredictionsError as exc:
+        raise StudyOutputError(str(exc)) from None
     try:
         labels = test_labels(str(row["dataset"]), int(row["size"]), data_root_for(row, data_root))
     except FmevalError as exc:

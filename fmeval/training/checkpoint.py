@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 
 from fmeval.errors import ConfigError, ModelError
-from fmeval.io import atomic_path, atomic_write_json
+from fmeval.io import atomic_path, atomic_write_json, new_run_id
 from fmeval.settings import adapters_root  # noqa: F401  (re-exported)
 
 RUN_FILE = "run.json"
@@ -34,8 +34,6 @@ RESUME_FREE = frozenset({
 
 def new_run_dir(method: str, model: str, dataset: str, size: int) -> Path:
     """``adapters/<run_id>``, named like the run's report folder under ``reports/``."""
-    from fmeval.report import new_run_id
-
     path = adapters_root() / new_run_id(f"finetune-{method}", model, dataset, size)
     path.mkdir(parents=True, exist_ok=False)
     return path

@@ -1,5 +1,8 @@
 """Few-shot runs: the K-shot training episode, and the validation data selection may use.
 
+The plan (which rows train, which select) is data; the pipeline applies it to features
+or images (:func:`fmeval.pipeline.apply_fewshot`).
+
 When ``cfg.fewshot.shots`` is set, every training mode (kNN, linear probe,
 fine-tuning) trains on the episode :func:`fmeval.data.episodes.make_episode`
 draws from the run's training split: a function of (labels, K, draw, seed)
@@ -119,37 +122,3 @@ def take_indices(ids: np.ndarray | None, n: int, positions: np.ndarray) -> np.nd
     """Split indices of the rows kept (``ids`` None: the rows are the split itself)."""
     base = np.arange(n) if ids is None else np.asarray(ids)
     return base[positions]
-
-
-def apply_to_frozen(fz) -> None:
-    """Subset a :class:`~fmeval.pipeline.Frozen` in memory to the run's episode (no extraction).
-
-    Called by :func:`fmeval.pipeline.prepare_frozen` once the features are
-    loaded; ``fz.full_labels`` keeps the labels before subsetting (majority
-    baseline, split sizes), ``fz.fewshot`` the record.
-    """
-    cfg = fz.config
-    if not is_fewshot(cfg) or "train" not in fz.labels:
-        return
-    plan = plan_fewshot(cfg, fz.data.task, list(fz.data.info.labels), fz.labels["train"], fz.labels.get("val"),
-                        fz.indices.get("train"), fz.indices.get("val"))
-    fz.full_labels = dict(fz.labels)
-    _take_frozen(fz, "train", plan.train)
-    if plan.val is not None:
-        _take_frozen(fz, "val", plan.val)
-    fz.fewshot = plan.record
-    fz.fewshot_warnings = plan.warnings
-
-
-def _take_frozen(fz, split: str, pos: np.ndarray) -> None:
-    import torch
-
-    n = len(fz.labels[split])
-    fz.indices[split] = take_indices(fz.indices.get(split), n, pos)
-    fz.labels[split] = fz.labels[split][pos]
-    rows = torch.as_tensor(pos, dtype=torch.long, device=fz.features[split].device)
-    fz.features[split] = fz.features[split].index_select(0, rows)
-    if split in fz.slice_features:  # per-slice rows: volume i owns rows i*S .. i*S+S-1
-        s = fz.n_slices
-        srows = (rows.view(-1, 1) * s + torch.arange(s, device=rows.device)).reshape(-1)
-        fz.slice_features[split] = fz.slice_features[split].index_select(0, srows.to(fz.slice_features[split].device))
