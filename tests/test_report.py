@@ -317,6 +317,39 @@ def test_concurrent_writable_checks_of_one_new_folder_all_pass(tmp_path, monkeyp
         assert not errors, errors
 
 
+def test_writable_check_never_mistakes_a_folder_others_remove_and_remake_for_a_file(tmp_path, monkeypatch):
+    """The flaky ``exists and is not a folder``: between two looks at one path, another check's
+    clean-up removed the folder and a third check made it again. A path that is only ever a
+    folder must never be reported as a file, however the looks interleave."""
+    import os
+
+    target = tmp_path / "r" / "studies" / "runs"
+    target.mkdir(parents=True)
+    real_stat, looks = os.stat, {"n": 0}
+
+    def interleaved_stat(path, *a, **k):
+        if os.fspath(path) != os.fspath(target):
+            return real_stat(path, *a, **k)
+        looks["n"] += 1
+        if looks["n"] % 2 == 0:  # every second look: gone at that instant, back right after
+            target.rmdir()
+            try:
+                return real_stat(path, *a, **k)
+            finally:
+                target.mkdir()
+        return real_stat(path, *a, **k)
+
+    monkeypatch.setattr(os, "stat", interleaved_stat)
+    for _ in range(5):
+        assert R.check_writable(target) == target
+    assert looks["n"] >= 5
+
+
+def test_writable_check_of_an_over_long_path_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot write to the reports folder .*: File name too long\."):
+        R.check_writable(tmp_path / ("x" * 300) / "runs")
+
+
 def test_writable_check_names_a_file_in_the_way(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="cannot be created: .*f is a file"):

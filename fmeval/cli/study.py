@@ -29,6 +29,29 @@ def _plan(file: str, reports_dir: Optional[Path]):
     return plan_study(spec, digest, reports_root=root, user=user_defaults())
 
 
+def _say_notes(plan, said: set) -> None:
+    """One warning line per cell whose record does not stand (run folder missing, damaged state)."""
+    from fmeval.progress import warn
+
+    for cell_id, text in list(plan.notes.items()):
+        if cell_id not in said:
+            said.add(cell_id)
+            warn(text)
+
+
+def _finish(plan) -> None:
+    """Write the study outputs and print the leaderboards, saying how many runs they read."""
+    from fmeval.studies.finish import finish_study, finished_runs, runs_read_line
+
+    runs, problems = finished_runs(plan)
+    for p in problems:
+        console.print(f"not read: {p}", style="red", markup=False, highlight=False)
+    for label, path in finish_study(plan, runs=runs).items():
+        console.print(f"{label}: {path}", markup=False, highlight=False)
+    print_leaderboards(plan, runs)
+    console.print(runs_read_line(plan, runs), markup=False, highlight=False)
+
+
 def _state_name(plan, cell) -> str:
     st = plan.state(cell)
     return "left" if st is None else st["status"]
@@ -67,6 +90,7 @@ def study_plan(file: StudyFile, reports_dir: ReportsDir = None,
     for (mode, why), n_skip in Counter((a["mode"], why) for a, why in plan.skipped).items():
         console.print(f"skipped {n_skip} {mode} cell(s): {why}", style="dim", markup=False, highlight=False)
     console.print(f"study folder: {plan.root}", markup=False, highlight=False)
+    _say_notes(plan, set())
 
 
 def _print_dry_run(plan, executor: str, jobs: int) -> None:
@@ -108,7 +132,6 @@ def study_run(
     from fmeval.io import sweep_leftovers
     from fmeval.report import check_writable
     from fmeval.studies.executors import EXECUTORS
-    from fmeval.studies.finish import finish_study
 
     plan = _plan(file, reports_dir)
     kind = executor or plan.spec.executor.kind
@@ -122,6 +145,8 @@ def study_run(
     counts = plan.counts()
     console.print(f"study {plan.spec.name}: {len(plan.cells)} cells ({counts['done']} done, {counts['failed']} failed, "
                   f"{counts['left']} left) -> {plan.root}", markup=False, highlight=False)
+    said: set = set()
+    _say_notes(plan, said)
     live = {"done": counts["done"], "failed": counts["failed"]}
     columns = [TextColumn("[bold blue]study"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn()]
@@ -138,10 +163,8 @@ def study_run(
 
         ex.run(plan, jobs=n_jobs, retry_failed=retry_failed, progress=progress)
     _summary(plan)
-    paths = finish_study(plan)
-    for label, path in paths.items():
-        console.print(f"{label}: {path}", markup=False, highlight=False)
-    print_leaderboards(plan)
+    _say_notes(plan, said)
+    _finish(plan)
 
 
 #: Leaderboard columns shown in the terminal (the rest are in leaderboard.md / .csv and the page).
@@ -149,7 +172,7 @@ TERMINAL_COLUMNS = {"#": "#", "model": "model", "mode": "mode", "style": "style"
                     "AUC (± sd)": "AUC ± sd", "ACC (± sd)": "ACC ± sd", "majority ACC": "maj."}
 
 
-def print_leaderboards(plan) -> None:
+def print_leaderboards(plan, runs=None) -> None:
     """The study's leaderboard per dataset x size, in the terminal, narrowed to what fits a line.
 
     Built from the same tables as leaderboard.md (same ranking, same pooling
@@ -162,7 +185,8 @@ def print_leaderboards(plan) -> None:
     from fmeval.studies import tables as T
     from fmeval.studies.finish import finished_runs
 
-    runs, _ = finished_runs(plan)
+    if runs is None:
+        runs, _ = finished_runs(plan)
     if not runs:
         return
     entries = C.pool_entries([C.cell_row(r) for r in runs])
@@ -209,11 +233,9 @@ def _summary(plan) -> None:
 def study_report(file: StudyFile, reports_dir: ReportsDir = None) -> None:
     """Rebuild the study's leaderboards, plots and HTML page from its finished cells."""
     from fmeval.report import check_writable
-    from fmeval.studies.finish import finish_study
 
     plan = _plan(file, reports_dir)
     check_writable(plan.root, "study folder")
     _summary(plan)
-    for label, path in finish_study(plan).items():
-        console.print(f"{label}: {path}", markup=False, highlight=False)
-    print_leaderboards(plan)
+    _say_notes(plan, set())
+    _finish(plan)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -122,13 +123,12 @@ def check_writable(root: str | Path | None, what: str = "reports folder") -> Pat
 
     root = Path(root) if root is not None else reports_dir()
     for attempt in range(_ATTEMPTS):
-        missing, existing = _missing_folders(root)
-        if not existing.is_dir():
-            if not existing.exists():
-                continue  # removed while we looked
-            problem = "exists and is not a folder" if existing == root else f"cannot be created: {existing} is a file"
-            raise ConfigError(f"{what} {root} {problem}.")
         try:
+            missing, existing, is_dir = _missing_folders(root)
+            if not is_dir:
+                problem = ("exists and is not a folder" if existing == root
+                           else f"cannot be created: {existing} is a file")
+                raise ConfigError(f"{what} {root} {problem}.")
             with _folder_lock(existing):
                 _try_write(root, missing)
             return root
@@ -136,20 +136,32 @@ def check_writable(root: str | Path | None, what: str = "reports folder") -> Pat
             if attempt + 1 == _ATTEMPTS:
                 raise ConfigError(f"cannot write to the {what} {root}: {exc.strerror}.") from None
             time.sleep(random.uniform(0.001, 0.02))
-        except OSError as exc:
+        except OSError as exc:  # e.g. permission denied, a read-only disk, a name too long
             reason = exc.strerror or type(exc).__name__
             raise ConfigError(f"cannot write to the {what} {root}: {reason}.") from None
     raise ConfigError(f"cannot write to the {what} {root}: its parent folders keep changing.")
 
 
-def _missing_folders(root: Path) -> tuple[list[Path], Path]:
-    """The folders to create, deepest first, and the deepest one that exists (or a file in the way)."""
+def _missing_folders(root: Path) -> tuple[list[Path], Path, bool]:
+    """The folders to create (deepest first), the deepest path that exists, and whether it is a folder.
+
+    Each path is looked at with ONE ``stat``: separate looks (``exists`` then
+    ``is_dir``) race with other checks, whose clean-up may remove a folder
+    between two looks and whose ``mkdir`` may make it again, so a path that is
+    only ever a folder would read as "exists but is not a folder".
+    """
     missing: list[Path] = []
     probe = root
-    while not probe.exists() and probe.parent != probe:
-        missing.append(probe)
-        probe = probe.parent
-    return missing, probe
+    while True:
+        try:
+            mode = os.stat(probe).st_mode
+        except (FileNotFoundError, NotADirectoryError):  # missing, or under a file: look higher up
+            if probe.parent == probe:
+                raise
+            missing.append(probe)
+            probe = probe.parent
+            continue
+        return missing, probe, stat.S_ISDIR(mode)
 
 
 @contextlib.contextmanager

@@ -26,20 +26,40 @@ from typing import Callable, Iterator
 from fmeval.errors import FmevalError
 from fmeval.registry import Registry
 from fmeval.studies.plan import Cell, Plan, read_state, write_state
+from fmeval.studies.state import lock_path, move_aside
 
 Progress = Callable[[Cell, str], None]  # (cell, "done" | "failed" | "skipped" | "running")
 
 
-@contextlib.contextmanager
-def claim(state_dir: Path, cell: Cell) -> Iterator[bool]:
-    """Hold the cell's lock; yields False when another live process has it."""
+def _open_lock(state_dir: Path, cell: Cell):
+    """The cell's lock file, opened; a folder in its place (a damaged study) is moved aside with a warning."""
+    from fmeval.progress import warn
+
     state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / f"{cell.id}.lock", "a+") as f:
+    path = lock_path(state_dir, cell)
+    try:
+        return open(path, "a+")
+    except IsADirectoryError:
+        aside = move_aside(path)
+        warn(f"cell {cell.label()}: its lock {path} was a folder (moved aside to {aside}); the cell runs again")
+        return open(path, "a+")
+
+
+@contextlib.contextmanager
+def claim(state_dir: Path, cell: Cell, *, wait: bool = False) -> Iterator[bool]:
+    """Hold the cell's lock; yields False when another live process has it (``wait``: wait for it).
+
+    The lock is an ``flock``, which the kernel drops when its holder dies, so a
+    cell held by a killed process is free again at once: a re-run reclaims it.
+    """
+    with _open_lock(state_dir, cell) as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # a live owner: its result is this cell's
         try:
             yield True
         finally:
@@ -73,7 +93,7 @@ def run_cell(state_dir: Path, cell: Cell, *, retry_failed: bool = False) -> str:
             write_state(state_dir, cell, status="failed", error=_one_line(exc), attempts=attempts,
                         traceback=None if isinstance(exc, FmevalError) else traceback.format_exc(limit=8))
             return "failed"
-        write_state(state_dir, cell, status="done", run_id=result.run_id, report_dir=result.report_dir,
+        write_state(state_dir, cell, status="done", run_id=result.run_id, report_dir=result.report_dir,  # relative
                     wall_time_s=result.wall_time_s, attempts=attempts)
         return "done"
 

@@ -16,7 +16,7 @@ def finished_runs(plan: Plan) -> tuple[list[RunResult], list[str]]:
         st = plan.state(cell)
         if not st or st.get("status") != "done":
             continue
-        path = Path(st["report_dir"]) / RESULTS_FILE
+        path = Path(st["run_dir"]) / RESULTS_FILE  # inside the study folder (see studies.state)
         try:
             r = RunResult.load(path)
         except ReportError as exc:
@@ -27,10 +27,19 @@ def finished_runs(plan: Plan) -> tuple[list[RunResult], list[str]]:
     return runs, problems
 
 
-def finish_study(plan: Plan, *, data_root: str | None = None) -> dict[str, Path]:
+def runs_read_line(plan: Plan, runs: list[RunResult]) -> str:
+    """How many runs a leaderboard was built from, of how many cells are done (and in the study):
+    a leaderboard over fewer runs than finished cells says so instead of passing for complete."""
+    done = plan.counts()["done"]
+    return f"leaderboard: {len(runs)} runs read of {done} cells done ({len(plan.cells)} cells in the study)"
+
+
+def finish_study(plan: Plan, *, data_root: str | None = None,
+                 runs: list[RunResult] | None = None) -> dict[str, Path]:
     """Write the study's leaderboards, plots, paired comparisons and HTML page."""
     from fmeval.studies.outputs import write_study_outputs
 
-    runs, _ = finished_runs(plan)
+    if runs is None:
+        runs, _ = finished_runs(plan)
     return write_study_outputs(plan.spec.name, runs, plan.root, summary_datasets=plan.spec.summary_datasets,
                                data_root=data_root)

@@ -16,16 +16,14 @@ without a state file simply runs again.
 from __future__ import annotations
 
 import itertools
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fmeval.config import RunConfig
 from fmeval.errors import FmevalError
-from fmeval.io import atomic_write_json
 from fmeval.studies.spec import StudyError, StudySpec
+from fmeval.studies.state import read_state, state_path, write_state  # noqa: F401
 
 STYLE_MODES = ("zeroshot",)  # modes whose cells differ by prompt style
 
@@ -60,6 +58,8 @@ class Plan:
     root: Path  # reports/studies/<name>
     cells: list[Cell]
     skipped: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    #: cell id -> why its record does not stand (a missing run folder, a damaged file); one line each
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def runs_dir(self) -> Path:
@@ -70,7 +70,7 @@ class Plan:
         return self.root / "cells"
 
     def state(self, cell: Cell) -> dict | None:
-        return read_state(self.state_dir, cell)
+        return read_state(self.state_dir, cell, self.notes)
 
     def counts(self) -> dict[str, int]:
         out = {"done": 0, "failed": 0, "left": 0}
@@ -175,24 +175,7 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
     return Plan(spec, spec_hash, root, ordered, skipped)
 
 
-# -- cell state -------------------------------------------------------------------
-def state_path(state_dir: Path, cell: Cell) -> Path:
-    return state_dir / f"{cell.id}.json"
-
-
-def read_state(state_dir: Path, cell: Cell) -> dict | None:
-    try:
-        st = json.loads(state_path(state_dir, cell).read_text())
-    except (OSError, ValueError):
-        return None
-    return st if isinstance(st, dict) and st.get("key") == cell.key else None
-
-
-def write_state(state_dir: Path, cell: Cell, **fields: Any) -> None:
-    atomic_write_json(state_path(state_dir, cell), {
-        "key": cell.key, "axes": cell.axes, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **fields,
-    })
+# -- cell state: fmeval.studies.state (re-exported: one home, the old names keep working) --
 
 
 def estimate_left(plan: Plan) -> str:
