@@ -5,7 +5,7 @@ given by spec (``timm:``, ``hf:``, ``torchvision:``, user code) gets them from
 its module *types*, never from its names, which vary across libraries:
 
 1. attention linears: every ``nn.Linear`` inside a module whose class name
-   contains ``Attention`` (timm ``Attention`` q/k/v + proj, transformers
+   ends in ``Attention`` (timm ``Attention`` q/k/v + proj, transformers
    ``ViTAttention`` query/key/value + ``output.dense``, ``SiglipAttention``,
    ``CLIPAttention``...), named by their path from the outermost such module, so
    an MLP's ``output.dense`` is never caught by a suffix;
@@ -37,14 +37,16 @@ class LoraChoice:
 def _attention_linear_patterns(model: nn.Module) -> tuple[str, ...]:
     attn_roots: list[str] = []
     for name, mod in model.named_modules():
-        if name and "Attention" in type(mod).__name__ and not any(
+        if isinstance(mod, nn.MultiheadAttention):
+            continue  # its out_proj alone is never applied: rule 2 wraps the whole module
+        if name and type(mod).__name__.endswith("Attention") and not any(
                 name.startswith(r + ".") for r in attn_roots):
             attn_roots.append(name)
     patterns: list[str] = []
     for root in attn_roots:
         local = root.rsplit(".", 1)[-1]
         for sub, mod in model.get_submodule(root).named_modules():
-            if sub and isinstance(mod, nn.Linear):
+            if sub and isinstance(mod, nn.Linear) and not _in_mha(model.get_submodule(root), sub):
                 pat = f"{local}.{sub}"
                 if pat not in patterns:
                     patterns.append(pat)
@@ -52,10 +54,16 @@ def _attention_linear_patterns(model: nn.Module) -> tuple[str, ...]:
         return ()
     # a pattern must not also match a linear outside attention (peft matches by suffix)
     inside = {f"{r}.{s}" for r in attn_roots for s, m in model.get_submodule(r).named_modules()
-              if s and isinstance(m, nn.Linear)}
+              if s and isinstance(m, nn.Linear) and not _in_mha(model.get_submodule(r), s)}
     matched = {n for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and any(n == p or n.endswith("." + p) for p in patterns)}
     return tuple(patterns) if matched == inside else tuple(sorted(inside))
+
+
+def _in_mha(root: nn.Module, sub: str) -> bool:
+    parts = sub.split(".")
+    return any(isinstance(root.get_submodule(".".join(parts[:i])), nn.MultiheadAttention)
+               for i in range(1, len(parts)))
 
 
 def find_lora_targets(model: nn.Module) -> LoraChoice:
