@@ -80,6 +80,8 @@ def build_spec(spec: TimmModelSpec, cfg: AdapterConfig) -> Adapter:
         if cfg.input_size is None or "img_size" not in str(exc):
             raise
         adapter = TimmAdapter(_replace(tspec, resizable=False), cfg)
+    if cfg.pool:
+        adapter.weights_id += f"#pool={cfg.pool}"  # another output: another cache entry
     choice = find_lora_targets(adapter.model)
     adapter.lora_targets, adapter.lora_rule = choice.targets, choice.rule  # type: ignore[misc]
     adapter.model_spec = {"spec": spec.text, "kind": "timm", "resolved": arch,

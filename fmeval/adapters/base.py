@@ -129,6 +129,8 @@ class Adapter(nn.Module):
             "weights_load": self.load_report.as_dict() if self.load_report is not None else None,
             **({"pooling": self.pooling} if self.pooling else {}),
             **({"model_spec": self.model_spec} if self.model_spec else {}),
+            **({"lora_targets": list(self.lora_targets), "lora_rule": self.lora_rule}
+               if self.lora_targets else {}),
         }
 
 
@@ -174,6 +176,9 @@ def create_adapter(
     import fmeval.adapters  # noqa: F401  (registers the built-in adapters)
 
     entry = ADAPTERS.entry(name)
+    if pool is not None and entry.tags.get("kind") not in POOLED_KINDS:
+        raise ConfigError(f"--pool applies to {', '.join(k + ':' for k in POOLED_KINDS)} specs; "
+                          f"{name} has one fixed feature ({entry.tags.get('family', '?')}).")
     wpath = _resolve_weights(entry, weights, pretrained=pretrained, tiny=tiny)
     cfg = AdapterConfig(
         name=entry.name, pretrained=pretrained, tiny=tiny, weights=wpath,
@@ -184,6 +189,10 @@ def create_adapter(
         adapter = entry.obj(cfg)
     adapter.name = cfg.name
     return adapter.to(device).eval()
+
+
+#: spec kinds whose feature pooling ``--pool`` chooses
+POOLED_KINDS = ("hf", "timm")
 
 
 def _resolve_weights(
