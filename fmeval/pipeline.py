@@ -151,6 +151,7 @@ def build_adapter(cfg: RunConfig, device: torch.device, data: MedMNIST | None = 
         pretrained=cfg.pretrained, tiny=cfg.tiny, weights=cfg.weights, strict=cfg.strict,
         seed=cfg.seed if cfg.weights_seed is None else cfg.weights_seed,
         input_size=build_input_size(cfg, data), allow_partial=cfg.allow_partial, device=device,
+        **({"pool": cfg.pool} if cfg.pool is not None else {}),  # unset: identity memo keys unchanged
     )
     key = repr((cfg.model, sorted(kwargs.items(), key=lambda kv: kv[0])))
     if reusable and _REUSE is not None and key in _REUSE:

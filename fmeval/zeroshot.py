@@ -17,6 +17,14 @@ numbers:
 Multi-label datasets follow CheXzero: for every label, a softmax over its
 positive and negative prompt logits gives P(finding present).
 
+How logits become probabilities is the model's own rule (:data:`SCORINGS`):
+``softmax`` for CLIP-style models trained with a softmax contrastive loss, and
+``sigmoid`` for SigLIP-style models trained with a per-pair sigmoid and a
+learned bias: each class gets its own σ(scale·cos + bias), and the class
+probabilities every metric reads are those sigmoids divided by their sum
+(computed as a softmax of log σ, which cannot underflow). The argmax is the
+sigmoid's own, and rows sum to one as the multi-class metrics require.
+
 All rules work on one concatenated prompt matrix and a prompt -> class index,
 so the cost is one matmul plus an index reduction whatever the number of
 samples or prompts.
@@ -207,6 +215,22 @@ def pair_logits(
     return logits.view(logits.shape[0], len(pair_feats), 2)
 
 
+ScoreFn = Callable[[Tensor, float], Tensor]
+SCORINGS: Registry[ScoreFn] = Registry("zero-shot scoring", ConfigError)
+
+
+@SCORINGS.register("softmax", "softmax over classes (CLIP, BiomedCLIP, MedCLIP)")
+def softmax_scores(logits: Tensor, bias: float) -> Tensor:
+    """Logits [..., K] -> probabilities over the last axis (a bias cancels)."""
+    return logits.softmax(dim=-1)
+
+
+@SCORINGS.register("sigmoid", "per-class sigmoid with the learned bias, normalised to sum 1 (SigLIP)")
+def sigmoid_scores(logits: Tensor, bias: float) -> Tensor:
+    """σ(z + b) per class, divided by the row sum: softmax(log σ(z + b))."""
+    return F.logsigmoid(logits + float(bias)).softmax(dim=-1)
+
+
 def zeroshot_probs(
     image_feats: Tensor,
     text_feats: TextFeats | Tensor,
@@ -214,6 +238,8 @@ def zeroshot_probs(
     logit_scale: float,
     ensemble: str = DEFAULT_ENSEMBLE,
     pool_logits: Callable[[Tensor], Tensor] | None = None,
+    scoring: str = "softmax",
+    logit_bias: float = 0.0,
 ) -> Tensor:
     """Scores medmnist's metrics expect.
 
@@ -221,18 +247,20 @@ def zeroshot_probs(
     (for binary tasks column 1 is the positive score). Multi-label (``text_feats``
     = list of (positive [P, D], negative [Q, D]) pairs): per label, softmax over
     its positive and negative logits, returning P(positive) [N, L] (CheXzero).
+    ``scoring`` (:data:`SCORINGS`) replaces the softmax by the model's own rule.
     """
+    score = SCORINGS.get(scoring)
     kw = {"logit_scale": logit_scale, "ensemble": ensemble}
     if _is_pairs(text_feats):
         pair = pair_logits(image_feats, text_feats, **kw)  # type: ignore[arg-type]
         if pool_logits is not None:  # several rows per sample (volume slices) -> one
             n_labels = pair.shape[1]
             pair = pool_logits(pair.reshape(pair.shape[0], -1)).view(-1, n_labels, 2)
-        return pair.softmax(dim=-1)[..., 0]
+        return score(pair, logit_bias)[..., 0]
     logits = class_logits(image_feats, text_feats, **kw)  # type: ignore[arg-type]
     if pool_logits is not None:
         logits = pool_logits(logits)
-    return logits.softmax(dim=-1)
+    return score(logits, logit_bias)
 
 
 def text_classifier_weights(

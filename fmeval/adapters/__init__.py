@@ -16,6 +16,11 @@ from fmeval.adapters import medvit  # noqa: F401,E402
 from fmeval.adapters import openclip  # noqa: F401,E402
 from fmeval.adapters import medclip  # noqa: F401,E402
 from fmeval.adapters import volumetric  # noqa: F401,E402
+from fmeval.adapters.user_code import register_plugins  # noqa: E402
+
+#: Installed plugins (entry-point group ``fmeval.adapters``) whose name a built-in
+#: model already has: skipped, and listed by ``fmeval ls models``.
+SKIPPED_PLUGINS: list[str] = register_plugins(ADAPTERS)
 
 MEDMNIST_PLUS_MODELS: tuple[str, ...] = (
     "vgg16", "tv-alexnet", "resnet18", "densenet121-ra", "efficientnet-b4",

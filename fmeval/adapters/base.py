@@ -27,6 +27,7 @@ from fmeval.data.transforms import (  # noqa: F401  (re-exported: adapters build
 )
 from fmeval.errors import ConfigError, ModelError
 from fmeval.io import file_digest  # noqa: F401  (re-exported)
+from fmeval.adapters.specs import ModelRegistry
 from fmeval.registry import Registry
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class AdapterConfig:
     seed: int = 0
     input_size: int | None = None  # override the encoder's native input size
     allow_partial: bool = False
+    # Which pooled output becomes the feature, for models that offer several
+    # (transformers models: cls, mean, pooler, embed); None: the family's default.
+    pool: str | None = None
 
     def __post_init__(self) -> None:
         if self.tiny and self.pretrained and self.weights is None:
@@ -78,6 +82,12 @@ class Adapter(nn.Module):
     # What load_weights did with a checkpoint file (None: random weights, or
     # hub weights loaded by timm / open_clip's own strict loaders).
     load_report: "LoadReport | None" = None
+    # Which output of the network becomes the feature (recorded in every report).
+    pooling: str = ""
+    # A model given by spec: {"spec", "kind", "resolved", ...} (see fmeval.adapters.specs).
+    model_spec: dict | None = None
+    # How lora_targets were chosen (family default, found by module type, --lora-targets).
+    lora_rule: str = "family default"
 
     @property
     def backbone(self) -> nn.Module:
@@ -117,12 +127,19 @@ class Adapter(nn.Module):
             "code_version": self.code_version,
             "preprocess": self.preprocess.as_dict(),
             "weights_load": self.load_report.as_dict() if self.load_report is not None else None,
+            **({"pooling": self.pooling} if self.pooling else {}),
+            **({"model_spec": self.model_spec} if self.model_spec else {}),
+            **({"lora_targets": list(self.lora_targets), "lora_rule": self.lora_rule}
+               if self.lora_targets else {}),
         }
 
 
 AdapterFactory = Callable[[AdapterConfig], Adapter]
 
-ADAPTERS: Registry[AdapterFactory] = Registry("model", ModelError)
+#: The one model registry: short names and plugins are entries; model specs
+#: (``timm:...``, ``hf:...``, ``file.py:factory`` ...) become entries on lookup
+#: (:class:`fmeval.adapters.specs.ModelRegistry`).
+ADAPTERS: Registry[AdapterFactory] = ModelRegistry("model", ModelError)
 
 
 def register_adapter(
@@ -148,9 +165,10 @@ def create_adapter(
     seed: int = 0,
     input_size: int | None = None,
     allow_partial: bool = False,
+    pool: str | None = None,
     device: str | torch.device = "cpu",
 ) -> Adapter:
-    """Build a registered adapter in eval mode on ``device``.
+    """Build a registered adapter or a model spec in eval mode on ``device``.
 
     Random weights are drawn under a fixed seed in a forked RNG so that the
     same ``weights_id`` always means the same weights (the cache relies on it).
@@ -158,16 +176,23 @@ def create_adapter(
     import fmeval.adapters  # noqa: F401  (registers the built-in adapters)
 
     entry = ADAPTERS.entry(name)
+    if pool is not None and entry.tags.get("kind") not in POOLED_KINDS:
+        raise ConfigError(f"--pool applies to {', '.join(k + ':' for k in POOLED_KINDS)} specs; "
+                          f"{name} has one fixed feature ({entry.tags.get('family', '?')}).")
     wpath = _resolve_weights(entry, weights, pretrained=pretrained, tiny=tiny)
     cfg = AdapterConfig(
-        name=name.lower(), pretrained=pretrained, tiny=tiny, weights=wpath,
-        strict=strict, seed=seed, input_size=input_size, allow_partial=allow_partial,
+        name=entry.name, pretrained=pretrained, tiny=tiny, weights=wpath,
+        strict=strict, seed=seed, input_size=input_size, allow_partial=allow_partial, pool=pool,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapter = entry.obj(cfg)
     adapter.name = cfg.name
     return adapter.to(device).eval()
+
+
+#: spec kinds whose feature pooling ``--pool`` chooses
+POOLED_KINDS = ("hf", "timm")
 
 
 def _resolve_weights(

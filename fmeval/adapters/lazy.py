@@ -48,6 +48,8 @@ def identity_key(model: str, kwargs: dict[str, Any]) -> str | None:
     import fmeval.adapters  # noqa: F401  (registers the built-in adapters)
 
     entry = ADAPTERS.entry(model)
+    if entry.tags.get("lazy") == "no":
+        return None  # user code or a local folder: its content may change under the same name
     weights = kwargs.get("weights")
     stat = None
     if weights is not None:

@@ -520,6 +520,9 @@ class OpenClipAdapter(Adapter):
         self.preprocess = _preprocess(self.model, cfg)
         self.feature_dim = _output_dim(self.model.visual)
         self.load_report = None
+        self.pooling = "image embedding after projection (encode_image)"
+        # SigLIP towers carry a learned bias and were trained with a per-pair sigmoid.
+        self.zeroshot_scoring = "softmax" if getattr(self.model, "logit_bias", None) is None else "sigmoid"
 
     @property
     def backbone(self) -> nn.Module:
@@ -539,7 +542,13 @@ class OpenClipAdapter(Adapter):
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp().clamp(max=100.0))
+        scale = float(self.model.logit_scale.detach().exp())
+        return scale if self.zeroshot_scoring == "sigmoid" else min(scale, 100.0)
+
+    @property
+    def logit_bias(self) -> float:
+        bias = getattr(self.model, "logit_bias", None)
+        return 0.0 if bias is None else float(bias.detach().reshape(-1)[0])
 
 
 def build_open_clip(spec: OpenClipSpec, cfg: AdapterConfig) -> OpenClipAdapter:
@@ -580,7 +589,8 @@ def register_open_clip(name: str, arch: str, tag: str | None, description: str) 
         return build_open_clip(spec, cfg)
 
     register_adapter(name, description, family="open_clip", text="yes",
-                     weights=spec.pretrained_id)(factory)
+                     weights=spec.pretrained_id,
+                     spec=f"open_clip:{arch}" + (f"/{tag}" if tag else ""))(factory)
 
 
 register_open_clip("clip-vit-b32", "ViT-B-32", "openai",

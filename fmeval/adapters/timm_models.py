@@ -124,6 +124,8 @@ class TimmSpec:
     tiny_build: Callable[[str], nn.Module] | None = None
     # Renames a foreign local checkpoint's keys (``--weights``) to the model's.
     key_fix: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
+    # Extra ``timm.create_model`` arguments (a spec's ``--pool`` -> ``global_pool``).
+    build_kwargs: dict = field(default_factory=dict)
 
 
 SPECS: tuple[TimmSpec, ...] = (
@@ -191,7 +193,7 @@ class TimmAdapter(Adapter):
         import timm
 
         self.family = spec.family  # type: ignore[misc]
-        kwargs: dict = dict(spec.tiny) if cfg.tiny else {}
+        kwargs: dict = {**spec.build_kwargs, **(dict(spec.tiny) if cfg.tiny else {})}
         if cfg.input_size is not None and spec.resizable:
             kwargs["img_size"] = cfg.input_size
         elif spec.default_input is not None and not cfg.tiny:
@@ -255,6 +257,7 @@ class TimmAdapter(Adapter):
         self.feature_dim = int(getattr(self.model, "head_hidden_size", self.model.num_features))
         self.lora_targets = spec.lora_targets or ungrouped_conv_names(self.model)  # type: ignore[misc]
         self.arch = spec.arch
+        self.pooling = f"timm pre-logits (global_pool={_global_pool(self.model)})"
 
     @property
     def backbone(self) -> nn.Module:
@@ -262,6 +265,13 @@ class TimmAdapter(Adapter):
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+def _global_pool(model: nn.Module) -> str:
+    """timm's pooling of the final feature map / tokens: 'avg', 'token', 'map', ..."""
+    pool = getattr(model, "global_pool", None)
+    pool = getattr(pool, "pool_type", pool)
+    return str(pool) if pool is not None and not isinstance(pool, nn.Module) else type(pool).__name__
 
 
 def _require_cached_when_offline(spec: TimmSpec) -> None:
@@ -305,7 +315,7 @@ def _register(spec: TimmSpec) -> None:
         return TimmAdapter(spec, cfg)
 
     register_adapter(spec.name, spec.description, family=spec.family, text="no",
-                     weights=spec.arch)(factory)
+                     weights=spec.arch, spec=f"timm:{spec.arch}")(factory)
 
 
 for _spec in SPECS:

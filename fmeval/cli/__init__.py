@@ -20,7 +20,7 @@ from rich.markup import escape
 from fmeval.cli.app import app, console
 from fmeval.errors import FmevalError
 
-_COMMAND_MODULES = ("admin", "frozen", "zeroshot", "finetune", "protocols", "weights", "study",
+_COMMAND_MODULES = ("admin", "models", "frozen", "zeroshot", "finetune", "protocols", "weights", "study",
                     "fewshot", "robustness", "external")
 
 

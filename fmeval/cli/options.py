@@ -134,6 +134,9 @@ COMMON = (
        default_text="strict"),
     _o("allow_partial", "allow_partial", bool, "With --no-strict, accept a checkpoint that loads only part of the model.",
        "--allow-partial", value=True),
+    _o("pool", "pool", str, "Which output is the feature where a model offers several (hf: cls, mean, pooler, "
+       "embed; timm: its global_pool, e.g. avg, max, token) [default: the model's; see `fmeval models show`].",
+       "--pool"),
     _o("precision", "precision", str, "auto, fp32 or bf16 (auto: bf16 where the hardware and the family's measured "
        "fidelity allow) [env FMEVAL_PRECISION].", default_text="auto"),
     _o("seed", "seed", int, "Seed for random weights, subsets, training and bootstrap.", default_text="0", min=0),
@@ -225,6 +228,8 @@ FINETUNE = (
        min=0.0, min_open=True),
     _o("lora_dropout", "lora.dropout", float, "Dropout on the LoRA branch.", "--lora-dropout", default_text="0.1",
        min=0.0, max=0.99),
+    _o("lora_targets", "lora.targets", str, "Comma-separated module names (or name suffixes) LoRA wraps, "
+       "replacing the model's own choice (see `fmeval models show`).", "--lora-targets", list_of="strs"),
     _o("layer_decay", "train.layer_decay", float, "Layer-wise LR decay, e.g. 0.75 (full fine-tuning).",
        "--layer-decay", min=0.0, min_open=True, max=1.0),
     _o("pos_weight", "train.pos_weight", float, "Positive-class loss weight (multi-label BCE; binary: class 1).",

@@ -72,6 +72,7 @@ class RunConfig:
     allow_partial: bool = False
     weights_seed: int | None = None  # seed of random/tiny weights; None: the run's seed
     precision: str = "auto"
+    pool: str | None = None  # which pooled output is the feature (hf: models); None: the model's default
     # run
     seed: int = 0
     batch_size: int = 256  # extraction / inference batch
@@ -156,6 +157,11 @@ class RunConfig:
                 d.pop(name, None)
         if self.fewshot.shots is None:  # a full-data run: draw and selection mean nothing (hash unchanged)
             d.pop("fewshot", None)
+        # model specs (issue 20): unset, these leave the hash of every earlier run unchanged
+        if self.pool is None:
+            d.pop("pool", None)
+        if isinstance(d.get("lora"), dict) and d["lora"].get("targets") is None:
+            d["lora"].pop("targets", None)
         for path in NON_SEMANTIC:
             head, _, tail = path.partition(".")
             if tail and isinstance(d.get(head), dict):

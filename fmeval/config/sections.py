@@ -164,6 +164,8 @@ class LoraSettings:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.1
+    # --lora-targets: module names/suffixes that replace the model's own choice
+    targets: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.r < 1:

@@ -73,10 +73,17 @@ def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache
     return parts
 
 
+def scoring_of(adapter: Adapter) -> dict:
+    """The adapter's own zero-shot scoring rule (fmeval.zeroshot.SCORINGS) and bias."""
+    return {"scoring": getattr(adapter, "zeroshot_scoring", "softmax"),
+            "logit_bias": float(getattr(adapter, "logit_bias", 0.0))}
+
+
 def zeroshot_scores(adapter: Adapter, image_feats: torch.Tensor, text_feats, ensemble: str) -> torch.Tensor:
     from fmeval.zeroshot import zeroshot_probs
 
-    return zeroshot_probs(image_feats, text_feats, logit_scale=adapter.logit_scale, ensemble=ensemble)
+    return zeroshot_probs(image_feats, text_feats, logit_scale=adapter.logit_scale, ensemble=ensemble,
+                          **scoring_of(adapter))
 
 
 def split_scores(fz, split: str, text_feats, ensemble: str) -> torch.Tensor:
@@ -88,12 +95,12 @@ def split_scores(fz, split: str, text_feats, ensemble: str) -> torch.Tensor:
         return zeroshot_scores(fz.adapter, fz.features[split], text_feats, ensemble)
     pool = lambda z: fz.view.pool_scores(z, fz.n_slices, kind="logits")  # noqa: E731
     return zeroshot_probs(fz.slice_features[split], text_feats, logit_scale=fz.adapter.logit_scale,
-                          ensemble=ensemble, pool_logits=pool)
+                          ensemble=ensemble, pool_logits=pool, **scoring_of(fz.adapter))
 
 
 def bank_extras(bank, style: str, adapter: Adapter, ensemble: str) -> dict:
     return {"prompt_bank": bank.describe(style), "prompt_bank_hash": bank.content_hash, "style": style,
-            "ensemble": ensemble, "logit_scale": float(adapter.logit_scale)}
+            "ensemble": ensemble, "logit_scale": float(adapter.logit_scale), **scoring_of(adapter)}
 
 
 def prepare(cfg: RunConfig):

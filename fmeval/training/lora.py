@@ -26,7 +26,7 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 def lora_config(adapter: Adapter, settings: LoraSettings):
     from peft import LoraConfig
 
-    targets = tuple(adapter.lora_targets)
+    targets = tuple(settings.targets or adapter.lora_targets)
     if not targets:
         raise ConfigError(
             f"model {adapter.name!r} declares no LoRA target modules (lora_targets); "
@@ -48,6 +48,7 @@ def apply_lora(adapter: Adapter, settings: LoraSettings) -> nn.Module:
     from peft import inject_adapter_in_model
 
     cfg = lora_config(adapter, settings)
+    announce_targets(adapter, settings)
     backbone = adapter.backbone
     try:
         inject_adapter_in_model(cfg, backbone)
@@ -64,6 +65,18 @@ def apply_lora(adapter: Adapter, settings: LoraSettings) -> nn.Module:
     if n == 0:
         raise ConfigError(f"LoRA targets {cfg.target_modules} matched nothing in {adapter.name}.")
     return backbone
+
+
+def announce_targets(adapter: Adapter, settings: LoraSettings) -> None:
+    """Record (on the adapter, hence in the report's model record) and print which
+    modules LoRA wraps when they were not the family's own declared choice."""
+    import sys
+
+    if settings.targets:
+        adapter.lora_targets, adapter.lora_rule = tuple(settings.targets), "--lora-targets"
+    if adapter.lora_rule != "family default":
+        shown = ", ".join(adapter.lora_targets[:8]) + (" ..." if len(adapter.lora_targets) > 8 else "")
+        print(f"LoRA targets of {adapter.name} ({adapter.lora_rule}): {shown}", file=sys.stderr)
 
 
 def keep_input_dtype(module: nn.Module) -> None:
