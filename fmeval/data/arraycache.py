@@ -45,11 +45,15 @@ def _entry(key: str) -> Path:
 
 
 def load(key: str) -> tuple[dict[str, np.ndarray], dict] | None:
-    """(images per split, memory-mapped; meta) or None when absent or damaged."""
+    """(images per split, memory-mapped; meta) or None when absent or damaged.
+
+    Copy-on-write maps: torch takes them without a read-only warning, and nothing
+    a consumer does to an array reaches the file.
+    """
     folder = _entry(key)
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        images = {s: np.load(folder / f"{s}_images.npy", mmap_mode="r", allow_pickle=False) for s in SPLITS}
+        images = {s: np.load(folder / f"{s}_images.npy", mmap_mode="c", allow_pickle=False) for s in SPLITS}
     except (OSError, ValueError):
         return None
     if any(images[s].shape[0] != meta["n"][s] for s in SPLITS):

@@ -125,7 +125,7 @@ def content_digest(task: str, classes, labels: dict[str, np.ndarray], images: di
 def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_file: str | None, size: int,
           options: SourceOptions, write: bool = True, notes: tuple[str, ...] = ()) -> LocalDataset:
     """Check, split and decode (or read back) a manifest; raise one multi-line DataError on any error."""
-    report = CheckReport(errors=list(manifest.problems), warnings=[*notes, *manifest.notes])
+    report = CheckReport(errors=list(manifest.problems), warnings=list(manifest.notes))
     multilabel = is_multilabel(card.medmnist_task)
     assignment, record = None, {}
     if options.group_by and manifest.groups is None:
@@ -154,6 +154,7 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
         images, channels, digest = _decode(manifest, card, assignment, report, size, options, path)
     if report.errors:
         raise DataError(_summary(path, report))
+    warnings = [*notes, *report.warnings]  # notes (e.g. "no card") are this run's, never cached
     labels = {s: manifest.labels[assignment[s]] for s in SPLITS}
     if hit is None:
         record["file"] = _write_split(card.name, assignment, record) if write else None
@@ -166,7 +167,7 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
     info = card.info(n_channels=channels, n_samples={s: len(labels[s]) for s in SPLITS}, size=size)
     return LocalDataset(info=info, size=size, path=path, kind=kind, card=card, card_file=card_file,
                         content_hash=digest, split_record=record, checks=report, images=images,
-                        label_arrays=labels, warnings=list(report.warnings), decoded_now=hit is None)
+                        label_arrays=labels, warnings=warnings, decoded_now=hit is None)
 
 
 def _decode(manifest, card, assignment, report, size, options, path):

@@ -97,7 +97,7 @@ def scan_folder(root: Path, card: DatasetCard | None) -> Manifest:
             continue
         files = [p for p in d.iterdir() if _is_image(p)]
         if not files:
-            problems.append(f"{rel}: class folder has no images ({', '.join(s.upper()[1:] for s in IMAGE_SUFFIXES[:4])}...).")
+            problems.append(f"{rel}: class folder has no images ({', '.join(IMAGE_SUFFIXES)}).")
             continue
         label = classes.index(d.name)
         rows += [(p.name, str(p.relative_to(root)), split, label) for p in files]

@@ -158,7 +158,8 @@ def _npz_channels(path: Path) -> int:
     try:
         with zipfile.ZipFile(path) as z, z.open("train_images.npy") as f:
             version = np.lib.format.read_magic(f)
-            shape, _, _ = np.lib.format._read_array_header(f, version)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read(f)
     except KeyError:
         raise DataError(f"{path} has no train_images array; expected the MedMNIST layout.") from None
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
