@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -20,6 +21,8 @@ app.add_typer(data_app, name="data")
 def data_check(
     path: Annotated[str, typer.Argument(help="Image folder, CSV/Parquet manifest, npz with a card, or a MedMNIST name.")],
     size: Annotated[int, typer.Option(help="Side images are resized to (as the run would).", min=1)] = 28,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", envvar="FMEVAL_DATA_ROOT",
+                                                      help="Folder of the MedMNIST npz files (for a MedMNIST name).")] = None,
     split_ratios: Annotated[Optional[str], typer.Option("--split-ratios", help="train,val,test shares of drawn splits.")] = None,
     group_by: Annotated[Optional[str], typer.Option("--group-by", help="Manifest column kept within one split.")] = None,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of drawn splits.", min=0)] = 0,
@@ -30,10 +33,12 @@ def data_check(
     from fmeval.data.info import SPLITS
     from fmeval.data.local import LocalDataset, SourceOptions
     from fmeval.data.sources import open_dataset
+    from fmeval.validation import check_folder
 
+    check_folder(data_root, "--data-root")
     ratios = tuple(parse_list(split_ratios, "--split-ratios", float)) if split_ratios else None
     options = SourceOptions(split_ratios=ratios, group_by=group_by, split_seed=split_seed, strict_leakage=strict_leakage)
-    data = open_dataset(path, size, options=options, write=False)
+    data = open_dataset(path, size, data_root, options=options, write=False)
     if not isinstance(data, LocalDataset):
         for s in SPLITS:
             data.split(s)  # MedMNIST layout: shapes, dtypes and labels of every split
@@ -47,19 +52,19 @@ def data_check(
 @data_app.command("init")
 def data_init(
     path: Annotated[str, typer.Argument(help="Image folder or CSV/Parquet manifest.")],
-    name: Annotated[Optional[str], typer.Option(help="Dataset name [default: the folder or file name].")] = None,
     task: Annotated[Optional[str], typer.Option(help="binary, multi-class, multi-label or ordinal [default: inferred].")] = None,
-    modality: Annotated[str, typer.Option(help="e.g. chest X-ray, dermoscopy.")] = "",
-    license: Annotated[str, typer.Option("--license", help="The data's licence.")] = "",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing card.")] = False,
 ) -> None:
-    """Write a starter dataset card (fmeval.yaml) from what the data holds; edit it, then run."""
-    from fmeval.data.card import DatasetCard, card_path
+    """Write a starter dataset card (fmeval.yaml) from what the data holds; edit it (name, modality,
+    licence), then run."""
+    from fmeval.data.card import TASKS, DatasetCard, card_path
     from fmeval.data.info import SPLITS
     from fmeval.data.sources import scan
     from fmeval.errors import ConfigError
     from fmeval.io import atomic_write_text
 
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"--task: {task!r} is not one of {', '.join(TASKS)}.")
     kind, where, manifest, card, cfile, _ = scan(path)
     target = card_path(where)
     if cfile is not None and not force:
@@ -67,8 +72,7 @@ def data_init(
     given = [s for s in SPLITS if s in set(manifest.splits)]
     provenance = (f"given ({', '.join(given)}); missing ones drawn by fmeval (stratified, seeded)" if given
                   else "drawn by fmeval (stratified, seeded; see each report's split record)")
-    card = DatasetCard(name=name or card.name, task=task or card.task, classes=card.classes, modality=modality,
-                       license=license, splits=provenance)
+    card = DatasetCard(name=card.name, task=task or card.task, classes=card.classes, splits=provenance)
     atomic_write_text(target, card.to_yaml())
     console.print(f"[green]wrote[/] {escape(str(target))}: {card.name}, {card.task}, classes "
                   f"{escape(', '.join(card.classes))} ({len(manifest.paths)} images)")

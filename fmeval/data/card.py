@@ -72,7 +72,8 @@ class DatasetCard:
         )
 
     def to_yaml(self) -> str:
-        d = {k: v for k, v in asdict(self).items() if k != "extra" and v not in (None, "")}
+        keep = ("name", "task", "classes", "modality", "license", "splits", "description")  # blanks: to fill in
+        d = {k: v for k, v in asdict(self).items() if k in keep or (k != "extra" and v not in (None, ""))}
         d["classes"] = list(self.classes)
         if self.label_columns is not None:
             d["label_columns"] = list(self.label_columns)

@@ -123,6 +123,8 @@ def open_dataset(spec: str, size: int = 28, root: str | Path | None = None, *, d
     """The dataset ``spec`` names, checked, at ``size``."""
     options = options or SourceOptions()
     kind = source_kind(spec)
+    if kind.name in ("medmnist", "npz"):
+        _fixed_splits(spec, options)
     if kind.name == "medmnist":
         return load_dataset(spec, size, root, download=download, md5=md5)
     if kind.name == "npz":
@@ -130,6 +132,16 @@ def open_dataset(spec: str, size: int = 28, root: str | Path | None = None, *, d
     kind_name, path, manifest, card, cfile, notes = scan(spec, options.group_by)
     return build(manifest, card, kind=kind_name, path=path, card_file=str(cfile) if cfile else None, size=size,
                  options=options, write=write, notes=tuple(notes))
+
+
+def _fixed_splits(spec: str, options: SourceOptions) -> None:
+    """Split options on a dataset whose splits are fixed are a mistake, not a no-op."""
+    given = [flag for flag, value, default in (("--split-ratios", options.split_ratios, None),
+                                                ("--group-by", options.group_by, None),
+                                                ("--split-seed", options.split_seed, 0)) if value != default]
+    if given:
+        raise DataError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to your own data (folders, "
+                        f"manifests); {spec} comes with its train/val/test splits.")
 
 
 def open_npz(path: Path, size: int) -> MedMNIST:
