@@ -21,8 +21,9 @@ from fmeval.adapters.base import Adapter, create_adapter
 from fmeval.adapters.lazy import LazyAdapter, identity_key, recall, remember
 from fmeval.cache import FeatureCache
 from fmeval.config import RunConfig
-from fmeval.data import SPLITS, MedMNIST, load_dataset
+from fmeval.data import SPLITS, MedMNIST
 from fmeval.data.fewshot import is_fewshot, plan_fewshot, take_indices
+from fmeval.data.sources import SourceOptions, open_dataset
 from fmeval.data.transforms import DEFAULT_CANVAS, resolve_transform
 from fmeval.data.volumes import VolumeView, parse_view
 from fmeval.device import resolve_device, resolve_precision
@@ -89,7 +90,10 @@ def dataset_record(data: MedMNIST, cfg: RunConfig, labels: dict[str, np.ndarray]
 
 
 def open_data(cfg: RunConfig) -> MedMNIST:
-    return load_dataset(cfg.dataset, cfg.size, cfg.data_root, download=cfg.download, md5=cfg.md5)
+    """A MedMNIST name or a user dataset (folder, manifest, npz with a card): see fmeval.data.sources."""
+    options = SourceOptions(split_ratios=cfg.split_ratios, group_by=cfg.group_by, split_seed=cfg.split_seed,
+                            strict_leakage=cfg.strict_leakage)
+    return open_dataset(cfg.dataset, cfg.size, cfg.data_root, download=cfg.download, md5=cfg.md5, options=options)
 
 
 def is_volume_model(name: str) -> bool:

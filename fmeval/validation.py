@@ -53,9 +53,10 @@ def _fixed(kind: str, names: Callable[[], Iterable[str]]) -> Callable[[Any], Non
 
 
 def _dataset(value: Any) -> None:
-    from fmeval.data import dataset_info
+    """A MedMNIST name or an existing dataset path (nothing is read yet)."""
+    from fmeval.data.sources import check_spec
 
-    dataset_info(str(value))
+    check_spec(str(value))
 
 
 def _device(value: Any) -> None:

@@ -54,6 +54,8 @@ BASE: dict[str, tuple[str, ...]] = {
     "robustness": FROZEN + ("--head", "knn"),  # knn: --k is checked against the training set
     "score": ("preds.csv", "--dataset", "pneumoniamnist", "--data-root", DATA),
     "predict": ("--out", "p.csv", "--adapter", EMPTY_DIR),
+    "data check": ("pneumoniamnist", "--data-root", DATA),
+    "data init": (DATA,),
 }
 # Values that are wrong for an option whatever its type says (the rest come from its type).
 SPECIAL: dict[str, tuple[str, ...]] = {

@@ -21,7 +21,7 @@ from fmeval.cli.app import app, console
 from fmeval.errors import FmevalError
 
 _COMMAND_MODULES = ("admin", "models", "frozen", "zeroshot", "finetune", "protocols", "weights", "study",
-                    "fewshot", "robustness", "external")
+                    "fewshot", "robustness", "external", "data")
 
 
 def _load_commands() -> None:

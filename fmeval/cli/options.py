@@ -101,8 +101,10 @@ def _o(name, path, type_, help_, *flags, **kw) -> Opt:
 # -- groups ---------------------------------------------------------------------
 COMMON = (
     _o("model", "model", str, "Registered encoder (see `fmeval ls models`).", "--model", "-m"),
-    _o("dataset", "dataset", str, "MedMNIST flag, e.g. pneumoniamnist (see `fmeval ls datasets`).", "--dataset", "-d"),
-    _o("size", "size", int, "Image size of the MedMNIST(+) file: 28, 64, 128 or 224 (3D: 28, 64).",
+    _o("dataset", "dataset", str, "MedMNIST flag, e.g. pneumoniamnist (see `fmeval ls datasets`), or your own data: "
+       "an image folder, a CSV/Parquet manifest or an npz with a card (README, \"Your own data\").", "--dataset", "-d"),
+    _o("size", "size", int, "Image size of the MedMNIST(+) file: 28, 64, 128 or 224 (3D: 28, 64); your own data: "
+       "the square side images are resized to.",
        default_text="28", min=1),
     _o("protocol", "protocol", str, "Named protocol that fixes every setting it defines (see `fmeval protocols ls`); "
        "options given explicitly override it and are recorded as deviations."),
@@ -111,6 +113,15 @@ COMMON = (
     _o("download", "download", bool, "Download a missing npz through medmnist (needs a network).", "--download",
        value=True),
     _o("md5", "md5", str, "MD5 check against the official file: warn, strict or off.", default_text="warn"),
+    # user datasets (fmeval.data.sources)
+    _o("split_ratios", "split_ratios", str, "Your own data: train,val,test shares of the splits fmeval draws where the data "
+       "gives none.", "--split-ratios", default_text="0.7,0.1,0.2", min=0.0, max=1.0, list_of="floats"),
+    _o("group_by", "group_by", str, "Your own data: manifest column (e.g. patient id) whose groups never straddle "
+       "two drawn splits.", "--group-by"),
+    _o("split_seed", "split_seed", int, "Your own data: seed of the drawn splits.", "--split-seed",
+       default_text="0", min=0),
+    _o("strict_leakage", "strict_leakage", bool, "Your own data: refuse images pixel-identical across splits "
+       "(default: warn and count them).", "--strict-leakage", value=True),
     _o("limit", "limit", int, "Use at most N random samples per split (quick looks; kept off the ranking).", min=1),
     _o("volume_view", "volume_view", str, "3D datasets with a 2D encoder: slices and pooling, e.g. axial/mean, "
        "tri-planar/mean, tri-planar/mean+max, all:axial/max, strided:4:axial/mean.", "--volume-view"),
@@ -264,7 +275,8 @@ ROBUSTNESS = (
        default_text="linprobe"),
 )
 
-_SCORE_COMMON = ("dataset", "size", "data_root", "download", "md5", "seed", "bootstrap", "reports_dir")
+_SCORE_COMMON = ("dataset", "size", "data_root", "download", "md5", "seed", "bootstrap", "reports_dir",
+                 "split_ratios", "group_by", "split_seed", "strict_leakage")
 SCORE = tuple(o for o in COMMON if o.name in _SCORE_COMMON) + (
     _o("split", "score.split", str, "Split the predictions are for: test or val.", default_text="test"),
 )

@@ -39,8 +39,10 @@ from fmeval.errors import ConfigError, check_choice
 # left out of the run's hash (a study cell keeps its key when moved).
 NON_SEMANTIC = frozenset({
     "data_root", "download", "md5", "device", "use_cache", "reports_dir", "resume", "batch_size",
-    "zeroshot.text_batch_size", "deviations", "protocol_hash", "adapter_dir",
+    "zeroshot.text_batch_size", "deviations", "protocol_hash", "adapter_dir", "strict_leakage",
 })
+# User-dataset split settings: hashed only when set, so every MedMNIST run keeps its hash.
+_SPLIT_DEFAULTS = {"split_ratios": None, "group_by": None, "split_seed": 0}
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class RunConfig:
     md5: str = "warn"
     limit: int | None = None  # cap per split (quick looks; recorded, never default)
     volume_view: str | None = None  # 3D datasets with a 2D encoder, e.g. "tri-planar/mean"
+    # user datasets (fmeval.data.sources): how missing splits are drawn, how strict leakage is
+    split_ratios: tuple[float, ...] | None = None  # None: 0.7,0.1,0.2
+    group_by: str | None = None
+    split_seed: int = 0
+    strict_leakage: bool = False
     # pixels -> encoder input (see fmeval.data.transforms)
     geometry: str = "resize"
     canvas: int | None = None  # pad canvas; None = 224
@@ -157,6 +164,9 @@ class RunConfig:
                 d.pop(name, None)
         if self.fewshot.shots is None:  # a full-data run: draw and selection mean nothing (hash unchanged)
             d.pop("fewshot", None)
+        for name, default in _SPLIT_DEFAULTS.items():
+            if d.get(name) == default:
+                d.pop(name, None)
         # model specs (issue 20): unset, these leave the hash of every earlier run unchanged
         if self.pool is None:
             d.pop("pool", None)

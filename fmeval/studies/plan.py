@@ -102,14 +102,14 @@ def _has_text(model: str) -> bool:
 
 def _validate_axes(spec: StudySpec) -> None:
     from fmeval.adapters import ADAPTERS
-    from fmeval.data import dataset_info
+    from fmeval.data.sources import check_spec
     from fmeval.modes import MODES
 
     try:
         for m in spec.axes.models:
             ADAPTERS.entry(m)
         for d in spec.axes.datasets:
-            dataset_info(d)
+            check_spec(d)  # a MedMNIST name or a path to the user's data
         for m in spec.axes.modes:
             MODES.entry(m)
     except FmevalError as exc:

@@ -1,0 +1,77 @@
+"""The decoded-array cache: a user dataset's splits as uint8 arrays, decoded once.
+
+The key is the manifest's content (every file's path, size and mtime, its
+label, split and group) plus the preprocessing (size, conversion rule, drawn
+split settings), so a later run with the same files reads the arrays
+(memory-mapped) and opens no image file; touching, replacing or adding one
+file changes the key. The entry also keeps what decoding found (pixel hashes'
+digest, check warnings, the content hash), so a cached run reports the same.
+
+Entries live under ``<cache>/decoded/<hh>/<key>/`` (deeper than the feature
+cache's ``<kind>/<hh>/<digest>`` files, which its housekeeping globs), written
+to a temporary folder and renamed into place: a killed run leaves no half entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from fmeval.data.info import SPLITS
+
+FORMAT = 1
+
+
+def decoded_root() -> Path:
+    from fmeval.cache import cache_root
+
+    return cache_root() / "decoded"
+
+
+def manifest_key(identity: list[tuple], preprocessing: dict) -> str:
+    h = hashlib.sha256(json.dumps({"format": FORMAT, **preprocessing}, sort_keys=True, default=str).encode())
+    for row in identity:
+        h.update(("\x1f".join(map(str, row)) + "\n").encode())
+    return h.hexdigest()
+
+
+def _entry(key: str) -> Path:
+    return decoded_root() / key[:2] / key
+
+
+def load(key: str) -> tuple[dict[str, np.ndarray], dict] | None:
+    """(images per split, memory-mapped; meta) or None when absent or damaged.
+
+    Copy-on-write maps: torch takes them without a read-only warning, and nothing
+    a consumer does to an array reaches the file.
+    """
+    folder = _entry(key)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        images = {s: np.load(folder / f"{s}_images.npy", mmap_mode="c", allow_pickle=False) for s in SPLITS}
+    except (OSError, ValueError):
+        return None
+    if any(images[s].shape[0] != meta["n"][s] for s in SPLITS):
+        return None
+    return images, meta
+
+
+def store(key: str, images: dict[str, np.ndarray], meta: dict) -> None:
+    folder = _entry(key)
+    tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for s in SPLITS:
+            np.save(tmp / f"{s}_images.npy", np.ascontiguousarray(images[s]), allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps({**meta, "n": {s: len(images[s]) for s in SPLITS}}))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,215 @@
+"""Reading what a user's data says before any pixel is decoded: files, labels, splits, groups.
+
+Two layouts become one :class:`Manifest` (a row per image):
+
+- an **image folder**, ``ROOT/{train,val,test}/<class>/*`` or ``ROOT/<class>/*``;
+  rows are ordered by file name within a split (the class folder breaks ties),
+  so files named by their index keep the order they were exported in;
+- a **manifest** (CSV or Parquet): a path column (relative to the manifest),
+  a label column (class name or index) or several 0/1 columns (multi-label),
+  optional split and group columns; rows keep the file's order.
+
+Problems found here (an empty class folder, a label that is not a class, a
+missing file) are collected as one line each, naming the folder or the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fmeval.data.card import DatasetCard
+from fmeval.data.decode import IMAGE_SUFFIXES
+from fmeval.data.info import SPLITS
+from fmeval.errors import DataError
+
+PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
+LABEL_COLUMNS = ("label", "class", "target", "y")
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test"}
+
+
+@dataclass
+class Manifest:
+    """One row per image; ``where[i]`` names the row in messages."""
+
+    root: Path  # paths are relative to it
+    paths: list[str]
+    labels: np.ndarray  # int64 [N, width]
+    splits: list[str | None]
+    where: list[str]
+    classes: tuple[str, ...]
+    task: str  # card short name
+    groups: list[str] | None = None
+    problems: list[str] = field(default_factory=list)  # errors: one line each
+    notes: list[str] = field(default_factory=list)  # warnings: one line each
+
+    def file(self, i: int) -> Path:
+        return self.root / self.paths[i]
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def _suggest(value: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(value, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def scan_folder(root: Path, card: DatasetCard | None) -> Manifest:
+    split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
+    extra = [p.name for p in root.iterdir() if p.is_dir() and p.name in SPLIT_NAMES and p.name not in SPLITS]
+    if extra:
+        raise DataError(f"{root}: split folders are named train, val and test; found {', '.join(sorted(extra))}.")
+    bases = [(s.name, s) for s in split_dirs] if split_dirs else [(None, root)]
+    found: dict[str, list[Path]] = {}
+    problems: list[str] = []
+    class_dirs: list[tuple[str | None, Path]] = []
+    for split, base in bases:
+        subdirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        loose = [p.name for p in base.iterdir() if _is_image(p)]
+        if loose:
+            problems.append(f"{base}: {len(loose)} image(s) outside a class folder (e.g. {loose[0]}); "
+                            "put each image in a folder named by its class.")
+        for d in subdirs:
+            class_dirs.append((split, d))
+            found.setdefault(d.name, [])
+    names = tuple(sorted(found))
+    if card is not None:
+        classes = card.classes
+    else:
+        classes = names
+    if not classes:
+        raise DataError(f"{root} has no class folders: expected ROOT/<class>/* or ROOT/{{train,val,test}}/<class>/*.")
+    if card is not None and card.task == "multi-label":
+        raise DataError(f"{root}: a folder of class folders is single-label; describe multi-label data with a manifest.")
+    rows: list[tuple[str, str, str | None, int]] = []  # (sort name, relative path, split, label)
+    for split, d in class_dirs:
+        rel = d.relative_to(root)
+        if d.name not in classes:
+            problems.append(f"{rel}: class folder {d.name!r} is not one of the card's classes "
+                            f"({', '.join(classes)}){_suggest(d.name, classes)}.")
+            continue
+        files = [p for p in d.iterdir() if _is_image(p)]
+        if not files:
+            problems.append(f"{rel}: class folder has no images ({', '.join(IMAGE_SUFFIXES)}).")
+            continue
+        label = classes.index(d.name)
+        rows += [(p.name, str(p.relative_to(root)), split, label) for p in files]
+    rows.sort(key=lambda r: (SPLITS.index(r[2]) if r[2] else 0, r[0], r[3]))
+    task = card.task if card is not None else ("binary" if len(classes) == 2 else "multi-class")
+    labels = np.array([[r[3]] for r in rows], dtype=np.int64).reshape(-1, 1)
+    return Manifest(root=root, paths=[r[1] for r in rows], labels=labels, splits=[r[2] for r in rows],
+                    where=[r[1] for r in rows], classes=tuple(classes), task=task, problems=problems)
+
+
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of a CSV (stdlib) or Parquet (pandas + pyarrow, optional) manifest."""
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pandas as pd
+
+            frame = pd.read_parquet(path)
+        except ImportError as exc:
+            raise DataError(f"{path}: reading Parquet needs pandas and pyarrow (pip install 'fmeval[data]'): {exc}.") from None
+        except Exception as exc:
+            raise DataError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}).") from None
+        cols = [str(c) for c in frame.columns]
+        return cols, [{c: ("" if v is None else str(v)) for c, v in zip(cols, r)} for r in frame.itertuples(index=False)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            cols = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read manifest {path} ({exc}).") from None
+    return cols, rows
+
+
+def _pick(cols: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
+    if wanted is not None:
+        if wanted not in cols:
+            raise DataError(f"{path}: no {what} column {wanted!r} (columns: {', '.join(cols)}){_suggest(wanted, tuple(cols))}.")
+        return wanted
+    lower = {c.lower(): c for c in cols}
+    return next((lower[c] for c in candidates if c in lower), None)
+
+
+def scan_manifest(path: Path, card: DatasetCard | None, group_by: str | None = None) -> Manifest:
+    cols, rows = read_table(path)
+    if not rows:
+        raise DataError(f"manifest {path} has no rows.")
+    pcol = _pick(cols, card.path_column if card else None, PATH_COLUMNS, "path", path)
+    if pcol is None:
+        raise DataError(f"{path}: no path column; name one of {', '.join(PATH_COLUMNS)} or set path_column in the card.")
+    scol = _pick(cols, card.split_column if card else None, ("split",), "split", path)
+    gcol = _pick(cols, group_by or (card.group_column if card else None), (), "group", path)
+    used = {pcol, scol, gcol}
+    lcols = list(card.label_columns) if card and card.label_columns else None
+    if lcols is None:
+        single = _pick(cols, None, LABEL_COLUMNS, "label", path)
+        lcols = [single] if single else [c for c in cols if c not in used]
+    for c in lcols:
+        if c not in cols:
+            raise DataError(f"{path}: no label column {c!r} (columns: {', '.join(cols)}){_suggest(c, tuple(cols))}.")
+    if not lcols:
+        raise DataError(f"{path}: no label column; name it 'label' or set label_columns in the card.")
+    where = [f"{path.name} row {i + 2}" for i in range(len(rows))]  # row 1 is the header
+    problems: list[str] = []
+    if len(lcols) > 1:
+        classes = card.classes if card else tuple(lcols)
+        task = "multi-label"
+        labels = np.zeros((len(rows), len(lcols)), dtype=np.int64)
+        for i, r in enumerate(rows):
+            for j, c in enumerate(lcols):
+                v = (r.get(c) or "").strip()
+                if v not in ("0", "1", "0.0", "1.0"):
+                    problems.append(f"{where[i]}: {c} = {v!r}, expected 0 or 1.")
+                else:
+                    labels[i, j] = int(float(v))
+    else:
+        values = [(r.get(lcols[0]) or "").strip() for r in rows]
+        classes = card.classes if card else _classes_of(values)
+        task = card.task if card else ("binary" if len(classes) == 2 else "multi-class")
+        labels = np.zeros((len(rows), 1), dtype=np.int64)
+        for i, v in enumerate(values):
+            k = _label_index(v, classes)
+            if k is None:
+                problems.append(f"{where[i]}: label {v!r} is not one of the classes ({', '.join(classes)})"
+                                f"{_suggest(v, classes)}.")
+            else:
+                labels[i, 0] = k
+    splits: list[str | None] = []
+    for i, r in enumerate(rows):
+        raw = (r.get(scol) or "").strip().lower() if scol else ""
+        if raw and raw not in SPLIT_NAMES:
+            problems.append(f"{where[i]}: split {raw!r} is not train, val or test.")
+        splits.append(SPLIT_NAMES.get(raw) if raw else None)
+    paths = [(r.get(pcol) or "").strip() for r in rows]
+    for i, p in enumerate(paths):
+        if not p:
+            problems.append(f"{where[i]}: empty {pcol!r}.")
+    groups = [(r.get(gcol) or "").strip() for r in rows] if gcol else None
+    return Manifest(root=path.parent, paths=paths, labels=labels, splits=splits, where=where,
+                    classes=tuple(classes), task=task, groups=groups, problems=problems)
+
+
+def _classes_of(values: list[str]) -> tuple[str, ...]:
+    """Without a card: integer labels are indices 0..max; names are sorted."""
+    uniq = sorted(set(v for v in values if v))
+    if uniq and all(v.isdigit() for v in uniq):
+        return tuple(str(i) for i in range(max(int(v) for v in uniq) + 1))
+    return tuple(uniq)
+
+
+def _label_index(value: str, classes: tuple[str, ...]) -> int | None:
+    if value in classes:
+        return classes.index(value)
+    if value.isdigit() and int(value) < len(classes):
+        return int(value)
+    return None

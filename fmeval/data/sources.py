@@ -1,0 +1,182 @@
+"""One resolver from a ``--dataset`` string to the dataset a run reads.
+
+Nothing above ``data/`` parses dataset strings. The string is tried against
+the source kinds in :data:`SOURCES`, in order, and the first that claims it
+opens it:
+
+=============== ============================================= ==================
+kind            ``--dataset``                                 becomes
+=============== ============================================= ==================
+medmnist        a MedMNIST flag (``pneumoniamnist``)           :class:`MedMNIST`
+npz             ``private.npz`` in the MedMNIST layout + card  :class:`MedMNIST`
+manifest        ``labels.csv`` / ``labels.parquet``            :class:`LocalDataset`
+folder          ``ROOT/{train,val,test}/<class>/*`` or         :class:`LocalDataset`
+                ``ROOT/<class>/*``
+=============== ============================================= ==================
+
+A MedMNIST name wins over a folder of the same name (``./pneumoniamnist``
+is a path: give it with ``./``). Both result types answer the same questions
+(see :mod:`fmeval.data.local`). DICOM series are not a source (out of scope).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from fmeval.data.card import DatasetCard, card_path, read_card
+from fmeval.data.info import all_flags, dataset_info
+from fmeval.data.local import LocalDataset, SourceOptions, build
+from fmeval.data.npz import MedMNIST, load_dataset
+from fmeval.data.scan import Manifest, scan_folder, scan_manifest
+from fmeval.errors import DataError
+
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+
+
+def _is_flag(spec: str) -> bool:
+    return spec.lower() in all_flags()
+
+
+def _as_path(spec: str) -> Path | None:
+    p = Path(spec).expanduser()
+    return p if p.exists() else None
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    name: str
+    claims: Callable[[str], bool]
+    describe: str
+
+
+SOURCES: tuple[SourceKind, ...] = (
+    SourceKind("medmnist", _is_flag, "a MedMNIST name (fmeval ls datasets)"),
+    SourceKind("npz", lambda s: bool((p := _as_path(s)) and p.is_file() and p.suffix == ".npz"),
+               "an npz in the MedMNIST layout with a card beside it"),
+    SourceKind("manifest", lambda s: bool((p := _as_path(s)) and p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES),
+               "a CSV or Parquet manifest"),
+    SourceKind("folder", lambda s: bool((p := _as_path(s)) and p.is_dir()), "an image folder"),
+)
+
+
+def source_kind(spec: str) -> SourceKind:
+    """The kind that claims ``spec``; else one line saying what it could have been."""
+    for kind in SOURCES:
+        if kind.claims(spec):
+            return kind
+    p = Path(spec).expanduser()
+    if p.is_file():
+        raise DataError(f"{spec} is a file fmeval cannot read as a dataset; use a folder, a .csv/.parquet "
+                        "manifest or a MedMNIST-layout .npz.")
+    if any(ch in spec for ch in "/\\") or spec.startswith("."):
+        raise DataError(f"dataset path {spec} does not exist.")
+    try:
+        dataset_info(spec)  # the registry's "unknown dataset 'x'. Did you mean ...?" line
+    except DataError as exc:
+        raise DataError(f"{exc} Or give a path: an image folder, a CSV/Parquet manifest or an npz with a card.") from None
+    raise DataError(f"unknown dataset {spec!r}.")  # pragma: no cover - dataset_info raised
+
+
+def check_spec(spec: str) -> None:
+    """Cheap check at config time: a known name or an existing path (nothing read)."""
+    source_kind(spec)
+
+
+def _card_or_none(location: Path) -> tuple[DatasetCard | None, Path | None]:
+    cp = card_path(location)
+    return (read_card(cp), cp) if cp.exists() else (None, None)
+
+
+def _checked_name(name: str, where: Path) -> str:
+    if _is_flag(name):
+        raise DataError(f"{where}: the dataset name {name!r} is a MedMNIST name; set another name in the card "
+                        "(fmeval data init) so the two are never mixed up on the leaderboard.")
+    return name
+
+
+def scan(spec: str, group_by: str | None = None) -> tuple[str, Path, Manifest, DatasetCard, Path | None, list[str]]:
+    """(kind, path, manifest, card, card file, notes) of a folder or manifest source."""
+    kind = source_kind(spec)
+    path = Path(spec).expanduser().resolve()
+    card, cfile = _card_or_none(path)
+    notes: list[str] = []
+    if kind.name == "manifest":
+        manifest = scan_manifest(path, card, group_by)
+    elif kind.name == "folder":
+        manifest = scan_folder(path, card)
+    else:
+        raise DataError(f"{spec} is {kind.describe}, not a folder or manifest.")
+    if card is None:
+        default = path.name if path.is_dir() else path.stem
+        card = DatasetCard(name=default, task=manifest.task, classes=manifest.classes or ("?", "?"))
+        notes.append(f"no dataset card ({card_path(path).name}): name {card.name!r}, task {card.task} and classes "
+                     f"{', '.join(card.classes)} were inferred; `fmeval data init {spec}` writes one to edit.")
+    _checked_name(card.name, path)
+    return kind.name, path, manifest, card, cfile, notes
+
+
+def open_dataset(spec: str, size: int = 28, root: str | Path | None = None, *, download: bool = False,
+                 md5: str = "warn", options: SourceOptions | None = None,
+                 write: bool = True) -> MedMNIST | LocalDataset:
+    """The dataset ``spec`` names, checked, at ``size``."""
+    options = options or SourceOptions()
+    kind = source_kind(spec)
+    if kind.name in ("medmnist", "npz"):
+        _fixed_splits(spec, options)
+    if kind.name == "medmnist":
+        return load_dataset(spec, size, root, download=download, md5=md5)
+    if kind.name == "npz":
+        return open_npz(Path(spec).expanduser().resolve(), size)
+    kind_name, path, manifest, card, cfile, notes = scan(spec, options.group_by)
+    return build(manifest, card, kind=kind_name, path=path, card_file=str(cfile) if cfile else None, size=size,
+                 options=options, write=write, notes=tuple(notes))
+
+
+def _fixed_splits(spec: str, options: SourceOptions) -> None:
+    """Split options on a dataset whose splits are fixed are a mistake, not a no-op."""
+    given = [flag for flag, value, default in (("--split-ratios", options.split_ratios, None),
+                                                ("--group-by", options.group_by, None),
+                                                ("--split-seed", options.split_seed, 0)) if value != default]
+    if given:
+        raise DataError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to your own data (folders, "
+                        f"manifests); {spec} comes with its train/val/test splits.")
+
+
+def open_npz(path: Path, size: int) -> MedMNIST:
+    """A private npz in the MedMNIST layout; its card (``fmeval.yaml`` or ``<stem>.yaml`` beside it)
+    gives name, task and classes; its MD5 is its content hash."""
+    own = path.with_suffix(".yaml")
+    cp = own if own.exists() else card_path(path)
+    if not cp.exists():
+        raise DataError(f"{path} is not an official MedMNIST file: put a dataset card ({own.name} or "
+                        f"{cp.name}) beside it with name, task and classes (fmeval data init writes one for folders).")
+    card = read_card(cp)
+    _checked_name(card.name, path)
+    channels = _npz_channels(path)
+    info = card.info(n_channels=channels, n_samples={}, size=size)
+    data = MedMNIST(info=info, size=size, path=path, md5_policy="off")
+    data._npz  # fail fast on a corrupt file
+    return data
+
+
+def _npz_channels(path: Path) -> int:
+    """1 or 3, from the header of ``train_images`` (no array is read)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as z, z.open("train_images.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read(f)
+    except KeyError:
+        raise DataError(f"{path} has no train_images array; expected the MedMNIST layout.") from None
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise DataError(f"{path} is not a readable npz file ({exc}).") from None
+    return 3 if len(shape) == 4 and shape[-1] == 3 else 1
+
+
+__all__ = ["SOURCES", "SourceOptions", "LocalDataset", "open_dataset", "check_spec", "scan"]

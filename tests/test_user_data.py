@@ -1,0 +1,342 @@
+"""Your own data: folders, manifests and npz files with a card, checked, split and cached.
+
+The real PneumoniaMNIST is exported at test time (never committed) to PNG folders
+and a CSV manifest; a run on either must give the npz run's numbers exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import run
+
+CLASSES = ("normal", "pneumonia")
+CARD = "name: {name}\ntask: binary\nclasses: [normal, pneumonia]\nmodality: chest X-ray\nlicense: CC BY 4.0\n"
+
+
+def export_folder(npz: Path, out: Path, per_split: int | None = None, name: str = "pneumo-png") -> Path:
+    """``out/{train,val,test}/<class>/<index>.png`` (index zero-padded: the npz order)."""
+    z = np.load(npz)
+    for s in ("train", "val", "test"):
+        images, labels = z[f"{s}_images"], z[f"{s}_labels"][:, 0]
+        n = len(images) if per_split is None else per_split
+        for c in CLASSES:
+            (out / s / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(images[i]).save(out / s / CLASSES[labels[i]] / f"{i:05d}.png")
+    (out / "fmeval.yaml").write_text(CARD.format(name=name))
+    return out
+
+
+def export_manifest(folder: Path, out: Path, name: str = "pneumo-csv") -> Path:
+    """A CSV of the same PNGs (paths relative to the CSV), rows in npz order, labels by name."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in ("train", "val", "test"):
+        files = sorted((folder / s).glob("*/*.png"), key=lambda p: p.name)
+        rows += [(str(Path("..") / folder.name / p.relative_to(folder)), p.parent.name, s) for p in files]
+    path = out / "labels.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        w.writerows(rows)
+    (out / "fmeval.yaml").write_text(CARD.format(name=name))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(pneumonia_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("userdata")
+    folder = export_folder(pneumonia_root / "pneumoniamnist.npz", base / "pneumo-png")
+    manifest = export_manifest(folder, base / "pneumo-csv")
+    return folder, manifest
+
+
+def _results(reports: Path) -> dict[tuple[str, str], dict]:
+    out = {}
+    for p in reports.glob("*/results.json"):
+        r = json.loads(p.read_text())
+        out[(r["dataset"]["flag"], r["mode"])] = r
+    return out
+
+
+@pytest.mark.slow
+def test_folder_and_manifest_runs_equal_the_npz_run(capsys, exported, pneumonia_root, tmp_path):
+    """kNN and linear probe on the PNG folder and on the CSV give the npz run's numbers exactly."""
+    folder, manifest = exported
+    reports = tmp_path / "reports"
+    common = ("--model", "vit-s16", "--tiny", "--bootstrap", "200", "--reports-dir", str(reports))
+    for ds in ("pneumoniamnist", str(folder), str(manifest)):
+        for mode in ("knn", "linprobe"):  # the second reuses the first's cached features
+            code, out, err = run(capsys, mode, "--dataset", ds, "--data-root", str(pneumonia_root), *common)
+            assert code == 0, err
+    res = _results(reports)
+    assert {flag for flag, _ in res} == {"pneumoniamnist", "pneumo-png", "pneumo-csv"}
+    for mode in ("knn", "linprobe"):
+        ref = res[("pneumoniamnist", mode)]
+        for name in ("pneumo-png", "pneumo-csv"):
+            r = res[(name, mode)]
+            assert r["test"]["metrics"] == ref["test"]["metrics"]  # every value and CI, to the last digit
+            assert r["selection"] == ref["selection"]
+            assert r["dataset"]["n_test"] == 624 and r["dataset"]["classes"] == list(CLASSES)
+            assert r["dataset"]["source"] in ("folder", "manifest")
+            assert len(r["dataset"]["content_hash"]) == 64 and r["dataset"]["md5_verified"] is None
+            split = r["dataset"]["split"]
+            assert split["drawn"] == [] and Path(split["file"]).exists()
+            assert hashlib.sha256(Path(split["file"]).read_bytes()).hexdigest() == split["sha256"]
+    # same pixels, same labels: one content hash for both exports
+    assert res[("pneumo-png", "knn")]["dataset"]["content_hash"] == res[("pneumo-csv", "knn")]["dataset"]["content_hash"]
+    assert res[("pneumo-png", "linprobe")]["extras"]["cache_hits"] == {"train": True, "val": True, "test": True}
+    code, out, err = run(capsys, "report", "--reports-dir", str(reports), "--all")
+    assert code == 0, err
+    board = (reports / "leaderboard.md").read_text()
+    for name in ("pneumoniamnist", "pneumo-png", "pneumo-csv"):
+        assert name in board
+
+
+def test_npz_with_a_card_is_a_dataset(pneumonia_root, tmp_path):
+    from fmeval.data.sources import open_dataset
+    from fmeval.io import file_digest
+
+    private = tmp_path / "private.npz"
+    shutil.copy(pneumonia_root / "pneumoniamnist.npz", private)
+    from fmeval.errors import DataError
+
+    with pytest.raises(DataError, match="dataset card"):
+        open_dataset(str(private))
+    (tmp_path / "private.yaml").write_text(CARD.format(name="private-xray"))
+    data = open_dataset(str(private))
+    assert data.flag == "private-xray" and data.info.labels == CLASSES and data.md5_verified is None
+    assert data.md5 == file_digest(private, "md5")
+    assert data.split("test").images.shape == (624, 28, 28)
+
+
+# -- checks -------------------------------------------------------------------------
+def _png(path: Path, value: int = 0, shape=(28, 28)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+
+
+def _small_folder(root: Path, n: int = 6) -> Path:
+    k = 0
+    for s in ("train", "val", "test"):
+        for c in CLASSES:
+            for _ in range(n):
+                k += 1
+                _png(root / s / c / f"{k:04d}.png", k)
+    return root
+
+
+def test_data_check_names_each_broken_file_in_one_line(capsys, tmp_path):
+    root = _small_folder(tmp_path / "broken")
+    good = (root / "train/normal/0001.png").read_bytes()
+    (root / "train/normal/trunc.png").write_bytes(good[: len(good) // 2])
+    Image.fromarray(np.full((28, 28, 3), 90, np.uint8)).save(root / "train/pneumonia/photo.png", format="JPEG")
+    Image.fromarray(np.full((28, 28), 40000, np.uint16)).save(root / "test/normal/deep.tif")
+    shutil.rmtree(root / "val/pneumonia")
+    (root / "val/pneumonia").mkdir()
+    code, out, err = run(capsys, "data", "check", str(root))
+    assert code == 2
+    text = " ".join((out + err).split())
+    assert "train/normal/trunc.png: unreadable image" in text
+    assert "val/pneumonia: class folder has no images" in text
+    assert "nothing was cached or run" in text
+    assert not (tmp_path / "cache" / "decoded").exists()  # nothing written on a failed check
+    # the warnings appear once the errors are fixed
+    (root / "train/normal/trunc.png").unlink()
+    _png(root / "val/pneumonia/9999.png", 9999)
+    code, out, err = run(capsys, "data", "check", str(root))
+    text = " ".join((out + err).split())
+    assert code == 0, text
+    assert "train/pneumonia/photo.png: a JPEG file named .png" in text
+    assert "1 16-bit image(s) converted to 8 bits by round(x/257)" in text and "test/normal/deep.tif" in text
+    assert "mixed channel counts: 32 grey and 1 colour image(s) (e.g. train/pneumonia/photo.png)" in text
+    assert text.count("photo.png: a JPEG") == 1
+    assert not (tmp_path / "cache" / "decoded").exists()  # data check writes nothing
+
+
+def test_16_bit_rule_and_grey_to_rgb(tmp_path):
+    from fmeval.data.decode import decode_file
+
+    a = np.array([[0, 257, 65535, 1000]], dtype=np.uint16).repeat(4, axis=0)
+    Image.fromarray(a).save(tmp_path / "a.tif")
+    d = decode_file(str(tmp_path / "a.tif"), 4)
+    assert d.bits == 16 and d.array[0].tolist() == [0, 1, 255, 4]  # round(x / 257)
+
+
+def test_manifest_label_typo_is_one_line_naming_the_row(capsys, tmp_path):
+    root = _small_folder(tmp_path / "imgs", n=3)
+    rows = [("imgs/" + str(p.relative_to(root)), p.parent.name, p.parent.parent.name)
+            for p in sorted(root.glob("*/*/*.png"))]
+    rows[4] = (rows[4][0], "pneumonai", rows[4][2])
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split"), *rows])
+    (tmp_path / "fmeval.yaml").write_text(CARD.format(name="typo"))
+    code, out, err = run(capsys, "data", "check", str(tmp_path / "labels.csv"))
+    text = " ".join((out + err).split())
+    assert code == 2
+    assert "labels.csv row 6: label 'pneumonai' is not one of the classes (normal, pneumonia) (did you mean 'pneumonia'?)" in text
+    assert text.count("is not one of the classes") == 1
+
+
+def test_class_in_train_absent_in_test_is_reported(capsys, tmp_path):
+    root = _small_folder(tmp_path / "d")
+    for p in (root / "test/pneumonia").iterdir():
+        p.unlink()
+    (root / "test/pneumonia").rmdir()
+    code, out, err = run(capsys, "data", "check", str(root))
+    assert code == 0
+    assert "class 'pneumonia' is in train but absent in test" in " ".join((out + err).split())
+
+
+def test_planted_duplicates_are_counted_and_strict_leakage_refuses(capsys, pneumonia_root, tmp_path):
+    root = export_folder(pneumonia_root / "pneumoniamnist.npz", tmp_path / "leak", per_split=150, name="leak")
+
+    def duplicates(*extra):
+        code, out, err = run(capsys, "data", "check", str(root), *extra)
+        text = " ".join((out + err).split())
+        import re
+
+        m = re.search(r"leakage: (\d+) image", text)
+        return code, (int(m.group(1)) if m else 0), text
+
+    code, before, _ = duplicates()
+    assert code == 0
+    tests = sorted((root / "test").glob("*/*.png"))[:5]
+    for i, p in enumerate(tests):
+        shutil.copy(p, root / "train" / p.parent.name / f"copy{i}.png")
+    code, after, text = duplicates()
+    assert code == 0 and after == before + 5
+    assert "5 in test" in text
+    code, _, text = duplicates("--strict-leakage")
+    assert code == 2 and "(--strict-leakage)" in text
+
+
+# -- splits ---------------------------------------------------------------------------
+def test_drawn_splits_are_seeded_stratified_and_grouped():
+    from fmeval.data.splits import SplitPlan, assign_splits
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(3, size=1000, p=[0.6, 0.3, 0.1])[:, None]
+    given = [None] * 1000
+    a, rec = assign_splits(given, y, False, SplitPlan(seed=1))
+    b, rec_b = assign_splits(given, y, False, SplitPlan(seed=1))
+    c, rec_c = assign_splits(given, y, False, SplitPlan(seed=2))
+    assert all((a[s] == b[s]).all() for s in a) and rec["sha256"] == rec_b["sha256"] != rec_c["sha256"]
+    for s, share in zip(("train", "val", "test"), (0.7, 0.1, 0.2)):
+        for k in range(3):
+            n_k = int((y[:, 0] == k).sum())
+            assert abs(int((y[a[s], 0] == k).sum()) - share * n_k) <= 1  # class ratios held per split
+    groups = [f"patient{i // 4}" for i in range(1000)]  # 4 images per patient
+    g, rec_g = assign_splits(given, y, False, SplitPlan(seed=1, group_by="patient"), groups)
+    where = {}
+    for s, idx in g.items():
+        for i in idx:
+            assert where.setdefault(groups[i], s) == s  # no patient in two splits
+    assert abs(len(g["test"]) - 200) <= 8 and rec_g["group_by"] == "patient"
+    # train and test given: only val is drawn, from train
+    given2 = ["test" if i % 5 == 0 else "train" for i in range(1000)]
+    d, rec_d = assign_splits(given2, y, False, SplitPlan(seed=0))
+    assert rec_d["drawn"] == ["val"] and set(d["test"]) == {i for i in range(1000) if i % 5 == 0}
+
+
+def test_iterative_stratification_holds_label_ratios():
+    from fmeval.data.splits import SplitPlan, assign_splits
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((2000, 5)) < np.array([0.5, 0.2, 0.1, 0.05, 0.02])).astype(np.int64)
+    a, rec = assign_splits([None] * 2000, y, True, SplitPlan(seed=0))
+    assert rec["method"] == "iterative stratification"
+    for s, share in zip(("train", "val", "test"), (0.7, 0.1, 0.2)):
+        got = y[a[s]].sum(axis=0)
+        want = share * y.sum(axis=0)
+        assert np.all(np.abs(got - want) <= np.maximum(2, 0.02 * y.sum(axis=0)))
+
+
+def test_drawn_split_run_records_the_same_split_twice(capsys, tmp_path):
+    root = tmp_path / "flat"
+    for k in range(60):
+        _png(root / CLASSES[k % 2] / f"{k:03d}.png", k)
+    args = ("knn", "--model", "vit-s16", "--tiny", "--dataset", str(root), "--bootstrap", "0", "--k", "1,3",
+            "--reports-dir", str(tmp_path / "reports"), "--split-ratios", "0.5,0.25,0.25", "--split-seed", "7")
+    for _ in range(2):
+        code, out, err = run(capsys, *args)
+        assert code == 0, err
+    recs = [json.loads(p.read_text())["dataset"] for p in (tmp_path / "reports").glob("*/results.json")]
+    assert len(recs) == 2 and recs[0]["split"] == recs[1]["split"]
+    assert recs[0]["split"]["drawn"] == ["train", "val", "test"] and recs[0]["split"]["seed"] == 7
+    assert recs[0]["n_train"] == 30 and abs(recs[0]["n_val"] - 15) <= 1 and recs[0]["n_val"] + recs[0]["n_test"] == 30
+    idx = json.loads(Path(recs[0]["split"]["file"]).read_text())
+    assert sorted(idx["train"] + idx["val"] + idx["test"]) == list(range(60))
+
+
+def test_bad_split_ratios_and_unknown_paths_are_one_line(capsys, tmp_path):
+    root = _small_folder(tmp_path / "d")
+    code, out, err = run(capsys, "knn", "--model", "vit-s16", "--tiny", "--dataset", str(tmp_path / "nothere"))
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+    code, out, err = run(capsys, "data", "check", str(root), "--split-ratios", "0.5,0.6,0.1")
+    assert code == 2 and "--split-ratios" in err
+
+
+# -- the decoded-array cache ----------------------------------------------------------
+def test_second_open_of_10000_pngs_reads_no_image_file(tmp_path, monkeypatch):
+    """First open decodes every file (worker processes); the second opens none."""
+    import PIL.Image
+
+    from fmeval.data.sources import open_dataset
+
+    root = tmp_path / "many"
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (10_000, 8, 8), dtype=np.uint8)
+    for c in CLASSES:
+        (root / c).mkdir(parents=True)
+    for i in range(10_000):
+        PIL.Image.fromarray(pixels[i]).save(root / CLASSES[i % 2] / f"{i:05d}.png", compress_level=0)
+    monkeypatch.setenv("FMEVAL_PROGRESS", "0")
+    first = open_dataset(str(root), size=8)
+    assert first.decoded_now and sum(len(first.labels(s)) for s in ("train", "val", "test")) == 10_000
+
+    opened = {"n": 0}
+    real_open = PIL.Image.open
+
+    def counting_open(*a, **kw):
+        opened["n"] += 1
+        return real_open(*a, **kw)
+
+    monkeypatch.setattr(PIL.Image, "open", counting_open)
+    second = open_dataset(str(root), size=8)
+    assert opened["n"] == 0 and not second.decoded_now
+    assert isinstance(second.split("train").images, np.memmap)
+    for s in ("train", "val", "test"):
+        assert np.array_equal(second.split(s).images, first.split(s).images)
+    assert second.md5 == first.md5
+    # one changed file: the arrays are decoded again, in this process (no worker sees the patch)
+    monkeypatch.setenv("FMEVAL_DECODE_WORKERS", "1")
+    PIL.Image.fromarray(255 - pixels[3]).save(root / "pneumonia" / "00003.png")
+    third = open_dataset(str(root), size=8)
+    assert third.decoded_now and opened["n"] == 10_000 and third.md5 != first.md5
+
+
+def test_study_lists_a_folder_in_datasets(tmp_path):
+    from fmeval.studies.plan import _validate_axes
+    from fmeval.studies.spec import StudySpec
+
+    root = _small_folder(tmp_path / "mine")
+    spec = StudySpec.model_validate({"name": "s", "axes": {"models": ["vit-s16"], "datasets": [str(root)],
+                                                           "modes": ["knn"]}})
+    _validate_axes(spec)  # accepted
+    bad = StudySpec.model_validate({"name": "s", "axes": {"models": ["vit-s16"], "datasets": [str(root / "x")],
+                                                          "modes": ["knn"]}})
+    from fmeval.errors import FmevalError
+
+    with pytest.raises(FmevalError, match="does not exist"):
+        _validate_axes(bad)
