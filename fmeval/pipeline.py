@@ -223,6 +223,17 @@ def feature_key(adapter: Adapter, data: MedMNIST, split: str, cfg: RunConfig,
     }
 
 
+def text_feature_key(adapter: Adapter, prompts: list[list[str]], per_class: bool) -> dict:
+    """Everything that determines cached prompt embeddings (the text twin of :func:`feature_key`)."""
+    return {
+        "adapter": adapter.name,
+        "text_id": getattr(adapter, "text_id", adapter.weights_id),
+        "code_version": adapter.code_version,
+        "prompts": prompts,
+        "per_class": per_class,
+    }
+
+
 def split_sizes(cfg: RunConfig, data: MedMNIST, splits: tuple[str, ...] = SPLITS) -> dict[str, int]:
     """Samples per split a run sees (after ``--limit``), from the labels alone."""
     sizes = {s: len(data.labels(s)) for s in splits}

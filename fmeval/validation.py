@@ -15,7 +15,6 @@ command line, read from a protocol or written in a study file.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -34,13 +33,93 @@ class Choice:
     check: Callable[[Any], None]  # raises an FmevalError for an unknown value
 
 
-def _registry(module: str, attr: str) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        import importlib
+def _registry(get: Callable[[], Any]) -> Callable[[Any], None]:
+    """Check a value against the registry ``get()`` returns. The getters import their
+    registry when first called, so importing this module stays light (start-up speed)."""
 
-        getattr(importlib.import_module(module), attr).entry(str(value))
+    def check(value: Any) -> None:
+        get().entry(str(value))
 
     return check
+
+
+# The registries and fixed lists, found by object (imported on first use).
+def _adapters():
+    from fmeval.adapters import ADAPTERS
+
+    return ADAPTERS
+
+
+def _geometries():
+    from fmeval.data.transforms import GEOMETRIES
+
+    return GEOMETRIES
+
+
+def _norms():
+    from fmeval.data.transforms import NORMS
+
+    return NORMS
+
+
+def _pad_fills():
+    from fmeval.data.transforms import PAD_FILLS
+
+    return PAD_FILLS
+
+
+def _interpolations():
+    from fmeval.data.transforms import INTERPOLATIONS
+
+    return INTERPOLATIONS
+
+
+def _precisions():
+    from fmeval.device import PRECISIONS
+
+    return PRECISIONS
+
+
+def _knn_rules():
+    from fmeval.probes.knn import KNN_RULES
+
+    return KNN_RULES
+
+
+def _ensembles():
+    from fmeval.zeroshot import ENSEMBLES
+
+    return ENSEMBLES
+
+
+def _optimizers():
+    from fmeval.training.optim import OPTIMIZERS
+
+    return OPTIMIZERS
+
+
+def _schedules():
+    from fmeval.training.optim import SCHEDULES
+
+    return SCHEDULES
+
+
+def _weightings():
+    from fmeval.training.losses import WEIGHTINGS
+
+    return WEIGHTINGS
+
+
+def _metrics():
+    from fmeval.metrics import METRICS
+
+    return METRICS
+
+
+def _modes():
+    from fmeval.modes import MODES
+
+    return MODES
 
 
 def _fixed(kind: str, names: Callable[[], Iterable[str]]) -> Callable[[Any], None]:
@@ -86,48 +165,39 @@ def _metric(allow_loss: bool) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         if allow_loss and value == "loss":
             return
-        _registry("fmeval.metrics", "METRICS")(value)
+        _registry(_metrics)(value)
 
     return check
 
 
-def _names(module: str, attr: str) -> Callable[[], Iterable[str]]:
-    def names() -> Iterable[str]:
-        import importlib
-
-        return getattr(importlib.import_module(module), attr)
-
-    return names
-
-
 CHOICES: tuple[Choice, ...] = (
-    Choice("model", "--model", _registry("fmeval.adapters", "ADAPTERS")),
+    Choice("model", "--model", _registry(_adapters)),
     Choice("dataset", "--dataset", _dataset),
-    Choice("geometry", "--geometry", _registry("fmeval.data.transforms", "GEOMETRIES")),
-    Choice("norm", "--norm", _registry("fmeval.data.transforms", "NORMS")),
-    Choice("pad_fill", "--pad-fill", _fixed("pad fill", _names("fmeval.data.transforms", "PAD_FILLS"))),
+    Choice("geometry", "--geometry", _registry(_geometries)),
+    Choice("norm", "--norm", _registry(_norms)),
+    Choice("pad_fill", "--pad-fill", _fixed("pad fill", _pad_fills)),
     Choice("interpolation", "--interpolation",
-           _fixed("interpolation", _names("fmeval.data.transforms", "INTERPOLATIONS"))),
-    Choice("precision", "--precision", _fixed("precision", _names("fmeval.device", "PRECISIONS"))),
+           _fixed("interpolation", _interpolations)),
+    Choice("precision", "--precision", _fixed("precision", _precisions)),
     Choice("device", "--device", _device),
     Choice("volume_view", "--volume-view", _volume_view),
-    Choice("knn.rule", "--rule", _registry("fmeval.probes.knn", "KNN_RULES")),
+    Choice("knn.rule", "--rule", _registry(_knn_rules)),
     Choice("knn.select_metric", "--select-metric", _metric(allow_loss=False)),
-    Choice("zeroshot.ensemble", "--ensemble", _registry("fmeval.zeroshot", "ENSEMBLES")),
-    Choice("train.optimizer", "--optimizer", _registry("fmeval.training.optim", "OPTIMIZERS")),
-    Choice("train.schedule", "--schedule", _registry("fmeval.training.optim", "SCHEDULES")),
+    Choice("zeroshot.ensemble", "--ensemble", _registry(_ensembles)),
+    Choice("train.optimizer", "--optimizer", _registry(_optimizers)),
+    Choice("train.schedule", "--schedule", _registry(_schedules)),
     Choice("train.select_metric", "--select-metric", _metric(allow_loss=True)),
-    Choice("train.class_weights", "--class-weights", _registry("fmeval.training.losses", "WEIGHTINGS")),
+    Choice("train.class_weights", "--class-weights", _registry(_weightings)),
 )
 
 
 _NAMES: dict[str, tuple[str, Callable[[Any], None]]] = {
-    "model": ("--model", _registry("fmeval.adapters", "ADAPTERS")),
+    "model": ("--model", _registry(_adapters)),
     "dataset": ("--dataset", _dataset),
-    "mode": ("--mode", _registry("fmeval.modes", "MODES")),
+    "mode": ("--mode", _registry(_modes)),
     "metric": ("--metric", _metric(allow_loss=False)),
     "device": ("--device", _device),
-    "precision": ("--precision", _fixed("precision", _names("fmeval.device", "PRECISIONS"))),
+    "precision": ("--precision", _fixed("precision", _precisions)),
 }
 
 

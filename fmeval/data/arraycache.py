@@ -28,7 +28,7 @@ FORMAT = 1
 
 
 def decoded_root() -> Path:
-    from fmeval.cache import cache_root
+    from fmeval.settings import cache_root
 
     return cache_root() / "decoded"
 

@@ -43,6 +43,7 @@ from fmeval.metrics.core import (  # noqa: F401
     higher_is_better,
     majority_scores,
     predict_labels,
+    rank_order,
     validate_inputs,
 )
 from fmeval.metrics.calibration import confidence_and_correct, reliability_bins  # noqa: F401

@@ -240,6 +240,14 @@ def higher_is_better(name: str) -> bool:
     return METRICS.entry(name).tags.get("better", "higher") == "higher"
 
 
+def rank_order(metric: str, value: Any, tiebreak: Any) -> tuple:
+    """The one ranking rule (leaderboards and study tables): defined values first, best
+    first in the metric's own direction (a loss-like metric ascending), then ``tiebreak``."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    sign = -1.0 if higher_is_better(metric) else 1.0
+    return (0 if ok else 1, sign * value if ok else 0.0, tiebreak)
+
+
 def _nanmean_rows(values: np.ndarray) -> np.ndarray:
     """Row mean ignoring NaN; NaN (resample skipped) when a row has no finite value."""
     finite = np.isfinite(values)

@@ -14,7 +14,7 @@ from fmeval.cache import FeatureCache
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
 from fmeval.modes.base import FittedHead, register_mode, run_frozen
-from fmeval.pipeline import prepare_frozen
+from fmeval.pipeline import prepare_frozen, text_feature_key
 
 FROZEN_SPLITS = ("val", "test")
 
@@ -52,13 +52,7 @@ def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache
     per_class = bool(getattr(adapter, "per_class_text", False))
     groups = style_prompts(bank, style)
     flat = [list(g) for pair in groups for g in pair] if bank.multi_label else [list(g) for g in groups]
-    key = {
-        "adapter": adapter.name,
-        "text_id": getattr(adapter, "text_id", adapter.weights_id),
-        "code_version": adapter.code_version,
-        "prompts": flat,
-        "per_class": per_class,
-    }
+    key = text_feature_key(adapter, flat, per_class)
 
     def compute() -> torch.Tensor:
         with torch.inference_mode():

@@ -136,6 +136,7 @@ class _Minibatch:
     """Preallocated buffers for one minibatch step (raw rows, standardised rows, grads)."""
 
     def __init__(self, bs: int, d: int, dev: torch.device, precision: str) -> None:
+        self.bs = bs
         self.raw = torch.empty(bs, d, device=dev)
         self.std = torch.empty(bs, d, device=dev)
         self.low = precision == "bf16"
@@ -267,75 +268,109 @@ def train_linear_probe(
     xva = torch.addcmul(shift, x_val.float().to(dev), inv_sd) if has_val else None  # standardised val
 
     grid = config.grid()
-    g, d, c = len(grid), xt.shape[1], n_outputs
-    lr_all = torch.tensor([p[0] for p in grid], device=dev)
-    wd_all = torch.tensor([p[1] for p in grid], device=dev)
-    wa0 = _init_heads(d, g, c, mu, sd, init_weight, dev)
-    best_wa = wa0.clone()
+    g, d = len(grid), xt.shape[1]
+    wa0 = _init_heads(d, g, n_outputs, mu, sd, init_weight, dev)
     h = _Heads(torch.arange(g, device=dev), wa0, torch.zeros_like(wa0), torch.zeros_like(wa0))
-    best_loss = torch.full((g,), math.inf, device=dev)
-    best_epoch = torch.zeros(g, dtype=torch.long, device=dev)
-    active = torch.ones(g, dtype=torch.bool, device=dev)
-    last_train = torch.full((g,), math.nan, device=dev)
-    last_val = torch.full((g,), math.nan, device=dev)
+    sel = _Selection.start(wa0, g, dev)
     if init_weight is not None and has_val:
         # The unchanged starting classifier (e.g. zero-shot) is a candidate too:
         # it is kept when no trained epoch of a head beats it on validation.
         with torch.no_grad():
-            best_loss.copy_(_val_loss(h.wa, xva, y_val, multilabel))
-        best_epoch.fill_(-1)
+            sel.best_loss.copy_(_val_loss(h.wa, xva, y_val, multilabel))
+        sel.best_epoch.fill_(-1)
 
-    gen = torch.Generator(device="cpu").manual_seed(seed)  # the run's seed: minibatch order
-    n = xt.shape[0]
-    bs = min(config.batch_size, n)
-    mb = _Minibatch(bs, d, dev, precision)
-    step = 0
-    curves: dict[str, list[list[float]]] = {"train_loss": [], "val_loss": []}
-    epochs_run = 0
+    epoch_fn = _EpochRunner(xt, y_train, shift, inv_sd, multilabel, config, grid,
+                            torch.Generator(device="cpu").manual_seed(seed),  # the run's seed: minibatch order
+                            _Minibatch(min(config.batch_size, xt.shape[0]), d, dev, precision))
     with progress_bar(description, config.epochs, "ep") as tick:
         for epoch in range(config.epochs):
-            perm = torch.randperm(n, generator=gen).to(dev)
-            gh = len(h.idx)
-            lr = lr_all[h.idx].view(1, gh, 1) * probe_lr_factor(config, epoch)
-            decay = torch.ones(d + 1, gh, 1, device=dev)  # decoupled weight decay, not on the bias
-            decay[:d] -= lr * wd_all[h.idx].view(1, gh, 1)
-            total = torch.zeros(gh, device=dev)
-            for start in range(0, n, bs):
-                idx = perm[start : start + bs]
-                losses, ga = mb.logits_and_grad(xt, idx, shift, inv_sd, h, y_train[idx], multilabel)
-                step += 1
-                total += losses * len(idx)
-                _adamw_step(h, ga, lr, decay, step, config)
-            with torch.no_grad():
-                last_train[h.idx] = total / n
-                if not has_val:  # keep the last epoch: "best" is simply the latest (ranked by nothing)
-                    best_loss[h.idx] = total / n
-                    best_epoch[h.idx] = epoch
-                    best_wa[:, h.idx] = h.wa
-                    curves["train_loss"].append(last_train.tolist())
-                    curves["val_loss"].append(last_val.tolist())
-                    epochs_run = epoch + 1
-                    tick(1, info=f"train loss {float(total.min() / n):.4f}")
-                    continue
+            total = epoch_fn(epoch, h)
+            tick(1, info=sel.end_epoch(epoch, h, total / xt.shape[0], xva, y_val, multilabel, config.patience))
+            if not sel.active.any():
+                break
+    return _selected(sel.best_wa, sel.best_loss, sel.best_epoch, grid, mu, sd, d, multilabel, sel.epochs_run,
+                     sel.curves, has_val)
+
+
+class _EpochRunner:
+    """One epoch of minibatch AdamW steps over every still-active head (one GEMM pair a step)."""
+
+    def __init__(self, xt, y_train, shift, inv_sd, multilabel: bool, config: ProbeConfig, grid, gen, mb) -> None:
+        dev = xt.device
+        self.xt, self.y, self.shift, self.inv_sd, self.multilabel = xt, y_train, shift, inv_sd, multilabel
+        self.config, self.gen, self.mb, self.step = config, gen, mb, 0
+        self.lr_all = torch.tensor([p[0] for p in grid], device=dev)
+        self.wd_all = torch.tensor([p[1] for p in grid], device=dev)
+
+    def __call__(self, epoch: int, h: _Heads) -> torch.Tensor:
+        """Sum over the epoch's samples of each active head's training loss."""
+        xt, n, d = self.xt, self.xt.shape[0], self.xt.shape[1]
+        dev, bs = xt.device, self.mb.bs
+        perm = torch.randperm(n, generator=self.gen).to(dev)
+        gh = len(h.idx)
+        lr = self.lr_all[h.idx].view(1, gh, 1) * probe_lr_factor(self.config, epoch)
+        decay = torch.ones(d + 1, gh, 1, device=dev)  # decoupled weight decay, not on the bias
+        decay[:d] -= lr * self.wd_all[h.idx].view(1, gh, 1)
+        total = torch.zeros(gh, device=dev)
+        for start in range(0, n, bs):
+            idx = perm[start : start + bs]
+            losses, ga = self.mb.logits_and_grad(xt, idx, self.shift, self.inv_sd, h, self.y[idx], self.multilabel)
+            self.step += 1
+            total += losses * len(idx)
+            _adamw_step(h, ga, lr, decay, self.step, self.config)
+        return total
+
+
+@dataclass
+class _Selection:
+    """Per-head selection across epochs: best weights, loss and epoch, early stopping, curves."""
+
+    best_wa: torch.Tensor
+    best_loss: torch.Tensor
+    best_epoch: torch.Tensor
+    active: torch.Tensor
+    last_train: torch.Tensor
+    last_val: torch.Tensor
+    curves: dict[str, list[list[float]]] = field(default_factory=lambda: {"train_loss": [], "val_loss": []})
+    epochs_run: int = 0
+
+    @classmethod
+    def start(cls, wa0: torch.Tensor, g: int, dev: torch.device) -> "_Selection":
+        return cls(wa0.clone(), torch.full((g,), math.inf, device=dev), torch.zeros(g, dtype=torch.long, device=dev),
+                   torch.ones(g, dtype=torch.bool, device=dev), torch.full((g,), math.nan, device=dev),
+                   torch.full((g,), math.nan, device=dev))
+
+    def end_epoch(self, epoch: int, h: _Heads, train_loss: torch.Tensor, xva, y_val, multilabel: bool,
+                  patience: int) -> str:
+        """Record the epoch; keep improved heads, stop heads past ``patience``. Returns the progress note.
+
+        Without validation data the latest epoch is "best" (ranked by nothing) and nothing stops.
+        """
+        with torch.no_grad():
+            self.last_train[h.idx] = train_loss
+            if xva is None:
+                self.best_loss[h.idx] = train_loss
+                self.best_epoch[h.idx] = epoch
+                self.best_wa[:, h.idx] = h.wa
+                info = f"train loss {float(train_loss.min()):.4f}"
+            else:
                 vl = _val_loss(h.wa, xva, y_val, multilabel)
-                last_val[h.idx] = vl
-                better = vl < best_loss[h.idx]
+                self.last_val[h.idx] = vl
+                better = vl < self.best_loss[h.idx]
                 if better.any():
                     hb = h.idx[better]
-                    best_loss[hb] = vl[better]
-                    best_epoch[hb] = epoch
-                    best_wa[:, hb] = h.wa[:, better]
-                active &= (epoch - best_epoch) < config.patience
-                keep = active[h.idx]
+                    self.best_loss[hb] = vl[better]
+                    self.best_epoch[hb] = epoch
+                    self.best_wa[:, hb] = h.wa[:, better]
+                self.active &= (epoch - self.best_epoch) < patience
+                keep = self.active[h.idx]
                 if not keep.all():  # drop stopped heads from the GEMMs
                     h.keep(keep)
-            curves["train_loss"].append(last_train.tolist())
-            curves["val_loss"].append(last_val.tolist())
-            epochs_run = epoch + 1
-            tick(1, info=f"val loss {best_loss.min().item():.4f}")
-            if not active.any():
-                break
-    return _selected(best_wa, best_loss, best_epoch, grid, mu, sd, d, multilabel, epochs_run, curves, has_val)
+                info = f"val loss {self.best_loss.min().item():.4f}"
+        self.curves["train_loss"].append(self.last_train.tolist())
+        self.curves["val_loss"].append(self.last_val.tolist())
+        self.epochs_run = epoch + 1
+        return info
 
 
 def _selected(best_wa, best_loss, best_epoch, grid, mu, sd, d, multilabel, epochs_run, curves,

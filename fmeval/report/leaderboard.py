@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from fmeval.errors import FmevalError
 from fmeval.io import atomic_write_text
-from fmeval.metrics import METRICS, higher_is_better
+from fmeval.metrics import METRICS, higher_is_better, rank_order
 from fmeval.report.fmt import csv_num, fmt, fmt_ci, md_table
 from fmeval.report.schema import RESULTS_FILE, RunResult, reports_dir, run_files
 
@@ -73,17 +73,6 @@ def row_of(r: RunResult) -> dict[str, Any]:
     row["comparable"] = (not row["limit"] and not row["shots"] and kind != "tiny"
                          and r.dataset.get("scored_split", "test") == "test")
     return row
-
-
-def _sort_key(metric: str):
-    sign = -1.0 if higher_is_better(metric) else 1.0
-
-    def key(row: dict[str, Any]) -> tuple:
-        v = row.get(metric, math.nan)
-        ok = isinstance(v, (int, float)) and math.isfinite(v)
-        return (0 if ok else 1, sign * v if ok else 0.0, row["run_id"])  # missing values last
-
-    return key
 
 
 def load_runs(root: Path, pattern: str = f"*/{RESULTS_FILE}", *,
@@ -180,7 +169,7 @@ def build_leaderboard(runs: Iterable[RunResult], *, metric: str = "auc", include
             continue
         row = row_of(r)
         (rows if (row["comparable"] or include_all) else excluded).append(row)
-    rows.sort(key=lambda row: (row["dataset"], str(row["size"]), *_sort_key(metric)(row)))
+    rows.sort(key=lambda row: (row["dataset"], str(row["size"]), *rank_order(metric, row.get(metric), row["run_id"])))
     return Leaderboard(metric=metric, rows=rows, warnings=list(skipped or []), excluded=excluded)
 
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from fmeval.metrics import higher_is_better
+from fmeval.metrics import higher_is_better, rank_order
 from fmeval.report.fmt import csv_num, fmt, fmt_ci, md_table
 from fmeval.studies.cells import Entry, EntryKey, GroupKey, ambiguous_variants, csv_columns, variant_label
 
@@ -64,14 +64,8 @@ def mean_sd(p) -> Cell:
 
 
 def rank_key(metric: str):
-    sign = -1.0 if higher_is_better(metric) else 1.0
-
-    def key(e: Entry) -> tuple:
-        v = e.value(metric)
-        ok = math.isfinite(v)
-        return (0 if ok else 1, sign * v if ok else 0.0, e.key)
-
-    return key
+    """Entries best first, by the one ranking rule (:func:`fmeval.metrics.rank_order`)."""
+    return lambda e: rank_order(metric, e.value(metric), e.key)
 
 
 def _md5_note(entries: list[Entry]) -> str:
