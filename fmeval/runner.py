@@ -7,15 +7,19 @@ same run with the same hash and the same report.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
 from fmeval.validation import check_inputs, check_required, validate_config
 
 
-def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | None = None) -> RunConfig:
+def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | None = None,
+                base: RunConfig | None = None) -> RunConfig:
     """Built-in defaults < user defaults (file/env) < protocol < explicit choices.
+
+    ``base``: a recorded run's own config (``finetune --resume``, ``evaluate``) takes
+    the place of the defaults, user settings and protocol; ``explicit`` then changes it.
 
     ``explicit``: dotted path -> value given on the command line (or by a study
     cell). ``user``: dotted path -> value from ``fmeval.toml``/environment;
@@ -26,6 +30,10 @@ def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | N
     from fmeval.modes import MODES
 
     MODES.get(mode)
+    if base is not None:
+        cfg = base.with_values(explicit)
+        validate_config(cfg)
+        return cfg
     merged = {**(user or {}), **explicit}
     check_required(mode, merged)
     base = RunConfig(mode=mode, model=str(merged["model"]), dataset=str(merged["dataset"]))
@@ -42,8 +50,12 @@ def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | N
     return cfg
 
 
-def execute(cfg: RunConfig, *, write: bool = True):
-    """Run one config through its mode and finish it with the reporter."""
+def execute(cfg: RunConfig, *, write: bool = True, run: Callable[[RunConfig], Any] | None = None):
+    """Run one config through its mode and finish it with the reporter.
+
+    ``run``: what computes the result instead of the mode's own ``run`` (``fmeval
+    evaluate`` scores a saved adapter under the run's fine-tuning config).
+    """
     from fmeval.modes import MODES
     from fmeval.report import check_writable, finish
 
@@ -51,7 +63,7 @@ def execute(cfg: RunConfig, *, write: bool = True):
     check_inputs(cfg)
     if write:
         check_writable(cfg.reports_dir)
-    result = mode.run(cfg)
+    result = (run or mode.run)(cfg)
     return finish(result, cfg.reports_dir, write=write)
 
 

@@ -15,3 +15,9 @@ TASKS = (BINARY, MULTICLASS, MULTILABEL, ORDINAL)
 
 def is_multilabel(task: str) -> bool:
     return task == MULTILABEL
+
+
+def targets(task: str, labels):
+    """Stored labels ``[N, W]`` as training targets: ``[N]`` class indices, or ``[N, L]``
+    rows for multi-label. (The metrics take stored labels as they are.)"""
+    return labels if is_multilabel(task) else labels[:, 0]

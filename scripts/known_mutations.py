@@ -34,7 +34,7 @@ MUTATIONS: dict[str, tuple[str, str, list[tuple[str, str]], list[str]]] = {
         "fmeval/modes/knn.py",
         [('    k = select_k(sweep, s.select_metric)["k"]',
           '    _t = knn_predict(train, y_train, fz.features["test"], ks, **common); '
-          '_yt = metric_labels(task, fz.labels["test"])\n'
+          '_yt = fz.labels["test"]\n'
           '    k = select_k([{"k": kk, f"val_{s.select_metric}": float(metric_fn(task, _yt, _t[kk].cpu().numpy()))}'
           ' for kk in ks], s.select_metric)["k"]')],
         [SEL, INV + "::test_garbage_test_labels_change_no_choice_and_no_validation_number[knn]"],
@@ -67,8 +67,8 @@ MUTATIONS: dict[str, tuple[str, str, list[tuple[str, str]], list[str]]] = {
     "baseline-prior-from-test": (
         "majority-baseline prior from the test labels instead of train",
         "fmeval/modes/base.py",
-        [("    prior = class_prior(task, metric_labels(task, train_labels), n_cls)",
-          "    prior = class_prior(task, metric_labels(task, test_labels), n_cls)")],
+        [("    prior = class_prior(task, train_labels, n_cls)",
+          "    prior = class_prior(task, test_labels, n_cls)")],
         [SEL],
     ),
     "knn-temperature-probe-default": (

@@ -54,9 +54,8 @@ def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
     """
     from fmeval.config import RunConfig
     from fmeval.report import print_result
-    from fmeval.runner import execute
+    from fmeval.runner import execute, make_config
     from fmeval.training.checkpoint import read_run_record
-    from fmeval.validation import validate_config
 
     folder = Path(opts.get("resume")).expanduser()
     rec = read_run_record(folder)
@@ -68,8 +67,7 @@ def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
     if lora and full or asked != saved.mode:
         raise ConfigError(f"--resume {folder}: the run is {saved.mode}; drop --lora/--full or match it.")
     explicit = {k: v for k, v in opts.explicit().items() if k != "resume"}
-    cfg = saved.with_values({**explicit, "resume": str(folder)})
-    validate_config(cfg)
+    cfg = make_config(saved.mode, {**explicit, "resume": str(folder)}, base=saved)
     print_result(execute(cfg), console)
 
 
@@ -90,8 +88,9 @@ def evaluate(
     test metrics equal the run's (a differing fingerprint is a warning).
     """
 
-    from fmeval.modes.finetune import evaluate_adapter
-    from fmeval.report import check_writable, finish, print_result
+    from fmeval.modes.finetune import evaluate_adapter, reload_config
+    from fmeval.report import check_writable, print_result
+    from fmeval.runner import execute, make_config
     from fmeval.validation import check_folder, check_names
 
     check_names(device=device, precision=precision)
@@ -99,6 +98,7 @@ def evaluate(
     reports = str(reports_dir) if reports_dir else env("FMEVAL_REPORTS_DIR")
     check_writable(reports)
     root = data_root or settings_data_root()
-    result = evaluate_adapter(adapter, data_root=str(root) if root else None, device=device,
-                              precision=precision, n_boot=bootstrap, reports_dir=reports)
-    print_result(finish(result, reports), console)
+    saved, changes = reload_config(adapter, data_root=str(root) if root else None, device=device,
+                                   precision=precision, n_boot=bootstrap)
+    cfg = make_config(saved.mode, {**changes, "reports_dir": reports}, base=saved)
+    print_result(execute(cfg, run=lambda c: evaluate_adapter(adapter, c)), console)

@@ -73,15 +73,11 @@ def register_mode(name: str, *, frozen: bool, description: str, needs_text: bool
     return deco
 
 
-def metric_labels(task: str, labels: np.ndarray) -> np.ndarray:
-    """[N, W] stored labels -> what the metrics take ([N] or [N, L])."""
-    from fmeval.data import is_multilabel
-
-    return labels if is_multilabel(task) else labels[:, 0]
-
-
 def target_tensor(task: str, labels: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(metric_labels(task, labels), device=device)
+    """A probe's training targets on ``device`` (:func:`fmeval.tasks.targets`)."""
+    from fmeval.tasks import targets
+
+    return torch.as_tensor(targets(task, labels), device=device)
 
 
 def scores_np(s: Any) -> np.ndarray:
@@ -142,16 +138,16 @@ def build_result(
     from fmeval.report import RunResult, new_run_id
 
     n_cls = len(class_names)
-    prior = class_prior(task, metric_labels(task, train_labels), n_cls)
+    prior = class_prior(task, train_labels, n_cls)
     test_np = scores_np(test_scores)
     test = compute_metrics(
-        task, metric_labels(task, test_labels), test_np,
+        task, test_labels, test_np,
         class_names=class_names, n_boot=cfg.n_boot, seed=cfg.seed, prior=prior,
     )
     val = None
     if val_scores is not None and val_labels is not None:
         val = compute_metrics(
-            task, metric_labels(task, val_labels), scores_np(val_scores),
+            task, val_labels, scores_np(val_scores),
             class_names=class_names, n_boot=0, seed=cfg.seed, prior=prior,
         )
     sections = MODES.get(cfg.mode).sections if cfg.mode in MODES else ()

@@ -262,14 +262,16 @@ def _result(p: Trainable, scores: dict[str, torch.Tensor], extras: dict, selecti
                      selection=selection, timer=timer, warnings=warnings, run_id=run_id)
 
 
-def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Trainable]:
-    """Rebuild a finished run's classifier (base adapter + its saved weights).
+def reload_config(folder: str | Path, **overrides) -> tuple[RunConfig, dict]:
+    """A finished run's recorded config, and the values a reload may change in it.
 
     ``overrides``: fields that may differ from the run (data_root - used only
     when the run's own data folder is gone -, device, precision, reports_dir,
     n_boot, ...). Without a ``precision`` override the
     run's own resolved precision (run.json ``precision``) is used, so an
     ``auto`` run trained in bf16 on a GPU is evaluated in bf16 elsewhere too.
+    Returns ``(saved, changes)``: ``fmeval evaluate`` hands both to
+    :func:`fmeval.runner.make_config` (``base=saved``), like ``--resume``.
     """
     folder = Path(folder).expanduser()
     rec = read_run_record(folder)
@@ -290,14 +292,26 @@ def load_finetuned(folder: str | Path, **overrides) -> tuple[RunConfig, Trainabl
         overrides.pop("data_root")
     if "precision" not in overrides and rec.get("precision") in ("fp32", "bf16"):
         overrides["precision"] = rec["precision"]
-    cfg = replace(cfg, resume=None, **overrides)
+    return cfg, {"resume": None, **overrides}
+
+
+def load_finetuned(folder: str | Path, cfg: RunConfig | None = None, **overrides) -> tuple[RunConfig, Trainable]:
+    """Rebuild a finished run's classifier (base adapter + its saved weights).
+
+    ``cfg``: the reload's config (from :func:`reload_config` through ``make_config``);
+    None: the recorded config with ``overrides`` (see :func:`reload_config`).
+    """
+    folder = Path(folder).expanduser()
+    if cfg is None:
+        saved, changes = reload_config(folder, **overrides)
+        cfg = saved.with_values(changes)
     p = prepare(cfg, train_method=False)  # the same episode and validation data as in training
     p.method.load(p.model, folder)
     p.model.eval()
     return cfg, p
 
 
-def evaluate_adapter(folder: str | Path, **overrides):
+def evaluate_adapter(folder: str | Path, cfg: RunConfig | None = None, **overrides):
     """Score a saved fine-tuned adapter on val and test (the reporter writes the result).
 
     Predictions are computed exactly as at the end of training, so the test
@@ -306,7 +320,7 @@ def evaluate_adapter(folder: str | Path, **overrides):
     """
     timer = Timer()
     folder = Path(folder).expanduser()
-    cfg, p = load_finetuned(folder, **overrides)
+    cfg, p = load_finetuned(folder, cfg, **overrides)
     rec = read_run_record(folder)
     scores = _scores(p)
     digest = scores_digest(scores["test"])

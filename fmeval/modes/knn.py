@@ -5,7 +5,7 @@ from __future__ import annotations
 from fmeval.config import RunConfig
 from fmeval.data import is_multilabel
 from fmeval.errors import ConfigError
-from fmeval.modes.base import FittedHead, metric_labels, register_mode, run_frozen, target_tensor
+from fmeval.modes.base import FittedHead, register_mode, run_frozen, target_tensor
 from fmeval.data.fewshot import training_splits
 from fmeval.pipeline import prepare_frozen, split_sizes
 from fmeval.probes.knn import KNN_RULES, knn_predict
@@ -98,7 +98,7 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
         k = min(s.ks[0], len(y_train))
         return FittedHead(score, {"k": k, "k_rule": "first --k, clipped to the episode"})
     val_scores = knn_predict(train, y_train, fz.features["val"], ks, **common)
-    y_val = metric_labels(task, fz.labels["val"])
+    y_val = fz.labels["val"]
     sweep = [{"k": k, f"val_{s.select_metric}": float(metric_fn(task, y_val, val_scores[k].cpu().numpy()))}
              for k in ks]
     k = select_k(sweep, s.select_metric)["k"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmeval.config import RunConfig
-from fmeval.modes.base import Timer, result_of, metric_labels, register_mode, scores_np
+from fmeval.modes.base import Timer, result_of, register_mode, scores_np
 from fmeval.modes.zeroshot import bank_extras, load_bank_for, split_scores, style_prompts, text_features
 from fmeval.pipeline import prepare_frozen
 
@@ -55,7 +55,7 @@ def run_prompt_compare(cfg: RunConfig):
         styles += [t for s in list(styles) for t in bank.single_templates(s)]
     fz = prepare_frozen(cfg, splits=("val", "test"), require_text=True)
     task, names = fz.data.task, list(fz.data.info.labels)
-    y = {s: metric_labels(task, fz.labels[s]) for s in ("val", "test")}
+    y = {s: fz.labels[s] for s in ("val", "test")}
     scores: dict[str, dict[str, np.ndarray]] = {"val": {}, "test": {}}
     rows, best = [], None
     for style in styles:

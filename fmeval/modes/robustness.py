@@ -33,7 +33,7 @@ import torch
 
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
-from fmeval.modes.base import Timer, build_result, result_of, metric_labels, register_mode, scores_np
+from fmeval.modes.base import Timer, build_result, result_of, register_mode, scores_np
 from fmeval.registry import Registry
 
 #: Metrics of the robustness table (every registered metric is computed; these are shown first).
@@ -109,8 +109,8 @@ def _values(task: str, labels: np.ndarray, scores: Any, class_names: list[str], 
     """Every metric's point estimate on one corrupted test set (no bootstrap)."""
     from fmeval.metrics import class_prior, compute_metrics
 
-    rep = compute_metrics(task, metric_labels(task, labels), scores_np(scores), class_names=class_names,
-                          n_boot=0, seed=seed, prior=class_prior(task, metric_labels(task, prior), len(class_names)))
+    rep = compute_metrics(task, labels, scores_np(scores), class_names=class_names,
+                          n_boot=0, seed=seed, prior=class_prior(task, prior, len(class_names)))
     return {name: mv.value for name, mv in rep.metrics.items()}
 
 

@@ -24,6 +24,7 @@ from fmeval.errors import FmevalError
 from fmeval.io import atomic_path
 from fmeval.predictions import PredictionsError, read_run_predictions
 from fmeval.studies.cells import StudyOutputError, run_dir_of
+from fmeval.tasks import targets
 
 PREDICTIONS_FILE = "predictions.csv"
 
@@ -63,8 +64,6 @@ def test_images(flag: str, size: int, root: str, indices: np.ndarray) -> np.ndar
 
 def load_run_scores(row: dict[str, Any], data_root: str | None) -> RunScores:
     """The run's scores and their test labels; a one-line :class:`StudyOutputError` when unavailable."""
-    from fmeval.modes.base import metric_labels
-
     run_dir = run_dir_of(row)
     if run_dir is None:
         raise StudyOutputError(f"run {row['run_id']} has no report folder.")
@@ -80,7 +79,7 @@ def load_run_scores(row: dict[str, Any], data_root: str | None) -> RunScores:
     if idx.size and (idx[0] < 0 or idx[-1] >= len(labels) or np.any(np.diff(idx) == 0)):
         raise StudyOutputError(f"{run_dir / PREDICTIONS_FILE}: indices do not fit the {len(labels)}-image test split "
                                "(was the run made on another data file?).")
-    return RunScores(idx, scores, metric_labels(str(row["task"]), labels[idx]))
+    return RunScores(idx, scores, targets(str(row["task"]), labels[idx]))
 
 
 # ---------------------------------------------------------------------------
