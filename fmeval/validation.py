@@ -269,7 +269,6 @@ def _check_prompts(cfg: "RunConfig") -> None:
     z = cfg.zeroshot
     if z.prompts is None and z.style is None and not z.styles:
         return
-    from fmeval.modes.zeroshot import style_prompts
     from fmeval.prompts import resolve_bank
 
     try:
@@ -280,6 +279,6 @@ def _check_prompts(cfg: "RunConfig") -> None:
         if style is None:
             continue
         try:
-            style_prompts(bank, style)
+            bank.style_groups(style)
         except FmevalError as exc:
             raise ConfigError(f"{flag}: {exc}") from None

@@ -136,14 +136,14 @@ MUTATIONS: dict[str, tuple[str, str, list[tuple[str, str]], list[str]]] = {
     ),
     "bank-missing-class-unchecked": (
         "a prompt bank missing a class is not checked where classes are read",
-        "fmeval/prompts.py",
+        "fmeval/prompts/schema.py",
         [("    if missing:\n        raise PromptBankError(\n            f\"classes: missing",
           "    if False:\n        raise PromptBankError(\n            f\"classes: missing")],
         [REC],
     ),
     "style-skipping-class-unchecked": (
         "a style whose prompts skip a class is not checked (raw KeyError later)",
-        "fmeval/prompts.py",
+        "fmeval/prompts/schema.py",
         [("        if missing:\n            labels = {k: spec.classes[k].name",
           "        if False:\n            labels = {k: spec.classes[k].name")],
         [REC],

@@ -16,7 +16,7 @@ import numpy as np
 
 from fmeval.config import RunConfig
 from fmeval.modes.base import Timer, result_of, register_mode, scores_np
-from fmeval.modes.zeroshot import bank_extras, load_bank_for, split_scores, style_prompts, text_features
+from fmeval.modes.zeroshot import bank_extras, load_bank_for, split_scores, text_features
 from fmeval.pipeline import prepare_frozen
 
 COLUMNS = ("acc", "balanced_acc", "auc", "f1_macro")
@@ -50,7 +50,7 @@ def run_prompt_compare(cfg: RunConfig):
     bank = load_bank_for(cfg)
     styles = list(z.styles or bank.styles)
     for s in styles:  # unknown styles fail before any model is loaded
-        style_prompts(bank, s)
+        bank.style_groups(s)
     if z.per_template:
         styles += [t for s in list(styles) for t in bank.single_templates(s)]
     fz = prepare_frozen(cfg, splits=("val", "test"), require_text=True)

@@ -27,12 +27,8 @@ def load_bank_for(cfg: RunConfig):
     ENSEMBLES.get(cfg.zeroshot.ensemble)
     bank = resolve_bank(cfg.zeroshot.prompts, cfg.dataset)
     if cfg.zeroshot.style is not None:  # an unknown style fails here, naming the known ones
-        style_prompts(bank, cfg.zeroshot.style)
+        bank.style_groups(cfg.zeroshot.style)
     return bank
-
-
-def style_prompts(bank, style: str | None):
-    return bank.pairs(style) if bank.multi_label else bank.prompts(style)
 
 
 def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache,
@@ -50,7 +46,7 @@ def text_features(adapter: Adapter, bank, style: str | None, cache: FeatureCache
             "(clip-vit-b32, clip-vit-b16, biomedclip, medclip)."
         )
     per_class = bool(getattr(adapter, "per_class_text", False))
-    groups = style_prompts(bank, style)
+    groups = bank.style_groups(style)
     flat = [list(g) for pair in groups for g in pair] if bank.multi_label else [list(g) for g in groups]
     key = text_feature_key(adapter, flat, per_class)
 
