@@ -52,11 +52,10 @@ def predict(
 ) -> None:
     """Write a run's test predictions as the CSV `fmeval score` reads (round trip: same metrics)."""
 
-    from fmeval.modes.finetune import export_adapter
+    from fmeval.modes.finetune import export_adapter, reload_config
     from fmeval.report.export import export_run
-    from fmeval.validation import check_names
-
-    from fmeval.validation import check_folder
+    from fmeval.runner import make_config
+    from fmeval.validation import check_folder, check_names
 
     check_names(device=device, precision=precision)
     check_folder(data_root, "--data-root")
@@ -68,8 +67,9 @@ def predict(
         exp = export_run(run, out, header=header)
     else:
         root = data_root or settings_data_root()
-        exp = export_adapter(adapter, out, header=header, data_root=str(root) if root else None, device=device,
-                             precision=precision)
+        saved, changes = reload_config(adapter, data_root=str(root) if root else None, device=device,
+                                       precision=precision)
+        exp = export_adapter(adapter, out, header=header, cfg=make_config(saved.mode, changes, base=saved))
     console.print(f"wrote {exp.path}: {exp.n} rows, sha256 {exp.sha256}", markup=False, highlight=False, soft_wrap=True)
     if exp.n_split is not None and exp.n != exp.n_split:
         console.print(f"⚠ the run scored {exp.n} of {exp.n_split} test images (--limit); `fmeval score` needs every "

@@ -341,12 +341,14 @@ def evaluate_adapter(folder: str | Path, cfg: RunConfig | None = None, **overrid
     return _result(p, scores, extras, selection, timer, warnings=mismatch)
 
 
-def export_adapter(folder: str | Path, out: str | Path, *, header: bool = True, **overrides) -> "Exported":
-    """Reload a fine-tuned adapter, predict its test split, write the CSV."""
+def export_adapter(folder: str | Path, out: str | Path, *, header: bool = True, cfg: RunConfig | None = None,
+                   **overrides) -> "Exported":
+    """Reload a fine-tuned adapter, predict its test split, write the CSV (``cfg``: see
+    :func:`load_finetuned`)."""
     from fmeval.predictions import write_predictions
     from fmeval.report.export import Exported
 
-    cfg, p = load_finetuned(folder, **overrides)
+    cfg, p = load_finetuned(folder, cfg, **overrides)
     scores = predict(p.model, p.images["test"], task=p.data.task, setup=p.setup).float().numpy()
     idx = p.indices.get("test")
     idx = np.arange(len(scores)) if idx is None else np.asarray(idx)
