@@ -21,6 +21,7 @@ setup(
     package_data={
         "fmeval": ["protocols/*.yaml"],
         "fmeval.protocols": ["*.yaml"],
+        "fmeval.server": ["templates/*.html"],
         **{pkg: DATA_PATTERNS for pkg in SHIPPED_FOLDERS.values()},
     },
 )

@@ -21,7 +21,7 @@ from fmeval.cli.app import app, console
 from fmeval.errors import FmevalError
 
 _COMMAND_MODULES = ("admin", "models", "frozen", "zeroshot", "finetune", "protocols", "weights", "study",
-                    "fewshot", "robustness", "external", "data")
+                    "fewshot", "robustness", "external", "data", "serve")
 
 
 def _load_commands() -> None:

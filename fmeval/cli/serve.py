@@ -1,0 +1,146 @@
+"""``fmeval serve`` (the leaderboard server), ``fmeval submit`` (upload predictions) and
+``fmeval server hide|unhide|token`` (admin commands on the server's database)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fmeval.cli.app import app, console
+from fmeval.errors import ConfigError
+
+server_app = typer.Typer(help="Administer a leaderboard server's database.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+DbOption = Annotated[str, typer.Option("--db", help="SQLAlchemy URL of the database (default: SQLite file "
+                                       "leaderboard.sqlite3 here; postgresql+psycopg://... for a server database).")]
+
+
+def _need_extra():
+    try:
+        import fmeval.server.app  # noqa: F401
+    except ModuleNotFoundError as exc:
+        from fmeval.server import EXTRA_HINT
+
+        raise ConfigError(f"{EXTRA_HINT} ({exc.name} is missing).") from None
+
+
+def _csv_list(text: str, what: str, cast=str) -> list:
+    try:
+        items = [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what}: expected a comma-separated list, got {text!r}.") from None
+    if not items:
+        raise ConfigError(f"{what} is empty.")
+    return items
+
+
+def _settings(db: str, datasets: str | None = None, sizes: str = "28,64,128,224", data_root: Path | None = None,
+              md5: str = "warn", daily_limit: int = 10, total_limit: int = 100, secure_cookies: bool = False):
+    from fmeval.data import dataset_info
+    from fmeval.server.service import TWELVE_2D, ServerSettings
+    from fmeval.settings import data_root as env_data_root
+
+    flags = _csv_list(datasets, "--datasets") if datasets else list(TWELVE_2D)
+    for f in flags:
+        dataset_info(f)  # an unknown flag: one line with the close names
+    if md5 not in ("warn", "strict"):
+        raise ConfigError(f"--md5 must be warn or strict, not {md5!r}.")
+    if daily_limit < 1 or total_limit < 1:
+        raise ConfigError("--daily-limit and --total-limit must be at least 1.")
+    root = data_root or env_data_root()
+    return ServerSettings(db=db, datasets=flags, sizes=_csv_list(sizes, "--sizes", int), data_root=str(root) if root else None,
+                          md5=md5, daily_limit=daily_limit, total_limit=total_limit, secure_cookies=secure_cookies)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only; put a reverse "
+                                      "proxy in front for the world).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    db: DbOption = "sqlite:///leaderboard.sqlite3",
+    datasets: Annotated[Optional[str], typer.Option(help="Comma-separated dataset flags a complete submission "
+                                                    "covers \\[default: the 12 2D MedMNIST+ datasets].")] = None,
+    sizes: Annotated[str, typer.Option(help="Resolutions to open (each needs every dataset's file).")] = "28,64,128,224",
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder with the MedMNIST npz files "
+                                                      "holding the test labels \\[env FMEVAL_DATA_ROOT].")] = None,
+    md5: Annotated[str, typer.Option(help="warn: show files that are not the official ones; strict: refuse to start.")] = "warn",
+    daily_limit: Annotated[int, typer.Option(help="Submissions per team in any 24 hours.")] = 10,
+    total_limit: Annotated[int, typer.Option(help="Submissions per team in total.")] = 100,
+    secure_cookies: Annotated[bool, typer.Option(help="Mark cookies Secure (serving behind TLS).")] = False,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for each dataset's CIs.")] = 200,
+) -> None:
+    """Run the leaderboard server: teams upload prediction zips, the server scores them against its own labels."""
+    _need_extra()
+    import logging
+
+    import uvicorn
+
+    from fmeval.server import build
+
+    settings = _settings(db, datasets, sizes, data_root, md5, daily_limit, total_limit, secure_cookies)
+    if bootstrap < 0:
+        raise ConfigError("--bootstrap must be >= 0.")
+    settings.n_boot = bootstrap
+    lb, asgi = build(settings)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    console.print(f"leaderboard: {len(settings.datasets)} datasets, sizes {', '.join(map(str, lb.labels.sizes))} open"
+                  + (f" (no files for {', '.join(lb.labels.missing)})" if lb.labels.missing else "")
+                  + f"; database {settings.db}; http://{host}:{port}/", highlight=False, soft_wrap=True)
+    uvicorn.run(asgi, host=host, port=port, log_level="info", proxy_headers=True, server_header=False)
+
+
+@app.command()
+def submit(
+    folder: Annotated[Path, typer.Argument(help="A folder of <dataset>.csv prediction files, or of fmeval runs "
+                                           "(each with predictions.csv), e.g. a study's reports.", show_default=False)],
+    server: Annotated[str, typer.Option(help="The leaderboard's base URL.", show_default=False)],
+    token: Annotated[str, typer.Option(envvar="FMEVAL_LEADERBOARD_TOKEN", help="API token (from your team page).",
+                                       show_default=False)],
+    model_name: Annotated[str, typer.Option("--model-name", help="The name shown on the leaderboard.",
+                                            show_default=False)],
+    size: Annotated[Optional[int], typer.Option(help="Resolution \\[default: the runs' own].")] = None,
+    description: Annotated[str, typer.Option(help="Free text shown on the submission page.")] = "",
+    study_url: Annotated[str, typer.Option("--study-url", help="Link to a paper or study (marked on the board).")] = "",
+) -> None:
+    """Pack a folder's predictions into a zip and upload it to a leaderboard server."""
+    from fmeval.server.client import collect, pack, upload
+
+    files, found_size = collect(folder.expanduser(), size)
+    if found_size is None:
+        raise ConfigError("the CSVs do not say their resolution; pass --size.")
+    data = pack(files)
+    answer = upload(server, token, data, {"size": str(found_size), "model_name": model_name,
+                                          "description": description, "study_url": study_url})
+    status = "complete" if answer.get("complete") else "incomplete (not ranked)"
+    means = "; ".join(f"{m} {v['mean']:.4f}" for m, v in (answer.get("means") or {}).items() if v.get("mean") is not None)
+    console.print(f"submission {answer['id']}: {len(files)} datasets at {found_size} px, {status}"
+                  + (f"; {means}" if means else "") + f"; {server.rstrip('/')}/submissions/{answer['id']}",
+                  highlight=False, soft_wrap=True)
+
+
+def _open(db: str):
+    _need_extra()
+    from fmeval.server.db import open_db
+
+    return open_db(db)[1]
+
+
+@server_app.command("hide")
+def hide(submission_id: Annotated[int, typer.Argument(help="Submission id.")], db: DbOption = "sqlite:///leaderboard.sqlite3",
+         unhide: Annotated[bool, typer.Option("--unhide", help="Show it again.")] = False) -> None:
+    """Hide a submission from every page and ranking (or show it again with --unhide)."""
+    from sqlalchemy import select  # noqa: F401
+
+    from fmeval.server.models import Submission
+
+    sessions = _open(db)
+    with sessions() as s:
+        sub = s.get(Submission, submission_id)
+        if sub is None:
+            raise ConfigError(f"no submission {submission_id} in {db}.")
+        sub.hidden = not unhide
+        s.commit()
+        console.print(f"submission {submission_id} ({sub.model_name}) {'shown' if unhide else 'hidden'}.", highlight=False)

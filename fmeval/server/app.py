@@ -1,0 +1,249 @@
+"""The HTTP layer: Starlette routes over :mod:`fmeval.server.service`, Jinja2 pages with autoescape.
+
+Starlette (the ASGI toolkit under FastAPI) is small, typed and run in
+production by uvicorn/gunicorn; every page is server-rendered, so the site works
+without JavaScript. Security defaults: no debug, no CORS middleware (same
+origin only), HttpOnly SameSite=Lax session cookies (Secure with
+``--secure-cookies`` behind TLS), a per-session CSRF token on every form, a
+``Content-Security-Policy`` that forbids inline scripts, and every user string
+escaped by the template engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from fmeval.server.models import Team
+from fmeval.server.scoring import LEADERBOARD_METRICS, RANKED, SubmissionError
+from fmeval.server.service import AuthError, Leaderboard, LimitError, submission_summary
+
+COOKIE = "fmeval_session"
+TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
+                        autoescape=select_autoescape(default=True, default_for_string=True))
+HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+           "script-src 'none'; frame-ancestors 'none'", "X-Content-Type-Options": "nosniff",
+           "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+TEMPLATES.filters["num"] = _fmt
+
+
+def create_app(lb: Leaderboard) -> Starlette:
+    def page(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
+        with lb.sessions() as db:
+            s = lb.session_of(db, request.cookies.get(COOKIE))
+            me = {"name": db.get(Team, s.team_id).name, "csrf": s.csrf} if s else None
+        html = TEMPLATES.get_template(name).render(me=me, sizes=lb.labels.sizes, metrics=RANKED,
+                                                   metric_labels={m: LEADERBOARD_METRICS.entry(m).tags["label"] for m in RANKED},
+                                                   labels=lb.labels, **ctx)
+        return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+    def error(request: Request, message: str, status: int = 400) -> Response:
+        if _wants_json(request):
+            return JSONResponse({"error": message}, status_code=status, headers=HEADERS)
+        return page(request, "error.html", status=status, message=message)
+
+    def current(request: Request):
+        """(team, session) of the cookie, or (team, None) of a Bearer token, or (None, None)."""
+        with lb.sessions() as db:
+            authz = request.headers.get("authorization", "")
+            if authz.lower().startswith("bearer "):
+                return lb.team_of_token(db, authz[7:].strip()), None
+            s = lb.session_of(db, request.cookies.get(COOKIE))
+            return (db.get(Team, s.team_id), s) if s else (None, None)
+
+    async def form_with_csrf(request: Request, session) -> dict:
+        form = await request.form(max_files=1, max_fields=20, max_part_size=lb.settings.limits.max_upload_bytes)
+        if session is not None and form.get("csrf") != session.csrf:
+            raise AuthError("the form's CSRF token is missing or stale; reload the page and try again.")
+        return form
+
+    # -- pages ------------------------------------------------------------------------------
+    async def index(request: Request) -> Response:
+        size = int(request.query_params.get("size", lb.labels.sizes[0]))
+        metric = request.query_params.get("metric", "auc")
+        try:
+            top = int(request.query_params.get("top", lb.settings.top))
+            with lb.sessions() as db:
+                board = lb.ranking(db, size, metric, top=max(1, min(top, 1000)))
+        except (SubmissionError, ValueError) as exc:
+            return error(request, str(exc))
+        if _wants_json(request):
+            return JSONResponse(board, headers=HEADERS)
+        return page(request, "leaderboard.html", board=board, baseline_comparable=lb.benchmark_is_twelve)
+
+    async def api_leaderboard(request: Request) -> Response:
+        request.scope["fmeval_json"] = True
+        return await index(request)
+
+    async def submission(request: Request) -> Response:
+        try:
+            with lb.sessions() as db:
+                sub = lb.detail(db, int(request.path_params["sid"]))
+                data = {**submission_summary(sub), "scores": [
+                    {"dataset": s.dataset, "n": s.n, "sha256": s.sha256,
+                     **{m: getattr(s, m) for m in ("auc", "balanced_acc", "kappa", "acc", "precision")}, **s.detail}
+                    for s in sub.scores]}
+        except SubmissionError as exc:
+            return error(request, str(exc), 404)
+        if _wants_json(request):
+            return JSONResponse(data, headers=HEADERS)
+        return page(request, "submission.html", sub=data)
+
+    async def compare(request: Request) -> Response:
+        q = request.query_params
+        try:
+            with lb.sessions() as db:
+                data = await run_in_threadpool(lb.compare, db, int(q.get("a", 0)), int(q.get("b", 0)),
+                                               q.get("metric", "auc"))
+        except (SubmissionError, ValueError) as exc:
+            return error(request, str(exc))
+        if _wants_json(request):
+            return JSONResponse(data, headers=HEADERS)
+        return page(request, "compare.html", cmp=data)
+
+    async def team(request: Request) -> Response:
+        try:
+            with lb.sessions() as db:
+                t, subs = lb.team_page(db, request.path_params["name"])
+                rows = [submission_summary(s) for s in subs]
+        except SubmissionError as exc:
+            return error(request, str(exc), 404)
+        if _wants_json(request):
+            return JSONResponse({"team": t.name, "submissions": rows}, headers=HEADERS)
+        return page(request, "team.html", team=t.name, rows=rows)
+
+    # -- accounts ---------------------------------------------------------------------------
+    async def register(request: Request) -> Response:
+        if request.method == "GET":
+            return page(request, "register.html")
+        form = await request.form(max_files=0, max_fields=10)
+        try:
+            with lb.sessions() as db:
+                await run_in_threadpool(lb.register, db, str(form.get("team", "")), str(form.get("email", "")),
+                                        str(form.get("password", "")))
+        except AuthError as exc:
+            return page(request, "register.html", status=400, message=str(exc))
+        return await _login_response(request, str(form.get("email", "")), str(form.get("password", "")))
+
+    async def _login_response(request: Request, email: str, password: str) -> Response:
+        try:
+            with lb.sessions() as db:
+                cookie, _ = await run_in_threadpool(lb.login, db, email, password)
+        except AuthError as exc:
+            return page(request, "login.html", status=400, message=str(exc))
+        resp = RedirectResponse("/me", status_code=303, headers=HEADERS)
+        resp.set_cookie(COOKIE, cookie, max_age=14 * 86400, httponly=True, samesite="lax",
+                        secure=lb.settings.secure_cookies, path="/")
+        return resp
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return page(request, "login.html")
+        form = await request.form(max_files=0, max_fields=10)
+        return await _login_response(request, str(form.get("email", "")), str(form.get("password", "")))
+
+    async def logout(request: Request) -> Response:
+        t, s = current(request)
+        try:
+            if s is not None:
+                await form_with_csrf(request, s)
+        except AuthError as exc:
+            return error(request, str(exc), 403)
+        with lb.sessions() as db:
+            lb.logout(db, request.cookies.get(COOKIE))
+        resp = RedirectResponse("/", status_code=303, headers=HEADERS)
+        resp.delete_cookie(COOKIE, path="/")
+        return resp
+
+    async def me(request: Request) -> Response:
+        t, s = current(request)
+        if t is None:
+            return RedirectResponse("/login", status_code=303)
+        with lb.sessions() as db:
+            _, subs = lb.team_page(db, t.name)
+            rows = [submission_summary(x) for x in subs]
+            nxt = lb.next_allowed(db, t.id)
+        return page(request, "me.html", rows=rows, next_allowed=nxt, token=None)
+
+    async def new_token(request: Request) -> Response:
+        t, s = current(request)
+        if t is None or s is None:
+            return error(request, "log in to create an API token.", 401)
+        try:
+            await form_with_csrf(request, s)
+        except AuthError as exc:
+            return error(request, str(exc), 403)
+        with lb.sessions() as db:
+            token = lb.new_token(db, t.id)
+            _, subs = lb.team_page(db, t.name)
+            rows = [submission_summary(x) for x in subs]
+        return page(request, "me.html", rows=rows, next_allowed=None, token=token)
+
+    async def upload(request: Request) -> Response:
+        """POST /submit (form, CSRF) and POST /api/submissions (Bearer token): one zip, one resolution."""
+        t, s = current(request)
+        if t is None:
+            return error(request, "log in (or send an API token) to submit.", 401)
+        if request.headers.get("content-length", "0").isdigit() and \
+                int(request.headers.get("content-length", "0")) > lb.settings.limits.max_upload_bytes + 65536:
+            return error(request, f"upload larger than {lb.settings.limits.max_upload_bytes} bytes.", 413)
+        try:
+            form = await form_with_csrf(request, s)
+            upload = form.get("file")
+            if upload is None or not hasattr(upload, "read"):
+                raise SubmissionError("attach the zip of prediction CSVs as the form field 'file'.")
+            data = await upload.read()
+            with lb.sessions() as db:
+                sub = await run_in_threadpool(
+                    lb.submit, db, t, data, size=int(str(form.get("size", "0")) or 0),
+                    model_name=str(form.get("model_name", "")), description=str(form.get("description", "")),
+                    study_url=str(form.get("study_url", "")))
+                sid, summary = sub.id, submission_summary(sub)
+        except LimitError as exc:
+            return error(request, str(exc), 429)
+        except AuthError as exc:
+            return error(request, str(exc), 403)
+        except (SubmissionError, ValueError) as exc:
+            return error(request, str(exc), 400)
+        if _wants_json(request):
+            return JSONResponse(summary, status_code=201, headers=HEADERS)
+        return RedirectResponse(f"/submissions/{sid}", status_code=303, headers=HEADERS)
+
+    async def api_upload(request: Request) -> Response:
+        request.scope["fmeval_json"] = True
+        if not request.headers.get("authorization", "").lower().startswith("bearer "):
+            return error(request, "send an API token: Authorization: Bearer <token>.", 401)
+        return await upload(request)
+
+    def json_twin(fn):
+        async def twin(request: Request) -> Response:
+            request.scope["fmeval_json"] = True
+            return await fn(request)
+        return twin
+
+    routes = [
+        Route("/", index), Route("/api/leaderboard", api_leaderboard),
+        Route("/submissions/{sid:int}", submission), Route("/api/submissions/{sid:int}", json_twin(submission)),
+        Route("/compare", compare), Route("/api/compare", json_twin(compare)),
+        Route("/teams/{name}", team), Route("/api/teams/{name}", json_twin(team)),
+        Route("/register", register, methods=["GET", "POST"]), Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]), Route("/me", me), Route("/tokens", new_token, methods=["POST"]),
+        Route("/submit", upload, methods=["POST"]), Route("/api/submissions", api_upload, methods=["POST"]),
+    ]
+    return Starlette(debug=False, routes=routes)
+
+
+def _wants_json(request: Request) -> bool:
+    return bool(request.scope.get("fmeval_json"))

@@ -1,0 +1,46 @@
+"""Passwords, login sessions, CSRF tokens and API tokens.
+
+Passwords are hashed with scrypt (``hashlib.scrypt``: memory-hard, in the
+standard library, so the KDF needs no compiled extra); the stored string holds
+its parameters so they can be raised later. Session cookies, CSRF tokens and
+API tokens are 256-bit random values; the database keeps only their SHA-256, so
+a leaked database opens no account. An API token is shown once, at creation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+TOKEN_PREFIX = "fmv_"
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(key).decode()}"
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    if not stored or not stored.startswith("scrypt$"):
+        return False
+    _, n, r, p, salt, key = stored.split("$")
+    got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                         dklen=len(base64.b64decode(key)))
+    return hmac.compare_digest(got, base64.b64decode(key))
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_api_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,282 @@
+"""What the pages and the JSON API do, without HTTP: accounts, uploads, rankings, comparisons.
+
+Every route is a thin wrapper of one function here, so a page and its JSON
+twin can never disagree.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from fmeval.errors import FmevalError
+from fmeval.metrics import rank_order
+from fmeval.server import auth
+from fmeval.server.baselines import SOURCE as BASELINE_SOURCE, baseline_rows
+from fmeval.server.labels import LabelStore
+from fmeval.server.models import ApiToken, LoginSession, Score, Submission, Team, utcnow
+from fmeval.server.scoring import LEADERBOARD_METRICS, RANKED, DatasetScore, SubmissionError, ZipLimits, score_zip
+
+LOG = logging.getLogger("fmeval.server")
+BASELINE_TEAM = "baseline"
+SESSION_DAYS = 14
+TWELVE_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist", "breastmnist",
+             "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
+
+
+class LimitError(SubmissionError):
+    """A team's submission limit is reached; the message says when the next one is allowed."""
+
+
+class AuthError(FmevalError):
+    pass
+
+
+@dataclass
+class ServerSettings:
+    """Everything ``fmeval serve`` can set (defaults: the thesis's stated rules)."""
+
+    db: str = "sqlite:///leaderboard.sqlite3"
+    datasets: list[str] = field(default_factory=lambda: list(TWELVE_2D))
+    sizes: list[int] = field(default_factory=lambda: [28, 64, 128, 224])
+    data_root: str | None = None
+    md5: str = "warn"
+    daily_limit: int = 10
+    total_limit: int = 100
+    top: int = 10
+    n_boot: int = 200
+    secure_cookies: bool = False  # set behind TLS (--secure-cookies)
+    limits: ZipLimits = field(default_factory=ZipLimits)
+
+
+def mean_ci(values: list[float]) -> dict[str, float | None]:
+    """Mean over datasets with its 95% t-interval (the datasets as the sample)."""
+    from scipy import stats
+
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None}
+    m = float(v.mean())
+    if v.size < 2:
+        return {"mean": m, "ci_low": None, "ci_high": None}
+    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return {"mean": m, "ci_low": m - half, "ci_high": m + half}
+
+
+class Leaderboard:
+    """The server's state: settings, held labels, a session factory."""
+
+    def __init__(self, settings: ServerSettings, labels: LabelStore, sessions) -> None:
+        self.settings = settings
+        self.labels = labels
+        self.sessions = sessions
+        self._write_lock = threading.Lock()  # one process's limit check + insert; PostgreSQL also locks the team row
+        self.benchmark_is_twelve = sorted(labels.datasets) == sorted(TWELVE_2D)
+
+    # -- accounts ---------------------------------------------------------------------------
+    def register(self, db: Session, name: str, email: str, password: str) -> Team:
+        name, email = name.strip(), email.strip().lower()
+        if not (1 <= len(name) <= 64) or name.lower() == BASELINE_TEAM:
+            raise AuthError("team name must be 1-64 characters and not 'baseline'.")
+        if "@" not in email or len(email) > 254:
+            raise AuthError("give a valid email address.")
+        if len(password) < 8:
+            raise AuthError("the password must have at least 8 characters.")
+        if db.scalar(select(Team).where((func.lower(Team.name) == name.lower()) | (Team.email == email))):
+            raise AuthError("that team name or email is already registered.")
+        team = Team(name=name, email=email, password_hash=auth.hash_password(password))
+        db.add(team)
+        db.commit()
+        return team
+
+    def login(self, db: Session, email: str, password: str) -> tuple[str, str]:
+        team = db.scalar(select(Team).where(Team.email == email.strip().lower()))
+        if team is None or not auth.verify_password(password, team.password_hash):
+            raise AuthError("wrong email or password.")
+        cookie, csrf = auth.new_secret(), auth.new_secret()
+        db.add(LoginSession(token_hash=auth.digest(cookie), csrf=csrf, team_id=team.id,
+                            expires=utcnow() + timedelta(days=SESSION_DAYS)))
+        db.commit()
+        return cookie, csrf
+
+    def session_of(self, db: Session, cookie: str | None) -> LoginSession | None:
+        if not cookie:
+            return None
+        s = db.scalar(select(LoginSession).where(LoginSession.token_hash == auth.digest(cookie)))
+        return s if s is not None and s.expires > utcnow() else None
+
+    def logout(self, db: Session, cookie: str | None) -> None:
+        s = self.session_of(db, cookie)
+        if s is not None:
+            db.delete(s)
+            db.commit()
+
+    def new_token(self, db: Session, team_id: int) -> str:
+        token = auth.new_api_token()
+        db.add(ApiToken(token_hash=auth.digest(token), prefix=token[:10], team_id=team_id))
+        db.commit()
+        return token
+
+    def team_of_token(self, db: Session, token: str) -> Team | None:
+        row = db.scalar(select(ApiToken).where(ApiToken.token_hash == auth.digest(token), ApiToken.revoked.is_(False)))
+        return db.get(Team, row.team_id) if row else None
+
+    # -- baselines --------------------------------------------------------------------------
+    def preload_baselines(self, db: Session) -> None:
+        """Team "baseline" and its Table 6 rows, once (12-dataset benchmark only)."""
+        if not self.benchmark_is_twelve or db.scalar(select(Team).where(Team.name == BASELINE_TEAM)):
+            return
+        team = Team(name=BASELINE_TEAM, email=None, password_hash=None)
+        db.add(team)
+        db.flush()
+        for row in baseline_rows():
+            db.add(Submission(team_id=team.id, model_name=row["model"], description=BASELINE_SOURCE,
+                              study_url="", size=row["size"], complete=True, is_baseline=True, means=row["means"]))
+        db.commit()
+
+    # -- submissions ------------------------------------------------------------------------
+    def next_allowed(self, db: Session, team_id: int) -> datetime | None:
+        """None when the team may submit now; else when it may next (or datetime.max: never)."""
+        s = self.settings
+        total = db.scalar(select(func.count()).select_from(Submission).where(Submission.team_id == team_id))
+        if total >= s.total_limit:
+            return datetime.max
+        since = utcnow() - timedelta(days=1)
+        recent = db.scalars(select(Submission.created).where(Submission.team_id == team_id, Submission.created > since)
+                            .order_by(Submission.created)).all()
+        if len(recent) >= s.daily_limit:
+            return recent[len(recent) - s.daily_limit] + timedelta(days=1)
+        return None
+
+    def _limit_message(self, when: datetime) -> str:
+        if when == datetime.max:
+            return f"this team has made its {self.settings.total_limit} submissions (the total limit)."
+        return (f"this team has made {self.settings.daily_limit} submissions in the last 24 hours; the next is allowed "
+                f"at {when:%Y-%m-%d %H:%M:%S} UTC.")
+
+    def submit(self, db: Session, team: Team, data: bytes, *, size: int, model_name: str,
+               description: str = "", study_url: str = "") -> Submission:
+        """Check the limit, score every file (nothing written yet), then write the submission and its
+        scores in one transaction: an error or a kill before the commit leaves no row."""
+        model_name = model_name.strip()
+        if not 1 <= len(model_name) <= 200:
+            raise SubmissionError("give a model name (1-200 characters).")
+        if study_url and not study_url.startswith(("https://", "http://")):
+            raise SubmissionError("the study link must be an http(s) URL.")
+        if size not in self.labels.sizes:
+            raise SubmissionError(f"resolution {size} is not open here; choose one of {', '.join(map(str, self.labels.sizes))}.")
+        if (when := self.next_allowed(db, team.id)) is not None:
+            raise LimitError(self._limit_message(when))
+        LOG.info("scoring an upload of team %s (%d bytes, %d px)", team.id, len(data), size)
+        scored = score_zip(data, size, self.labels, self.settings.limits, n_boot=self.settings.n_boot)
+        complete = {d.dataset for d in scored} == set(self.labels.datasets)
+        means = {m: mean_ci([d.metrics[m] for d in scored]) for m in RANKED} if complete else {}
+        with self._write_lock:
+            db.scalar(select(Team).where(Team.id == team.id).with_for_update())
+            if (when := self.next_allowed(db, team.id)) is not None:  # a parallel upload took the last slot
+                db.rollback()
+                raise LimitError(self._limit_message(when))
+            sub = Submission(team_id=team.id, model_name=model_name, description=description[:5000],
+                             study_url=study_url[:500], size=size, complete=complete, means=means,
+                             archive=_archive(scored))
+            sub.scores = [Score(dataset=d.dataset, n=d.n, sha256=d.sha256, detail={"ci": d.ci, "confusion": d.confusion},
+                                **{m: d.metrics[m] for m in ("auc", "balanced_acc", "kappa", "acc", "precision")})
+                          for d in scored]
+            db.add(sub)
+            db.commit()
+        LOG.info("stored submission %d of team %s (%d datasets, %s)", sub.id, team.id, len(scored),
+                 "complete" if complete else "incomplete")
+        return sub
+
+    def hide(self, db: Session, submission_id: int, hidden: bool = True) -> Submission:
+        sub = db.get(Submission, submission_id)
+        if sub is None:
+            raise SubmissionError(f"no submission {submission_id}.")
+        sub.hidden = hidden
+        db.commit()
+        return sub
+
+    # -- reading ----------------------------------------------------------------------------
+    def ranking(self, db: Session, size: int, metric: str, top: int | None = None) -> dict:
+        if metric not in RANKED:
+            raise SubmissionError(f"unknown metric {metric!r}; rank by one of {', '.join(RANKED)}.")
+        subs = db.scalars(select(Submission).options(selectinload(Submission.team))
+                          .where(Submission.size == size, Submission.complete.is_(True), Submission.hidden.is_(False))).all()
+        rows = [s for s in subs if (s.means.get(metric) or {}).get("mean") is not None]
+        rows.sort(key=lambda s: rank_order("auc", s.means[metric]["mean"], (s.created, s.id)))  # higher is better
+        rows = rows[: top or self.settings.top]
+        return {
+            "size": size, "metric": metric, "metric_label": LEADERBOARD_METRICS.entry(metric).tags["label"],
+            "metric_description": LEADERBOARD_METRICS.entry(metric).description,
+            "datasets": self.labels.datasets, "n_datasets": len(self.labels.datasets),
+            "rows": [{"rank": i + 1, **submission_summary(s), **s.means[metric]} for i, s in enumerate(rows)],
+        }
+
+    def detail(self, db: Session, submission_id: int) -> Submission:
+        sub = db.scalar(select(Submission).options(selectinload(Submission.scores), selectinload(Submission.team))
+                        .where(Submission.id == submission_id))
+        if sub is None or sub.hidden:
+            raise SubmissionError(f"no submission {submission_id}.")
+        return sub
+
+    def team_page(self, db: Session, name: str) -> tuple[Team, list[Submission]]:
+        team = db.scalar(select(Team).where(Team.name == name))
+        if team is None:
+            raise SubmissionError(f"no team {name!r}.")
+        subs = db.scalars(select(Submission).options(selectinload(Submission.team))
+                          .where(Submission.team_id == team.id, Submission.hidden.is_(False))
+                          .order_by(Submission.created.desc())).all()
+        return team, list(subs)
+
+    def compare(self, db: Session, a_id: int, b_id: int, metric: str = "auc", n_boot: int = 1000) -> dict:
+        """Per-dataset values of two submissions and fmeval's paired bootstrap of the difference
+        on the datasets both scored (the same test images, the same resamples)."""
+        from fmeval.metrics import paired_difference
+
+        if metric not in ("auc", "balanced_acc", "acc"):
+            raise SubmissionError("the paired bootstrap compares auc, balanced_acc or acc.")
+        a, b = self.detail(db, a_id), self.detail(db, b_id)
+        if a.size != b.size:
+            raise SubmissionError("the two submissions are at different resolutions; compare like with like.")
+        sa, sb = _unpack(a.archive), _unpack(b.archive)
+        rows = []
+        for flag in self.labels.datasets:
+            if flag not in sa or flag not in sb:
+                continue
+            held = self.labels.get(flag, a.size)
+            y = held.labels if held.task == "multi-label, binary-class" else held.labels[:, 0]
+            pd = paired_difference(held.task, y, sa[flag], sb[flag], metric, n_boot=n_boot, seed=0)
+            va = next(s for s in a.scores if s.dataset == flag)
+            vb = next(s for s in b.scores if s.dataset == flag)
+            rows.append({"dataset": flag, "a": getattr(va, metric), "b": getattr(vb, metric),
+                         **{k: (v if isinstance(v, (int, float)) and math.isfinite(v) else None) for k, v in pd.items()}})
+        return {"metric": metric, "a": submission_summary(a), "b": submission_summary(b), "rows": rows}
+
+
+def submission_summary(s: Submission) -> dict:
+    return {"id": s.id, "team": s.team.name, "model": s.model_name, "description": s.description,
+            "study_url": s.study_url, "size": s.size, "created": s.created.isoformat(timespec="seconds"),
+            "complete": s.complete, "baseline": s.is_baseline, "n_scored": len(s.scores) if "scores" in s.__dict__ else None,
+            "means": s.means}
+
+
+def _archive(scored: list[DatasetScore]) -> bytes:
+    """The validated scores, as float64 arrays in one compressed npz (for comparisons and rescoring)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{d.dataset: d.scores for d in scored})
+    return buf.getvalue()
+
+
+def _unpack(blob: bytes | None) -> dict[str, np.ndarray]:
+    if not blob:
+        return {}
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
