@@ -102,7 +102,7 @@ def running(tmp: Path, *args: str, db: str | None = None):
 
 def truth_of(flag: str) -> np.ndarray:
     with np.load(SHARED / f"{flag}.npz") as z:
-        return z["truth_of"][:, 0].astype(np.int64)
+        return z["test_labels"][:, 0].astype(np.int64)
 
 
 N_CLASSES = {"pneumoniamnist": 2, "breastmnist": 2, "retinamnist": 5}
