@@ -124,3 +124,32 @@ def test_twelve_dataset_board_preloads_the_published_baselines(tmp_path):
     assert [r["model"] for r in board["rows"]][:2] == ["VGG16", "DenseNet-121"]  # .9266, .9175
     assert {r["team"] for r in board["rows"]} == {"baseline"}
     assert board["rows"][0]["mean"] == 0.9266
+
+
+def test_rescore_recomputes_scores_from_the_kept_predictions(capsys, tmp_path, monkeypatch):
+    require_server_extra()
+    import sqlite3
+
+    from server_helpers import submission_zip
+
+    with running(tmp_path, "--bootstrap", "0") as srv:
+        token = Browserless(srv.url, "Oscar").token()
+        sid = api_upload(srv.url, token, submission_zip(seed=41), model="r").json()["id"]
+        import httpx
+        before = httpx.get(f"{srv.url}/api/submissions/{sid}").json()
+    path = srv.db.split("///", 1)[1]
+    con = sqlite3.connect(path)
+    con.execute("update scores set auc = 0.123, kappa = null")  # a stale metric
+    con.execute("update submissions set means = '{}'")
+    con.commit()
+    con.close()
+    monkeypatch.setenv("FMEVAL_DATA_ROOT", str(SHARED))
+    code, out, err = run(capsys, "server", "rescore", "--db", srv.db, "--datasets", ",".join(THREE), "--sizes", "28",
+                         "--bootstrap", "0")
+    assert code == 0 and "rescored 1 submissions" in out, err
+    with running(tmp_path, "--bootstrap", "0", db=srv.db) as srv2:
+        import httpx
+        after = httpx.get(f"{srv2.url}/api/submissions/{sid}").json()
+    assert [{k: s[k] for k in ("dataset", "auc", "kappa", "sha256")} for s in after["scores"]] == \
+        [{k: s[k] for k in ("dataset", "auc", "kappa", "sha256")} for s in before["scores"]]
+    assert after["means"] == before["means"]

@@ -121,6 +121,26 @@ def submit(
                   highlight=False, soft_wrap=True)
 
 
+@server_app.command("rescore")
+def rescore(
+    db: DbOption = "sqlite:///leaderboard.sqlite3",
+    datasets: Annotated[Optional[str], typer.Option(help="As for fmeval serve.")] = None,
+    sizes: Annotated[str, typer.Option(help="As for fmeval serve.")] = "28,64,128,224",
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="As for fmeval serve.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for each dataset's CIs.")] = 200,
+) -> None:
+    """Recompute every submission's scores from the predictions the server kept (e.g. after a metric fix)."""
+    _need_extra()
+    from fmeval.server import build
+
+    settings = _settings(db, datasets, sizes, data_root)
+    settings.n_boot = bootstrap
+    lb, _ = build(settings)
+    with lb.sessions() as s:
+        n = lb.rescore(s)
+    console.print(f"rescored {n} submissions.", highlight=False)
+
+
 def _open(db: str):
     _need_extra()
     from fmeval.server.db import open_db

@@ -2,9 +2,10 @@
 
 A submission and its per-dataset scores are written in one transaction after
 scoring has finished, so a server killed mid-scoring leaves no row at all. The
-validated prediction CSVs are kept with the submission (compressed), which is
-what lets ``fmeval server rescore`` recompute every score after a metric fix
-and the comparison page run a paired bootstrap on the same test images.
+validated scores are kept with the submission (one compressed npz), which is
+what lets ``fmeval server rescore`` recompute every score (after a metric fix,
+or for a submission whose scores are missing) and the comparison page run a
+paired bootstrap on the same test images.
 """
 
 from __future__ import annotations

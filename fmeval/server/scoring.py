@@ -120,7 +120,13 @@ def score_dataset(flag: str, task: str, labels: np.ndarray, class_names: list[st
                   *, n_boot: int = 200, seed: int = 0) -> DatasetScore:
     """Validate one file as ``fmeval score`` does and compute the leaderboard metrics."""
     preds = load_predictions(path, task=task, n_expected=len(labels), class_names=class_names)
-    y, s = labels if task == MULTILABEL else labels[:, 0], preds.scores
+    return score_arrays(flag, task, labels, class_names, preds.scores, preds.sha256, n_boot=n_boot, seed=seed)
+
+
+def score_arrays(flag: str, task: str, labels: np.ndarray, class_names: list[str], scores: np.ndarray, sha256: str,
+                 *, n_boot: int = 200, seed: int = 0) -> DatasetScore:
+    """The leaderboard metrics of validated scores [N, C] (also what ``fmeval server rescore`` runs)."""
+    y, s = labels if task == MULTILABEL else labels[:, 0], scores
     values = {e.name: float(e.obj(task, y, s)) for e in LEADERBOARD_METRICS}
     ci: dict[str, list[float]] = {}
     if n_boot:
@@ -134,7 +140,7 @@ def score_dataset(flag: str, task: str, labels: np.ndarray, class_names: list[st
         confusion = skm.confusion_matrix(y, predict_labels(task, s), labels=np.arange(len(class_names))).tolist()
     clean = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
     ci = {k: [x if math.isfinite(x) else None for x in v] for k, v in ci.items()}
-    return DatasetScore(flag, int(len(y)), preds.sha256, clean, ci, confusion, s)
+    return DatasetScore(flag, int(len(y)), sha256, clean, ci, confusion, s)
 
 
 def _without_truth(raw: bytes) -> bytes:

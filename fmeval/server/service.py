@@ -23,7 +23,9 @@ from fmeval.server import auth
 from fmeval.server.baselines import SOURCE as BASELINE_SOURCE, baseline_rows
 from fmeval.server.labels import LabelStore
 from fmeval.server.models import ApiToken, LoginSession, Score, Submission, Team, utcnow
-from fmeval.server.scoring import LEADERBOARD_METRICS, RANKED, DatasetScore, SubmissionError, ZipLimits, score_zip
+from fmeval.server.scoring import (
+    LEADERBOARD_METRICS, RANKED, DatasetScore, SubmissionError, ZipLimits, score_arrays, score_zip,
+)
 
 LOG = logging.getLogger("fmeval.server")
 BASELINE_TEAM = "baseline"
@@ -187,14 +189,34 @@ class Leaderboard:
             sub = Submission(team_id=team.id, model_name=model_name, description=description[:5000],
                              study_url=study_url[:500], size=size, complete=complete, means=means,
                              archive=_archive(scored))
-            sub.scores = [Score(dataset=d.dataset, n=d.n, sha256=d.sha256, detail={"ci": d.ci, "confusion": d.confusion},
-                                **{m: d.metrics[m] for m in ("auc", "balanced_acc", "kappa", "acc", "precision")})
-                          for d in scored]
+            sub.scores = [_score_row(d) for d in scored]
             db.add(sub)
             db.commit()
         LOG.info("stored submission %d of team %s (%d datasets, %s)", sub.id, team.id, len(scored),
                  "complete" if complete else "incomplete")
         return sub
+
+    def rescore(self, db: Session) -> int:
+        """Recompute every stored submission's scores and means from its kept scores, one transaction
+        per submission (a kill leaves each submission either old or new, never half)."""
+        ids = db.scalars(select(Submission.id).where(Submission.is_baseline.is_(False))).all()
+        for sid in ids:
+            sub = db.get(Submission, sid)
+            if sub.size not in self.labels.sizes:
+                continue
+            old = {s.dataset: s.sha256 for s in sub.scores}
+            scored = []
+            for flag, scores in sorted(_unpack(sub.archive).items()):
+                held = self.labels.get(flag, sub.size)
+                scored.append(score_arrays(flag, held.task, held.labels, held.class_names, scores,
+                                           old.get(flag, ""), n_boot=self.settings.n_boot))
+            sub.scores.clear()
+            db.flush()  # the old rows go first: (submission, dataset) is unique
+            sub.scores.extend(_score_row(d) for d in scored)
+            sub.complete = {d.dataset for d in scored} == set(self.labels.datasets)
+            sub.means = {m: mean_ci([d.metrics[m] for d in scored]) for m in RANKED} if sub.complete else {}
+            db.commit()
+        return len(ids)
 
     def hide(self, db: Session, submission_id: int, hidden: bool = True) -> Submission:
         sub = db.get(Submission, submission_id)
@@ -266,6 +288,11 @@ def submission_summary(s: Submission) -> dict:
             "study_url": s.study_url, "size": s.size, "created": s.created.isoformat(timespec="seconds"),
             "complete": s.complete, "baseline": s.is_baseline, "n_scored": len(s.scores) if "scores" in s.__dict__ else None,
             "means": s.means}
+
+
+def _score_row(d: DatasetScore) -> Score:
+    return Score(dataset=d.dataset, n=d.n, sha256=d.sha256, detail={"ci": d.ci, "confusion": d.confusion},
+                 **{m: d.metrics[m] for m in ("auc", "balanced_acc", "kappa", "acc", "precision")})
 
 
 def _archive(scored: list[DatasetScore]) -> bytes:
