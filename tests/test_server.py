@@ -201,6 +201,8 @@ def test_comparison_uses_the_paired_bootstrap(server):
     want = paired_difference("ordinal-regression", truth_of("retinamnist"), noisy_scores("retinamnist", 6),
                              noisy_scores("retinamnist", 7), "auc", n_boot=1000, seed=0)
     assert row["diff"] == pytest.approx(want["diff"]) and row["ci_low"] == pytest.approx(want["ci_low"])
+    page = __import__("httpx").get(server.url + "/compare", params={"a": a, "b": b}).text
+    assert 'src="data:image/png;base64,' in page and "retinamnist" in page
 
 
 def test_twenty_parallel_uploads_give_twenty_rows_and_scores(tmp_path):

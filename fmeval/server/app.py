@@ -111,7 +111,9 @@ def create_app(lb: Leaderboard) -> Starlette:
             return error(request, str(exc))
         if _wants_json(request):
             return JSONResponse(data, headers=HEADERS)
-        return page(request, "compare.html", cmp=data)
+        from fmeval.server.plots import comparison_png
+
+        return page(request, "compare.html", cmp=data, figure=await run_in_threadpool(comparison_png, data))
 
     async def team(request: Request) -> Response:
         try:
