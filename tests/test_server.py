@@ -239,3 +239,18 @@ def test_a_server_killed_mid_scoring_leaves_no_half_submission(tmp_path):
     assert _rows(db, "select count(*) from scores") == [(0,)]
     with running(tmp_path, "--bootstrap", "0", db=db) as s2:  # restarts on the same file; the upload goes through
         assert api_upload(s2.url, token, submission_zip(seed=9), model="again").status_code == 201
+
+
+def test_mean_ci_is_the_t_interval_clipped_to_the_metric_range():
+    require_server_extra()
+    from scipy import stats
+
+    from fmeval.server.service import mean_ci
+
+    v = [0.80, 0.95, 0.99]
+    half = stats.t.ppf(0.975, 2) * np.std(v, ddof=1) / np.sqrt(3)
+    got = mean_ci(v, "auc")
+    assert got["mean"] == pytest.approx(np.mean(v)) and got["ci_low"] == pytest.approx(np.mean(v) - half)
+    assert np.mean(v) + half > 1 and got["ci_high"] == 1.0
+    assert mean_ci([-0.9, 0.5, 0.1], "kappa")["ci_low"] == -1.0
+    assert mean_ci([0.5], "auc") == {"mean": 0.5, "ci_low": None, "ci_high": None}

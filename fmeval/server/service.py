@@ -59,8 +59,12 @@ class ServerSettings:
     limits: ZipLimits = field(default_factory=ZipLimits)
 
 
-def mean_ci(values: list[float]) -> dict[str, float | None]:
-    """Mean over datasets with its 95% t-interval (the datasets as the sample)."""
+#: the range a metric's mean can take; the t-interval is clipped to it (3 datasets give wide intervals)
+METRIC_RANGE = {"kappa": (-1.0, 1.0)}
+
+
+def mean_ci(values: list[float], metric: str = "auc") -> dict[str, float | None]:
+    """Mean over datasets with its 95% t-interval (the datasets as the sample), clipped to the metric's range."""
     from scipy import stats
 
     v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
@@ -70,7 +74,8 @@ def mean_ci(values: list[float]) -> dict[str, float | None]:
     if v.size < 2:
         return {"mean": m, "ci_low": None, "ci_high": None}
     half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return {"mean": m, "ci_low": m - half, "ci_high": m + half}
+    lo, hi = METRIC_RANGE.get(metric, (0.0, 1.0))
+    return {"mean": m, "ci_low": max(lo, m - half), "ci_high": min(hi, m + half)}
 
 
 class Leaderboard:
@@ -180,7 +185,7 @@ class Leaderboard:
         LOG.info("scoring an upload of team %s (%d bytes, %d px)", team.id, len(data), size)
         scored = score_zip(data, size, self.labels, self.settings.limits, n_boot=self.settings.n_boot)
         complete = {d.dataset for d in scored} == set(self.labels.datasets)
-        means = {m: mean_ci([d.metrics[m] for d in scored]) for m in RANKED} if complete else {}
+        means = {m: mean_ci([d.metrics[m] for d in scored], m) for m in RANKED} if complete else {}
         with self._write_lock:
             db.scalar(select(Team).where(Team.id == team.id).with_for_update())
             if (when := self.next_allowed(db, team.id)) is not None:  # a parallel upload took the last slot
@@ -214,7 +219,7 @@ class Leaderboard:
             db.flush()  # the old rows go first: (submission, dataset) is unique
             sub.scores.extend(_score_row(d) for d in scored)
             sub.complete = {d.dataset for d in scored} == set(self.labels.datasets)
-            sub.means = {m: mean_ci([d.metrics[m] for d in scored]) for m in RANKED} if sub.complete else {}
+            sub.means = {m: mean_ci([d.metrics[m] for d in scored], m) for m in RANKED} if sub.complete else {}
             db.commit()
         return len(ids)
 
