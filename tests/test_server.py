@@ -254,3 +254,18 @@ def test_mean_ci_is_the_t_interval_clipped_to_the_metric_range():
     assert np.mean(v) + half > 1 and got["ci_high"] == 1.0
     assert mean_ci([-0.9, 0.5, 0.1], "kappa")["ci_low"] == -1.0
     assert mean_ci([0.5], "auc") == {"mean": 0.5, "ci_low": None, "ci_high": None}
+
+
+def test_the_daily_limit_holds_across_worker_processes(tmp_path):
+    """Two uvicorn workers on one SQLite file, 20 parallel uploads of one team: exactly 10 are stored."""
+    require_server_extra()
+    with running(tmp_path, "--bootstrap", "0", "--workers", "2") as srv:
+        token = Browserless(srv.url, "Papa").token()
+        data = submission_zip(seed=51, datasets=("breastmnist",))
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            codes = sorted(r.status_code for r in pool.map(lambda i: api_upload(srv.url, token, data, f"w{i}"),
+                                                            range(20)))
+        assert codes == [201] * 10 + [429] * 10
+        assert _rows(srv.db, "select count(*) from submissions where is_baseline = 0") == [(10,)]
+        log = srv.log.read_text()
+        assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2, log[-1500:]

@@ -71,6 +71,7 @@ def serve(
     total_limit: Annotated[int, typer.Option(help="Submissions per team in total.")] = 100,
     secure_cookies: Annotated[bool, typer.Option(help="Mark cookies Secure (serving behind TLS).")] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for each dataset's CIs.")] = 200,
+    workers: Annotated[int, typer.Option(help="Worker processes (uvicorn); limits hold across them.")] = 1,
 ) -> None:
     """Run the leaderboard server: teams upload prediction zips, the server scores them against its own labels."""
     _need_extra()
@@ -81,15 +82,23 @@ def serve(
     from fmeval.server import build
 
     settings = _settings(db, datasets, sizes, data_root, md5, daily_limit, total_limit, secure_cookies)
-    if bootstrap < 0:
-        raise ConfigError("--bootstrap must be >= 0.")
+    if bootstrap < 0 or workers < 1:
+        raise ConfigError("--bootstrap must be >= 0 and --workers >= 1.")
     settings.n_boot = bootstrap
     lb, asgi = build(settings)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     console.print(f"leaderboard: {len(settings.datasets)} datasets, sizes {', '.join(map(str, lb.labels.sizes))} open"
                   + (f" (no files for {', '.join(lb.labels.missing)})" if lb.labels.missing else "")
                   + f"; database {settings.db}; http://{host}:{port}/", highlight=False, soft_wrap=True)
-    uvicorn.run(asgi, host=host, port=port, log_level="info", proxy_headers=True, server_header=False)
+    common = dict(host=host, port=port, log_level="info", proxy_headers=True, server_header=False)
+    if workers == 1:
+        uvicorn.run(asgi, **common)
+        return
+    import json
+    import os
+
+    os.environ["FMEVAL_SERVER_SETTINGS"] = json.dumps(settings.to_json())  # read by each worker (settings.env)
+    uvicorn.run("fmeval.server:worker_app", factory=True, workers=workers, **common)
 
 
 @app.command()

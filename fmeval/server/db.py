@@ -23,6 +23,14 @@ def sqlite_url(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def sqlite_lock_path(url: str) -> Path | None:
+    """The lock file that serialises limit checks across worker processes on one SQLite file."""
+    if not sqlite_url(url):
+        return None
+    db_file = url.split("///", 1)[-1]
+    return None if not db_file or db_file == ":memory:" else Path(db_file + ".lock").expanduser()
+
+
 def make_engine(url: str) -> Engine:
     if sqlite_url(url):
         db_file = url.split("///", 1)[-1]
@@ -54,7 +62,8 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def open_db(url: str) -> tuple[Engine, sessionmaker]:
+def open_db(url: str, *, migrate: bool = True) -> tuple[Engine, sessionmaker]:
     engine = make_engine(url)
-    upgrade(engine)
+    if migrate:
+        upgrade(engine)
     return engine, sessionmaker(engine, expire_on_commit=False)

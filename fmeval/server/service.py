@@ -58,6 +58,15 @@ class ServerSettings:
     secure_cookies: bool = False  # set behind TLS (--secure-cookies)
     limits: ZipLimits = field(default_factory=ZipLimits)
 
+    def to_json(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "ServerSettings":
+        return cls(**{**raw, "limits": ZipLimits(**raw.get("limits", {}))})
+
 
 #: the range a metric's mean can take; the t-interval is clipped to it (3 datasets give wide intervals)
 METRIC_RANGE = {"kappa": (-1.0, 1.0)}
@@ -87,6 +96,16 @@ class Leaderboard:
         self.sessions = sessions
         self._write_lock = threading.Lock()  # one process's limit check + insert; PostgreSQL also locks the team row
         self.benchmark_is_twelve = sorted(labels.datasets) == sorted(TWELVE_2D)
+
+    def _process_lock(self):
+        """Across worker processes: a lock file beside a SQLite database (PostgreSQL locks the team row)."""
+        import contextlib
+
+        from fmeval.io import file_lock
+        from fmeval.server.db import sqlite_lock_path
+
+        path = sqlite_lock_path(self.settings.db)
+        return file_lock(path) if path else contextlib.nullcontext()
 
     # -- accounts ---------------------------------------------------------------------------
     def register(self, db: Session, name: str, email: str, password: str) -> Team:
@@ -186,7 +205,7 @@ class Leaderboard:
         scored = score_zip(data, size, self.labels, self.settings.limits, n_boot=self.settings.n_boot)
         complete = {d.dataset for d in scored} == set(self.labels.datasets)
         means = {m: mean_ci([d.metrics[m] for d in scored], m) for m in RANKED} if complete else {}
-        with self._write_lock:
+        with self._write_lock, self._process_lock():
             db.scalar(select(Team).where(Team.id == team.id).with_for_update())
             if (when := self.next_allowed(db, team.id)) is not None:  # a parallel upload took the last slot
                 db.rollback()
