@@ -269,3 +269,21 @@ def test_the_daily_limit_holds_across_worker_processes(tmp_path):
         assert _rows(srv.db, "select count(*) from submissions where is_baseline = 0") == [(10,)]
         log = srv.log.read_text()
         assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2, log[-1500:]
+
+
+def test_an_upload_over_the_size_limit_is_refused(tmp_path):
+    require_server_extra()
+    import httpx
+
+    with running(tmp_path, "--bootstrap", "0", "--max-upload-mb", "1") as srv:
+        token = Browserless(srv.url, "Quebec").token()
+        big = make_zip({"breastmnist.csv": np.random.default_rng(0).bytes(3 << 20)})  # incompressible
+        r = api_upload(srv.url, token, big)
+        assert r.status_code == 413 and "larger than 1048576 bytes" in r.json()["error"]
+
+        body = httpx.Request("POST", "/", files={"file": ("p.zip", big)}, data={"size": "28", "model_name": "m"})
+        r = httpx.post(srv.url + "/api/submissions", headers={"Authorization": f"Bearer {token}",
+                                                             "Content-Type": body.headers["content-type"]},
+                       content=iter([body.read()]))
+        assert r.status_code == 413
+        assert _rows(srv.db, "select count(*) from submissions where is_baseline = 0") == [(0,)]

@@ -72,6 +72,7 @@ def serve(
     secure_cookies: Annotated[bool, typer.Option(help="Mark cookies Secure (serving behind TLS).")] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for each dataset's CIs.")] = 200,
     workers: Annotated[int, typer.Option(help="Worker processes (uvicorn); limits hold across them.")] = 1,
+    max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload (the zip), in MB.")] = 50,
 ) -> None:
     """Run the leaderboard server: teams upload prediction zips, the server scores them against its own labels."""
     _need_extra()
@@ -82,9 +83,12 @@ def serve(
     from fmeval.server import build
 
     settings = _settings(db, datasets, sizes, data_root, md5, daily_limit, total_limit, secure_cookies)
-    if bootstrap < 0 or workers < 1:
-        raise ConfigError("--bootstrap must be >= 0 and --workers >= 1.")
+    if bootstrap < 0 or workers < 1 or max_upload_mb < 1:
+        raise ConfigError("--bootstrap must be >= 0, --workers and --max-upload-mb >= 1.")
+    from dataclasses import replace
+
     settings.n_boot = bootstrap
+    settings.limits = replace(settings.limits, max_upload_bytes=max_upload_mb << 20)
     lb, asgi = build(settings)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     console.print(f"leaderboard: {len(settings.datasets)} datasets, sizes {', '.join(map(str, lb.labels.sizes))} open"

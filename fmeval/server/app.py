@@ -206,7 +206,9 @@ def create_app(lb: Leaderboard) -> Starlette:
             upload = form.get("file")
             if upload is None or not hasattr(upload, "read"):
                 raise SubmissionError("attach the zip of prediction CSVs as the form field 'file'.")
-            data = await upload.read()
+            data = await upload.read(lb.settings.limits.max_upload_bytes + 1)  # chunked uploads have no length
+            if len(data) > lb.settings.limits.max_upload_bytes:
+                return error(request, f"upload larger than {lb.settings.limits.max_upload_bytes} bytes.", 413)
             with lb.sessions() as db:
                 sub = await run_in_threadpool(
                     lb.submit, db, t, data, size=int(str(form.get("size", "0")) or 0),
