@@ -56,11 +56,19 @@ BASE: dict[str, tuple[str, ...]] = {
     "predict": ("--out", "p.csv", "--adapter", EMPTY_DIR),
     "data check": ("pneumoniamnist", "--data-root", DATA),
     "data init": (DATA,),
+    # the leaderboard server: an empty data root, so a case that passed the option checks would stop
+    # at "no test files" instead of serving
+    "serve": ("--datasets", "pneumoniamnist", "--sizes", "28", "--data-root", EMPTY_DIR, "--db", "sqlite:///lb.sqlite3"),
+    "submit": (".", "--server", "http://127.0.0.1:9", "--token", "fmv_" + "x" * 30, "--model-name", "m", "--size", "28"),
+    "server hide": ("1", "--db", "sqlite:///lb.sqlite3"),
+    "server rescore": ("--db", "sqlite:///lb.sqlite3", "--datasets", "pneumoniamnist", "--sizes", "28"),
 }
 # Values that are wrong for an option whatever its type says (the rest come from its type).
 SPECIAL: dict[str, tuple[str, ...]] = {
     "k": ("5,10000",),  # 10000 > the 60 synthetic training images: found before the model is built
     "predict out": (EMPTY_DIR,),  # a file option: a folder is what is wrong there
+    "submit model_name": ("",),  # any other name is a name
+    "submit description": ("x" * 5001,),
 }
 
 

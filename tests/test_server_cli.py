@@ -59,11 +59,11 @@ def test_submit_refuses_with_the_servers_message(capsys, tmp_path):
                              "--model-name", "x", "--size", "28")
         assert code == 2
         assert "the server refused the submission (400): breastmnist.csv: 153 rows, expected 156" in " ".join(err.split())
-        code, _, err = run(capsys, "submit", str(folder), "--server", srv.url, "--token", "fmv_wrong",
+        code, _, err = run(capsys, "submit", str(folder), "--server", srv.url, "--token", "fmv_" + "0" * 43,
                            "--model-name", "x", "--size", "28")
         assert code == 2 and "(401)" in err
     code, _, err = run(capsys, "submit", str(tmp_path / "nowhere"), "--server", "http://127.0.0.1:9",
-                       "--token", "t", "--model-name", "x")
+                       "--token", "fmv_" + "0" * 43, "--model-name", "x")
     assert code == 2 and "is not a folder" in err and "Traceback" not in err
 
 

@@ -27,6 +27,32 @@ def _need_extra():
         raise ConfigError(f"{EXTRA_HINT} ({exc.name} is missing).") from None
 
 
+def _check_db(db: str, must_exist: bool = False) -> str:
+    """A SQLAlchemy URL (refused before anything is created); ``must_exist``: an admin command
+    on a SQLite file that is not there would create an empty database."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(db)
+    except ArgumentError:
+        raise ConfigError(f"--db {db!r} is not a SQLAlchemy URL (sqlite:///file.sqlite3, "
+                          "postgresql+psycopg://user:pass@host/db).") from None
+    if must_exist and url.get_backend_name() == "sqlite" and not Path(url.database or "").expanduser().is_file():
+        raise ConfigError(f"--db {db}: no database file {url.database!r} (start fmeval serve on it first).")
+    return db
+
+
+def _check_host(host: str, port: int) -> None:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise ConfigError(f"--host {host!r} is not an address of this machine (127.0.0.1, 0.0.0.0, ::1 or a "
+                          "name that resolves).") from None
+
+
 def _csv_list(text: str, what: str, cast=str) -> list:
     try:
         items = [cast(x.strip()) for x in text.split(",") if x.strip()]
@@ -43,15 +69,25 @@ def _settings(db: str, datasets: str | None = None, sizes: str = "28,64,128,224"
     from fmeval.server.service import TWELVE_2D, ServerSettings
     from fmeval.settings import data_root as env_data_root
 
+    from fmeval.errors import DataError
+    from fmeval.validation import check_folder
+
     flags = _csv_list(datasets, "--datasets") if datasets else list(TWELVE_2D)
     for f in flags:
-        dataset_info(f)  # an unknown flag: one line with the close names
+        try:
+            if dataset_info(f).is_volume:
+                raise ConfigError(f"--datasets: {f} is a 3D dataset; the leaderboard ranks 2D datasets.")
+        except DataError as exc:
+            raise ConfigError(f"--datasets: {exc}") from None
+    size_list = _csv_list(sizes, "--sizes", int)
+    if bad := [z for z in size_list if z not in (28, 64, 128, 224)]:
+        raise ConfigError(f"--sizes: {', '.join(map(str, bad))} is not a MedMNIST+ size (28, 64, 128, 224).")
     if md5 not in ("warn", "strict"):
         raise ConfigError(f"--md5 must be warn or strict, not {md5!r}.")
-    if daily_limit < 1 or total_limit < 1:
-        raise ConfigError("--daily-limit and --total-limit must be at least 1.")
-    root = data_root or env_data_root()
-    return ServerSettings(db=db, datasets=flags, sizes=_csv_list(sizes, "--sizes", int), data_root=str(root) if root else None,
+    root = check_folder(data_root, "--data-root") if data_root else env_data_root()
+    if data_root is not None and not Path(data_root).expanduser().is_dir():
+        raise ConfigError(f"--data-root {data_root} is not a folder.")
+    return ServerSettings(db=db, datasets=flags, sizes=size_list, data_root=str(root) if root else None,
                           md5=md5, daily_limit=daily_limit, total_limit=total_limit, secure_cookies=secure_cookies)
 
 
@@ -59,7 +95,7 @@ def _settings(db: str, datasets: str | None = None, sizes: str = "28,64,128,224"
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only; put a reverse "
                                       "proxy in front for the world).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     db: DbOption = "sqlite:///leaderboard.sqlite3",
     datasets: Annotated[Optional[str], typer.Option(help="Comma-separated dataset flags a complete submission "
                                                     "covers \\[default: the 12 2D MedMNIST+ datasets].")] = None,
@@ -67,12 +103,12 @@ def serve(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder with the MedMNIST npz files "
                                                       "holding the test labels \\[env FMEVAL_DATA_ROOT].")] = None,
     md5: Annotated[str, typer.Option(help="warn: show files that are not the official ones; strict: refuse to start.")] = "warn",
-    daily_limit: Annotated[int, typer.Option(help="Submissions per team in any 24 hours.")] = 10,
-    total_limit: Annotated[int, typer.Option(help="Submissions per team in total.")] = 100,
+    daily_limit: Annotated[int, typer.Option(help="Submissions per team in any 24 hours.", min=1)] = 10,
+    total_limit: Annotated[int, typer.Option(help="Submissions per team in total.", min=1)] = 100,
     secure_cookies: Annotated[bool, typer.Option(help="Mark cookies Secure (serving behind TLS).")] = False,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for each dataset's CIs.")] = 200,
-    workers: Annotated[int, typer.Option(help="Worker processes (uvicorn); limits hold across them.")] = 1,
-    max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload (the zip), in MB.")] = 50,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for each dataset's CIs.", min=0)] = 200,
+    workers: Annotated[int, typer.Option(help="Worker processes (uvicorn); limits hold across them.", min=1)] = 1,
+    max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload (the zip), in MB.", min=1)] = 50,
 ) -> None:
     """Run the leaderboard server: teams upload prediction zips, the server scores them against its own labels."""
     _need_extra()
@@ -82,9 +118,9 @@ def serve(
 
     from fmeval.server import build
 
+    _check_host(host, port)
     settings = _settings(db, datasets, sizes, data_root, md5, daily_limit, total_limit, secure_cookies)
-    if bootstrap < 0 or workers < 1 or max_upload_mb < 1:
-        raise ConfigError("--bootstrap must be >= 0, --workers and --max-upload-mb >= 1.")
+    _check_db(db)
     from dataclasses import replace
 
     settings.n_boot = bootstrap
@@ -114,12 +150,24 @@ def submit(
                                        show_default=False)],
     model_name: Annotated[str, typer.Option("--model-name", help="The name shown on the leaderboard.",
                                             show_default=False)],
-    size: Annotated[Optional[int], typer.Option(help="Resolution \\[default: the runs' own].")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Resolution \\[default: the runs' own].", min=1)] = None,
     description: Annotated[str, typer.Option(help="Free text shown on the submission page.")] = "",
     study_url: Annotated[str, typer.Option("--study-url", help="Link to a paper or study (marked on the board).")] = "",
 ) -> None:
     """Pack a folder's predictions into a zip and upload it to a leaderboard server."""
+    from fmeval.server.auth import TOKEN_PREFIX
     from fmeval.server.client import collect, pack, upload
+
+    if not server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server must be an http(s) URL, got {server!r}.")
+    if not token.startswith(TOKEN_PREFIX) or len(token) < 20:
+        raise ConfigError(f"--token: not an fmeval API token ({TOKEN_PREFIX}..., from your team page).")
+    if not 1 <= len(model_name.strip()) <= 200:
+        raise ConfigError("--model-name must have 1-200 characters.")
+    if len(description) > 5000:
+        raise ConfigError("--description must have at most 5000 characters.")
+    if study_url and not study_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--study-url must be an http(s) URL, got {study_url!r}.")
 
     files, found_size = collect(folder.expanduser(), size)
     if found_size is None:
@@ -140,13 +188,14 @@ def rescore(
     datasets: Annotated[Optional[str], typer.Option(help="As for fmeval serve.")] = None,
     sizes: Annotated[str, typer.Option(help="As for fmeval serve.")] = "28,64,128,224",
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="As for fmeval serve.")] = None,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for each dataset's CIs.")] = 200,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for each dataset's CIs.", min=0)] = 200,
 ) -> None:
     """Recompute every submission's scores from the predictions the server kept (e.g. after a metric fix)."""
     _need_extra()
     from fmeval.server import build
 
     settings = _settings(db, datasets, sizes, data_root)
+    _check_db(db, must_exist=True)
     settings.n_boot = bootstrap
     lb, _ = build(settings)
     with lb.sessions() as s:
@@ -158,7 +207,7 @@ def _open(db: str):
     _need_extra()
     from fmeval.server.db import open_db
 
-    return open_db(db)[1]
+    return open_db(_check_db(db, must_exist=True))[1]
 
 
 @server_app.command("hide")
