@@ -120,6 +120,10 @@ def test_a_bad_file_is_refused_with_the_score_message_and_nothing_is_stored(serv
     assert r.status_code == 400 and "write probabilities, not logits" in r.json()["error"]
     r = api_upload(server.url, token, b"not a zip")
     assert r.status_code == 400 and "not a zip file" in r.json()["error"]
+    r = api_upload(server.url, token, submission_zip(), size="abc")
+    assert r.status_code == 400 and r.json()["error"].startswith("resolution must be a number of pixels")
+    r = api_upload(server.url, token, submission_zip(), size=64)  # no 64 px files on this server
+    assert r.status_code == 400 and r.json()["error"] == "resolution 64 is not open here; choose one of 28."
     assert _rows(server.db, "select count(*) from submissions s join teams t on s.team_id = t.id "
                             "where t.name = 'Delta'") == [(0,)]
 

@@ -211,7 +211,7 @@ def create_app(lb: Leaderboard) -> Starlette:
                 return error(request, f"upload larger than {lb.settings.limits.max_upload_bytes} bytes.", 413)
             with lb.sessions() as db:
                 sub = await run_in_threadpool(
-                    lb.submit, db, t, data, size=int(str(form.get("size", "0")) or 0),
+                    lb.submit, db, t, data, size=_size(form.get("size")),
                     model_name=str(form.get("model_name", "")), description=str(form.get("description", "")),
                     study_url=str(form.get("study_url", "")))
                 sid, summary = sub.id, submission_summary(sub)
@@ -247,6 +247,13 @@ def create_app(lb: Leaderboard) -> Starlette:
         Route("/submit", upload, methods=["POST"]), Route("/api/submissions", api_upload, methods=["POST"]),
     ]
     return Starlette(debug=False, routes=routes)
+
+
+def _size(value) -> int:
+    text = str(value or "").strip()
+    if not text.isdigit():
+        raise SubmissionError(f"resolution must be a number of pixels (28, 64, 128 or 224), got {text!r}.")
+    return int(text)
 
 
 def _wants_json(request: Request) -> bool:

@@ -257,7 +257,7 @@ class Leaderboard:
         subs = db.scalars(select(Submission).options(selectinload(Submission.team))
                           .where(Submission.size == size, Submission.complete.is_(True), Submission.hidden.is_(False))).all()
         rows = [s for s in subs if (s.means.get(metric) or {}).get("mean") is not None]
-        rows.sort(key=lambda s: rank_order("auc", s.means[metric]["mean"], (s.created, s.id)))  # higher is better
+        rows.sort(key=lambda s: rank_order(metric, s.means[metric]["mean"], (s.created, s.id)))  # ties: earlier first
         rows = rows[: top or self.settings.top]
         return {
             "size": size, "metric": metric, "metric_label": LEADERBOARD_METRICS.entry(metric).tags["label"],
