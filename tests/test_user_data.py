@@ -340,3 +340,14 @@ def test_study_lists_a_folder_in_datasets(tmp_path):
 
     with pytest.raises(FmevalError, match="does not exist"):
         _validate_axes(bad)
+
+
+def test_data_layer_cache_root_follows_the_cache_rule(tmp_path, monkeypatch):
+    """data/ cannot import fmeval.cache (it imports torch); its copy of the rule must agree."""
+    from fmeval.cache import cache_root
+    from fmeval.data.arraycache import cache_root as data_cache_root
+
+    assert data_cache_root() == cache_root()
+    monkeypatch.delenv("FMEVAL_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_cache_root() == cache_root() == tmp_path / "xdg" / "fmeval"

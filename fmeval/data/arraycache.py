@@ -27,9 +27,17 @@ from fmeval.data.info import SPLITS
 FORMAT = 1
 
 
-def decoded_root() -> Path:
-    from fmeval.cache import cache_root
+def cache_root() -> Path:
+    """fmeval's cache folder, by the rule of :func:`fmeval.cache.cache_root` (``data/`` sits below
+    ``cache``, which imports torch, so it cannot import it; a test keeps the two equal)."""
+    env = os.environ.get("FMEVAL_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "fmeval"
 
+
+def decoded_root() -> Path:
     return cache_root() / "decoded"
 
 

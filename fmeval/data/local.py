@@ -198,10 +198,9 @@ def _decode(manifest, card, assignment, report, size, options, path):
 
 def _write_split(name: str, assignment: dict[str, np.ndarray], record: dict) -> str:
     """The split as an index file named by its SHA-256 (the record's ``sha256``)."""
-    from fmeval.cache import cache_root
     from fmeval.io import atomic_write_text
 
-    target = cache_root() / "splits" / f"{name}-{record['sha256'][:16]}.json"
+    target = arraycache.cache_root() / "splits" / f"{name}-{record['sha256'][:16]}.json"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, split_json(assignment))
