@@ -18,6 +18,7 @@ images across splits (leakage) and is kept with the decoded arrays.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,13 @@ class Decoded:
     channels: int = 1
 
 
-def decode_file(path: str, size: int) -> Decoded:
-    """Open, fully decode, convert and resize one image (a worker's unit of work)."""
+def decode_file(path: str | bytes, size: int) -> Decoded:
+    """Open, fully decode, convert and resize one image (a worker's unit of work); ``path`` may
+    be the encoded bytes themselves (an image stored in a Hugging Face dataset)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
             fmt = im.format or ""
             im.load()  # decodes every byte: a truncated file fails here, not later
             arr, bits = _to_uint8(im)
@@ -98,7 +100,7 @@ def _work(args: tuple[str, int]) -> Decoded:
     return decode_file(*args)
 
 
-def decode_all(paths: list[str], size: int, description: str, workers: int | None = None) -> list[Decoded]:
+def decode_all(paths: list[str] | list[bytes], size: int, description: str, workers: int | None = None) -> list[Decoded]:
     """Decode every file, in order, with a progress bar; worker processes when it pays."""
     from fmeval.progress import progress_bar
 

@@ -99,8 +99,13 @@ class LocalDataset:
 
 
 def _identity(manifest: Manifest, codes: np.ndarray) -> tuple[list[tuple], list[str]]:
-    """(path, bytes, mtime_ns, label, split[, group]) per row, and missing-file lines."""
+    """(path, bytes, mtime_ns, label, split[, group]) per row, and missing-file lines
+    (in-memory sources: their fingerprint, then label and split per row)."""
     rows, missing = [], []
+    if manifest.payload is not None:
+        rows.append(("fingerprint", manifest.fingerprint))
+        rows += [(rel, ",".join(map(str, manifest.labels[i])), int(codes[i])) for i, rel in enumerate(manifest.paths)]
+        return rows, missing
     for i, rel in enumerate(manifest.paths):
         try:
             st = os.stat(manifest.file(i))
@@ -172,9 +177,11 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
 
 def _decode(manifest, card, assignment, report, size, options, path):
     """Decode every readable row; add pixel, class and leakage findings to ``report``."""
-    files = [str(manifest.file(i)) for i in range(len(manifest.paths))]
-    exists = [os.path.exists(f) for f in files]
-    todo = [i for i, e in enumerate(exists) if e]
+    if manifest.payload is not None:
+        files, todo = manifest.payload, list(range(len(manifest.payload)))
+    else:
+        files = [manifest.file(i) for i in range(len(manifest.paths))]
+        todo = [i for i, f in enumerate(files) if os.path.exists(f)]
     decoded_some = decode_all([files[i] for i in todo], size, f"decoding {card.name}")
     errors, warnings, channels = check_pixels([manifest.where[i] for i in todo], decoded_some)
     report.errors += errors

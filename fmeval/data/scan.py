@@ -48,6 +48,9 @@ class Manifest:
     groups: list[str] | None = None
     problems: list[str] = field(default_factory=list)  # errors: one line each
     notes: list[str] = field(default_factory=list)  # warnings: one line each
+    # in-memory sources (Hugging Face datasets): encoded image bytes per row, and what identifies them
+    payload: list[bytes] | None = None
+    fingerprint: str | None = None
 
     def file(self, i: int) -> str:
         return os.path.join(self.root, self.paths[i])  # str: pathlib costs more than the stat on 10k files
