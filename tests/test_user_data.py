@@ -395,3 +395,30 @@ def test_data_layer_cache_root_follows_the_cache_rule(tmp_path, monkeypatch):
     monkeypatch.delenv("FMEVAL_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data_cache_root() == cache_root() == tmp_path / "xdg" / "fmeval"
+
+
+@pytest.mark.slow
+def test_nifti_manifest_of_vesselmnist3d_gives_the_npz_numbers(capsys, vessel_root, tmp_path):
+    """VesselMNIST3D written as NIfTI volumes + a CSV: the 3D kNN run equals the npz run."""
+    nib = require_extra("nibabel", "data")
+    z = np.load(vessel_root / "vesselmnist3d.npz")
+    out = tmp_path / "vessel"
+    (out / "vols").mkdir(parents=True)
+    rows = []
+    for s in ("train", "val", "test"):
+        for i, (v, label) in enumerate(zip(z[f"{s}_images"], z[f"{s}_labels"][:, 0])):
+            nib.save(nib.Nifti1Image(v, np.eye(4)), out / "vols" / f"{s}{i:05d}.nii")
+            rows.append((f"vols/{s}{i:05d}.nii", int(label), s))
+    with open(out / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split"), *rows])
+    (out / "fmeval.yaml").write_text("name: vessel-nifti\ntask: binary\nclasses: [vessel, aneurysm]\n")
+    reports = tmp_path / "reports"
+    common = ("--model", "resnet18-3d", "--tiny", "--bootstrap", "100", "--k", "1,5", "--limit", "120",
+              "--reports-dir", str(reports), "--data-root", str(vessel_root))
+    for ds in ("vesselmnist3d", str(out / "labels.csv")):
+        code, _, err = run(capsys, "knn", "--dataset", ds, *common)
+        assert code == 0, err
+    res = _results(reports)
+    ref, r = res[("vesselmnist3d", "knn")], res[("vessel-nifti", "knn")]
+    assert r["test"]["metrics"] == ref["test"]["metrics"] and r["selection"] == ref["selection"]
+    assert "NIfTI" in r["dataset"]["preprocessing"]

@@ -26,7 +26,7 @@ import numpy as np
 from fmeval.data import arraycache
 from fmeval.data.card import CardInfo, DatasetCard
 from fmeval.data.checks import CheckReport, check_classes, check_leakage, check_pixels
-from fmeval.data.decode import RESIZE_RULE, decode_all, stack
+from fmeval.data.decode import RESIZE_RULE, VOLUME_RULE, decode_all, is_volume_file, stack
 from fmeval.data.info import SPLITS, is_multilabel
 from fmeval.data.npz import Split
 from fmeval.data.scan import Manifest
@@ -93,7 +93,7 @@ class LocalDataset:
             "path": str(self.path), "md5": self.content_hash, "md5_verified": None,
             "source": self.kind, "content_hash": self.content_hash, "card": self.card_file,
             "modality": self.card.modality, "license": self.card.license, "split": self.split_record,
-            "preprocessing": RESIZE_RULE, "checks": self.checks.as_dict(),
+            "preprocessing": VOLUME_RULE if self.info.is_volume else RESIZE_RULE, "checks": self.checks.as_dict(),
             **{f"n_{s}": len(self.label_arrays[s]) for s in SPLITS},
         }
 
@@ -115,6 +115,17 @@ def _identity(manifest: Manifest, codes: np.ndarray) -> tuple[list[tuple], list[
         group = manifest.groups[i] if manifest.groups else ""
         rows.append((rel, st.st_size, st.st_mtime_ns, ",".join(map(str, manifest.labels[i])), int(codes[i]), group))
     return rows, missing
+
+
+def manifest_ndim(manifest: Manifest) -> int:
+    """3 when every row is a NIfTI volume, 2 when none is (a mix is one of the manifest's problems)."""
+    if manifest.payload is not None or not manifest.paths:
+        return 2
+    vols = sum(is_volume_file(p) for p in manifest.paths)
+    if vols and vols != len(manifest.paths):
+        raise DataError(f"{manifest.root}: {vols} of {len(manifest.paths)} rows are NIfTI volumes; a dataset holds "
+                        "2D images or 3D volumes, not both.")
+    return 3 if vols else 2
 
 
 def content_digest(task: str, classes, labels: dict[str, np.ndarray], images: dict[str, np.ndarray]) -> str:
@@ -146,7 +157,8 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
             codes[assignment[s]] = k
     identity, missing = _identity(manifest, codes)
     report.errors += missing
-    prep = {"size": size, "rule": RESIZE_RULE, "task": card.task, "classes": list(card.classes),
+    manifest_ndim(manifest)  # a mix of images and volumes fails here, before any decoding
+    prep = {"size": size, "rule": RESIZE_RULE, "volume_rule": VOLUME_RULE, "task": card.task, "classes": list(card.classes),
             "split": record.get("sha256"), "strict_leakage": options.strict_leakage}
     key = arraycache.manifest_key(identity, prep)
     hit = arraycache.load(key) if (assignment is not None and not report.errors) else None
@@ -169,7 +181,8 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
             images = arraycache.load(key)[0]  # memory-mapped, as every later run reads it
     else:
         record["file"] = hit[1].get("split_file")
-    info = card.info(n_channels=channels, n_samples={s: len(labels[s]) for s in SPLITS}, size=size)
+    info = card.info(n_channels=channels, n_samples={s: len(labels[s]) for s in SPLITS}, size=size,
+                     ndim=manifest_ndim(manifest))
     return LocalDataset(info=info, size=size, path=path, kind=kind, card=card, card_file=card_file,
                         content_hash=digest, split_record=record, checks=report, images=images,
                         label_arrays=labels, warnings=warnings, decoded_now=hit is None)
@@ -199,7 +212,8 @@ def _decode(manifest, card, assignment, report, size, options, path):
             line + (" (--strict-leakage)" if options.strict_leakage else " Pass --strict-leakage to refuse such data."))
     if report.errors:
         return None, channels, None
-    images = {s: stack([decoded[i] for i in assignment[s]], channels, size) for s in SPLITS}
+    ndim = manifest_ndim(manifest)
+    images = {s: stack([decoded[i] for i in assignment[s]], channels, size, ndim) for s in SPLITS}
     return images, channels, content_digest(card.task, card.classes, labels, images)
 
 
