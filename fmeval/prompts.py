@@ -150,7 +150,8 @@ class BankSpec(_Strict):
     @field_validator("dataset", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
-        return v.strip().lower() if isinstance(v, str) else v
+        # a MedMNIST name in lower case; a user dataset's path (fmeval prompts init) as written
+        return v.strip().lower() if isinstance(v, str) and "/" not in v else v
 
 
 # --------------------------------------------------------------------------- #
@@ -229,12 +230,12 @@ def load_bank(path: str | Path, dataset: str | None = None) -> PromptBank:
 # Semantic validation against medmnist.INFO
 # --------------------------------------------------------------------------- #
 def _dataset_info(flag: str) -> dict:
-    """medmnist.INFO entry of a 2D dataset, through the data layer's lookup."""
-    from fmeval.data.info import _medmnist_info, dataset_info
+    """medmnist.INFO entry of a 2D dataset, or a user dataset's card, through the data layer."""
+    from fmeval.data.sources import label_table
     from fmeval.errors import DataError
 
     try:
-        return _medmnist_info()[dataset_info(flag).flag]
+        return label_table(flag)
     except DataError as exc:
         raise PromptBankError(str(exc)) from None
 
@@ -488,8 +489,10 @@ class PromptBank:
 
     def check_dataset(self, flag: str) -> None:
         """Raise unless this bank was written for dataset ``flag``."""
-        flag = flag.strip().lower()
-        if flag != self.spec.dataset:
+        from fmeval.data.sources import bank_key  # a name in lower case, a path resolved
+
+        flag = bank_key(flag)
+        if flag != bank_key(self.spec.dataset):
             where = f" ({self.source})" if self.source else ""
             raise PromptBankError(
                 f"prompt bank{where} is for {self.spec.dataset!r}, not {flag!r}"
@@ -769,7 +772,10 @@ def resolve_bank(spec: str | Path | None, dataset: str) -> PromptBank:
     ``pneumonia.yaml``), or ``None`` for the dataset's own shipped bank; this is
     the single entry point the CLI needs (see :func:`bank_path`).
     """
-    path = shipped_bank_path(dataset) if spec is None else bank_path(spec)
+    from fmeval.data.sources import default_bank  # a user dataset's own bank (fmeval prompts init)
+
+    own = default_bank(dataset) if spec is None else None
+    path = own if own is not None and own.exists() else shipped_bank_path(dataset) if spec is None else bank_path(spec)
     return load_bank(path, dataset=dataset)
 
 

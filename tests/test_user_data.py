@@ -422,3 +422,29 @@ def test_nifti_manifest_of_vesselmnist3d_gives_the_npz_numbers(capsys, vessel_ro
     ref, r = res[("vesselmnist3d", "knn")], res[("vessel-nifti", "knn")]
     assert r["test"]["metrics"] == ref["test"]["metrics"] and r["selection"] == ref["selection"]
     assert "NIfTI" in r["dataset"]["preprocessing"]
+
+
+def test_prompts_init_writes_a_bank_that_validates_and_zero_shot_uses(capsys, tmp_path):
+    root = _small_folder(tmp_path / "mine", n=4)
+    (root / "fmeval.yaml").write_text(CARD.format(name="mine"))
+    code, out, err = run(capsys, "prompts", "init", "--dataset", str(root))
+    assert code == 0, err
+    bank = root / "prompts.yaml"
+    code, out, err = run(capsys, "prompts", "validate", str(bank))
+    assert code == 0 and "ok" in out, err
+    code, out, err = run(capsys, "prompts", "init", "--dataset", str(root))
+    assert code == 2 and "exists" in err
+    code, out, err = run(capsys, "zeroshot", "--model", "clip-vit-b16", "--tiny", "--dataset", str(root),
+                         "--bootstrap", "0", "--reports-dir", str(tmp_path / "reports"))
+    assert code == 0, err
+    (res,) = [json.loads(p.read_text()) for p in (tmp_path / "reports").glob("*/results.json")]
+    assert res["dataset"]["flag"] == "mine" and res["test"]["class_names"] == list(CLASSES)
+    from fmeval.prompts import load_bank
+
+    assert res["extras"]["prompt_bank_hash"] == load_bank(bank).content_hash  # the dataset's own bank, by default
+    # a bank written for another dataset is refused for this one
+    other = _small_folder(tmp_path / "other", n=2)
+    (other / "fmeval.yaml").write_text(CARD.format(name="other"))
+    code, out, err = run(capsys, "zeroshot", "--model", "clip-vit-b16", "--tiny", "--dataset", str(other),
+                         "--prompts", str(bank), "--bootstrap", "0")
+    assert code == 2 and "is for" in err

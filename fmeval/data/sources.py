@@ -188,3 +188,36 @@ def _npz_channels(path: Path) -> int:
 
 
 __all__ = ["SOURCES", "SourceOptions", "LocalDataset", "open_dataset", "check_spec", "scan"]
+
+
+# -- what prompt banks ask of a dataset (fmeval.prompts), for names and paths alike ------------
+def bank_key(spec: str) -> str:
+    """How a prompt bank names a dataset: a MedMNIST name in lower case, else the resolved path."""
+    if _is_flag(spec.strip()) or spec.startswith(hf.PREFIX):
+        return spec.strip().lower() if _is_flag(spec.strip()) else spec.strip()
+    return str(Path(spec.strip()).expanduser().resolve())
+
+
+def label_table(spec: str) -> dict:
+    """``{"task": ..., "label": {"0": name, ...}}`` (medmnist.INFO's shape) from the INFO table
+    for a MedMNIST name, else from the dataset's card (nothing else is read)."""
+    from fmeval.data.info import _medmnist_info
+
+    if _is_flag(spec.strip()):
+        return _medmnist_info()[spec.strip().lower()]
+    path = Path(spec).expanduser()
+    if not path.exists():
+        source_kind(spec)  # "unknown dataset 'x'. Did you mean ...?" or "path does not exist"
+    cp = path.with_suffix(".yaml") if path.suffix == ".npz" and path.with_suffix(".yaml").exists() else card_path(path)
+    if not cp.exists():
+        raise DataError(f"{spec}: no dataset card ({cp.name}) to take class names from; write one with "
+                        "`fmeval data init`.")
+    card = read_card(cp)
+    return {"task": card.medmnist_task, "label": {str(i): c for i, c in enumerate(card.classes)}}
+
+
+def default_bank(spec: str) -> Path | None:
+    """A user dataset's own prompt bank: ``prompts.yaml`` beside its card (``fmeval prompts init``)."""
+    if _is_flag(spec.strip()) or spec.startswith(hf.PREFIX):
+        return None
+    return card_path(Path(spec).expanduser()).with_name("prompts.yaml")
