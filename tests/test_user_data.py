@@ -370,20 +370,23 @@ def test_second_open_of_10000_pngs_reads_no_image_file(tmp_path, monkeypatch):
     assert third.decoded_now and opened["n"] == 10_000 and third.md5 != first.md5
 
 
-def test_study_lists_a_folder_in_datasets(tmp_path):
-    from fmeval.studies.plan import _validate_axes
-    from fmeval.studies.spec import StudySpec
-
-    root = _small_folder(tmp_path / "mine")
-    spec = StudySpec.model_validate({"name": "s", "axes": {"models": ["vit-s16"], "datasets": [str(root)],
-                                                           "modes": ["knn"]}})
-    _validate_axes(spec)  # accepted
-    bad = StudySpec.model_validate({"name": "s", "axes": {"models": ["vit-s16"], "datasets": [str(root / "x")],
-                                                          "modes": ["knn"]}})
-    from fmeval.errors import FmevalError
-
-    with pytest.raises(FmevalError, match="does not exist"):
-        _validate_axes(bad)
+@pytest.mark.slow
+def test_study_lists_a_folder_in_datasets(capsys, pneumonia_root, tmp_path, monkeypatch):
+    """A study YAML lists a path beside a MedMNIST name; its leaderboard shows both by name."""
+    monkeypatch.setenv("FMEVAL_DATA_ROOT", str(pneumonia_root))
+    root = export_folder(pneumonia_root / "pneumoniamnist.npz", tmp_path / "mine", per_split=60, name="mine-png")
+    study = tmp_path / "study.yaml"
+    study.write_text("name: mine\nsettings: {tiny: true, n_boot: 20, limit: 60}\naxes:\n  models: [vit-s16]\n"
+                     f"  datasets: [pneumoniamnist, {root}]\n  sizes: [28]\n  modes: [knn]\n  seeds: [0]\n")
+    reports = tmp_path / "reports"
+    code, out, err = run(capsys, "study", "run", str(study), "--reports-dir", str(reports))
+    assert code == 0, err
+    board = next(reports.rglob("leaderboard.md")).read_text()
+    assert "pneumoniamnist" in board and "mine-png" in board
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(study.read_text().replace(str(root), str(root / "nothere")))
+    code, out, err = run(capsys, "study", "plan", str(bad))
+    assert code == 2 and "does not exist" in err
 
 
 def test_data_layer_cache_root_follows_the_cache_rule(tmp_path, monkeypatch):
