@@ -99,21 +99,25 @@ class LocalDataset:
 
 
 def _identity(manifest: Manifest, codes: np.ndarray) -> tuple[list[tuple], list[str]]:
-    """(path, bytes, mtime_ns, label, split[, group]) per row, and missing-file lines
-    (in-memory sources: their fingerprint, then label and split per row)."""
+    """What keys the decoded arrays: (path, bytes, mtime_ns) per file, then labels, splits and groups
+    as one block each (in-memory sources: their fingerprint), and the missing-file lines."""
     rows, missing = [], []
     if manifest.payload is not None:
         rows.append(("fingerprint", manifest.fingerprint))
-        rows += [(rel, ",".join(map(str, manifest.labels[i])), int(codes[i])) for i, rel in enumerate(manifest.paths)]
-        return rows, missing
-    for i, rel in enumerate(manifest.paths):
-        try:
-            st = os.stat(manifest.file(i))
-        except OSError:
-            missing.append(f"{manifest.where[i]}: file {rel} not found.")
-            continue
-        group = manifest.groups[i] if manifest.groups else ""
-        rows.append((rel, st.st_size, st.st_mtime_ns, ",".join(map(str, manifest.labels[i])), int(codes[i]), group))
+    elif manifest.stats is not None:  # the folder scan stat'ed every file already
+        rows = [(rel, size, mtime) for rel, (size, mtime) in zip(manifest.paths, manifest.stats)]
+    else:
+        for i, rel in enumerate(manifest.paths):
+            try:
+                st = os.stat(manifest.file(i))
+            except OSError:
+                missing.append(f"{manifest.where[i]}: file {rel} not found.")
+                continue
+            rows.append((rel, st.st_size, st.st_mtime_ns))
+    rows.append(("labels", hashlib.sha256(np.ascontiguousarray(manifest.labels, np.int64).tobytes()).hexdigest()))
+    rows.append(("splits", hashlib.sha256(np.ascontiguousarray(codes, np.int64).tobytes()).hexdigest()))
+    if manifest.groups is not None:
+        rows.append(("groups", hashlib.sha256("\x1f".join(manifest.groups).encode()).hexdigest()))
     return rows, missing
 
 
