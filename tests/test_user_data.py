@@ -451,3 +451,16 @@ def test_prompts_init_writes_a_bank_that_validates_and_zero_shot_uses(capsys, tm
     code, out, err = run(capsys, "zeroshot", "--model", "clip-vit-b16", "--tiny", "--dataset", str(other),
                          "--prompts", str(bank), "--bootstrap", "0")
     assert code == 2 and "is for" in err
+
+
+def test_decode_benchmark_runs_at_toy_size(tmp_path, monkeypatch):
+    """benchmarks/decode.py end to end on 80 files (timings are not asserted, only that the
+    cached pass was a cache hit and every field is there)."""
+    from benchmarks.decode import run as bench
+
+    monkeypatch.setenv("FMEVAL_DECODE_WORKERS", "2")
+    res = bench(n=80, size=16, workdir=tmp_path / "bench", rounds=1)
+    for key in ("baseline", "first", "second", "second_with_reading_arrays", "first_vs_baseline", "second_vs_first",
+                "goals", "load_average_before", "machine"):
+        assert key in res, key
+    assert res["first"]["images_per_s"] > 0 and res["second"]["s"] > 0

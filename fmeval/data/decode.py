@@ -174,14 +174,18 @@ def decode_workers() -> int:
         return os.cpu_count() or 1
 
 
-def stack(decoded: list[Decoded], channels: int, size: int, ndim: int = 2) -> np.ndarray:
-    """One uint8 array [N, S, S] (grey), [N, S, S, 3] or volumes [N, S, S, S]; grey repeated
-    when the dataset is colour."""
+def stack_shape(n: int, channels: int, size: int, ndim: int = 2) -> tuple[int, ...]:
     if ndim == 3:
-        return np.stack([d.array for d in decoded]) if decoded else np.zeros((0, size, size, size), np.uint8)
-    shape = (len(decoded), size, size) if channels == 1 else (len(decoded), size, size, 3)
-    out = np.empty(shape, dtype=np.uint8)
+        return (n, size, size, size)
+    return (n, size, size) if channels == 1 else (n, size, size, 3)
+
+
+def stack(decoded: list[Decoded], channels: int, size: int, ndim: int = 2, out: np.ndarray | None = None) -> np.ndarray:
+    """One uint8 array [N, S, S] (grey), [N, S, S, 3] or volumes [N, S, S, S], written into ``out``
+    when given (a cache file); grey repeated to 3 channels when the dataset is colour."""
+    if out is None:
+        out = np.empty(stack_shape(len(decoded), channels, size, ndim), dtype=np.uint8)
     for i, d in enumerate(decoded):
         a = d.array
-        out[i] = a if (a.ndim == 2) == (channels == 1) else np.repeat(a[..., None], 3, axis=2)
+        out[i] = a if ndim == 3 or (a.ndim == 2) == (channels == 1) else np.repeat(a[..., None], 3, axis=2)
     return out

@@ -26,7 +26,7 @@ import numpy as np
 from fmeval.data import arraycache
 from fmeval.data.card import CardInfo, DatasetCard
 from fmeval.data.checks import CheckReport, check_classes, check_leakage, check_pixels
-from fmeval.data.decode import RESIZE_RULE, VOLUME_RULE, decode_all, is_volume_file, stack
+from fmeval.data.decode import RESIZE_RULE, VOLUME_RULE, decode_all, is_volume_file, stack, stack_shape
 from fmeval.data.info import SPLITS, is_multilabel
 from fmeval.data.npz import Split
 from fmeval.data.scan import Manifest
@@ -171,20 +171,25 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
         report = CheckReport(**{k: meta["checks"][k2] for k, k2 in
                                 (("errors", "errors"), ("warnings", "warnings"), ("duplicates", "cross_split_duplicates"))})
         channels, digest = meta["channels"], meta["content_hash"]
+        record["file"] = meta.get("split_file")
     else:
-        images, channels, digest = _decode(manifest, card, assignment, report, size, options, path)
+        parts, channels = _decode(manifest, card, assignment, report, size, options, path)
     if report.errors:
         raise DataError(_summary(path, report))
     warnings = [*notes, *report.warnings]  # notes (e.g. "no card") are this run's, never cached
     labels = {s: manifest.labels[assignment[s]] for s in SPLITS}
     if hit is None:
-        record["file"] = _write_split(card.name, assignment, record) if write else None
+        ndim = manifest_ndim(manifest)
+        with arraycache.Writer(key, enabled=write) as out:  # straight into the cache files: no second copy
+            images = {s: stack(parts[s], channels, size, ndim, out=out.array(s, stack_shape(len(parts[s]), channels,
+                                                                                              size, ndim)))
+                      for s in SPLITS}
+            digest = content_digest(card.task, card.classes, labels, images)
+            record["file"] = _write_split(card.name, assignment, record) if write else None
+            out.commit({"checks": report.as_dict(), "channels": channels, "content_hash": digest,
+                        "split_file": record["file"]})
         if write:
-            arraycache.store(key, images, {"checks": report.as_dict(), "channels": channels, "content_hash": digest,
-                                           "split_file": record["file"]})
             images = arraycache.load(key)[0]  # memory-mapped, as every later run reads it
-    else:
-        record["file"] = hit[1].get("split_file")
     info = card.info(n_channels=channels, n_samples={s: len(labels[s]) for s in SPLITS}, size=size,
                      ndim=manifest_ndim(manifest))
     return LocalDataset(info=info, size=size, path=path, kind=kind, card=card, card_file=card_file,
@@ -204,7 +209,7 @@ def _decode(manifest, card, assignment, report, size, options, path):
     report.errors += errors
     report.warnings += warnings
     if assignment is None or report.errors or len(todo) != len(files):
-        return None, channels, None
+        return None, channels
     decoded = decoded_some  # every row exists
     labels = {s: manifest.labels[assignment[s]] for s in SPLITS}
     report.warnings += check_classes(labels, card.classes, is_multilabel(card.medmnist_task))
@@ -215,10 +220,8 @@ def _decode(manifest, card, assignment, report, size, options, path):
         (report.errors if options.strict_leakage else report.warnings).append(
             line + (" (--strict-leakage)" if options.strict_leakage else " Pass --strict-leakage to refuse such data."))
     if report.errors:
-        return None, channels, None
-    ndim = manifest_ndim(manifest)
-    images = {s: stack([decoded[i] for i in assignment[s]], channels, size, ndim) for s in SPLITS}
-    return images, channels, content_digest(card.task, card.classes, labels, images)
+        return None, channels
+    return {s: [decoded[i] for i in assignment[s]] for s in SPLITS}, channels
 
 
 def _write_split(name: str, assignment: dict[str, np.ndarray], record: dict) -> str:
