@@ -25,7 +25,7 @@ import numpy as np
 
 from fmeval.data import arraycache
 from fmeval.data.card import CardInfo, DatasetCard
-from fmeval.data.checks import CheckReport, check_classes, check_leakage, check_pixels
+from fmeval.data.checks import CheckReport, capped, check_classes, check_leakage, check_pixels
 from fmeval.data.decode import RESIZE_RULE, VOLUME_RULE, decode_all, is_volume_file, stack, stack_shape
 from fmeval.data.info import SPLITS, is_multilabel
 from fmeval.data.npz import Split
@@ -237,4 +237,4 @@ def _write_split(name: str, assignment: dict[str, np.ndarray], record: dict) -> 
 
 def _summary(path: Path, report: CheckReport) -> str:
     n = len(report.errors)
-    return f"{path}: {n} problem(s) found, nothing was cached or run:\n  " + "\n  ".join(report.errors)
+    return f"{path}: {n} problem(s) found, nothing was cached or run:\n  " + "\n  ".join(capped(report.errors))
