@@ -464,3 +464,26 @@ def test_decode_benchmark_runs_at_toy_size(tmp_path, monkeypatch):
                 "goals", "load_average_before", "machine"):
         assert key in res, key
     assert res["first"]["images_per_s"] > 0 and res["second"]["s"] > 0
+
+
+def test_group_by_keeps_each_patient_in_one_split_of_a_manifest(capsys, tmp_path):
+    from fmeval.data.local import SourceOptions
+    from fmeval.data.sources import open_dataset
+
+    rows = []
+    for k in range(90):
+        _png(tmp_path / "img" / f"{k:03d}.png", k)
+        rows.append((f"img/{k:03d}.png", CLASSES[(k // 3) % 2], f"p{k // 3}"))  # 3 images per patient
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "patient"), *rows])
+    code, out, err = run(capsys, "data", "check", str(tmp_path / "labels.csv"), "--group-by", "patient")
+    assert code == 0, err
+    data = open_dataset(str(tmp_path / "labels.csv"), options=SourceOptions(group_by="patient", split_seed=3))
+    split_of = {}
+    for s in ("train", "val", "test"):
+        idx = json.loads(Path(data.split_record["file"]).read_text())[s]
+        for i in idx:
+            assert split_of.setdefault(rows[i][2], s) == s
+    assert data.split_record["group_by"] == "patient" and len(set(split_of.values())) == 3
+    code, out, err = run(capsys, "data", "check", str(tmp_path / "labels.csv"), "--group-by", "patinet")
+    assert code == 2 and "no group column 'patinet'" in err and "did you mean 'patient'" in err
