@@ -190,8 +190,7 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
                         "split_file": record["file"]})
         if write:
             images = arraycache.load(key)[0]  # memory-mapped, as every later run reads it
-    info = card.info(n_channels=channels, n_samples={s: len(labels[s]) for s in SPLITS}, size=size,
-                     ndim=manifest_ndim(manifest))
+    info = card.info(n_channels=channels, size=size, ndim=manifest_ndim(manifest))
     return LocalDataset(info=info, size=size, path=path, kind=kind, card=card, card_file=card_file,
                         content_hash=digest, split_record=record, checks=report, images=images,
                         label_arrays=labels, warnings=warnings, decoded_now=hit is None)

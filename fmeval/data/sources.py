@@ -163,7 +163,7 @@ def open_npz(path: Path, size: int) -> MedMNIST:
     card = read_card(cp)
     _checked_name(card.name, path)
     channels = _npz_channels(path)
-    info = card.info(n_channels=channels, n_samples={}, size=size)
+    info = card.info(n_channels=channels, size=size)
     data = MedMNIST(info=info, size=size, path=path, md5_policy="off")
     data._npz  # fail fast on a corrupt file
     return data
