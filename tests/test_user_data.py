@@ -89,6 +89,7 @@ def exported(pneumonia_root, tmp_path_factory):
     return folder, manifest
 
 
+@pytest.mark.slow
 def test_hf_saved_dataset_runs_equal_the_npz_run(capsys, pneumonia_root, tmp_path):
     """A datasets.save_to_disk export: kNN gives the npz run's numbers exactly."""
     saved = export_hf(pneumonia_root / "pneumoniamnist.npz", tmp_path / "pneumo-hf")
@@ -208,7 +209,7 @@ def test_data_check_names_each_broken_file_in_one_line(capsys, tmp_path):
     assert not (tmp_path / "cache" / "decoded").exists()  # data check writes nothing
 
 
-def test_16_bit_rule_and_grey_to_rgb(tmp_path):
+def test_16_bit_rule_is_round_x_over_257(tmp_path):
     from fmeval.data.decode import decode_file
 
     a = np.array([[0, 257, 65535, 1000]], dtype=np.uint16).repeat(4, axis=0)
