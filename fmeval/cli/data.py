@@ -76,3 +76,56 @@ def data_init(
     atomic_write_text(target, card.to_yaml())
     console.print(f"[green]wrote[/] {escape(str(target))}: {card.name}, {card.task}, classes "
                   f"{escape(', '.join(card.classes))} ({len(manifest.paths)} images)")
+
+
+from fmeval.cli.zeroshot import prompts_app  # noqa: E402  (registered before this module)
+
+
+@prompts_app.command("init")
+def prompts_init(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Your dataset (folder or manifest with a card).")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing bank.")] = False,
+) -> None:
+    """Write a starter prompt bank (prompts.yaml beside the dataset card) from the card's class names;
+    zero-shot on the dataset uses it by default. Edit the wording, then `fmeval prompts validate` it."""
+    import yaml
+
+    from fmeval.data.sources import bank_key, default_bank, label_table
+    from fmeval.errors import ConfigError
+    from fmeval.io import atomic_write_text
+    from fmeval.prompts import PromptBank
+
+    target = default_bank(dataset)
+    if target is None:
+        raise ConfigError(f"--dataset {dataset}: MedMNIST datasets have shipped banks (fmeval prompts ls).")
+    table = label_table(dataset)  # the card's classes (one line if there is no card)
+    if target.exists() and not force:
+        raise ConfigError(f"{target} exists; edit it, or pass --force to overwrite it.")
+    doc = starter_bank(bank_key(dataset), table["task"], [table["label"][k] for k in sorted(table["label"], key=int)])
+    PromptBank.from_dict(doc, source=str(target))  # never write a bank that would not validate
+    header = "# Starter prompt bank written by `fmeval prompts init`: edit display names, synonyms and templates.\n"
+    atomic_write_text(target, header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    console.print(f"[green]wrote[/] {escape(str(target))} ({len(doc['classes'])} classes, "
+                  f"styles {', '.join(doc['styles'])})")
+
+
+def starter_bank(dataset: str, task: str, classes: list[str]) -> dict:
+    """Two styles: the class names alone, and a few generic templates over display names."""
+    multi = "multi-label" in task
+    pair = (lambda pos, neg: {"positive": pos, "negative": neg}) if multi else (lambda pos, neg: pos)
+    return {
+        "dataset": dataset,
+        "version": "0.1",
+        "description": "Starter bank from the dataset card's class names.",
+        "sources": [{"id": "card", "citation": "class names from the dataset card (fmeval.yaml)"}],
+        "default_style": "templates",
+        "classes": {str(i): {"name": c, "display": c.replace("_", " "), "synonyms": []} for i, c in enumerate(classes)},
+        "styles": {
+            "class-names": {"description": "The card's class names alone.", "fill": ["name"],
+                            "templates": pair(["{class}"], ["no {class}"]), "sources": ["card"]},
+            "templates": {"description": "Generic medical-image templates over display names and synonyms.",
+                          "fill": ["display", "synonyms"], "sources": ["card"],
+                          "templates": pair(["a medical image showing {class}.", "an image of {class}."],
+                                            ["a medical image showing no {class}.", "an image without {class}."])},
+        },
+    }

@@ -23,13 +23,14 @@ def with_bank_dataset(opts: Given) -> dict:
     bank_spec = explicit.get("zeroshot.prompts")
     if bank_spec is None:
         return explicit
+    from fmeval.data.sources import bank_key
     from fmeval.prompts import find_bank
 
     bank = find_bank(bank_spec)
     ds = explicit.get("dataset")
     if ds is None:
         explicit["dataset"] = bank.dataset
-    elif ds.lower() != bank.dataset:
+    elif bank_key(ds) != bank_key(bank.dataset):
         raise ConfigError(f"prompt bank {bank_spec!r} is for {bank.dataset}, not --dataset {ds}.")
     return explicit
 

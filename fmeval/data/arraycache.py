@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from fmeval.data.info import SPLITS
+from fmeval.settings import cache_root  # the one rule for the cache folder (re-exported)
 
 FORMAT = 1
 
 
 def decoded_root() -> Path:
-    from fmeval.settings import cache_root
-
     return cache_root() / "decoded"
 
 
@@ -61,17 +60,41 @@ def load(key: str) -> tuple[dict[str, np.ndarray], dict] | None:
     return images, meta
 
 
-def store(key: str, images: dict[str, np.ndarray], meta: dict) -> None:
-    folder = _entry(key)
-    tmp = folder.with_name(f".{key}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        for s in SPLITS:
-            np.save(tmp / f"{s}_images.npy", np.ascontiguousarray(images[s]), allow_pickle=False)
-        (tmp / "meta.json").write_text(json.dumps({**meta, "n": {s: len(images[s]) for s in SPLITS}}))
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+class Writer:
+    """A new entry, written in a temporary folder and renamed into place by :meth:`commit`;
+    leaving the block without a commit (an error, a failed check) removes every trace.
+    ``enabled=False`` (``fmeval data check``) hands out in-memory arrays and writes nothing."""
+
+    def __init__(self, key: str, enabled: bool = True) -> None:
+        self.key, self.enabled = key, enabled
+        self.folder = _entry(key)
+        self.tmp = self.folder.with_name(f".{key}.{os.getpid()}.tmp")
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def __enter__(self) -> "Writer":
+        if self.enabled:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir(parents=True)
+        return self
+
+    def array(self, split: str, shape: tuple[int, ...]) -> np.ndarray:
+        if not self.enabled:
+            return np.empty(shape, dtype=np.uint8)
+        arr = np.lib.format.open_memmap(self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        self.arrays[split] = arr
+        return arr
+
+    def commit(self, meta: dict) -> None:
+        if not self.enabled:
+            return
+        for arr in self.arrays.values():
+            arr.flush()
+        (self.tmp / "meta.json").write_text(json.dumps({**meta, "n": {s: len(a) for s, a in self.arrays.items()}}))
+        if self.folder.exists():
+            shutil.rmtree(self.folder, ignore_errors=True)
+        os.replace(self.tmp, self.folder)
+
+    def __exit__(self, *exc) -> None:
+        self.arrays.clear()
+        if self.enabled:
+            shutil.rmtree(self.tmp, ignore_errors=True)

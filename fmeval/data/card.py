@@ -9,7 +9,7 @@ leaderboard. ``fmeval data init PATH`` writes a starter card from what it finds.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -48,7 +48,6 @@ class DatasetCard:
     label_columns: tuple[str, ...] | None = None
     split_column: str | None = None
     group_column: str | None = None
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -64,7 +63,8 @@ class DatasetCard:
     def medmnist_task(self) -> str:
         return TASKS[self.task]
 
-    def info(self, *, n_channels: int, n_samples: dict[str, int], size: int, ndim: int = 2) -> CardInfo:
+    def info(self, *, n_channels: int, size: int, ndim: int = 2) -> CardInfo:
+        """The metadata record every mode reads; no official sample counts (nothing to warn against)."""
         return CardInfo(
             flag=self.name, task=self.medmnist_task, labels=tuple(self.classes), n_channels=n_channels,
             n_samples={}, license=self.license, description=self.description or self.modality,
@@ -73,7 +73,7 @@ class DatasetCard:
 
     def to_yaml(self) -> str:
         keep = ("name", "task", "classes", "modality", "license", "splits", "description")  # blanks: to fill in
-        d = {k: v for k, v in asdict(self).items() if k in keep or (k != "extra" and v not in (None, ""))}
+        d = {k: v for k, v in asdict(self).items() if k in keep or (v not in (None, ""))}
         d["classes"] = list(self.classes)
         if self.label_columns is not None:
             d["label_columns"] = list(self.label_columns)

@@ -34,7 +34,7 @@ class CheckReport:
         return {"errors": list(self.errors), "warnings": list(self.warnings), "cross_split_duplicates": self.duplicates}
 
 
-def _capped(lines: list[str]) -> list[str]:
+def capped(lines: list[str]) -> list[str]:
     if len(lines) <= MAX_LINES:
         return lines
     return lines[:MAX_LINES] + [f"... and {len(lines) - MAX_LINES} more like these."]
@@ -47,10 +47,10 @@ def _examples(names: list[str], n: int = 3) -> str:
 
 def check_pixels(where: list[str], decoded: list[Decoded]) -> tuple[list[str], list[str], int]:
     """(errors, warnings, channels): unreadable files, format mismatches, conversions."""
-    errors = _capped([f"{where[i]}: unreadable image ({d.error})." for i, d in enumerate(decoded) if d.error])
+    errors = capped([f"{where[i]}: unreadable image ({d.error})." for i, d in enumerate(decoded) if d.error])
     warnings: list[str] = []
     mism = [(where[i], m) for i, d in enumerate(decoded) if not d.error and (m := format_mismatch(where[i], d.fmt))]
-    warnings += _capped([f"{w}: {m} (decoded by its content)." for w, m in mism])
+    warnings += capped([f"{w}: {m} (decoded by its content)." for w, m in mism])
     ok = [(where[i], d) for i, d in enumerate(decoded) if not d.error]
     sixteen = [w for w, d in ok if d.bits == 16]
     if sixteen:

@@ -18,6 +18,7 @@ images across splits (leakage) and is kept with the decoded arrays.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,48 @@ class Decoded:
     channels: int = 1
 
 
-def decode_file(path: str, size: int) -> Decoded:
-    """Open, fully decode, convert and resize one image (a worker's unit of work)."""
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+VOLUME_RULE = ("NIfTI: the stored array as is, axes (D, H, W) = array axes 0, 1, 2 (no reorientation); "
+               "uint8 kept, uint16 round(x/257), other integer or float types refused; no resizing")
+
+
+def is_volume_file(path: str) -> bool:
+    return path.lower().endswith(VOLUME_SUFFIXES)
+
+
+def decode_volume(path: str, size: int) -> Decoded:
+    """One NIfTI volume (nibabel, optional) as uint8 [S, S, S], by :data:`VOLUME_RULE`."""
+    try:
+        import nibabel
+    except ImportError:
+        return Decoded(error="reading NIfTI needs the optional nibabel package (pip install 'fmeval[data]')")
+    try:
+        a = np.asanyarray(nibabel.load(path).dataobj)
+    except Exception as exc:  # nibabel raises many kinds for a damaged file
+        return Decoded(error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if a.ndim == 4 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.dtype == np.uint16:
+        a, bits = np.round(a.astype(np.float64) / 257.0).astype(np.uint8), 16
+    elif a.dtype == np.uint8:
+        bits = 8
+    else:
+        return Decoded(error=f"voxel type {a.dtype} is not supported (uint8 or uint16)")
+    if a.shape != (size, size, size):
+        return Decoded(error=f"volume is {'x'.join(map(str, a.shape))}, expected {size}^3 (--size); "
+                             "volumes are not resized")
+    digest = hashlib.blake2b(a.tobytes(), digest_size=16)
+    digest.update(repr(a.shape).encode())
+    return Decoded(array=np.ascontiguousarray(a), pixel_hash=digest.hexdigest(), fmt="NIfTI", bits=bits, channels=1)
+
+
+def decode_file(path: str | bytes, size: int) -> Decoded:
+    """Open, fully decode, convert and resize one image (a worker's unit of work); ``path`` may
+    be the encoded bytes themselves (an image stored in a Hugging Face dataset)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
             fmt = im.format or ""
             im.load()  # decodes every byte: a truncated file fails here, not later
             arr, bits = _to_uint8(im)
@@ -95,10 +132,13 @@ def format_mismatch(path: str, fmt: str) -> str | None:
 
 
 def _work(args: tuple[str, int]) -> Decoded:
-    return decode_file(*args)
+    path, size = args
+    if isinstance(path, str) and is_volume_file(path):
+        return decode_volume(path, size)
+    return decode_file(path, size)
 
 
-def decode_all(paths: list[str], size: int, description: str, workers: int | None = None) -> list[Decoded]:
+def decode_all(paths: list[str] | list[bytes], size: int, description: str, workers: int | None = None) -> list[Decoded]:
     """Decode every file, in order, with a progress bar; worker processes when it pays."""
     from fmeval.progress import progress_bar
 
@@ -134,11 +174,18 @@ def decode_workers() -> int:
         return os.cpu_count() or 1
 
 
-def stack(decoded: list[Decoded], channels: int, size: int) -> np.ndarray:
-    """One uint8 array [N, S, S] (grey) or [N, S, S, 3]; grey repeated when the dataset is colour."""
-    shape = (len(decoded), size, size) if channels == 1 else (len(decoded), size, size, 3)
-    out = np.empty(shape, dtype=np.uint8)
+def stack_shape(n: int, channels: int, size: int, ndim: int = 2) -> tuple[int, ...]:
+    if ndim == 3:
+        return (n, size, size, size)
+    return (n, size, size) if channels == 1 else (n, size, size, 3)
+
+
+def stack(decoded: list[Decoded], channels: int, size: int, ndim: int = 2, out: np.ndarray | None = None) -> np.ndarray:
+    """One uint8 array [N, S, S] (grey), [N, S, S, 3] or volumes [N, S, S, S], written into ``out``
+    when given (a cache file); grey repeated to 3 channels when the dataset is colour."""
+    if out is None:
+        out = np.empty(stack_shape(len(decoded), channels, size, ndim), dtype=np.uint8)
     for i, d in enumerate(decoded):
         a = d.array
-        out[i] = a if (a.ndim == 2) == (channels == 1) else np.repeat(a[..., None], 3, axis=2)
+        out[i] = a if ndim == 3 or (a.ndim == 2) == (channels == 1) else np.repeat(a[..., None], 3, axis=2)
     return out

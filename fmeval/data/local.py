@@ -25,8 +25,8 @@ import numpy as np
 
 from fmeval.data import arraycache
 from fmeval.data.card import CardInfo, DatasetCard
-from fmeval.data.checks import CheckReport, check_classes, check_leakage, check_pixels
-from fmeval.data.decode import RESIZE_RULE, decode_all, stack
+from fmeval.data.checks import CheckReport, capped, check_classes, check_leakage, check_pixels
+from fmeval.data.decode import RESIZE_RULE, VOLUME_RULE, decode_all, is_volume_file, stack, stack_shape
 from fmeval.data.info import SPLITS, is_multilabel
 from fmeval.data.npz import Split
 from fmeval.data.scan import Manifest
@@ -93,23 +93,43 @@ class LocalDataset:
             "path": str(self.path), "md5": self.content_hash, "md5_verified": None,
             "source": self.kind, "content_hash": self.content_hash, "card": self.card_file,
             "modality": self.card.modality, "license": self.card.license, "split": self.split_record,
-            "preprocessing": RESIZE_RULE, "checks": self.checks.as_dict(),
+            "preprocessing": VOLUME_RULE if self.info.is_volume else RESIZE_RULE, "checks": self.checks.as_dict(),
             **{f"n_{s}": len(self.label_arrays[s]) for s in SPLITS},
         }
 
 
 def _identity(manifest: Manifest, codes: np.ndarray) -> tuple[list[tuple], list[str]]:
-    """(path, bytes, mtime_ns, label, split[, group]) per row, and missing-file lines."""
+    """What keys the decoded arrays: (path, bytes, mtime_ns) per file, then labels, splits and groups
+    as one block each (in-memory sources: their fingerprint), and the missing-file lines."""
     rows, missing = [], []
-    for i, rel in enumerate(manifest.paths):
-        try:
-            st = os.stat(manifest.file(i))
-        except OSError:
-            missing.append(f"{manifest.where[i]}: file {rel} not found.")
-            continue
-        group = manifest.groups[i] if manifest.groups else ""
-        rows.append((rel, st.st_size, st.st_mtime_ns, ",".join(map(str, manifest.labels[i])), int(codes[i]), group))
+    if manifest.payload is not None:
+        rows.append(("fingerprint", manifest.fingerprint))
+    elif manifest.stats is not None:  # the folder scan stat'ed every file already
+        rows = [(rel, size, mtime) for rel, (size, mtime) in zip(manifest.paths, manifest.stats)]
+    else:
+        for i, rel in enumerate(manifest.paths):
+            try:
+                st = os.stat(manifest.file(i))
+            except OSError:
+                missing.append(f"{manifest.where[i]}: file {rel} not found.")
+                continue
+            rows.append((rel, st.st_size, st.st_mtime_ns))
+    rows.append(("labels", hashlib.sha256(np.ascontiguousarray(manifest.labels, np.int64).tobytes()).hexdigest()))
+    rows.append(("splits", hashlib.sha256(np.ascontiguousarray(codes, np.int64).tobytes()).hexdigest()))
+    if manifest.groups is not None:
+        rows.append(("groups", hashlib.sha256("\x1f".join(manifest.groups).encode()).hexdigest()))
     return rows, missing
+
+
+def manifest_ndim(manifest: Manifest) -> int:
+    """3 when every row is a NIfTI volume, 2 when none is (a mix is one of the manifest's problems)."""
+    if manifest.payload is not None or not manifest.paths:
+        return 2
+    vols = sum(is_volume_file(p) for p in manifest.paths)
+    if vols and vols != len(manifest.paths):
+        raise DataError(f"{manifest.root}: {vols} of {len(manifest.paths)} rows are NIfTI volumes; a dataset holds "
+                        "2D images or 3D volumes, not both.")
+    return 3 if vols else 2
 
 
 def content_digest(task: str, classes, labels: dict[str, np.ndarray], images: dict[str, np.ndarray]) -> str:
@@ -141,7 +161,8 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
             codes[assignment[s]] = k
     identity, missing = _identity(manifest, codes)
     report.errors += missing
-    prep = {"size": size, "rule": RESIZE_RULE, "task": card.task, "classes": list(card.classes),
+    manifest_ndim(manifest)  # a mix of images and volumes fails here, before any decoding
+    prep = {"size": size, "rule": RESIZE_RULE, "volume_rule": VOLUME_RULE, "task": card.task, "classes": list(card.classes),
             "split": record.get("sha256"), "strict_leakage": options.strict_leakage}
     key = arraycache.manifest_key(identity, prep)
     hit = arraycache.load(key) if (assignment is not None and not report.errors) else None
@@ -150,21 +171,26 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
         report = CheckReport(**{k: meta["checks"][k2] for k, k2 in
                                 (("errors", "errors"), ("warnings", "warnings"), ("duplicates", "cross_split_duplicates"))})
         channels, digest = meta["channels"], meta["content_hash"]
+        record["file"] = meta.get("split_file")
     else:
-        images, channels, digest = _decode(manifest, card, assignment, report, size, options, path)
+        parts, channels = _decode(manifest, card, assignment, report, size, options, path)
     if report.errors:
         raise DataError(_summary(path, report))
     warnings = [*notes, *report.warnings]  # notes (e.g. "no card") are this run's, never cached
     labels = {s: manifest.labels[assignment[s]] for s in SPLITS}
     if hit is None:
-        record["file"] = _write_split(card.name, assignment, record) if write else None
+        ndim = manifest_ndim(manifest)
+        with arraycache.Writer(key, enabled=write) as out:  # straight into the cache files: no second copy
+            images = {s: stack(parts[s], channels, size, ndim, out=out.array(s, stack_shape(len(parts[s]), channels,
+                                                                                              size, ndim)))
+                      for s in SPLITS}
+            digest = content_digest(card.task, card.classes, labels, images)
+            record["file"] = _write_split(card.name, assignment, record) if write else None
+            out.commit({"checks": report.as_dict(), "channels": channels, "content_hash": digest,
+                        "split_file": record["file"]})
         if write:
-            arraycache.store(key, images, {"checks": report.as_dict(), "channels": channels, "content_hash": digest,
-                                           "split_file": record["file"]})
             images = arraycache.load(key)[0]  # memory-mapped, as every later run reads it
-    else:
-        record["file"] = hit[1].get("split_file")
-    info = card.info(n_channels=channels, n_samples={s: len(labels[s]) for s in SPLITS}, size=size)
+    info = card.info(n_channels=channels, size=size, ndim=manifest_ndim(manifest))
     return LocalDataset(info=info, size=size, path=path, kind=kind, card=card, card_file=card_file,
                         content_hash=digest, split_record=record, checks=report, images=images,
                         label_arrays=labels, warnings=warnings, decoded_now=hit is None)
@@ -172,15 +198,17 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
 
 def _decode(manifest, card, assignment, report, size, options, path):
     """Decode every readable row; add pixel, class and leakage findings to ``report``."""
-    files = [str(manifest.file(i)) for i in range(len(manifest.paths))]
-    exists = [os.path.exists(f) for f in files]
-    todo = [i for i, e in enumerate(exists) if e]
+    if manifest.payload is not None:
+        files, todo = manifest.payload, list(range(len(manifest.payload)))
+    else:
+        files = [manifest.file(i) for i in range(len(manifest.paths))]
+        todo = [i for i, f in enumerate(files) if os.path.exists(f)]
     decoded_some = decode_all([files[i] for i in todo], size, f"decoding {card.name}")
     errors, warnings, channels = check_pixels([manifest.where[i] for i in todo], decoded_some)
     report.errors += errors
     report.warnings += warnings
     if assignment is None or report.errors or len(todo) != len(files):
-        return None, channels, None
+        return None, channels
     decoded = decoded_some  # every row exists
     labels = {s: manifest.labels[assignment[s]] for s in SPLITS}
     report.warnings += check_classes(labels, card.classes, is_multilabel(card.medmnist_task))
@@ -191,17 +219,15 @@ def _decode(manifest, card, assignment, report, size, options, path):
         (report.errors if options.strict_leakage else report.warnings).append(
             line + (" (--strict-leakage)" if options.strict_leakage else " Pass --strict-leakage to refuse such data."))
     if report.errors:
-        return None, channels, None
-    images = {s: stack([decoded[i] for i in assignment[s]], channels, size) for s in SPLITS}
-    return images, channels, content_digest(card.task, card.classes, labels, images)
+        return None, channels
+    return {s: [decoded[i] for i in assignment[s]] for s in SPLITS}, channels
 
 
 def _write_split(name: str, assignment: dict[str, np.ndarray], record: dict) -> str:
     """The split as an index file named by its SHA-256 (the record's ``sha256``)."""
-    from fmeval.settings import cache_root
     from fmeval.io import atomic_write_text
 
-    target = cache_root() / "splits" / f"{name}-{record['sha256'][:16]}.json"
+    target = arraycache.cache_root() / "splits" / f"{name}-{record['sha256'][:16]}.json"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, split_json(assignment))
@@ -210,4 +236,4 @@ def _write_split(name: str, assignment: dict[str, np.ndarray], record: dict) -> 
 
 def _summary(path: Path, report: CheckReport) -> str:
     n = len(report.errors)
-    return f"{path}: {n} problem(s) found, nothing was cached or run:\n  " + "\n  ".join(report.errors)
+    return f"{path}: {n} problem(s) found, nothing was cached or run:\n  " + "\n  ".join(capped(report.errors))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,13 +48,30 @@ class Manifest:
     groups: list[str] | None = None
     problems: list[str] = field(default_factory=list)  # errors: one line each
     notes: list[str] = field(default_factory=list)  # warnings: one line each
+    # in-memory sources (Hugging Face datasets): encoded image bytes per row, and what identifies them
+    payload: list[bytes] | None = None
+    fingerprint: str | None = None
+    # (bytes, mtime_ns) per row when the scan already stat'ed the files (folders), else None
+    stats: list[tuple[int, int]] | None = None
 
-    def file(self, i: int) -> Path:
-        return self.root / self.paths[i]
+    def file(self, i: int) -> str:
+        return f"{self.root}{os.sep}{self.paths[i]}"  # str: pathlib costs more than the stat on 10k files
 
 
 def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def _images_in(folder: Path) -> list[tuple[str, int, int]]:
+    """(name, bytes, mtime_ns) of the image files in ``folder``: one scandir, one stat per image
+    (the identity the decoded-array cache is keyed by, so no second pass over the files)."""
+    out = []
+    with os.scandir(folder) as it:
+        for e in it:
+            if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
+                st = e.stat()
+                out.append((e.name, st.st_size, st.st_mtime_ns))
+    return out
 
 
 def _suggest(value: str, known: tuple[str, ...]) -> str:
@@ -88,24 +106,25 @@ def scan_folder(root: Path, card: DatasetCard | None) -> Manifest:
         raise DataError(f"{root} has no class folders: expected ROOT/<class>/* or ROOT/{{train,val,test}}/<class>/*.")
     if card is not None and card.task == "multi-label":
         raise DataError(f"{root}: a folder of class folders is single-label; describe multi-label data with a manifest.")
-    rows: list[tuple[str, str, str | None, int]] = []  # (sort name, relative path, split, label)
+    rows: list[tuple] = []  # (sort name, relative path, split, label, bytes, mtime_ns)
     for split, d in class_dirs:
         rel = d.relative_to(root)
         if d.name not in classes:
             problems.append(f"{rel}: class folder {d.name!r} is not one of the card's classes "
                             f"({', '.join(classes)}){_suggest(d.name, classes)}.")
             continue
-        files = [p for p in d.iterdir() if _is_image(p)]
+        files = _images_in(d)
         if not files:
             problems.append(f"{rel}: class folder has no images ({', '.join(IMAGE_SUFFIXES)}).")
             continue
         label = classes.index(d.name)
-        rows += [(p.name, str(p.relative_to(root)), split, label) for p in files]
+        rows += [(name, f"{rel}{os.sep}{name}", split, label, size, mtime) for name, size, mtime in files]
     rows.sort(key=lambda r: (SPLITS.index(r[2]) if r[2] else 0, r[0], r[3]))
     task = card.task if card is not None else ("binary" if len(classes) == 2 else "multi-class")
     labels = np.array([[r[3]] for r in rows], dtype=np.int64).reshape(-1, 1)
     return Manifest(root=root, paths=[r[1] for r in rows], labels=labels, splits=[r[2] for r in rows],
-                    where=[r[1] for r in rows], classes=tuple(classes), task=task, problems=problems)
+                    where=[r[1] for r in rows], classes=tuple(classes), task=task, problems=problems,
+                    stats=[(r[4], r[5]) for r in rows])
 
 
 def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:

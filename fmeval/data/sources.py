@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from fmeval.data import hf
 from fmeval.data.card import DatasetCard, card_path, read_card
 from fmeval.data.info import all_flags, dataset_info
 from fmeval.data.local import LocalDataset, SourceOptions, build
@@ -57,6 +58,8 @@ SOURCES: tuple[SourceKind, ...] = (
                "an npz in the MedMNIST layout with a card beside it"),
     SourceKind("manifest", lambda s: bool((p := _as_path(s)) and p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES),
                "a CSV or Parquet manifest"),
+    SourceKind("hf-dataset", lambda s: s.startswith(hf.PREFIX) or bool((p := _as_path(s)) and hf.is_saved_dataset(p)),
+               "a Hugging Face dataset (hf-dataset:<repo> or a save_to_disk folder)"),
     SourceKind("folder", lambda s: bool((p := _as_path(s)) and p.is_dir()), "an image folder"),
 )
 
@@ -82,6 +85,8 @@ def source_kind(spec: str) -> SourceKind:
 def check_spec(spec: str) -> None:
     """Cheap check at config time: a known name or an existing path (nothing read)."""
     source_kind(spec)
+    if spec.startswith(hf.PREFIX):
+        hf.parse_spec(spec)
 
 
 def _card_or_none(location: Path) -> tuple[DatasetCard | None, Path | None]:
@@ -99,17 +104,20 @@ def _checked_name(name: str, where: Path) -> str:
 def scan(spec: str, group_by: str | None = None) -> tuple[str, Path, Manifest, DatasetCard, Path | None, list[str]]:
     """(kind, path, manifest, card, card file, notes) of a folder or manifest source."""
     kind = source_kind(spec)
-    path = Path(spec).expanduser().resolve()
-    card, cfile = _card_or_none(path)
+    hub = spec.startswith(hf.PREFIX)
+    path = Path(hf.parse_spec(spec)[0]) if hub else Path(spec).expanduser().resolve()
+    card, cfile = (None, None) if hub else _card_or_none(path)
     notes: list[str] = []
-    if kind.name == "manifest":
+    if kind.name == "hf-dataset":
+        manifest = hf.scan_hf(spec if hub else str(path), card)
+    elif kind.name == "manifest":
         manifest = scan_manifest(path, card, group_by)
     elif kind.name == "folder":
         manifest = scan_folder(path, card)
     else:
         raise DataError(f"{spec} is {kind.describe}, not a folder or manifest.")
     if card is None:
-        default = path.name if path.is_dir() else path.stem
+        default = path.name if hub or path.is_dir() else path.stem
         card = DatasetCard(name=default, task=manifest.task, classes=manifest.classes or ("?", "?"))
         notes.append(f"no dataset card ({card_path(path).name}): name {card.name!r}, task {card.task} and classes "
                      f"{', '.join(card.classes)} were inferred; `fmeval data init {spec}` writes one to edit.")
@@ -155,7 +163,7 @@ def open_npz(path: Path, size: int) -> MedMNIST:
     card = read_card(cp)
     _checked_name(card.name, path)
     channels = _npz_channels(path)
-    info = card.info(n_channels=channels, n_samples={}, size=size)
+    info = card.info(n_channels=channels, size=size)
     data = MedMNIST(info=info, size=size, path=path, md5_policy="off")
     data._npz  # fail fast on a corrupt file
     return data
@@ -180,3 +188,36 @@ def _npz_channels(path: Path) -> int:
 
 
 __all__ = ["SOURCES", "SourceOptions", "LocalDataset", "open_dataset", "check_spec", "scan"]
+
+
+# -- what prompt banks ask of a dataset (fmeval.prompts), for names and paths alike ------------
+def bank_key(spec: str) -> str:
+    """How a prompt bank names a dataset: a MedMNIST name in lower case, else the resolved path."""
+    if _is_flag(spec.strip()) or spec.startswith(hf.PREFIX):
+        return spec.strip().lower() if _is_flag(spec.strip()) else spec.strip()
+    return str(Path(spec.strip()).expanduser().resolve())
+
+
+def label_table(spec: str) -> dict:
+    """``{"task": ..., "label": {"0": name, ...}}`` (medmnist.INFO's shape) from the INFO table
+    for a MedMNIST name, else from the dataset's card (nothing else is read)."""
+    from fmeval.data.info import _medmnist_info
+
+    if _is_flag(spec.strip()):
+        return _medmnist_info()[spec.strip().lower()]
+    path = Path(spec).expanduser()
+    if not path.exists():
+        source_kind(spec)  # "unknown dataset 'x'. Did you mean ...?" or "path does not exist"
+    cp = path.with_suffix(".yaml") if path.suffix == ".npz" and path.with_suffix(".yaml").exists() else card_path(path)
+    if not cp.exists():
+        raise DataError(f"{spec}: no dataset card ({cp.name}) to take class names from; write one with "
+                        "`fmeval data init`.")
+    card = read_card(cp)
+    return {"task": card.medmnist_task, "label": {str(i): c for i, c in enumerate(card.classes)}}
+
+
+def default_bank(spec: str) -> Path | None:
+    """A user dataset's own prompt bank: ``prompts.yaml`` beside its card (``fmeval prompts init``)."""
+    if _is_flag(spec.strip()) or spec.startswith(hf.PREFIX):
+        return None
+    return card_path(Path(spec).expanduser()).with_name("prompts.yaml")

@@ -146,8 +146,10 @@ class PromptBank:
 
     def check_dataset(self, flag: str) -> None:
         """Raise unless this bank was written for dataset ``flag``."""
-        flag = flag.strip().lower()
-        if flag != self.spec.dataset:
+        from fmeval.data.sources import bank_key  # a name in lower case, a path resolved
+
+        flag = bank_key(flag)
+        if flag != bank_key(self.spec.dataset):
             where = f" ({self.source})" if self.source else ""
             raise PromptBankError(
                 f"prompt bank{where} is for {self.spec.dataset!r}, not {flag!r}"

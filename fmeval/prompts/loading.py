@@ -167,7 +167,10 @@ def resolve_bank(spec: str | Path | None, dataset: str) -> PromptBank:
     ``pneumonia.yaml``), or ``None`` for the dataset's own shipped bank; this is
     the single entry point the CLI needs (see :func:`bank_path`).
     """
-    path = shipped_bank_path(dataset) if spec is None else bank_path(spec)
+    from fmeval.data.sources import default_bank  # a user dataset's own bank (fmeval prompts init)
+
+    own = default_bank(dataset) if spec is None else None
+    path = own if own is not None and own.exists() else shipped_bank_path(dataset) if spec is None else bank_path(spec)
     return load_bank(path, dataset=dataset)
 
 

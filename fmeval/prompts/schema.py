@@ -130,19 +130,20 @@ class BankSpec(_Strict):
     @field_validator("dataset", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
-        return v.strip().lower() if isinstance(v, str) else v
+        # a MedMNIST name in lower case; a user dataset's path (fmeval prompts init) as written
+        return v.strip().lower() if isinstance(v, str) and "/" not in v else v
 
 
 # --------------------------------------------------------------------------- #
 # Semantic validation against medmnist.INFO
 # --------------------------------------------------------------------------- #
 def _dataset_info(flag: str) -> dict:
-    """medmnist.INFO entry of a 2D dataset, through the data layer's lookup."""
-    from fmeval.data.info import _medmnist_info, dataset_info
+    """medmnist.INFO entry of a 2D dataset, or a user dataset's card, through the data layer."""
+    from fmeval.data.sources import label_table
     from fmeval.errors import DataError
 
     try:
-        return _medmnist_info()[dataset_info(flag).flag]
+        return label_table(flag)
     except DataError as exc:
         raise PromptBankError(str(exc)) from None
 
