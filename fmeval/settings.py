@@ -55,6 +55,7 @@ ENV_VARS: dict[str, str] = {
     "FMEVAL_PROMPTS_DIR": "extra folders searched for prompt banks (os.pathsep-separated)",
     "FMEVAL_PROGRESS": "0: no progress bars",
     "FMEVAL_FT_STOP_AFTER_EPOCH": "test hook: stop fine-tuning after this epoch, as if killed",
+    "FMEVAL_DECODE_WORKERS": "processes that decode a user dataset's images (default: every usable core)",
     "FMEVAL_LEADERBOARD_TOKEN": "API token of `fmeval submit` (default --token)",
     "FMEVAL_SERVER_SETTINGS": "set by `fmeval serve --workers N` for its worker processes (JSON settings)",
 }

@@ -136,3 +136,23 @@ def test_readme_diagram_matches_the_contract():
     lines = [ln.strip() for ln in block.splitlines() if ln.strip() and set(ln.strip()) != {"|"}
              and not ln.strip().startswith(("↑", "|"))]
     assert "\n".join(lines) == readme_diagram(), "README layer diagram differs from pyproject's contract:\n" + readme_diagram()
+
+
+def test_only_settings_reads_fmeval_environment_variables():
+    """One reader (``settings.env``) of every FMEVAL_* variable: no other module reads the
+    environment for one (writing one for child processes is allowed)."""
+    import re
+
+    from fmeval.settings import ENV_VARS
+
+    bad = []
+    for f in sorted(PACKAGE.rglob("*.py")):
+        if f == PACKAGE / "settings.py":
+            continue
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"(environ\.get|environ\[|getenv)\(?[^)]*FMEVAL_", line) and not re.search(
+                    r"environ\[[^]]+\]\s*=|setdefault", line):
+                bad.append(f"{module_name(f)}:{n}: {line.strip()}")
+    assert not bad, "read FMEVAL_* outside settings.env:\n" + "\n".join(bad)
+    used = {m for f in PACKAGE.rglob("*.py") for m in re.findall(r"FMEVAL_[A-Z_]+", f.read_text(encoding="utf-8"))}
+    assert used - set(ENV_VARS) <= {"FMEVAL_"}, f"variables missing from settings.ENV_VARS: {sorted(used - set(ENV_VARS))}"

@@ -165,9 +165,11 @@ def decode_all(paths: list[str] | list[bytes], size: int, description: str, work
 
 def decode_workers() -> int:
     """All usable cores (``FMEVAL_DECODE_WORKERS`` overrides)."""
-    env = os.environ.get("FMEVAL_DECODE_WORKERS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
+    from fmeval.settings import env
+
+    value = env("FMEVAL_DECODE_WORKERS")
+    if value and value.isdigit() and int(value) > 0:
+        return int(value)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
