@@ -171,6 +171,7 @@ class FeatureCache:
         self.notify = notify
         self.stats = CacheStats()
         self.events: list[str] = []
+        self.unwritable = False  # set by the first write that fails (see _cannot_write)
 
     def _paths(self, kind: str, digest: str) -> tuple[Path, Path]:
         base = self.root / kind / digest[:2] / digest
@@ -278,18 +279,50 @@ class FeatureCache:
             self.stats.hits += 1
             return feats.to(device), True
         _, manifest_path = self._paths(kind, key_digest(key))
-        with file_lock(manifest_path.with_suffix(".lock")):
-            feats, again = self._lookup(kind, key, expect_rows)  # another run may have finished it
-            if feats is not None:
-                self.stats.hits += 1
-                return feats.to(device), True
-            reason = again or reason
+        lock = None if self.unwritable else self._enter_lock(manifest_path.with_suffix(".lock"))
+        try:
+            if lock is not None:
+                feats, again = self._lookup(kind, key, expect_rows)  # another run may have finished it
+                if feats is not None:
+                    self.stats.hits += 1
+                    return feats.to(device), True
+                reason = again or reason
             self.stats.misses += 1
             feats = compute()
-            self.save(kind, key, feats)
+            if lock is not None:
+                try:
+                    self.save(kind, key, feats)
+                except OSError as exc:  # a full disk, a read-only folder: the run goes on uncached
+                    self._cannot_write(exc)
+        finally:
+            if lock is not None:
+                lock.__exit__(None, None, None)
         if reason is not None:
             self._event(key_digest(key), reason)
         return feats.to(device), False
+
+    def _enter_lock(self, path: Path):
+        """The entry's write lock, held; None (and the cache turned read-only) when it cannot be made."""
+        lock = file_lock(path)
+        try:
+            lock.__enter__()
+        except OSError as exc:  # FMEVAL_CACHE_DIR is a file, a file is where a folder goes, read-only
+            self._cannot_write(exc)
+            return None
+        return lock
+
+    def _cannot_write(self, exc: OSError) -> None:
+        """A cache that cannot be written is a speed-up lost, not a failed run: one warning, then
+        the rest of the run computes what it needs in memory (hits already on disk still serve)."""
+        if self.unwritable:
+            return
+        self.unwritable = True
+        reason = exc.strerror or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename else ""
+        line = f"feature cache {self.root} cannot be written: {reason}{where}; running uncached"
+        self.events.append(line)
+        if self.notify is not None:
+            self.notify(line)
 
     def _event(self, digest: str, reason: str) -> None:
         self.stats.recomputed += 1

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmeval.cli.app import ReportsDir, app, console
+from fmeval.cli.app import ReportsDir, app, console, print_run
 from fmeval.cli.fewshot import run_with_shots
 from fmeval.cli.options import COMMON, FEWSHOT, FINETUNE, Given, command
 from fmeval.errors import ConfigError
@@ -52,7 +52,6 @@ def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
     resuming with other settings would mix two runs in one result).
     """
     from fmeval.config import RunConfig
-    from fmeval.report import print_result
     from fmeval.runner import execute
     from fmeval.training.checkpoint import read_run_record
     from fmeval.validation import validate_config
@@ -69,7 +68,7 @@ def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
     explicit = {k: v for k, v in opts.explicit().items() if k != "resume"}
     cfg = saved.with_values({**explicit, "resume": str(folder)})
     validate_config(cfg)
-    print_result(execute(cfg), console)
+    print_run(lambda: execute(cfg))
 
 
 @app.command()
@@ -91,7 +90,7 @@ def evaluate(
     import os
 
     from fmeval.modes.finetune import evaluate_adapter
-    from fmeval.report import check_writable, finish, print_result
+    from fmeval.report import check_writable, finish
     from fmeval.validation import check_folder, check_names
 
     check_names(device=device, precision=precision)
@@ -101,4 +100,4 @@ def evaluate(
     root = data_root or (Path(os.environ["FMEVAL_DATA_ROOT"]) if os.environ.get("FMEVAL_DATA_ROOT") else None)
     result = evaluate_adapter(adapter, data_root=str(root) if root else None, device=device,
                               precision=precision, n_boot=bootstrap, reports_dir=reports)
-    print_result(finish(result, reports), console)
+    print_run(lambda: finish(result, reports))
