@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,7 +53,6 @@ _CHUNK = 8 << 20
 _MAX_HASH_THREADS = 8
 
 #: Files of one entry, and the temporary files of its interrupted writes.
-_ENTRY_SUFFIXES = (".safetensors", ".json", ".lock", ".tmp")
 # Memo files kept in the cache folder (fmeval.io.write_memo), removed by ``fmeval cache clear``.
 MD5_MEMO = "md5.json"  # data file -> MD5 (fmeval.data.npz.cached_md5)
 ADAPTER_MEMO = "adapters.json"  # build -> encoder identity (fmeval.adapters.lazy)
@@ -334,9 +334,12 @@ class FeatureCache:
     # -- housekeeping -------------------------------------------------------------
     def entries(self) -> list[CacheEntry]:
         out = []
-        for manifest_path in sorted(self.root.glob("*/*/*.json")):
+        for stem in sorted(self._entry_files()):
+            manifest_path = stem.with_suffix(".json")
             try:
                 m = json.loads(manifest_path.read_text())
+                if m["digest"] != stem.name:  # a manifest names only its own entry
+                    continue
                 out.append(
                     CacheEntry(m["kind"], m["digest"], m["key"], m["shape"], m["bytes"],
                                m["created"], manifest_path.with_suffix(".safetensors"))
@@ -346,11 +349,25 @@ class FeatureCache:
         return out
 
     def _entry_files(self) -> dict[Path, list[Path]]:
-        """``<kind>/<hh>/<digest>`` stem -> the files of that entry (incl. temporaries)."""
+        """``<kind>/<hh>/<digest>`` stem -> the files of that entry (incl. locks and temporaries).
+
+        Only what the cache's layout names: real folders (a symlinked folder
+        is never entered: on a shared cache it could point at anyone's files),
+        then regular files named ``<digest>.safetensors|json|lock`` (or their
+        temporaries) in the ``<hh>`` folder of their own digest. Everything
+        else is not the cache's to count, verify or delete.
+        """
         groups: dict[Path, list[Path]] = {}
-        for f in self.root.glob("*/*/*"):
-            if f.is_file() and f.suffix in _ENTRY_SUFFIXES:
-                groups.setdefault(f.parent / _digest_of(f.name), []).append(f)
+        for kind in _real_subfolders(self.root):
+            for hh in _real_subfolders(kind):
+                try:
+                    items = list(os.scandir(hh))
+                except OSError:
+                    continue
+                for item in items:
+                    m = _ENTRY_NAME.match(item.name)
+                    if m and m["digest"][:2] == hh.name and item.is_file(follow_symlinks=False):
+                        groups.setdefault(hh / m["digest"], []).append(Path(item.path))
         return groups
 
     def file_count(self) -> int:
@@ -454,9 +471,15 @@ class FeatureCache:
         return None
 
 
-def _digest_of(name: str) -> str:
-    """``<digest>.json`` / ``.<digest>.safetensors.<random>.tmp`` -> ``<digest>``."""
-    return name.lstrip(".").split(".", 1)[0]
+_ENTRY_NAME = re.compile(r"^\.?(?P<digest>[0-9a-f]{64})\.(?:safetensors|json|lock)(?:\..+\.tmp)?$")
+
+
+def _real_subfolders(folder: Path) -> list[Path]:
+    """The subfolders of ``folder`` that are folders, not symlinks to one."""
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    except OSError:  # missing, a file, unreadable
+        return []
 
 
 def _first_line(exc: BaseException) -> str:
@@ -498,7 +521,7 @@ def _prune_empty_dirs(root: Path, include_root: bool = False) -> None:
     """Remove folders left empty under ``root`` (deepest first; ``root`` too if asked)."""
     if not root.is_dir():
         return
-    dirs: Iterator[Path] = (p for p in root.rglob("*") if p.is_dir())
+    dirs: Iterator[Path] = (p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
         try:
             d.rmdir()
