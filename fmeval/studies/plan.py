@@ -109,7 +109,11 @@ def _validate_axes(spec: StudySpec) -> None:
         for m in spec.axes.models:
             ADAPTERS.entry(m)
         for d in spec.axes.datasets:
-            dataset_info(d)
+            info = dataset_info(d)
+            bad = [s for s in spec.axes.sizes if s not in info.sizes]  # would only fail when its cells run
+            if bad:
+                raise StudyError(f"study {spec.name}: axes.sizes: size {', '.join(map(str, bad))} is not "
+                                 f"available for {info.flag} (sizes: {', '.join(map(str, info.sizes))}).")
         for m in spec.axes.modes:
             MODES.entry(m)
     except FmevalError as exc:
