@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,7 +56,6 @@ _CHUNK = 8 << 20
 _MAX_HASH_THREADS = 8
 
 #: Files of one entry, and the temporary files of its interrupted writes.
-_ENTRY_SUFFIXES = (".safetensors", ".json", ".lock", ".tmp")
 # Memo files kept in the cache folder (fmeval.io.write_memo), removed by ``fmeval cache clear``.
 # (each named by the layer that writes it: data/npz.MD5_MEMO, adapters/lazy.ADAPTER_MEMO)
 MEMO_FILES = (MD5_MEMO, ADAPTER_MEMO)
@@ -165,6 +165,7 @@ class FeatureCache:
         self.notify = notify
         self.stats = CacheStats()
         self.events: list[str] = []
+        self.unwritable = False  # set by the first write that fails (see _cannot_write)
 
     def _paths(self, kind: str, digest: str) -> tuple[Path, Path]:
         base = self.root / kind / digest[:2] / digest
@@ -272,18 +273,50 @@ class FeatureCache:
             self.stats.hits += 1
             return feats.to(device), True
         _, manifest_path = self._paths(kind, key_digest(key))
-        with file_lock(manifest_path.with_suffix(".lock")):
-            feats, again = self._lookup(kind, key, expect_rows)  # another run may have finished it
-            if feats is not None:
-                self.stats.hits += 1
-                return feats.to(device), True
-            reason = again or reason
+        lock = None if self.unwritable else self._enter_lock(manifest_path.with_suffix(".lock"))
+        try:
+            if lock is not None:
+                feats, again = self._lookup(kind, key, expect_rows)  # another run may have finished it
+                if feats is not None:
+                    self.stats.hits += 1
+                    return feats.to(device), True
+                reason = again or reason
             self.stats.misses += 1
             feats = compute()
-            self.save(kind, key, feats)
+            if lock is not None:
+                try:
+                    self.save(kind, key, feats)
+                except OSError as exc:  # a full disk, a read-only folder: the run goes on uncached
+                    self._cannot_write(exc)
+        finally:
+            if lock is not None:
+                lock.__exit__(None, None, None)
         if reason is not None:
             self._event(key_digest(key), reason)
         return feats.to(device), False
+
+    def _enter_lock(self, path: Path):
+        """The entry's write lock, held; None (and the cache turned read-only) when it cannot be made."""
+        lock = file_lock(path)
+        try:
+            lock.__enter__()
+        except OSError as exc:  # FMEVAL_CACHE_DIR is a file, a file is where a folder goes, read-only
+            self._cannot_write(exc)
+            return None
+        return lock
+
+    def _cannot_write(self, exc: OSError) -> None:
+        """A cache that cannot be written is a speed-up lost, not a failed run: one warning, then
+        the rest of the run computes what it needs in memory (hits already on disk still serve)."""
+        if self.unwritable:
+            return
+        self.unwritable = True
+        reason = exc.strerror or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename else ""
+        line = f"feature cache {self.root} cannot be written: {reason}{where}; running uncached"
+        self.events.append(line)
+        if self.notify is not None:
+            self.notify(line)
 
     def _event(self, digest: str, reason: str) -> None:
         self.stats.recomputed += 1
@@ -295,9 +328,12 @@ class FeatureCache:
     # -- housekeeping -------------------------------------------------------------
     def entries(self) -> list[CacheEntry]:
         out = []
-        for manifest_path in sorted(self.root.glob("*/*/*.json")):
+        for stem in sorted(self._entry_files()):
+            manifest_path = stem.with_suffix(".json")
             try:
                 m = json.loads(manifest_path.read_text())
+                if m["digest"] != stem.name:  # a manifest names only its own entry
+                    continue
                 out.append(
                     CacheEntry(m["kind"], m["digest"], m["key"], m["shape"], m["bytes"],
                                m["created"], manifest_path.with_suffix(".safetensors"))
@@ -307,11 +343,25 @@ class FeatureCache:
         return out
 
     def _entry_files(self) -> dict[Path, list[Path]]:
-        """``<kind>/<hh>/<digest>`` stem -> the files of that entry (incl. temporaries)."""
+        """``<kind>/<hh>/<digest>`` stem -> the files of that entry (incl. locks and temporaries).
+
+        Only what the cache's layout names: real folders (a symlinked folder
+        is never entered: on a shared cache it could point at anyone's files),
+        then regular files named ``<digest>.safetensors|json|lock`` (or their
+        temporaries) in the ``<hh>`` folder of their own digest. Everything
+        else is not the cache's to count, verify or delete.
+        """
         groups: dict[Path, list[Path]] = {}
-        for f in self.root.glob("*/*/*"):
-            if f.is_file() and f.suffix in _ENTRY_SUFFIXES:
-                groups.setdefault(f.parent / _digest_of(f.name), []).append(f)
+        for kind in _real_subfolders(self.root):
+            for hh in _real_subfolders(kind):
+                try:
+                    items = list(os.scandir(hh))
+                except OSError:
+                    continue
+                for item in items:
+                    m = _ENTRY_NAME.match(item.name)
+                    if m and m["digest"][:2] == hh.name and item.is_file(follow_symlinks=False):
+                        groups.setdefault(hh / m["digest"], []).append(Path(item.path))
         return groups
 
     def file_count(self) -> int:
@@ -415,9 +465,15 @@ class FeatureCache:
         return None
 
 
-def _digest_of(name: str) -> str:
-    """``<digest>.json`` / ``.<digest>.safetensors.<random>.tmp`` -> ``<digest>``."""
-    return name.lstrip(".").split(".", 1)[0]
+_ENTRY_NAME = re.compile(r"^\.?(?P<digest>[0-9a-f]{64})\.(?:safetensors|json|lock)(?:\..+\.tmp)?$")
+
+
+def _real_subfolders(folder: Path) -> list[Path]:
+    """The subfolders of ``folder`` that are folders, not symlinks to one."""
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    except OSError:  # missing, a file, unreadable
+        return []
 
 
 def _first_line(exc: BaseException) -> str:
@@ -459,7 +515,7 @@ def _prune_empty_dirs(root: Path, include_root: bool = False) -> None:
     """Remove folders left empty under ``root`` (deepest first; ``root`` too if asked)."""
     if not root.is_dir():
         return
-    dirs: Iterator[Path] = (p for p in root.rglob("*") if p.is_dir())
+    dirs: Iterator[Path] = (p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
         try:
             d.rmdir()

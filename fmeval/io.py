@@ -170,18 +170,26 @@ def read_memo(path: str | Path, key: str) -> Any | None:
         return None
 
 
-def write_memo(path: str | Path, key: str, value: Any) -> None:
+def write_memo(path: str | Path, key: str, value: Any) -> bool:
     """Add one value to a JSON memo file: read-modify-write under its lock, written atomically,
-    so concurrent runs never lose each other's entries or see a half-written file."""
+    so concurrent runs never lose each other's entries or see a half-written file.
+
+    A memo only saves work, so one that cannot be written (a read-only or full
+    cache folder, a file where the folder should be) is skipped: False.
+    """
     path = Path(path)
-    with file_lock(path.with_suffix(".lock")):
-        try:
-            memo = json.loads(path.read_text())
-        except (OSError, ValueError):
-            memo = {}
-        memo = memo if isinstance(memo, dict) else {}
-        memo[key] = value
-        atomic_write_json(path, memo)
+    try:
+        with file_lock(path.with_suffix(".lock")):
+            try:
+                memo = json.loads(path.read_text())
+            except (OSError, ValueError):
+                memo = {}
+            memo = memo if isinstance(memo, dict) else {}
+            memo[key] = value
+            atomic_write_json(path, memo)
+    except OSError:
+        return False
+    return True
 
 
 # -- names of run folders ------------------------------------------------------

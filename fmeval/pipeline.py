@@ -266,6 +266,10 @@ def prepare(
     check_dimensions(cfg, data)
     if check is not None:
         check(data)
+    if cfg.fewshot.shots is not None and "train" in splits:  # a K no class reaches fails before extraction
+        from fmeval.data.episodes import check_shots_fit
+
+        check_shots_fit(data.labels("train"), data.task, cfg.fewshot.shots, list(data.info.labels))
     view = parse_view(cfg.volume_view) if cfg.volume_view else None
     device = resolve_device(cfg.device)
     cache = FeatureCache(enabled=cfg.use_cache) if frozen else None

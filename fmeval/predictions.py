@@ -169,6 +169,10 @@ def _parse_table(path: Path, rows: list[list[str]], lines: list[int], width: int
     except ValueError:
         bad = next(i for i, c in enumerate(cells[:, 0].tolist()) if not _is_int(c))
         raise PredictionsError(f"{path}, line {lines[bad]}: index {str(cells[bad, 0])!r} is not an integer.") from None
+    except OverflowError:  # an integer no split can have (past int64)
+        bad = next(i for i, c in enumerate(cells[:, 0].tolist()) if not -2**63 <= int(c) < 2**63)
+        raise PredictionsError(f"{path}, line {lines[bad]}: index {int(cells[bad, 0])} is outside the test split "
+                               "(larger than any split can be).") from None
     try:
         scores = cells[:, 1:].astype(np.float64)
     except ValueError:

@@ -96,23 +96,46 @@ def _read_toml(path: Path) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError:
         return {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {path}: not UTF-8 text.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}.") from None
+
+
+def _fmeval_table(path: Path, doc: dict) -> Any:
+    """``[tool.fmeval]`` of a pyproject.toml, checking each level is a table (another tool's file
+    may hold anything under [tool], but not where fmeval looks)."""
+    tool = doc.get("tool", {})
+    if not isinstance(tool, dict):
+        raise ConfigError(f"{path}: [tool] must be a table, not {type(tool).__name__}.")
+    table = tool.get("fmeval", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tool.fmeval] must be a table, not {type(table).__name__}.")
+    return table
+
+
+def _check_types(path: Path, table: dict) -> None:
+    """Every user setting is a folder or a name: a non-empty string. A TOML table or a boolean
+    would otherwise become a folder named ``{'a': 1}`` or ``True``."""
+    for key, value in table.items():
+        if not isinstance(value, str) or not value.strip():
+            shown = f"{type(value).__name__} {value!r}" if not isinstance(value, str) else "an empty string"
+            raise ConfigError(f"{path}: {key} must be a non-empty string (a {BY_KEY[key].help}), not {shown}.")
 
 
 def file_settings(cwd: Path | None = None) -> tuple[dict[str, Any], str | None]:
     """Settings from ``fmeval.toml`` (preferred) or ``pyproject.toml [tool.fmeval]`` in ``cwd``."""
     cwd = Path(cwd or Path.cwd())
-    for path, getter in ((cwd / "fmeval.toml", lambda d: d),
-                         (cwd / "pyproject.toml", lambda d: d.get("tool", {}).get("fmeval", {}))):
+    for path, getter in ((cwd / "fmeval.toml", lambda p, d: d), (cwd / "pyproject.toml", _fmeval_table)):
         if path.exists():
-            table = getter(_read_toml(path))
+            table = getter(path, _read_toml(path))
             if table:
                 unknown = sorted(set(table) - set(BY_KEY))
                 if unknown:
                     raise ConfigError(
                         f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(BY_KEY)}."
                     )
+                _check_types(path, table)
                 return dict(table), str(path)
     return {}, None
 

@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from helpers import in_ci  # noqa: E402 - after the offline settings
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PNEUMONIA = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
 
@@ -32,7 +34,7 @@ def require_shared(path: Path) -> Path:
     green without the real-data tests); elsewhere it skips with the reason."""
     if not path.exists():
         msg = f"real data not found at {path} (the project's ../shared/data)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if in_ci():
             pytest.fail(msg + "; CI=true requires it")
         pytest.skip(msg)
     return path

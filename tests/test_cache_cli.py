@@ -127,3 +127,23 @@ def test_clear_keeps_files_fmeval_did_not_write(tmp_path):
     rep = FeatureCache(root).clear_all()
     assert rep.entries == 1 and rep.foreign == [root / "notes.txt"]
     assert sorted(os.listdir(root)) == ["notes.txt"]
+
+
+def test_clear_never_follows_symlinks_nor_deletes_files_it_did_not_name(capsys, filled, tmp_path):
+    """A symlinked subfolder (someone else's files) and files outside the cache's layout survive."""
+    victim = tmp_path / "someone-else"
+    (victim / "ab").mkdir(parents=True)
+    names = ["a.safetensors", "b.json", "c.lock", "ab/" + "ab" * 32 + ".json", "ab/" + "ab" * 32 + ".lock"]
+    for name in names:
+        (victim / name).write_text("precious")
+    (filled / "image" / "cd").symlink_to(victim, target_is_directory=True)  # <kind>/<hh> level
+    (filled / "evil").symlink_to(victim, target_is_directory=True)  # <kind> level
+    stray = filled / "image" / "ee" / "notes.json"  # in the cache's folders, but not a name it writes
+    stray.parent.mkdir()
+    stray.write_text("mine")
+    code, out, err = run(capsys, "cache", "clear", "--yes")
+    assert code == 0 and "removed 3 entries" in out, err
+    assert all((victim / name).read_text() == "precious" for name in names)
+    assert stray.read_text() == "mine"
+    code, out, err = run(capsys, "cache", "clear", "--model", "resnet18", "--yes")
+    assert code == 0 and all((victim / name).exists() for name in names)

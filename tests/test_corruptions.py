@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import random
 import sys
 
@@ -12,6 +11,7 @@ import pytest
 
 from fmeval.data import corruptions as C
 from fmeval.data.corruptions import CorruptionError, corrupt, corruption_key, corruptions_for, image_seeds
+from helpers import ROBUSTNESS_INSTALL, require_extra
 
 PNEUMONIA_CORRUPTIONS = (
     "pixelate", "jpeg_compression", "gaussian_noise", "speckle_noise", "impulse_noise", "shot_noise",
@@ -23,12 +23,7 @@ DETERMINISTIC = ("pixelate", "jpeg_compression", "gaussian_blur", "brightness_up
 
 
 def _need(module: str) -> None:
-    try:
-        __import__(module)
-    except (ImportError, OSError) as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{module} is not installed in CI ({exc}); run scripts/install-robustness.sh")
-        pytest.skip(f"{module} not installed ({exc})")
+    require_extra(module, "robustness", ROBUSTNESS_INSTALL)
 
 
 @pytest.fixture(scope="module")

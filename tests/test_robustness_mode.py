@@ -13,16 +13,11 @@ import pytest
 import torch
 
 from fmeval.data.synthetic import write_synthetic
-from helpers import run
+from helpers import ROBUSTNESS_INSTALL, require_extra, run
 
 
 def _need_medmnistc() -> None:
-    try:
-        import medmnistc.corruptions.registry  # noqa: F401
-    except (ImportError, OSError) as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"medmnistc is not installed in CI ({exc}); run scripts/install-robustness.sh")
-        pytest.skip(f"medmnistc not installed ({exc})")
+    require_extra("medmnistc.corruptions.registry", "robustness", ROBUSTNESS_INSTALL)
 
 
 @pytest.fixture()

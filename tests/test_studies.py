@@ -196,27 +196,64 @@ def test_slurm_dry_run_prints_the_array(capsys, tmp_path):
     assert not (tmp_path / "studies" / "resolution" / "cells").exists()  # nothing ran
 
 
-def _study_cli(path: Path, reports: Path, env: dict) -> subprocess.Popen:
+def _study_cli(path: Path, reports: Path, env: dict, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "fmeval", "study", "run", str(path), "--reports-dir", str(reports)],
+        [sys.executable, "-m", "fmeval", "study", "run", str(path), "--reports-dir", str(reports), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc: children of children too)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - out
+        out |= frontier
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")
 def test_kill_9_mid_study_then_rerun_completes_only_missing_cells(tmp_path):
-    path = _write_study(tmp_path, axes={"models": ["vit-s16"], "datasets": ["pneumoniamnist"], "sizes": [28],
-                                        "modes": ["knn", "linprobe", "finetune-lora"], "seeds": [0, 1]},
+    """``kill -9`` of ``study run --jobs 2``: no worker outlives it (10 s later), the re-run
+    completes every cell without re-running finished ones, and its leaderboard is the one an
+    uninterrupted run gives."""
+    path = _write_study(tmp_path, axes={"models": ["vit-s16", "resnet18"], "datasets": ["pneumoniamnist"],
+                                        "sizes": [28], "modes": ["knn", "linprobe", "finetune-lora"],
+                                        "seeds": [0, 1]},
                         overrides=[{"when": {"mode": "finetune-lora"},
                                     "set": {"train.epochs": 2, "train.max_steps_per_epoch": 3}}])
     env = {**os.environ, "FMEVAL_PROGRESS": "0", "FMEVAL_CACHE_DIR": str(tmp_path / "cache")}
     reports = tmp_path / "killed"
     plan = _plan(path, reports)
-    proc = _study_cli(path, reports, env)
+    proc = _study_cli(path, reports, env, "--jobs", "2")
     deadline = time.time() + 300
+    workers: set[int] = set()
     while time.time() < deadline and plan.counts()["done"] < 2:
+        workers |= _descendants(proc.pid)
         time.sleep(0.2)
+    workers |= _descendants(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert len(workers) >= 2  # both workers (and the pool's helpers) were seen
+    time.sleep(10)
+    left = [p for p in workers if _alive(p)]
+    assert not left, f"processes {left} outlived their killed parent"
     done_before = {c.key for c in plan.cells if (read_state(plan.state_dir, c) or {}).get("status") == "done"}
     assert 2 <= len(done_before) < len(plan.cells)
     mtimes = {k: (plan.state_dir / f"{k[:16]}.json").stat().st_mtime_ns for k in done_before}
@@ -225,21 +262,24 @@ def test_kill_9_mid_study_then_rerun_completes_only_missing_cells(tmp_path):
     (plan.root / "runs" / f".20260101T000000Z_knn_vit-s16_p-28_abcdef.{tag}.partial").mkdir(parents=True)
     (plan.state_dir / f".{next(iter(done_before))[:16]}.json.{tag}.k1ll3d.tmp").write_text("{")
 
-    out = subprocess.run([sys.executable, "-m", "fmeval", "study", "run", str(path), "--reports-dir", str(reports)],
-                         env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "fmeval", "study", "run", str(path), "--jobs", "2", "--reports-dir"]
+    out = subprocess.run([*cmd, str(reports)], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert plan.counts() == {"done": len(plan.cells), "failed": 0, "left": 0}
+    n = len(plan.cells)
+    assert f"leaderboard: {n} runs read of {n} cells done ({n} cells in the study)" in " ".join(out.stdout.split())
     # finished cells were not run again
     assert {k: (plan.state_dir / f"{k[:16]}.json").stat().st_mtime_ns for k in done_before} == mtimes
     assert not list(reports.rglob(".*.tmp")) and not list(reports.rglob(".*.partial"))
 
     clean = _plan(path, tmp_path / "clean")
-    out = subprocess.run([sys.executable, "-m", "fmeval", "study", "run", str(path), "--reports-dir",
-                          str(tmp_path / "clean")], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([*cmd, str(tmp_path / "clean")], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert _scores(plan) == _scores(clean)
-    board = json.dumps(sorted(_scores(plan).items()))
-    assert board == json.dumps(sorted(_scores(clean).items()))
+    assert_same_scores(_scores(plan), _scores(clean))
+    ranking = [line.split("|")[2:5] for line in (plan.root / "leaderboard.md").read_text().splitlines()
+               if re.match(r"\| \d+ ", line)]
+    assert ranking and ranking == [line.split("|")[2:5] for line in
+                                   (clean.root / "leaderboard.md").read_text().splitlines() if re.match(r"\| \d+ ", line)]
 
 
 def test_study_run_prints_the_leaderboard_ranked_as_in_leaderboard_md(capsys, tmp_path, monkeypatch):

@@ -156,3 +156,24 @@ def test_a_damaged_cell_record_is_one_warning_and_the_cell_runs_again(finished, 
     assert "leaderboard: 4 runs read of 4 cells done (4 cells in the study)" in flat
     st = read_state(plan.state_dir, victim)
     assert st["status"] == "done" and st["attempts"] == 1
+
+
+def test_a_cell_held_by_a_live_owner_is_waited_for_not_skipped(tmp_path):
+    """A second `study run` meets a cell another live process holds: it waits for the lock (never
+    reports that cell as done-elsewhere and moves on); a dead owner's lock is free at once."""
+    import threading
+    import time
+
+    from fmeval.studies.executors import claim, run_cell
+
+    plan = _plan(_study(tmp_path), tmp_path / "reports")
+    cell = plan.cells[0]
+    result: dict[str, str] = {}
+    with claim(plan.state_dir, cell) as mine:  # the live owner
+        assert mine
+        t = threading.Thread(target=lambda: result.setdefault("status", run_cell(plan.state_dir, cell)))
+        t.start()
+        time.sleep(1.0)
+        assert t.is_alive() and not result  # waiting, not skipped
+    t.join(120)
+    assert result["status"] == "done" and read_state(plan.state_dir, cell)["status"] == "done"

@@ -583,3 +583,46 @@ def test_cli_fetch_errors_are_one_red_line(server, monkeypatch, capsys):
         assert exit_.value.code == 2 and needle in err
         assert "Traceback" not in err and err.count("error:") == 1
     assert_no_half_written(WeightStore(), "medvit-large")
+
+
+def test_force_refetch_with_a_new_upstream_hash_needs_accept_new_hash(tmp_path, server, capsys):
+    """An unpinned file recorded at its first fetch is not silently replaced by another file."""
+    from helpers import run
+
+    store = one_file_store(tmp_path, server, Route(GOOD))
+    store.fetch("asset")
+    server.add("/asset/model.pth", Route(OTHER))  # upstream changed (or was swapped)
+    with pytest.raises(WeightsError, match="changed upstream") as err:
+        store.fetch("asset", force=True)
+    assert "--accept-new-hash" in one_line(err)
+    assert (store.root / "asset" / "model.pth").read_bytes() == GOOD  # the recorded copy is kept
+    assert not list((store.root / ".partial").rglob("*.part"))
+    res = store.fetch("asset", force=True, accept_new_hash=True)
+    assert res.entry.read_bytes() == OTHER and res.changed == ["model.pth"]
+    code, out, err = run(capsys, "weights", "fetch", "--help")
+    assert "--accept-new-hash" in " ".join(out.split())
+
+
+def test_mirror_credentials_never_reach_a_message_or_the_manifest(tmp_path, server, monkeypatch):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    reg: Registry[Asset] = Registry("weights asset", WeightsError)
+    reg.add("asset", Asset("asset", "", (AssetFile("model.pth", "http://example.invalid/model.pth"),),
+                           entry="model.pth"))
+    store = WeightStore(tmp_path / "weights", reg)
+    for mirror in (f"http://alice:s3cret@127.0.0.1:{port}/m", "ftp://alice:s3cret@127.0.0.1/m",
+                   f"{server.base.replace('http://', 'http://alice:s3cret@')}/missing"):
+        monkeypatch.setenv(MIRROR_ENV, mirror)
+        with pytest.raises(WeightsError) as err:
+            store.fetch("asset")
+        assert "s3cret" not in str(err.value) and "alice" not in str(err.value), str(err.value)
+    server.add("/m/asset/model.pth", Route(GOOD))
+    monkeypatch.setenv(MIRROR_ENV, f"{server.base.replace('http://', 'http://alice:s3cret@')}/m")
+    try:
+        store.fetch("asset")
+    except WeightsError as exc:  # urllib may refuse userinfo in a URL: still no password shown
+        assert "s3cret" not in str(exc)
+    else:
+        assert "s3cret" not in (store.root / "asset" / MANIFEST).read_text()

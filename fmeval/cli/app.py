@@ -43,8 +43,25 @@ def run_mode(mode: str, explicit: dict[str, Any]) -> None:
 
     user = user_defaults()
     check_required(mode, {**user, **explicit})  # before the model stack is imported (seconds)
-    from fmeval.report import print_result
     from fmeval.runner import execute, make_config
 
     cfg = make_config(mode, explicit, user=user)
-    print_result(execute(cfg), console)
+    print_run(lambda: execute(cfg))
+
+
+def print_run(run):
+    """Run (``run()`` returns the finished RunResult) and print its metrics.
+
+    A report that could not be written still has its metrics printed, then
+    the one error line (:class:`fmeval.report.ReportNotWritten`): compute
+    first, print, then write.
+    """
+    from fmeval.report import ReportNotWritten, print_result
+
+    try:
+        result = run()
+    except ReportNotWritten as exc:
+        print_result(exc.result, console)
+        raise
+    print_result(result, console)
+    return result

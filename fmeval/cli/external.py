@@ -59,6 +59,9 @@ def predict(
 
     check_names(device=device, precision=precision)
     check_folder(data_root, "--data-root")
+    from fmeval.report import check_writable
+
+    check_writable(out.expanduser().parent, "--out folder")  # before any work (also: a name too long)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give the CSV file to write.")
     if (run is None) == (adapter is None):

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmeval.cli.app import ReportsDir, app, console, run_mode, user_defaults
+from fmeval.cli.app import ReportsDir, app, console, print_run, run_mode, user_defaults
 from fmeval.cli.options import Given
 from fmeval.errors import ConfigError
 
@@ -35,7 +35,7 @@ def run_with_shots(mode: str, opts: Given) -> None:
 
 
 def run_fewshot_sweep(mode: str, explicit: dict, shots: tuple[int, ...], draws: int) -> None:
-    from fmeval.report import check_writable, print_result, reports_dir
+    from fmeval.report import check_writable, reports_dir
     from fmeval.report.fewshot import fewshot_curves, print_fewshot_summary, write_fewshot_summary
     from fmeval.runner import execute, fewshot_configs
 
@@ -43,7 +43,7 @@ def run_fewshot_sweep(mode: str, explicit: dict, shots: tuple[int, ...], draws: 
     root = Path(configs[0].reports_dir) if configs[0].reports_dir else reports_dir()
     check_writable(root)
     if len(configs) == 1:
-        print_result(execute(configs[0]), console)
+        print_run(lambda: execute(configs[0]))
         return
     results = []
     for i, cfg in enumerate(configs, 1):

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from fmeval.cli.app import ReportsDir, app, print_run
 from fmeval.settings import data_root as settings_data_root, env
-from fmeval.cli.app import ReportsDir, app, console
 from fmeval.cli.fewshot import run_with_shots
 from fmeval.cli.options import COMMON, FEWSHOT, FINETUNE, Given, command
 from fmeval.errors import ConfigError
@@ -53,7 +53,6 @@ def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
     resuming with other settings would mix two runs in one result).
     """
     from fmeval.config import RunConfig
-    from fmeval.report import print_result
     from fmeval.runner import execute, make_config
     from fmeval.training.checkpoint import read_run_record
 
@@ -68,7 +67,7 @@ def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
         raise ConfigError(f"--resume {folder}: the run is {saved.mode}; drop --lora/--full or match it.")
     explicit = {k: v for k, v in opts.explicit().items() if k != "resume"}
     cfg = make_config(saved.mode, {**explicit, "resume": str(folder)}, base=saved)
-    print_result(execute(cfg), console)
+    print_run(lambda: execute(cfg))
 
 
 @app.command()
@@ -89,7 +88,7 @@ def evaluate(
     """
 
     from fmeval.modes.finetune import evaluate_adapter, reload_config
-    from fmeval.report import check_writable, print_result
+    from fmeval.report import check_writable
     from fmeval.runner import execute, make_config
     from fmeval.validation import check_folder, check_names
 
@@ -101,4 +100,4 @@ def evaluate(
     saved, changes = reload_config(adapter, data_root=str(root) if root else None, device=device,
                                    precision=precision, n_boot=bootstrap)
     cfg = make_config(saved.mode, {**changes, "reports_dir": reports}, base=saved)
-    print_result(execute(cfg, run=lambda c: evaluate_adapter(adapter, c)), console)
+    print_run(lambda: execute(cfg, run=lambda c: evaluate_adapter(adapter, c)))

@@ -26,6 +26,8 @@ def _mb(n: int) -> str:
 def weights_fetch(
     names: Annotated[list[str], typer.Argument(help="Asset names (see `fmeval weights ls`), e.g. medclip.")],
     force: Annotated[bool, typer.Option("--force", help="Download again even when a verified copy is present.")] = False,
+    accept_new_hash: Annotated[bool, typer.Option("--accept-new-hash", help="With --force: replace an unpinned "
+                                                  "file whose upstream hash changed (refused otherwise).")] = False,
 ) -> None:
     """Download, verify (size, server digest, SHA-256) and unpack into the weights cache.
 
@@ -37,7 +39,7 @@ def weights_fetch(
     for name in names:
         store.assets.get(name)  # unknown names fail before any download
     for name in names:
-        res = store.fetch(name, force=force)
+        res = store.fetch(name, force=force, accept_new_hash=accept_new_hash)
         if not res.downloaded:
             console.print(f"[green]present[/] {escape(f'{res.name}: {res.entry}')}", highlight=False)
             continue

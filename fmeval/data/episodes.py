@@ -203,6 +203,18 @@ def episode_counts(
     return {name: int(c) for name, c in zip(class_names, per_class)}
 
 
+def check_shots_fit(labels: np.ndarray, task: str, shots: int, class_names: Sequence[str]) -> None:
+    """Refuse a K that no class reaches: the "episode" would be the whole split, unbalanced,
+    yet labelled K-shot. (A K only some classes fall short of is allowed: those give all they
+    have, and the run says so.) Called before any model work."""
+    full = episode_counts(labels, task, np.arange(len(labels)), class_names)
+    if class_names and all(full[name] < shots for name in class_names):
+        raise ConfigError(f"--shots {shots} is more than any class has in the training split "
+                          f"({', '.join(f'{k} {v}' for k, v in full.items())}); every class would be used "
+                          f"whole. Use K <= {max(full[name] for name in class_names)}, "
+                          "or drop --shots for a full-data run.")
+
+
 def make_episode(
     labels: np.ndarray,
     task: str,

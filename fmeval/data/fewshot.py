@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fmeval.config import RunConfig
-from fmeval.data.episodes import Episode, make_episode, shortfall_warnings
+from fmeval.data.episodes import Episode, check_shots_fit, make_episode, shortfall_warnings
 
 #: Modes that train on an episode (a study's ``shots`` axis applies to these).
 FEWSHOT_MODES = ("knn", "linprobe", "finetune-lora", "finetune-full")
@@ -94,6 +94,7 @@ def plan_fewshot(cfg: RunConfig, task: str, class_names: Sequence[str], train_la
     fs = cfg.fewshot
     if fs.shots is None:
         return None
+    check_shots_fit(train_labels, task, fs.shots, class_names)
     ep = make_episode(train_labels, task, fs.shots, fs.draw, cfg.seed, class_names, "train")
     val_ep = None
     if fs.selection == "kshot-val":

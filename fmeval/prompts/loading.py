@@ -18,29 +18,6 @@ from fmeval.prompts.schema import PROMPTS_DIR_ENV
 # --------------------------------------------------------------------------- #
 # Loading
 # --------------------------------------------------------------------------- #
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last)."""
-
-
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
-    loader.flatten_mapping(node)
-    seen: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            mark = key_node.start_mark
-            raise PromptBankError(
-                f"duplicate key {key!r} at line {mark.line + 1}, column {mark.column + 1}"
-            )
-        seen[key] = loader.construct_object(value_node, deep=True)
-    return seen
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
-
-
 def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
@@ -48,9 +25,11 @@ def _read_yaml(path: Path) -> Any:
         raise PromptBankError(f"prompt bank not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PromptBankError(f"cannot read prompt bank {path}: {e}") from None
+    from fmeval.yaml_files import YamlRefused, load_yaml  # the one YAML reader (duplicate keys, aliases)
+
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
-    except PromptBankError as e:
+        return load_yaml(text)
+    except YamlRefused as e:
         raise PromptBankError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -30,4 +30,4 @@ from fmeval.report.schema import (  # noqa: F401
     reports_dir,
 )
 from fmeval.report.terminal import print_result  # noqa: F401
-from fmeval.report.writer import REPORT_FILE, check_writable, finish, write_report  # noqa: F401
+from fmeval.report.writer import REPORT_FILE, ReportNotWritten, check_writable, finish, write_report  # noqa: F401

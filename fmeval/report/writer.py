@@ -70,6 +70,12 @@ def write_report(result: RunResult, root: str | Path | None = None, *, plots: bo
     staging.mkdir(parents=True, exist_ok=True)
     try:
         _write_files(result, staging, plots)
+    except OSError:  # a full disk: no half run folder stays behind for a leaderboard to trip on
+        if staging != run_dir and not (staging / RESULTS_FILE).exists():
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     finally:  # the numbers are kept even when a plot fails
         if staging != run_dir and (staging / RESULTS_FILE).exists():
             os.replace(staging, run_dir)
@@ -90,11 +96,29 @@ def _write_files(result: RunResult, run_dir: Path, plots: bool) -> None:
     atomic_write_text(run_dir / REPORT_FILE, render_markdown(result, images))
 
 
+class ReportNotWritten(ReportError):
+    """The run finished but its report could not be written (a full disk, say).
+
+    Carries the result, so a command prints the metrics first and then this
+    one line: the numbers a run computed are never lost to a failed write.
+    """
+
+    def __init__(self, result: RunResult, message: str) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 def finish(result: RunResult, root: str | Path | None = None, *, write: bool = True,
            plots: bool = True) -> RunResult:
     """Finish a run: write its report (unless ``write=False``) and return it."""
     if write:
-        write_report(result, root, plots=plots)
+        try:
+            write_report(result, root, plots=plots)
+        except OSError as exc:
+            where = Path(root) if root is not None else reports_dir()
+            reason = exc.strerror or type(exc).__name__
+            raise ReportNotWritten(result, f"the report of run {result.run_id} could not be written to "
+                                           f"{where}: {reason}; the metrics above are not saved.") from None
     return result
 
 

@@ -78,9 +78,9 @@ def run_cell(state_dir: Path, cell: Cell, *, retry_failed: bool = False) -> str:
     st = read_state(state_dir, cell)
     if st and (st["status"] == "done" or (st["status"] == "failed" and not retry_failed)):
         return "skipped"
-    with claim(state_dir, cell) as mine:
+    with claim(state_dir, cell, wait=True) as mine:  # a live owner (another `study run`): wait for its result
         if not mine:
-            return "skipped"  # another worker runs it
+            return "skipped"  # another worker runs it (never with wait=True)
         st = read_state(state_dir, cell)  # it may have finished while we waited
         if st and st["status"] == "done":
             return "skipped"
@@ -134,14 +134,49 @@ def _local(plan: Plan, *, jobs: int = 1, retry_failed: bool = False, progress: P
     return _parallel(plan, jobs, retry_failed, progress)
 
 
-def _worker_init(gpus: list[str], counter) -> None:
-    """Pin each worker to one GPU when there are several (CUDA_VISIBLE_DEVICES)."""
+def _worker_init(gpus: list[str], counter, parent: int) -> None:
+    """Pin each worker to one GPU when there are several (CUDA_VISIBLE_DEVICES); die with the parent."""
+    die_with_parent(parent)
     with counter.get_lock():
         i = counter.value
         counter.value += 1
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
     os.environ.setdefault("FMEVAL_PROGRESS", "0")
+
+
+def die_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """End this worker when ``parent`` dies, even by ``kill -9`` (which runs no clean-up of its own).
+
+    A worker left behind holds ~1 GB and, worse, its cell: a re-run would wait
+    for it. On Linux the kernel sends SIGKILL when the parent dies
+    (``PR_SET_PDEATHSIG``); elsewhere, and in case the parent died before the
+    signal was armed, a daemon thread checks every ``poll_s`` that the parent
+    is still this process's parent.
+    """
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fmeval-die-with-parent", daemon=True).start()
 
 
 def _visible_gpus() -> list[str]:
@@ -164,7 +199,7 @@ def _parallel(plan: Plan, jobs: int, retry_failed: bool, progress: Progress | No
     counter = ctx.Value("i", 0)
     totals = {"done": 0, "failed": 0, "skipped": 0}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(_visible_gpus(), counter)) as pool:
+                             initargs=(_visible_gpus(), counter, os.getpid())) as pool:
         futures = {pool.submit(run_cells, str(plan.state_dir), group, retry_failed): group
                    for group in plan.groups()}
         for fut in as_completed(futures):

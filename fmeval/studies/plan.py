@@ -102,6 +102,7 @@ def _has_text(model: str) -> bool:
 
 def _validate_axes(spec: StudySpec) -> None:
     from fmeval.adapters import ADAPTERS
+    from fmeval.data import all_flags, dataset_info
     from fmeval.data.sources import check_spec
     from fmeval.modes import MODES
 
@@ -110,6 +111,12 @@ def _validate_axes(spec: StudySpec) -> None:
             ADAPTERS.entry(m)
         for d in spec.axes.datasets:
             check_spec(d)  # a MedMNIST name or a path to the user's data
+            if d.lower() in all_flags():  # a MedMNIST size the dataset lacks would only fail when its cells run
+                info = dataset_info(d)
+                bad = [s for s in spec.axes.sizes if s not in info.sizes]
+                if bad:
+                    raise StudyError(f"study {spec.name}: axes.sizes: size {', '.join(map(str, bad))} is not "
+                                     f"available for {info.flag} (sizes: {', '.join(map(str, info.sizes))}).")
         for m in spec.axes.modes:
             MODES.entry(m)
     except FmevalError as exc:

@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import http.client
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -163,8 +164,18 @@ def _mb(n: int | None) -> str:
     return "?" if n is None else f"{n / 1e6:.1f} MB"
 
 
+_USERINFO = re.compile(r"(?<=//)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``https://user:password@mirror/...`` -> ``https://***@mirror/...`` anywhere in ``text``:
+    a mirror URL with credentials (FMEVAL_WEIGHTS_MIRROR) never reaches a message or a file."""
+    return _USERINFO.sub("***@", text)
+
+
 def _host(url: str) -> str:
-    return urllib.parse.urlsplit(url).netloc or url
+    netloc = urllib.parse.urlsplit(url).netloc
+    return netloc.rpartition("@")[2] if netloc else redact(url)  # never the user:password part
 
 
 def _content_range(value: str | None) -> tuple[int, int | None] | None:
@@ -194,7 +205,7 @@ def _open(url: str, offset: int, meta: _Meta | None, label: str, timeout: float)
             return None  # our part file is not a prefix of theirs: start over
         retry = e.code >= 500
         cls = DownloadInterrupted if retry else WeightsError
-        raise cls(f"{label}: HTTP {e.code} {e.reason} from {url}") from None
+        raise cls(f"{label}: HTTP {e.code} {e.reason} from {redact(url)}") from None
     except urllib.error.URLError as e:
         reason = getattr(e, "reason", e)
         if isinstance(reason, (ConnectionResetError, TimeoutError, http.client.HTTPException)):
@@ -204,7 +215,7 @@ def _open(url: str, offset: int, meta: _Meta | None, label: str, timeout: float)
     except _DROPPED as e:
         raise DownloadInterrupted(f"{label}: connection to {_host(url)} failed ({e})") from None
     except ValueError as e:  # not an http(s) URL, e.g. a mistyped mirror
-        raise WeightsError(f"{label}: bad URL {url!r} ({e})") from None
+        raise WeightsError(redact(f"{label}: bad URL {url!r} ({e})")) from None
 
 
 def _attempt(url: str, part: Path, meta_path: Path, label: str, timeout: float) -> int:

@@ -38,7 +38,7 @@ from fmeval.errors import ModelError, WeightsError
 from fmeval.io import atomic_write_json, file_lock
 from fmeval.registry import Registry
 from fmeval.settings import cache_root, env
-from fmeval.weights.download import Downloaded, discard, download, file_hashes
+from fmeval.weights.download import Downloaded, discard, download, file_hashes, redact
 from fmeval.weights.registry import ASSETS, Asset
 
 WEIGHTS_DIR_ENV = "FMEVAL_WEIGHTS_DIR"
@@ -209,22 +209,30 @@ class WeightStore:
         return [self.status(e.name, verify=verify) for e in self.assets]
 
     # -- fetch ----------------------------------------------------------------
-    def fetch(self, name: str, force: bool = False) -> FetchResult:
-        """Download, verify and install ``name`` (no-op when present, unless ``force``)."""
+    def fetch(self, name: str, force: bool = False, accept_new_hash: bool = False) -> FetchResult:
+        """Download, verify and install ``name`` (no-op when present, unless ``force``).
+
+        An unpinned file's SHA-256 is recorded on its first fetch; a later
+        download with another hash (the upstream file changed, or someone
+        swapped it) replaces the recorded copy only with ``accept_new_hash``:
+        otherwise the recorded copy is kept and the fetch fails in one line.
+        """
         asset = self.assets.get(name)
         try:
-            return self._fetch_locked(asset, force)
+            return self._fetch_locked(asset, force, accept_new_hash)
         except OSError as e:  # network errors are WeightsErrors already: this is local disk
             raise WeightsError(f"{asset.name}: cannot write the weights cache {self.root} "
                                f"({e.strerror or e})") from None
 
-    def _fetch_locked(self, asset: Asset, force: bool) -> FetchResult:
+    def _fetch_locked(self, asset: Asset, force: bool, accept_new_hash: bool = False) -> FetchResult:
         with file_lock(self.root / ".locks" / f"{asset.name}.lock"):
             before = self.status(asset.name)
             if before.usable and not force:
                 return FetchResult(asset.name, before.entry, False,
                                    list((before.manifest or {}).get("files", [])))
             got = [self._download(asset, f) for f in asset.files]
+            if not accept_new_hash:
+                self._refuse_new_hashes(asset, before.manifest, got)
             files = self._install(asset, got)
             for f in asset.files:
                 discard(self._partial(asset) / f"{f.filename}.part")
@@ -233,6 +241,20 @@ class WeightStore:
         changed = [f["filename"] for f in files
                    if not f["pinned"] and old.get(f["filename"], f["sha256"]) != f["sha256"]]
         return FetchResult(asset.name, self.entry(asset.name), True, files, changed)
+
+    def _refuse_new_hashes(self, asset: Asset, manifest: dict | None, got: list[Downloaded]) -> None:
+        """Fail (keeping the recorded copy) when an unpinned file's hash differs from the one recorded."""
+        recorded = {f["filename"]: f["sha256"] for f in (manifest or {}).get("files", []) if not f.get("pinned")}
+        for f, d in zip(asset.files, got):
+            old = recorded.get(f.filename)
+            if f.pinned or old is None or old == d.sha256:
+                continue
+            for g in got:
+                discard(g.path)
+            raise WeightsError(
+                f"{asset.name}: {f.filename} changed upstream (recorded sha256 {old[:12]}..., downloaded "
+                f"{d.sha256[:12]}...); the recorded copy is kept. Take the new file only if you trust it: "
+                f"fmeval weights fetch {asset.name} --force --accept-new-hash")
 
     def _download(self, asset: Asset, f) -> Downloaded:
         return download(asset.url(f), self._partial(asset) / f"{f.filename}.part",
@@ -252,7 +274,7 @@ class WeightStore:
                 else:
                     os.replace(d.path, staging / f.filename)
                     contents[f.filename] = {"size": d.size, "sha256": d.sha256}
-                files.append({"filename": f.filename, "url": asset.url(f), "size": d.size,
+                files.append({"filename": f.filename, "url": redact(asset.url(f)), "size": d.size,
                               "sha256": d.sha256, "pinned": f.pinned, "checked": list(d.checked),
                               "note": f.note})
             missing = [r for r in asset.required if not (staging / r).is_file()]
