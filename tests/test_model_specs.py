@@ -153,7 +153,7 @@ def test_user_file_factory_and_cache_follows_the_code(data_env, capsys):
 
 
 def _cli(args, cwd: Path, site: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "COLUMNS": "250", "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "fmeval", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -161,7 +161,7 @@ def _cli(args, cwd: Path, site: Path) -> subprocess.CompletedProcess:
 def test_installed_plugin_is_listed_and_runs(data_env):
     site = write_plugin(data_env / "site")
     ls = _cli(["ls", "models"], data_env, site)
-    assert ls.returncode == 0 and "demo-encoder" in ls.stdout and "fmeval-demo-plugin" in ls.stdout
+    assert ls.returncode == 0 and "demo-encoder" in ls.stdout and "plugin (fmeval-demo-plugin)" in ls.stdout
     res = _cli(["knn", "--model", "demo-encoder", *FAST], data_env, site)
     assert res.returncode == 0, res.stderr
     rep = _report(data_env)
@@ -187,6 +187,7 @@ def test_bad_specs_fail_in_one_line_before_any_model_work(data_env, capsys):
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(data_env / "bert")
     write_encoder(data_env)
+    capsys.readouterr()
     cases = {
         "timm:resnet19": "Close matches: resnet18",
         "timm:resnet18.a9_in1k": "a1_in1k",
@@ -220,7 +221,7 @@ def test_models_show_every_registered_name_tiny():
         if "plugin" in e.tags or e.tags.get("ndim") == "3":
             continue
         r = resolve_model(e.name, tiny=True, pretrained=False)
-        assert r.spec == e.tags["spec"] and r.feature_dim > 0 and r.parameters > 0
+        assert r.spec == e.tags.get("spec", e.name) and r.feature_dim > 0 and r.parameters > 0
         assert r.input_size > 0 and len(r.mean) == 3 and r.pooling
 
 
@@ -269,7 +270,8 @@ def test_sigmoid_scoring_is_the_normalised_sigmoid():
     p = zeroshot_probs(img, text, logit_scale=10.0, scoring="sigmoid", logit_bias=-10.0)
     s = torch.sigmoid(10.0 * cos - 10.0)
     assert torch.allclose(p, s / s.sum(1, keepdim=True), atol=1e-6)
-    assert not torch.allclose(p, (10.0 * cos).softmax(1), atol=1e-3)  # the bias matters
+    unbiased = zeroshot_probs(img, text, logit_scale=10.0, scoring="sigmoid", logit_bias=0.0)
+    assert not torch.allclose(unbiased, (10.0 * cos).softmax(1), atol=1e-2)  # not a softmax
     far = zeroshot_probs(img, text, logit_scale=100.0, scoring="sigmoid", logit_bias=-200.0)
     assert torch.isfinite(far).all() and torch.allclose(far.sum(1), torch.ones(5))  # no underflow
 
