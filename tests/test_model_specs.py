@@ -294,3 +294,28 @@ def test_lora_targets_override(data_env, capsys):
     rep = _report(data_env)
     assert rep["model"]["lora_rule"] == "--lora-targets"
     assert rep["model"]["lora_targets"] == ["attention.q_proj", "attention.v_proj"]
+
+
+# --------------------------------------------------------------------------- #
+# Studies
+# --------------------------------------------------------------------------- #
+def test_study_yaml_lists_specs_in_its_models_axis(pneumonia_root, tmp_path, monkeypatch):
+    from fmeval.studies.executors import EXECUTORS
+    from fmeval.studies.finish import finished_runs
+    from fmeval.studies.plan import plan_study
+    from fmeval.studies.spec import load_study
+
+    monkeypatch.setenv("FMEVAL_DATA_ROOT", str(pneumonia_root))
+    spec, digest = load_study(REPO / "studies" / "any-models.yaml")
+    plan = plan_study(spec, digest, reports_root=tmp_path / "reports")
+    cells = {(c.axes["model"], c.axes["mode"]) for c in plan.cells}
+    # zero-shot only where the spec has a text tower
+    assert ("open_clip:ViT-B-32/openai", "zeroshot") in cells
+    assert ("timm:resnet18.a1_in1k", "zeroshot") not in cells and ("timm:resnet18.a1_in1k", "knn") in cells
+    assert len(plan.cells) == 9
+    counts = EXECUTORS.get("local").run(plan)
+    assert counts["done"] == 9, counts
+    runs, problems = finished_runs(plan)
+    assert not problems
+    assert {r.model["name"] for r in runs} == {"resnet18", "timm:resnet18.a1_in1k", "torchvision:resnet18",
+                                               "open_clip:ViT-B-32/openai"}
