@@ -319,3 +319,21 @@ def test_study_yaml_lists_specs_in_its_models_axis(pneumonia_root, tmp_path, mon
     assert not problems
     assert {r.model["name"] for r in runs} == {"resnet18", "timm:resnet18.a1_in1k", "torchvision:resnet18",
                                                "open_clip:ViT-B-32/openai"}
+
+
+def test_unknown_family_gets_the_conservative_precision_and_the_report_says_so(data_env, capsys):
+    from fmeval.device import precision_rule, resolve_precision
+
+    assert resolve_precision("auto", "cpu", "user") == "fp32"
+    assert "never measured" in precision_rule("auto", "cpu", "user") or "no native bf16" in precision_rule(
+        "auto", "cpu", "user")
+    write_encoder(data_env)
+    code, out, err = run(capsys, "knn", "--model", "./my_encoder.py:build", *FAST)
+    assert code == 0, err
+    rep = _report(data_env)
+    assert rep["precision"] == "fp32" and rep["model"]["family"] == "user"
+    assert rep["extras"]["precision_rule"] == precision_rule("auto", "cpu", "user")
+    code, out, err = run(capsys, "knn", "--model", "./my_encoder.py:build", *FAST, "--precision", "bf16")
+    assert code == 0, err
+    reps = [json.loads(p.read_text()) for p in (data_env / "reports").glob("*/results.json")]
+    assert {r["extras"]["precision_rule"] for r in reps} >= {"explicit --precision bf16"}

@@ -102,6 +102,12 @@ def protocol_record(cfg: "RunConfig") -> dict | None:
     return rec
 
 
+def _precision_rule(fz) -> str:
+    from fmeval.device import precision_rule
+
+    return precision_rule(fz.config.precision, fz.device, fz.adapter.family)
+
+
 def build_result(
     cfg: "RunConfig",
     *,
@@ -209,7 +215,7 @@ def frozen_result(fz, *, test_scores, val_scores, extras: dict, selection: dict,
         transform=fz.transform_record(),
         precision=fz.precision,
         selection=selection,
-        extras={**extras, "cache_hits": fz.cache_hits},
+        extras={**extras, "cache_hits": fz.cache_hits, "precision_rule": _precision_rule(fz)},
         warnings=[*fz.data.warnings, *(fz.cache.events if fz.cache is not None else []), *warnings],
         wall_time_s=timer.seconds,
         test_indices=fz.indices.get("test"),
