@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from fmeval.adapters.base import ADAPTERS, Adapter, create_adapter
+from fmeval.adapters.base import ADAPTERS, Adapter, check_pool, create_adapter
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ def _short_list(v) -> str:
 def resolve_model(name: str, **build) -> ResolvedModel:
     """Build ``name`` (as ``create_adapter`` would for a run) and describe it."""
     entry = ADAPTERS.entry(name)
+    if build.get("pool") is not None:
+        check_pool(name, build["pool"])  # before any weights are read
     adapter = create_adapter(name, **build)
     return describe_resolved(adapter, entry.tags)
 

@@ -10,6 +10,8 @@ use peft's on-disk format (``adapter_config.json`` +
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,9 @@ from fmeval.errors import ConfigError, ModelError
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
+
+
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,13 @@ class LoraSettings:
             raise ConfigError("--lora-r must be >= 1.")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("--lora-dropout must be in [0, 1).")
+        for t in self.targets or ():
+            # torch module names are dotted attribute names: anything else can never match
+            if not _MODULE_NAME.match(str(t)):
+                raise ConfigError(f"--lora-targets: {t!r} is not a module name (dotted names such as "
+                                  "attn.qkv or blocks.0.attn).")
+        if self.targets is not None:
+            object.__setattr__(self, "targets", tuple(self.targets))
 
 
 def lora_config(adapter: Adapter, settings: LoraSettings):
