@@ -146,7 +146,12 @@ def test_user_file_factory_and_cache_follows_the_code(data_env, capsys):
     code, out, err = run(capsys, "knn", "--model", "./my_encoder.py:build", *FAST)
     again = [json.loads(p.read_text()) for p in (data_env / "reports").glob("*/results.json")]
     assert {r["model"]["weights_id"] for r in again} == {first["model"]["weights_id"]}
+    from fmeval.adapters import create_adapter
+
+    before = create_adapter("./my_encoder.py:build").model.conv.weight.detach().clone()
     write_encoder(data_env, seed=1)  # other weights: another weights id, so the cache misses
+    after = create_adapter("./my_encoder.py:build").model.conv.weight.detach()
+    assert not torch.equal(before, after)  # the edited file was imported afresh
     code, out, err = run(capsys, "knn", "--model", "./my_encoder.py:build", *FAST)
     ids = {json.loads(p.read_text())["model"]["weights_id"] for p in (data_env / "reports").glob("*/results.json")}
     assert len(ids) == 2
@@ -337,3 +342,48 @@ def test_unknown_family_gets_the_conservative_precision_and_the_report_says_so(d
     assert code == 0, err
     reps = [json.loads(p.read_text()) for p in (data_env / "reports").glob("*/results.json")]
     assert {r["extras"]["precision_rule"] for r in reps} >= {"explicit --precision bf16"}
+
+
+@pytest.mark.parametrize("spec, extra", [
+    ("timm:resnet18.a1_in1k", ("--random-init", "--input-size", "32")),
+    ("torchvision:resnet18", ("--random-init", "--input-size", "32")),
+    ("./my_encoder.py:build", ()),
+])
+def test_linprobe_and_one_lora_epoch_on_specs(data_env, capsys, spec, extra):
+    write_encoder(data_env)
+    code, out, err = run(capsys, "linprobe", "--model", spec, *FAST, *extra)
+    assert code == 0, err
+    code, out, err = run(capsys, "finetune", "--lora", "--model", spec, *FAST, *extra, "--epochs", "1")
+    assert code == 0, err
+    assert f"LoRA targets of {spec}" in err  # found by module type: printed
+    reps = {json.loads(p.read_text())["mode"]: json.loads(p.read_text())
+            for p in (data_env / "reports").glob("*/results.json")}
+    assert set(reps) == {"linprobe", "finetune-lora"}
+    lora = reps["finetune-lora"]["model"]
+    assert lora["model_spec"]["spec"] == spec and lora["lora_targets"] and lora["lora_rule"]
+
+
+def test_open_clip_spec_zero_shot(data_env, capsys):
+    code, out, err = run(capsys, "zeroshot", "--model", "open_clip:ViT-B-32/openai", "--random-init",
+                         "--input-size", "64", *FAST)
+    assert code == 0, err
+    rep = _report(data_env)
+    assert rep["extras"]["scoring"] == "softmax" and rep["model"]["model_spec"]["spec"] == "open_clip:ViT-B-32/openai"
+
+
+def test_hub_revision_resolves_to_its_commit_hash(data_env, capsys, monkeypatch):
+    """A hub repo as the Hugging Face cache holds it (refs/main -> snapshots/<commit>): the
+    commit, not the branch name, is in the weights id and the report."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = data_env / "hub" / "models--fmeval-test--tiny-dinov2"
+    save_hf("dinov2", repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(data_env / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(data_env / "hub"))
+    capsys.readouterr()
+    code, out, err = run(capsys, "knn", "--model", "hf:fmeval-test/tiny-dinov2", *FAST)
+    assert code == 0, err
+    rep = _report(data_env)
+    assert rep["model"]["weights_id"] == f"hf:fmeval-test/tiny-dinov2@{commit}"
+    assert rep["model"]["model_spec"]["resolved"] == f"fmeval-test/tiny-dinov2@{commit}"
