@@ -47,20 +47,24 @@ def test_every_key_loads_and_timm_data_config_is_used(weights):
 
 def test_pretrained_beats_its_random_init_twin_on_pneumoniamnist(weights, pneumonia_root, tmp_path,
                                                                  monkeypatch, capsys):
+    """Linear probe, the comparison that holds on the full dataset (README table: 0.933 vs 0.888).
+    kNN is run on the same cached features and only checked to beat chance: on the full
+    PneumoniaMNIST the random twin's kNN is slightly ahead (0.930 vs 0.915, CIs overlapping)."""
     monkeypatch.setenv("FMEVAL_DATA_ROOT", str(pneumonia_root))
     monkeypatch.chdir(tmp_path)
     common = ("--dataset", "pneumoniamnist", "--limit", "200", "--bootstrap", "200")
-    auc = {}
+    auc: dict[tuple[str, str], dict] = {}
     for label, extra in (("pretrained", ("--weights", str(weights))), ("random", ("--random-init",))):
-        code, out, err = run(capsys, "knn", "--model", SPEC, *common, *extra)
-        assert code == 0, err
-        (path,) = [p for p in (tmp_path / "reports").glob("*/results.json")
-                   if json.loads(p.read_text())["model"]["weights_id"].startswith(
-                       "file:" if label == "pretrained" else "random:")]
+        for mode in ("knn", "linprobe"):
+            code, out, err = run(capsys, mode, "--model", SPEC, *common, *extra)
+            assert code == 0, err
+    for path in (tmp_path / "reports").glob("*/results.json"):
         rep = json.loads(path.read_text())
-        assert rep["model"]["weights_load"] is None or rep["model"]["weights_load"]["complete"]
-        auc[label] = rep["test"]["metrics"]["auc"]
-    # measured (200 per split, seed 0): 0.848 [0.799, 0.895] vs 0.810 [0.747, 0.871]; the CIs
-    # overlap at this size (the README's full-data table has them apart on some datasets)
-    assert auc["pretrained"]["value"] > auc["random"]["value"], auc
-    assert auc["pretrained"]["ci_low"] > 0.5, auc
+        label = "pretrained" if rep["model"]["weights_id"].startswith("file:") else "random"
+        assert rep["model"]["model_spec"]["spec"] == SPEC
+        if label == "pretrained":
+            assert rep["model"]["weights_load"]["complete"] and rep["model"]["weights_load"]["missing"] == 0
+        auc[(label, rep["mode"])] = rep["test"]["metrics"]["auc"]
+    assert len(auc) == 4
+    assert auc[("pretrained", "linprobe")]["value"] > auc[("random", "linprobe")]["value"], auc
+    assert min(a["ci_low"] for a in auc.values()) > 0.5, auc
