@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from fmeval.adapters.base import ADAPTERS, Adapter, check_pool, create_adapter
+from fmeval.adapters import base
+from fmeval.adapters.base import ADAPTERS, Adapter, check_pool
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def resolve_model(name: str, **build) -> ResolvedModel:
     entry = ADAPTERS.entry(name)
     if build.get("pool") is not None:
         check_pool(name, build["pool"])  # before any weights are read
-    adapter = create_adapter(name, **build)
+    adapter = base.create_adapter(name, **build)  # looked up at call time (tests patch it)
     return describe_resolved(adapter, entry.tags)
 
 
