@@ -184,6 +184,26 @@ def resolve_precision(name: str, device: torch.device | str, family: str | None)
     return "bf16" if verdict else "fp32"
 
 
+def precision_rule(name: str, device: torch.device | str, family: str | None) -> str:
+    """Which rule of :func:`resolve_precision` decided, in words (recorded in reports, so a
+    model given by spec shows it got the conservative default of an unmeasured family)."""
+    key = str(name).lower()
+    if key != "auto":
+        return f"explicit --precision {key}"
+    device = torch.device(device)
+    if not native_bf16(device):
+        return f"auto: fp32, no native bf16 on this {device.type}"
+    verdict = True if family is None else bf16_fidelity(family)
+    if verdict is None:
+        return (f"auto: family {family!r} never measured, conservative default "
+                f"({'bf16 on CUDA' if device.type == 'cuda' else 'fp32 on CPU'})")
+    if not verdict:
+        return f"auto: fp32, family {family!r} failed its measured bf16 fidelity"
+    if family is not None and not bf16_faster(family, device):
+        return f"auto: fp32, bf16 measured slower than fp32 for family {family!r} on {device.type}"
+    return f"auto: bf16, family {family!r} measured faithful and faster"
+
+
 def _check_resolved(precision: str) -> str:
     if precision not in RESOLVED_PRECISIONS:
         raise ConfigError(

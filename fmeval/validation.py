@@ -244,6 +244,10 @@ def validate_config(cfg: "RunConfig") -> None:
         except FmevalError as exc:
             msg = str(exc)
             raise ConfigError(msg if msg.startswith(c.flag) else f"{c.flag}: {msg}") from None
+    if cfg.pool is not None:  # which poolings exist depends on the model's kind
+        from fmeval.adapters.base import check_pool
+
+        check_pool(cfg.model, cfg.pool)
     cfg.train.validate()
     _check_prompts(cfg)
 

@@ -48,6 +48,7 @@ BASE: dict[str, tuple[str, ...]] = {
     "finetune": ("--lora",) + FROZEN,
     "evaluate": ("--adapter", EMPTY_DIR),
     "protocols show": ("medmnist-plus",),
+    "models show": ("vit-s16", "--tiny"),
     "study plan": ("quick",),
     "study run": ("quick",),
     "study report": ("quick",),

@@ -146,14 +146,19 @@ def test_user_file_factory_and_cache_follows_the_code(data_env, capsys):
     code, out, err = run(capsys, "knn", "--model", "./my_encoder.py:build", *FAST)
     again = [json.loads(p.read_text()) for p in (data_env / "reports").glob("*/results.json")]
     assert {r["model"]["weights_id"] for r in again} == {first["model"]["weights_id"]}
+    from fmeval.adapters import create_adapter
+
+    before = create_adapter("./my_encoder.py:build").model.conv.weight.detach().clone()
     write_encoder(data_env, seed=1)  # other weights: another weights id, so the cache misses
+    after = create_adapter("./my_encoder.py:build").model.conv.weight.detach()
+    assert not torch.equal(before, after)  # the edited file was imported afresh
     code, out, err = run(capsys, "knn", "--model", "./my_encoder.py:build", *FAST)
     ids = {json.loads(p.read_text())["model"]["weights_id"] for p in (data_env / "reports").glob("*/results.json")}
     assert len(ids) == 2
 
 
 def _cli(args, cwd: Path, site: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "COLUMNS": "250", "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "fmeval", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -161,7 +166,7 @@ def _cli(args, cwd: Path, site: Path) -> subprocess.CompletedProcess:
 def test_installed_plugin_is_listed_and_runs(data_env):
     site = write_plugin(data_env / "site")
     ls = _cli(["ls", "models"], data_env, site)
-    assert ls.returncode == 0 and "demo-encoder" in ls.stdout and "fmeval-demo-plugin" in ls.stdout
+    assert ls.returncode == 0 and "demo-encoder" in ls.stdout and "plugin (fmeval-demo-plugin)" in ls.stdout
     res = _cli(["knn", "--model", "demo-encoder", *FAST], data_env, site)
     assert res.returncode == 0, res.stderr
     rep = _report(data_env)
@@ -187,6 +192,7 @@ def test_bad_specs_fail_in_one_line_before_any_model_work(data_env, capsys):
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(data_env / "bert")
     write_encoder(data_env)
+    capsys.readouterr()
     cases = {
         "timm:resnet19": "Close matches: resnet18",
         "timm:resnet18.a9_in1k": "a1_in1k",
@@ -220,7 +226,7 @@ def test_models_show_every_registered_name_tiny():
         if "plugin" in e.tags or e.tags.get("ndim") == "3":
             continue
         r = resolve_model(e.name, tiny=True, pretrained=False)
-        assert r.spec == e.tags["spec"] and r.feature_dim > 0 and r.parameters > 0
+        assert r.spec == e.tags.get("spec", e.name) and r.feature_dim > 0 and r.parameters > 0
         assert r.input_size > 0 and len(r.mean) == 3 and r.pooling
 
 
@@ -269,7 +275,8 @@ def test_sigmoid_scoring_is_the_normalised_sigmoid():
     p = zeroshot_probs(img, text, logit_scale=10.0, scoring="sigmoid", logit_bias=-10.0)
     s = torch.sigmoid(10.0 * cos - 10.0)
     assert torch.allclose(p, s / s.sum(1, keepdim=True), atol=1e-6)
-    assert not torch.allclose(p, (10.0 * cos).softmax(1), atol=1e-3)  # the bias matters
+    unbiased = zeroshot_probs(img, text, logit_scale=10.0, scoring="sigmoid", logit_bias=0.0)
+    assert not torch.allclose(unbiased, (10.0 * cos).softmax(1), atol=1e-2)  # not a softmax
     far = zeroshot_probs(img, text, logit_scale=100.0, scoring="sigmoid", logit_bias=-200.0)
     assert torch.isfinite(far).all() and torch.allclose(far.sum(1), torch.ones(5))  # no underflow
 
@@ -292,3 +299,91 @@ def test_lora_targets_override(data_env, capsys):
     rep = _report(data_env)
     assert rep["model"]["lora_rule"] == "--lora-targets"
     assert rep["model"]["lora_targets"] == ["attention.q_proj", "attention.v_proj"]
+
+
+# --------------------------------------------------------------------------- #
+# Studies
+# --------------------------------------------------------------------------- #
+def test_study_yaml_lists_specs_in_its_models_axis(pneumonia_root, tmp_path, monkeypatch):
+    from fmeval.studies.executors import EXECUTORS
+    from fmeval.studies.finish import finished_runs
+    from fmeval.studies.plan import plan_study
+    from fmeval.studies.spec import load_study
+
+    monkeypatch.setenv("FMEVAL_DATA_ROOT", str(pneumonia_root))
+    spec, digest = load_study(REPO / "studies" / "any-models.yaml")
+    plan = plan_study(spec, digest, reports_root=tmp_path / "reports")
+    cells = {(c.axes["model"], c.axes["mode"]) for c in plan.cells}
+    # zero-shot only where the spec has a text tower
+    assert ("open_clip:ViT-B-32/openai", "zeroshot") in cells
+    assert ("timm:resnet18.a1_in1k", "zeroshot") not in cells and ("timm:resnet18.a1_in1k", "knn") in cells
+    assert len(plan.cells) == 9
+    counts = EXECUTORS.get("local").run(plan)
+    assert counts["done"] == 9, counts
+    runs, problems = finished_runs(plan)
+    assert not problems
+    assert {r.model["name"] for r in runs} == {"resnet18", "timm:resnet18.a1_in1k", "torchvision:resnet18",
+                                               "open_clip:ViT-B-32/openai"}
+
+
+def test_unknown_family_gets_the_conservative_precision_and_the_report_says_so(data_env, capsys):
+    from fmeval.device import precision_rule, resolve_precision
+
+    assert resolve_precision("auto", "cpu", "user") == "fp32"
+    assert "never measured" in precision_rule("auto", "cpu", "user") or "no native bf16" in precision_rule(
+        "auto", "cpu", "user")
+    write_encoder(data_env)
+    code, out, err = run(capsys, "knn", "--model", "./my_encoder.py:build", *FAST)
+    assert code == 0, err
+    rep = _report(data_env)
+    assert rep["precision"] == "fp32" and rep["model"]["family"] == "user"
+    assert rep["extras"]["precision_rule"] == precision_rule("auto", "cpu", "user")
+    code, out, err = run(capsys, "knn", "--model", "./my_encoder.py:build", *FAST, "--precision", "bf16")
+    assert code == 0, err
+    reps = [json.loads(p.read_text()) for p in (data_env / "reports").glob("*/results.json")]
+    assert {r["extras"]["precision_rule"] for r in reps} >= {"explicit --precision bf16"}
+
+
+@pytest.mark.parametrize("spec, extra", [
+    ("timm:resnet18.a1_in1k", ("--random-init", "--input-size", "32")),
+    ("torchvision:resnet18", ("--random-init", "--input-size", "32")),
+    ("./my_encoder.py:build", ()),
+])
+def test_linprobe_and_one_lora_epoch_on_specs(data_env, capsys, spec, extra):
+    write_encoder(data_env)
+    code, out, err = run(capsys, "linprobe", "--model", spec, *FAST, *extra)
+    assert code == 0, err
+    code, out, err = run(capsys, "finetune", "--lora", "--model", spec, *FAST, *extra, "--epochs", "1")
+    assert code == 0, err
+    assert f"LoRA targets of {spec}" in err  # found by module type: printed
+    reps = {json.loads(p.read_text())["mode"]: json.loads(p.read_text())
+            for p in (data_env / "reports").glob("*/results.json")}
+    assert set(reps) == {"linprobe", "finetune-lora"}
+    lora = reps["finetune-lora"]["model"]
+    assert lora["model_spec"]["spec"] == spec and lora["lora_targets"] and lora["lora_rule"]
+
+
+def test_open_clip_spec_zero_shot(data_env, capsys):
+    code, out, err = run(capsys, "zeroshot", "--model", "open_clip:ViT-B-32/openai", "--random-init",
+                         "--input-size", "64", *FAST)
+    assert code == 0, err
+    rep = _report(data_env)
+    assert rep["extras"]["scoring"] == "softmax" and rep["model"]["model_spec"]["spec"] == "open_clip:ViT-B-32/openai"
+
+
+def test_hub_revision_resolves_to_its_commit_hash(data_env, capsys, monkeypatch):
+    """A hub repo as the Hugging Face cache holds it (refs/main -> snapshots/<commit>): the
+    commit, not the branch name, is in the weights id and the report."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = data_env / "hub" / "models--fmeval-test--tiny-dinov2"
+    save_hf("dinov2", repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(data_env / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(data_env / "hub"))
+    capsys.readouterr()
+    code, out, err = run(capsys, "knn", "--model", "hf:fmeval-test/tiny-dinov2", *FAST)
+    assert code == 0, err
+    rep = _report(data_env)
+    assert rep["model"]["weights_id"] == f"hf:fmeval-test/tiny-dinov2@{commit}"
+    assert rep["model"]["model_spec"]["resolved"] == f"fmeval-test/tiny-dinov2@{commit}"

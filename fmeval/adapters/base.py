@@ -176,9 +176,8 @@ def create_adapter(
     import fmeval.adapters  # noqa: F401  (registers the built-in adapters)
 
     entry = ADAPTERS.entry(name)
-    if pool is not None and entry.tags.get("kind") not in POOLED_KINDS:
-        raise ConfigError(f"--pool applies to {', '.join(k + ':' for k in POOLED_KINDS)} specs; "
-                          f"{name} has one fixed feature ({entry.tags.get('family', '?')}).")
+    if pool is not None:
+        check_pool(name, pool)
     wpath = _resolve_weights(entry, weights, pretrained=pretrained, tiny=tiny)
     cfg = AdapterConfig(
         name=entry.name, pretrained=pretrained, tiny=tiny, weights=wpath,
@@ -191,8 +190,23 @@ def create_adapter(
     return adapter.to(device).eval()
 
 
-#: spec kinds whose feature pooling ``--pool`` chooses
-POOLED_KINDS = ("hf", "timm")
+#: spec kinds whose feature pooling ``--pool`` chooses, and the names each knows (hf: see
+#: fmeval.adapters.hf; timm: its ``global_pool`` values). Which of them a given model
+#: offers is only known once it is built; an unknown name fails before anything runs.
+POOLED_KINDS = {"hf": ("embed", "cls", "pooler", "mean"),
+                "timm": ("avg", "max", "avgmax", "catavgmax", "token", "map", "fast")}
+
+
+def check_pool(model: str, pool: str) -> None:
+    """``--pool`` names a pooling the model's kind has (before any data or model work)."""
+    entry = ADAPTERS.entry(model)
+    kind = entry.tags.get("kind")
+    if kind not in POOLED_KINDS:
+        raise ConfigError(f"--pool applies to {', '.join(k + ':' for k in POOLED_KINDS)} specs; "
+                          f"{model} has one fixed feature ({entry.tags.get('family', '?')}).")
+    if pool not in POOLED_KINDS[kind]:
+        raise ConfigError(f"--pool {pool!r} is not a {kind}: pooling; choose one of "
+                          f"{', '.join(POOLED_KINDS[kind])}.")
 
 
 def _resolve_weights(

@@ -265,9 +265,9 @@ class HfAdapter(Adapter):
             return super().encode_text(texts)
         sigmoid = self.zeroshot_scoring == "sigmoid"
         # SigLIP was trained on max-length padding without an attention mask (its model card).
-        kw = {"padding": "max_length", "max_length": self.model.config.text_config.max_position_embeddings} \
-            if sigmoid else {"padding": True}
-        tok = self.tokenizer(list(texts), truncation=True, return_tensors="pt", **kw)
+        context = self.model.config.text_config.max_position_embeddings
+        tok = self.tokenizer(list(texts), truncation=True, max_length=context, return_tensors="pt",
+                             padding="max_length" if sigmoid else True)
         device = next(self.model.parameters()).device
         args = {"input_ids": tok["input_ids"].to(device)}
         if not sigmoid and "attention_mask" in tok:

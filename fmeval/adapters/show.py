@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from fmeval.adapters.base import ADAPTERS, Adapter, create_adapter
+from fmeval.adapters import base
+from fmeval.adapters.base import ADAPTERS, Adapter, check_pool
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ def _short_list(v) -> str:
 def resolve_model(name: str, **build) -> ResolvedModel:
     """Build ``name`` (as ``create_adapter`` would for a run) and describe it."""
     entry = ADAPTERS.entry(name)
-    adapter = create_adapter(name, **build)
+    if build.get("pool") is not None:
+        check_pool(name, build["pool"])  # before any weights are read
+    adapter = base.create_adapter(name, **build)  # looked up at call time (tests patch it)
     return describe_resolved(adapter, entry.tags)
 
 

@@ -374,7 +374,7 @@ def _register(spec: TvSpec) -> None:
         return TorchvisionAdapter(spec, cfg)
 
     register_adapter(spec.name, spec.description, family=spec.family, text="no",
-                     weights=spec.weights_tag)(factory)
+                     weights=spec.weights_tag, spec=f"torchvision:{spec.arch}:{spec.weights}")(factory)
 
 
 for _spec in SPECS:

@@ -38,7 +38,8 @@ ENTRY_POINT_GROUP = "fmeval.adapters"
 
 def _load_file_module(path: Path):
     path = path.resolve()
-    name = "fmeval_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    # keyed by path AND content: an edited file is imported afresh, never served stale
+    name = "fmeval_user_" + hashlib.sha256(str(path).encode() + path.read_bytes()).hexdigest()[:16]
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

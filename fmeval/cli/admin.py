@@ -21,7 +21,8 @@ app.add_typer(cache_app, name="cache")
 
 @ls_app.command("models")
 def ls_models() -> None:
-    """Registered encoders, their family, text support and default weights."""
+    """Registered encoders and installed plugins (with their package), their family, text
+    support and default weights; any other model is named by a spec."""
     from fmeval.adapters import ADAPTERS
 
     table = Table(title="fmeval models")
@@ -30,9 +31,16 @@ def ls_models() -> None:
     for col in ("family", "text", "default weights", "description"):
         table.add_column(col)
     for e in ADAPTERS:
-        table.add_row(e.name, e.tags.get("family", ""), e.tags.get("text", ""),
-                      e.tags.get("weights", ""), e.description)
+        family = f"plugin ({e.tags['package']})" if "plugin" in e.tags else e.tags.get("family", "")
+        table.add_row(e.name, family, e.tags.get("text", ""), e.tags.get("weights", ""), e.description)
     console.print(table)
+    from fmeval.adapters import SKIPPED_PLUGINS
+
+    if SKIPPED_PLUGINS:
+        console.print(f"plugins skipped (a built-in model has the name): {', '.join(SKIPPED_PLUGINS)}")
+    console.print("Any other model by spec: timm:<arch>[.<tag>], open_clip:<arch>/<tag>, hf:<org>/<repo>[@rev], "
+                  "hf:<folder>, torchvision:<name>[:<weights>], file.py:factory, module:factory "
+                  "(`fmeval models show SPEC`).")
 
 
 @ls_app.command("datasets")

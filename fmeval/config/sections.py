@@ -8,9 +8,12 @@ checked by :mod:`fmeval.validation` once the whole config is known.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from fmeval.errors import ConfigError, check_choice
+
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")  # a torch module's dotted name
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,13 @@ class LoraSettings:
             raise ConfigError("--lora-r must be >= 1.")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("--lora-dropout must be in [0, 1).")
+        for t in self.targets or ():
+            # torch module names are dotted attribute names: anything else can never match
+            if not _MODULE_NAME.match(str(t)):
+                raise ConfigError(f"--lora-targets: {t!r} is not a module name (dotted names such as "
+                                  "attn.qkv or blocks.0.attn).")
+        if self.targets is not None:
+            object.__setattr__(self, "targets", tuple(self.targets))
 
 
 @dataclass(frozen=True)

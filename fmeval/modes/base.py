@@ -105,6 +105,12 @@ def protocol_record(cfg: "RunConfig") -> dict | None:
     return rec
 
 
+def _precision_rule(fz) -> str:
+    from fmeval.device import precision_rule
+
+    return precision_rule(fz.config.precision, fz.device, fz.adapter.family)
+
+
 def build_result(
     cfg: "RunConfig",
     *,
@@ -201,7 +207,7 @@ def result_of(p, *, test_scores, val_scores, extras: dict, selection: dict, time
         extras = {**extras, "fewshot": p.fewshot}
         selection = {**selection, "fewshot_selection": p.fewshot["selection"]}
     if p.frozen:
-        extras = {**extras, "cache_hits": p.cache_hits}
+        extras = {**extras, "cache_hits": p.cache_hits, "precision_rule": _precision_rule(p)}
         notes = [*p.data.warnings, *(p.cache.events if p.cache is not None else []), *warnings,
                  *p.fewshot_warnings]
     else:

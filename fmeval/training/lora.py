@@ -10,7 +10,7 @@ use peft's on-disk format (``adapter_config.json`` +
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+
 from pathlib import Path
 
 from torch import nn
