@@ -156,6 +156,8 @@ def build_adapter(cfg: RunConfig, device: torch.device, data: MedMNIST | None = 
         seed=cfg.seed if cfg.weights_seed is None else cfg.weights_seed,
         input_size=build_input_size(cfg, data), allow_partial=cfg.allow_partial, device=device,
         **({"pool": cfg.pool} if cfg.pool is not None else {}),  # unset: identity memo keys unchanged
+        **({"mean": cfg.mean} if cfg.mean is not None else {}),
+        **({"std": cfg.std} if cfg.std is not None else {}),
     )
     key = repr((cfg.model, sorted(kwargs.items(), key=lambda kv: kv[0])))
     if reusable and _REUSE is not None and key in _REUSE:

@@ -248,6 +248,10 @@ def validate_config(cfg: "RunConfig") -> None:
         from fmeval.adapters.base import check_pool
 
         check_pool(cfg.model, cfg.pool)
+    if cfg.mean is not None or cfg.std is not None:  # only the user's own models take them
+        from fmeval.adapters.base import check_norm
+
+        check_norm(cfg.model, cfg.mean, cfg.std)
     cfg.train.validate()
     _check_prompts(cfg)
 

@@ -387,3 +387,25 @@ def test_hub_revision_resolves_to_its_commit_hash(data_env, capsys, monkeypatch)
     rep = _report(data_env)
     assert rep["model"]["weights_id"] == f"hf:fmeval-test/tiny-dinov2@{commit}"
     assert rep["model"]["model_spec"]["resolved"] == f"fmeval-test/tiny-dinov2@{commit}"
+
+
+def test_mean_and_std_options_for_a_plain_module_factory(data_env, capsys):
+    """A factory's module without ``mean``/``std`` attributes runs with --mean/--std (recorded in the
+    preprocessing, hence in the cache key); without them it is one line; other families refuse them."""
+    text = (write_encoder(data_env).read_text().replace("    mean = (0.5, 0.5, 0.5)\n", "")
+            .replace("    std = (0.25, 0.25, 0.25)\n", ""))
+    (data_env / "bare_encoder.py").write_text(text)
+    code, out, err = run(capsys, "knn", "--model", "./bare_encoder.py:build", *FAST)
+    assert code == 2 and "without mean, std" in err and "--mean" in err and "Traceback" not in err
+    code, out, err = run(capsys, "knn", "--model", "./bare_encoder.py:build", "--mean", "0.4,0.4,0.4",
+                         "--std", "0.2,0.3,0.2", *FAST)
+    assert code == 0, err
+    rep = _report(data_env)
+    assert rep["model"]["preprocess"]["mean"] == [0.4, 0.4, 0.4]
+    assert rep["transform"]["std"] == [0.2, 0.3, 0.2]
+    assert rep["config"]["mean"] == [0.4, 0.4, 0.4]
+    for bad, says in ((("--model", "vit-s16", "--tiny", "--mean", "0.5,0.5,0.5"), "apply to models from your own code"),
+                      (("--model", "./bare_encoder.py:build", "--mean", "0.5,0.5"), "3 comma-separated"),
+                      (("--model", "./bare_encoder.py:build", "--mean", "0.5,0.5,0.5", "--std", "0,1,1"), "> 0")):
+        code, out, err = run(capsys, "knn", *bad, *FAST)
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err

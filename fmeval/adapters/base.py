@@ -52,6 +52,9 @@ class AdapterConfig:
     # Which pooled output becomes the feature, for models that offer several
     # (transformers models: cls, mean, pooler, embed); None: the family's default.
     pool: str | None = None
+    # --mean/--std: the normalisation of a model from the user's own code (factories, plugins)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.tiny and self.pretrained and self.weights is None:
@@ -166,6 +169,8 @@ def create_adapter(
     input_size: int | None = None,
     allow_partial: bool = False,
     pool: str | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
     device: str | torch.device = "cpu",
 ) -> Adapter:
     """Build a registered adapter or a model spec in eval mode on ``device``.
@@ -178,10 +183,13 @@ def create_adapter(
     entry = ADAPTERS.entry(name)
     if pool is not None:
         check_pool(name, pool)
+    if mean is not None or std is not None:
+        check_norm(name, mean, std)
     wpath = _resolve_weights(entry, weights, pretrained=pretrained, tiny=tiny)
     cfg = AdapterConfig(
         name=entry.name, pretrained=pretrained, tiny=tiny, weights=wpath,
         strict=strict, seed=seed, input_size=input_size, allow_partial=allow_partial, pool=pool,
+        mean=mean, std=std,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -207,6 +215,20 @@ def check_pool(model: str, pool: str) -> None:
     if pool not in POOLED_KINDS[kind]:
         raise ConfigError(f"--pool {pool!r} is not a {kind}: pooling; choose one of "
                           f"{', '.join(POOLED_KINDS[kind])}.")
+
+
+def check_norm(model: str, mean, std) -> None:
+    """``--mean/--std`` apply to models from the user's code (the other families bring
+    their own normalisation), three values each, every std > 0."""
+    entry = ADAPTERS.entry(model)
+    if entry.tags.get("kind") != "code" and entry.tags.get("family") != "user":
+        raise ConfigError(f"--mean/--std apply to models from your own code (file.py:factory, module:factory, "
+                          f"plugins); {model} has its own normalisation ({entry.tags.get('family', '?')}).")
+    for flag, values in (("--mean", mean), ("--std", std)):
+        if values is not None and len(values) != 3:
+            raise ConfigError(f"{flag} takes 3 comma-separated values (R,G,B), got {len(values)}.")
+    if std is not None and any(v <= 0 for v in std):
+        raise ConfigError("--std values must be > 0.")
 
 
 def _resolve_weights(

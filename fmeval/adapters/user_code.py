@@ -117,17 +117,16 @@ class ModuleAdapter(Adapter):
     def __init__(self, module: nn.Module, cfg: AdapterConfig, where: str) -> None:
         super().__init__()
         self.model = module
-        missing = [a for a in ("mean", "std") if getattr(module, a, None) is None]
+        missing = [a for a in ("mean", "std") if getattr(module, a, None) is None and getattr(cfg, a) is None]
         if getattr(module, "input_size", None) is None and cfg.input_size is None:
             missing.insert(0, "input_size")
         if missing:
             raise ModelError(f"{where} returned a {type(module).__name__} without {', '.join(missing)}: "
-                             "set them as attributes of the module (input_size may also come from "
-                             "--input-size).")
+                             "set them as attributes of the module (or pass --input-size, --mean, --std).")
         self.preprocess = Preprocess(
             input_size=int(cfg.input_size or module.input_size),
-            mean=tuple(float(v) for v in module.mean),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in module.std),  # type: ignore[arg-type]
+            mean=tuple(float(v) for v in (cfg.mean or module.mean)),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in (cfg.std or module.std)),  # type: ignore[arg-type]
             interpolation=str(getattr(module, "interpolation", "bilinear")),
         )
         s = self.preprocess.input_size

@@ -148,6 +148,10 @@ COMMON = (
     _o("pool", "pool", str, "Which output is the feature where a model offers several (hf: cls, mean, pooler, "
        "embed; timm: its global_pool, e.g. avg, max, token) [default: the model's; see `fmeval models show`].",
        "--pool"),
+    _o("mean", "mean", str, "Your own model (file.py:factory, plugin): per-channel mean of its input "
+       "normalisation, R,G,B [default: the module's `mean` attribute].", "--mean", list_of="floats"),
+    _o("std", "std", str, "Your own model: per-channel std of its input normalisation, R,G,B [default: the "
+       "module's `std` attribute].", "--std", list_of="floats"),
     _o("precision", "precision", str, "auto, fp32 or bf16 (auto: bf16 where the hardware and the family's measured "
        "fidelity allow) [env FMEVAL_PRECISION].", default_text="auto"),
     _o("seed", "seed", int, "Seed for random weights, subsets, training and bootstrap.", default_text="0", min=0),

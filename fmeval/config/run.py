@@ -80,6 +80,8 @@ class RunConfig:
     weights_seed: int | None = None  # seed of random/tiny weights; None: the run's seed
     precision: str = "auto"
     pool: str | None = None  # which pooled output is the feature (hf: models); None: the model's default
+    mean: tuple[float, ...] | None = None  # a user-code model's normalisation (--mean/--std); None: its own
+    std: tuple[float, ...] | None = None
     # run
     seed: int = 0
     batch_size: int = 256  # extraction / inference batch
@@ -168,8 +170,9 @@ class RunConfig:
             if d.get(name) == default:
                 d.pop(name, None)
         # model specs (issue 20): unset, these leave the hash of every earlier run unchanged
-        if self.pool is None:
-            d.pop("pool", None)
+        for name in ("pool", "mean", "std"):
+            if getattr(self, name) is None:
+                d.pop(name, None)
         if isinstance(d.get("lora"), dict) and d["lora"].get("targets") is None:
             d["lora"].pop("targets", None)
         for path in NON_SEMANTIC:
