@@ -8,7 +8,9 @@ remains, so a mode that grows its own preparation again fails here.
 from __future__ import annotations
 
 import pytest
-from helpers import run
+from pathlib import Path
+
+from helpers import only_report, run
 
 from fmeval.data.synthetic import write_synthetic
 
@@ -49,6 +51,10 @@ def test_finetune_lora_passes_through_prepare(capsys, calls, data):
                        "--max-steps-per-epoch", "1")
     assert code == 0, err
     assert calls == [("finetune-lora", False)]
+    from fmeval.device import precision_rule
+
+    rep = only_report(Path(data).parent / "reports")  # fine-tuned runs say which precision rule applied too
+    assert rep["extras"]["precision_rule"] == precision_rule("auto", "cpu", rep["model"]["family"])
 
 
 def test_linprobe_and_fewshot_knn_pass_through_prepare(capsys, calls, data):

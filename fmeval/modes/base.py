@@ -207,11 +207,12 @@ def result_of(p, *, test_scores, val_scores, extras: dict, selection: dict, time
         extras = {**extras, "fewshot": p.fewshot}
         selection = {**selection, "fewshot_selection": p.fewshot["selection"]}
     if p.frozen:
-        extras = {**extras, "cache_hits": p.cache_hits, "precision_rule": _precision_rule(p)}
+        extras = {**extras, "cache_hits": p.cache_hits}
         notes = [*p.data.warnings, *(p.cache.events if p.cache is not None else []), *warnings,
                  *p.fewshot_warnings]
     else:
         notes = [*p.data.warnings, *p.fewshot_warnings, *warnings]
+    extras = {**extras, "precision_rule": _precision_rule(p)}  # which precision rule applied
     return build_result(
         p.config,
         model=p.adapter.describe(),
