@@ -116,8 +116,17 @@ class Protocol:
     def seeds(self) -> list[int]:
         return [int(s) for s in self.spec.seeds.value]
 
+    def recipe_mode(self, mode: str) -> str | None:
+        """The protocol's own mode for a run of ``mode``: the mode itself when listed (or its
+        family is, e.g. ``finetune``); else a listed mode of the same family (LoRA under a
+        full fine-tuning recipe: covered, recorded as a deviation); else None (not covered)."""
+        family = mode.split("-")[0]
+        if mode in self.spec.modes or family in self.spec.modes:
+            return mode
+        return next((m for m in self.spec.modes if m.split("-")[0] == family), None)
+
     def covers(self, mode: str) -> bool:
-        return mode in self.spec.modes or any(mode.startswith(f"{m}-") for m in self.spec.modes)
+        return self.recipe_mode(mode) is not None
 
     def settings_for(self, mode: str) -> dict[str, Setting]:
         """Every setting that applies to ``mode`` (common ones, then the mode's or its group's)."""

@@ -136,6 +136,10 @@ class Leaderboard:
                 cells.append(fmt(row["baseline_acc"], 3))
                 body.append([str(c) for c in cells])
             lines += [md_table(header, body), ""]
+            # what the `*` stands for, row by row: a deviating run never passes as the protocol
+            devs = [f"- #{i} {row['model']} ({row['protocol']}): deviating in {row['deviations'].replace(';', '; ')}"
+                    for i, row in enumerate(rows, 1) if row["deviations"]]
+            lines += devs + ([""] if devs else [])
         if self.excluded:
             lines += [f"{len(self.excluded)} run(s) kept out of the ranking (--limit subsets, tiny random "
                       "models, few-shot runs or another scored split); `fmeval report --all` includes them.", ""]
