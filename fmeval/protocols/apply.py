@@ -87,3 +87,24 @@ def apply_protocol(protocol: Protocol, base: RunConfig, explicit: dict[str, Any]
     return cfg.with_values({"protocol": protocol.name, "protocol_hash": protocol.sha256,
                             "protocol_variant": str(size) if variant is not None else None,
                             "deviations": tuple(deviations)})
+
+
+def model_recipe(model: str, mode: str) -> Protocol | None:
+    """The shipped protocol that is ``model``'s own recipe for ``mode`` (its ``default_for``), or None.
+
+    MedCLIP's zero-shot numbers come from its own processor and prompt ensembling (black 224
+    canvas, mean of logits), not CLIP's; a run that names no protocol gets them by default.
+    """
+    for path in _shipped().values():
+        p = Protocol.load(path)
+        if model in p.spec.default_for and p.recipe_mode(mode) == mode:
+            return p
+    return None
+
+
+def recipe_defaults(model: str, mode: str) -> dict[str, Any]:
+    """Dotted path -> value of the model's own recipe for ``mode`` plus ``recipe`` (its name); {} if none."""
+    p = model_recipe(model, mode)
+    if p is None:
+        return {}
+    return {**{k: s.value for k, s in p.settings_for(mode).items() if k != "limit"}, "recipe": p.name}

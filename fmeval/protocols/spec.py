@@ -60,6 +60,9 @@ class ProtocolSpec(_Strict):
     mode_settings: dict[str, dict[str, Setting]] = {}
     variants: dict[str, Variant] = {}
     silent: list[str] = []
+    # Models whose own recipe this is: without --protocol, a run of one of them in one of the
+    # protocol's modes takes these settings as its defaults (recorded as the run's ``recipe``).
+    default_for: list[str] = []
 
     @field_validator("variants", mode="before")
     @classmethod
