@@ -165,6 +165,8 @@ class RunConfig:
                 d.pop(name, None)
         if self.fewshot.shots is None:  # a full-data run: draw and selection mean nothing (hash unchanged)
             d.pop("fewshot", None)
+        elif "linprobe" not in sections and isinstance(d.get("fewshot"), dict):
+            d["fewshot"].pop("standardize_min_shots", None)  # a linear-probe rule: other modes keep their hash
         for name, default in _SPLIT_DEFAULTS.items():
             if d.get(name) == default:
                 d.pop(name, None)

@@ -62,8 +62,13 @@ class FewShotSettings:
     shots: int | None = None  # K training samples per class; None = the full training split
     draw: int = 0  # which seeded episode
     selection: str = "fixed"  # "fixed" hyper-parameters | "kshot-val" | "full-val"
+    # Linear probe: below this K, "standardize" uses L2-normalised features instead (a K-shot
+    # episode's own mean/std collapse the probe at tiny K); 0 keeps standardising at every K.
+    standardize_min_shots: int = 16
 
     def __post_init__(self) -> None:
+        if self.standardize_min_shots < 0:
+            raise ConfigError("fewshot.standardize_min_shots must be >= 0.")
         if self.shots is not None and self.shots < 1:
             raise ConfigError("--shots must be >= 1.")
         if self.draw < 0:
