@@ -126,6 +126,11 @@ class TimmSpec:
     key_fix: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
     # Extra ``timm.create_model`` arguments (a spec's ``--pool`` -> ``global_pool``).
     build_kwargs: dict = field(default_factory=dict)
+    # Always built at its native size and fed the requested input as it is. SAM: timm does not
+    # resize its relative-position tables when loading, so a 224 px build cannot load the 1024 px
+    # weights; the reference (MedMNIST+) builds at 1024 and feeds 224, which SAM's ViT handles
+    # (absolute positions resampled, relative ones interpolated, at every forward).
+    native_build: bool = False
 
 
 SPECS: tuple[TimmSpec, ...] = (
@@ -142,8 +147,9 @@ SPECS: tuple[TimmSpec, ...] = (
              "DINOv2 ViT-B/14 (LVD-142M), at 224 px by default", dict(VIT_TINY, img_size=28, patch_size=7),
              default_input=224),
     TimmSpec("sam-vitb", "samvit_base_patch16.sa1b", "sam",
-             "SAM ViT-B image encoder (SA-1B), neck output average-pooled",
-             dict(VIT_TINY, neck_chans=16, window_size=4, global_attn_indexes=(1,))),
+             "SAM ViT-B image encoder (SA-1B), neck output average-pooled; built at its native 1024 px "
+             "and fed the requested input",
+             dict(VIT_TINY, neck_chans=16, window_size=4, global_attn_indexes=(1,)), native_build=True),
     TimmSpec("resnet18", "resnet18.a1_in1k", "cnn", "ResNet-18 CNN baseline (ImageNet-1k)",
              dict(layers=[1, 1, 1, 1]), ("conv1", "conv2"), resizable=False),
     TimmSpec("resnet50", "resnet50.a1_in1k", "cnn", "ResNet-50 CNN baseline (ImageNet-1k)",
@@ -194,7 +200,9 @@ class TimmAdapter(Adapter):
 
         self.family = spec.family  # type: ignore[misc]
         kwargs: dict = {**spec.build_kwargs, **(dict(spec.tiny) if cfg.tiny else {})}
-        if cfg.input_size is not None and spec.resizable:
+        if spec.native_build:
+            self.code_version = "2-native-build"  # type: ignore[misc]  # features differ from a resized build
+        elif cfg.input_size is not None and spec.resizable:
             kwargs["img_size"] = cfg.input_size
         elif spec.default_input is not None and not cfg.tiny:
             kwargs["img_size"] = spec.default_input
