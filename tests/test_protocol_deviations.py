@@ -106,10 +106,27 @@ def test_cli_medmnist_v2_with_vit_lists_the_model_as_a_deviation_in_report_and_l
     rows = list(csv.DictReader((reports / "leaderboard.csv").open()))
     assert len(rows) == 1 and "model=vit-s16 (outside the protocol's models)" in rows[0]["deviations"]
     assert rows[0]["protocol"] == "medmnist-v2*"
-    assert "model=vit-s16" in (reports / "leaderboard.md").read_text()
+    md = (reports / "leaderboard.md").read_text()
+    assert "model=vit-s16" in md
+    assert "| geometry |" in md and rows[0]["geometry"] in md  # issue 22 item 11: the geometry column
 
 
 def test_without_a_size_the_protocols_own_size_is_used_not_a_resampled_28():
     cfg = make_config("finetune-full", {"protocol": "resolution-study", "model": "tv-resnet18",
                                         "dataset": "pneumoniamnist"})
     assert cfg.size == 224 and cfg.deviations == ()
+
+
+def test_resolution_study_feeds_efficientnetv2_s_at_its_own_384():
+    """Issue 22 item 4: the seed study resizes to each model's own input resolution."""
+    base = {"protocol": "resolution-study", "dataset": "pneumoniamnist", "size": 224}
+    eff = make_config("finetune-full", {**base, "model": "tv-efficientnetv2-s"})
+    assert eff.input_size == 384 and eff.deviations == ()
+    assert make_config("finetune-full", {**base, "model": "tv-resnet50"}).input_size == 224
+    forced = make_config("finetune-full", {**base, "model": "tv-efficientnetv2-s", "input_size": 224})
+    assert forced.deviations == ("input_size=224",)
+
+
+def test_protocols_show_prints_per_model_settings(capsys):
+    code, out, _ = run(capsys, "protocols", "show", "resolution-study")
+    assert code == 0 and "--model tv-efficientnetv2-s" in out and "384" in out

@@ -60,7 +60,7 @@ def apply_protocol(protocol: Protocol, base: RunConfig, explicit: dict[str, Any]
             f"protocol {protocol.name!r} does not define mode {mode!r} (it defines: "
             f"{', '.join(protocol.spec.modes)})."
         )
-    values: dict[str, Any] = {k: s.value for k, s in protocol.settings_for(mode).items()}
+    values: dict[str, Any] = {k: s.value for k, s in protocol.settings_for(mode, base.model).items()}
     sizes = [int(s) for s in protocol.spec.sizes.value] if protocol.spec.sizes else []
     if "size" not in explicit and sizes and int(base.size) not in sizes:
         explicit = {**explicit, "size": sizes[0]}  # no size asked for: the protocol's first, never a resample

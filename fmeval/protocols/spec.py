@@ -59,6 +59,8 @@ class ProtocolSpec(_Strict):
     settings: dict[str, Setting] = {}
     mode_settings: dict[str, dict[str, Setting]] = {}
     variants: dict[str, Variant] = {}
+    # Settings that differ per model (the resolution study feeds EfficientNetV2-S at its own 384 px).
+    model_settings: dict[str, dict[str, Setting]] = {}
     silent: list[str] = []
     # Models whose own recipe this is: without --protocol, a run of one of them in one of the
     # protocol's modes takes these settings as its defaults (recorded as the run's ``recipe``).
@@ -131,12 +133,15 @@ class Protocol:
     def covers(self, mode: str) -> bool:
         return self.recipe_mode(mode) is not None
 
-    def settings_for(self, mode: str) -> dict[str, Setting]:
-        """Every setting that applies to ``mode`` (common ones, then the mode's or its group's)."""
+    def settings_for(self, mode: str, model: str | None = None) -> dict[str, Setting]:
+        """Every setting that applies to ``mode`` (common ones, then the mode's or its group's,
+        then ``model``'s own)."""
         out = dict(self.spec.settings)
         group = mode.split("-")[0]
         for key in (group, mode):
             out.update(self.spec.mode_settings.get(key, {}))
+        if model is not None:
+            out.update(self.spec.model_settings.get(model, {}))
         return out
 
     def describe(self, deviations: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -149,7 +154,8 @@ class Protocol:
 
         probe = RunConfig(mode="knn", model="x", dataset="x")
         blocks = [("settings", self.spec.settings)] + [
-            (f"mode_settings.{m}", s) for m, s in self.spec.mode_settings.items()]
+            (f"mode_settings.{m}", s) for m, s in self.spec.mode_settings.items()] + [
+            (f"model_settings.{m}", s) for m, s in self.spec.model_settings.items()]
         try:
             for where, block in blocks:
                 probe.with_values({k: v.value for k, v in block.items()})

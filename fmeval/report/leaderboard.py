@@ -124,12 +124,12 @@ class Leaderboard:
             md5 = {r["md5_official"] for r in rows}
             md5_s = "official data file" if md5 == {True} else "NOT the official data file" if False in md5 else "MD5 not checked"
             lines += [f"## {ds} @ {size} px (n_test {', '.join(sorted({str(r['n_test']) for r in rows}))}; {md5_s})", ""]
-            header = ["#", "model", "mode", "protocol", "input", "weights", "precision", "seed"]
+            header = ["#", "model", "mode", "protocol", "input", "geometry", "weights", "precision", "seed"]
             header += self.metric_columns + ["majority acc"]
             body = []
             for i, row in enumerate(rows, 1):
-                cells = [i, row["model"], row["mode"], row["protocol"], row["input_size"], row["weights"],
-                         row["precision"], row["seed"]]
+                cells = [i, row["model"], row["mode"], row["protocol"], row["input_size"], row["geometry"],
+                         row["weights"], row["precision"], row["seed"]]
                 for m in self.metric_columns:
                     ci = fmt_ci(row[f"{m}_ci_low"], row[f"{m}_ci_high"], 3)
                     cells.append(fmt(row[m], 3) + ("" if ci == "–" else f" {ci}"))
