@@ -223,6 +223,8 @@ class TimmAdapter(Adapter):
         if spec.medmnist_stem and medmnist_size <= MEDMNIST_SMALL_STEM_MAX:
             self.model.conv1 = nn.Conv2d(3, self.model.conv1.out_channels, 3, 1, 1, bias=False)
             self.model.maxpool = nn.Identity()
+        if spec.medmnist_stem:  # MedMNIST v2's models.py: PyTorch's default init, not timm's
+            _torch_default_init(self.model)  # (timm zero-inits each block's last BatchNorm weight)
         if cfg.weights is not None:
             sd = load_state_dict_file(cfg.weights)
             if spec.key_fix is not None:
@@ -240,6 +242,7 @@ class TimmAdapter(Adapter):
             arch = spec.name if spec.medmnist_stem else spec.arch
             if spec.medmnist_stem:
                 arch += "-3x3stem" if medmnist_size <= MEDMNIST_SMALL_STEM_MAX else "-stdstem"
+                arch += "-torchinit"
             self.weights_id = random_weights_id(cfg, arch)
 
         data_cfg = timm.data.resolve_model_data_config(self.model)
@@ -273,6 +276,14 @@ class TimmAdapter(Adapter):
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+def _torch_default_init(model: nn.Module) -> None:
+    """Every conv, BatchNorm and linear layer back to PyTorch's own initialisation (what a
+    torchvision-style ResNet built in the MedMNIST v2 experiments code starts from)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
+            m.reset_parameters()
 
 
 def _global_pool(model: nn.Module) -> str:
