@@ -44,6 +44,15 @@ class Variant(_Strict):
     source: str
 
 
+class Caveat(_Strict):
+    """A known difference from the source that applies to some runs only: recorded in each of
+    their reports (not only listed under ``silent``)."""
+
+    modes: list[str]
+    models: list[str]
+    text: str
+
+
 class ProtocolSpec(_Strict):
     name: str
     version: int
@@ -62,6 +71,7 @@ class ProtocolSpec(_Strict):
     # Settings that differ per model (the resolution study feeds EfficientNetV2-S at its own 384 px).
     model_settings: dict[str, dict[str, Setting]] = {}
     silent: list[str] = []
+    caveats: list[Caveat] = []
     # Models whose own recipe this is: without --protocol, a run of one of them in one of the
     # protocol's modes takes these settings as its defaults (recorded as the run's ``recipe``).
     default_for: list[str] = []
@@ -144,9 +154,18 @@ class Protocol:
             out.update(self.spec.model_settings.get(model, {}))
         return out
 
-    def describe(self, deviations: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256, "title": self.spec.title,
-                "citation": self.spec.citation, "deviations": list(deviations)}
+    def caveats_for(self, mode: str, model: str) -> list[str]:
+        return [c.text for c in self.spec.caveats if model in c.models
+                and (mode in c.modes or mode.split("-")[0] in c.modes)]
+
+    def describe(self, deviations: list[str] | tuple[str, ...] = (), *, mode: str = "",
+                 model: str = "") -> dict[str, Any]:
+        out = {"name": self.name, "version": self.version, "sha256": self.sha256, "title": self.spec.title,
+               "citation": self.spec.citation, "deviations": list(deviations)}
+        caveats = self.caveats_for(mode, model)
+        if caveats:
+            out["caveats"] = caveats
+        return out
 
     def _check(self) -> None:
         """Every path must be a real config field and every value must fit it."""

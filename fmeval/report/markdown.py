@@ -20,7 +20,8 @@ def protocol_line(r: RunResult) -> str:
                 else "none (explicit settings)")
     dev = r.deviations
     text = f"`{p.get('name')}` v{p.get('version')} (sha256 `{str(p.get('sha256', ''))[:12]}`)"
-    return text + (f", deviating in: {', '.join(dev)}" if dev else ", no deviations")
+    text += f", deviating in: {', '.join(dev)}" if dev else ", no deviations"
+    return text + "".join(f". Known difference from the source: {c}" for c in p.get("caveats") or [])
 
 
 def weights_line(m: dict) -> str:
