@@ -109,6 +109,7 @@ def test_cli_medmnist_v2_with_vit_lists_the_model_as_a_deviation_in_report_and_l
     md = (reports / "leaderboard.md").read_text()
     assert "model=vit-s16" in md
     assert "| geometry |" in md and rows[0]["geometry"] in md  # issue 22 item 11: the geometry column
+    assert f"| {float(rows[0]['auc']):.4f} [" in md  # and 4 decimals, as the study tables
 
 
 def test_without_a_size_the_protocols_own_size_is_used_not_a_resampled_28():
