@@ -37,8 +37,12 @@ def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | N
     merged = {**(user or {}), **explicit}
     check_required(mode, merged)
     base = RunConfig(mode=mode, model=str(merged["model"]), dataset=str(merged["dataset"]))
-    base = base.with_values({k: v for k, v in (user or {}).items() if k not in ("model", "dataset")})
     protocol = explicit.get("protocol")
+    if not protocol:  # a model's own recipe (MedCLIP's zero-shot) is its default, recorded as ``recipe``
+        from fmeval.protocols import recipe_defaults
+
+        base = base.with_values(recipe_defaults(base.model, mode))
+    base = base.with_values({k: v for k, v in (user or {}).items() if k not in ("model", "dataset")})
     if protocol:
         from fmeval.protocols import apply_protocol, load_protocol
 

@@ -59,6 +59,11 @@ SCOPE=(
   "fmeval.modes.prompt_compare.x__better__mutmut_*"
   "fmeval.training.loop.xǁ_Trainerǁupdate__mutmut_*"
   "fmeval.training.loop.xǁ_Trainerǁfresh_state__mutmut_*"
+  # issue 22: the study's paired comparisons and their correction (tests/test_paired_family.py
+  # computes Holm from its definition and the differences with scikit-learn)
+  "fmeval.metrics.comparisons.*"
+  "fmeval.metrics.resampling.x_paired_difference__mutmut_*"
+  "fmeval.studies.paired.*"
 )
 
 "$PY" -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install 'mutmut==3.8.1'" >&2; exit 2; }

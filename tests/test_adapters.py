@@ -89,7 +89,7 @@ def test_missing_or_corrupt_weights_file(tmp_path):
 
 def test_medmnist_reference_resnet_has_the_small_stem_and_no_pretrained_weights():
     a = create_adapter("resnet18-medmnist")  # no hub weights exist: always from scratch
-    assert a.weights_id == "random:resnet18-medmnist-3x3stem:full:seed0"
+    assert a.weights_id == "random:resnet18-medmnist-3x3stem-torchinit:full:seed0"
     conv1 = a.model.conv1
     assert conv1.kernel_size == (3, 3) and conv1.stride == (1, 1)
     assert isinstance(a.model.maxpool, torch.nn.Identity)

@@ -62,7 +62,7 @@ def test_sweep_runs_one_report_per_k_and_draw_then_a_summary(capsys, tmp_path):
     for (k, d), r in runs.items():
         fs = r["extras"]["fewshot"]
         assert fs["n_train"] == 2 * k and fs["episode"]["counts"] == {"normal": k, "pneumonia": k}
-        assert r["config"]["fewshot"] == {"shots": k, "draw": d, "selection": "fixed"}
+        assert r["config"]["fewshot"] == {"shots": k, "draw": d, "selection": "fixed", "standardize_min_shots": 16}
         assert r["selection"]["k"] == min(3, 2 * k) and r["val"] is None  # first --k, clipped; no validation
         assert r["dataset"]["n_train"] == N[0]  # the split's size, not the episode's
     episode = {key: r["extras"]["fewshot"]["episode"]["indices"] for key, r in runs.items()}

@@ -190,21 +190,31 @@ def test_summary_datasets_are_checked(study, tmp_path):
 # ---------------------------------------------------------------------------
 def test_paired_ci_equals_a_direct_paired_difference(study):
     rows = read_csv(study["out"] / "paired.csv")
-    # clip vs resnet18: kNN per seed and linear probe, per dataset x size; zero-shot has one model
-    assert len(rows) == 2 * 2 * (2 + 1)
+    # clip vs resnet18: kNN pooled over its 2 seeds, and the linear probe, per dataset x size
+    assert len(rows) == 2 * 2 * 2
     by_id = {r.run_id: r for r in study["runs"]}
     for row in rows:
-        a, b = by_id[row["a_run"]], by_id[row["b_run"]]
-        assert (a.mode, a.seed, a.dataset_flag) == (b.mode, b.seed, b.dataset_flag) and a.model_name != b.model_name
-        sa, y = scores_and_labels(a, study["data"])
-        sb, _ = scores_and_labels(b, study["data"])
-        d = paired_difference(a.dataset["task"], y, sa, sb, "auc", n_boot=N_BOOT, seed=a.seed)
-        assert float(row["diff"]) == pytest.approx(d["diff"], abs=1e-6) and float(row["diff"]) >= 0
-        assert float(row["ci_low"]) == pytest.approx(d["ci_low"], abs=1e-6)
-        assert float(row["ci_high"]) == pytest.approx(d["ci_high"], abs=1e-6)
-        assert float(row["p_boot"]) == pytest.approx(d["p_boot"], abs=1e-6)
-        assert (row["verdict"] == f"{row['a']} beats {row['b']}") == (d["ci_low"] > 0)
-    assert "A beats B\" only when the 95% CI excludes 0" in (study["out"] / "paired.md").read_text()
+        a_runs = [by_id[i] for i in row["a_run"].split(";")]
+        b_runs = [by_id[i] for i in row["b_run"].split(";")]
+        assert row["seeds"] == ("0,1" if a_runs[0].mode == "knn" else "0") and row["correction"] == "Holm"
+        assert {r.model_name for r in a_runs}.isdisjoint({r.model_name for r in b_runs})
+        per_seed = []
+        for a, b in zip(a_runs, b_runs):
+            assert (a.mode, a.seed, a.dataset_flag) == (b.mode, b.seed, b.dataset_flag)
+            sa, y = scores_and_labels(a, study["data"])
+            sb, _ = scores_and_labels(b, study["data"])
+            per_seed.append(paired_difference(a.dataset["task"], y, sa, sb, "auc", n_boot=N_BOOT, seed=a.seed))
+        assert float(row["diff"]) == pytest.approx(np.mean([d["diff"] for d in per_seed]), abs=1e-6)
+        assert float(row["diff"]) >= 0
+        if len(per_seed) == 1:  # one seed: exactly the plain paired bootstrap
+            d = per_seed[0]
+            assert float(row["ci_low"]) == pytest.approx(d["ci_low"], abs=1e-6)
+            assert float(row["ci_high"]) == pytest.approx(d["ci_high"], abs=1e-6)
+            assert float(row["p_boot"]) == pytest.approx(d["p_boot"], abs=1e-6)
+        significant = float(row["ci_low"]) > 0 and float(row["p_adj"]) < 0.05
+        assert (row["verdict"] == f"{row['a']} beats {row['b']}") == significant
+    text = " ".join((study["out"] / "paired.md").read_text().split())
+    assert "A beats B\" only when the 95% CI excludes 0 and p (Holm) < 0.05" in text
 
 
 def test_misclassified_are_exactly_the_images_every_run_got_wrong(study):
@@ -413,7 +423,7 @@ def test_page_in_headless_chromium(study, evil_page, tmp_path):
     for flag in DATASETS:
         for size in SIZES:
             assert len(groups[f"group-{flag}-{size}"]["rows"]) == 6
-    assert len(groups["paired"]["rows"]) == 12
+    assert len(groups["paired"]["rows"]) == 8  # kNN pairs pooled over the 2 seeds
     assert shot.exists() and shot.stat().st_size > 10_000
 
     # The sort really runs, and the error hook really reports: re-sort by model (text, descending) and by

@@ -126,6 +126,11 @@ class TimmSpec:
     key_fix: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
     # Extra ``timm.create_model`` arguments (a spec's ``--pool`` -> ``global_pool``).
     build_kwargs: dict = field(default_factory=dict)
+    # Always built at its native size and fed the requested input as it is. SAM: timm does not
+    # resize its relative-position tables when loading, so a 224 px build cannot load the 1024 px
+    # weights; the reference (MedMNIST+) builds at 1024 and feeds 224, which SAM's ViT handles
+    # (absolute positions resampled, relative ones interpolated, at every forward).
+    native_build: bool = False
 
 
 SPECS: tuple[TimmSpec, ...] = (
@@ -142,8 +147,9 @@ SPECS: tuple[TimmSpec, ...] = (
              "DINOv2 ViT-B/14 (LVD-142M), at 224 px by default", dict(VIT_TINY, img_size=28, patch_size=7),
              default_input=224),
     TimmSpec("sam-vitb", "samvit_base_patch16.sa1b", "sam",
-             "SAM ViT-B image encoder (SA-1B), neck output average-pooled",
-             dict(VIT_TINY, neck_chans=16, window_size=4, global_attn_indexes=(1,))),
+             "SAM ViT-B image encoder (SA-1B), neck output average-pooled; built at its native 1024 px "
+             "and fed the requested input",
+             dict(VIT_TINY, neck_chans=16, window_size=4, global_attn_indexes=(1,)), native_build=True),
     TimmSpec("resnet18", "resnet18.a1_in1k", "cnn", "ResNet-18 CNN baseline (ImageNet-1k)",
              dict(layers=[1, 1, 1, 1]), ("conv1", "conv2"), resizable=False),
     TimmSpec("resnet50", "resnet50.a1_in1k", "cnn", "ResNet-50 CNN baseline (ImageNet-1k)",
@@ -194,7 +200,9 @@ class TimmAdapter(Adapter):
 
         self.family = spec.family  # type: ignore[misc]
         kwargs: dict = {**spec.build_kwargs, **(dict(spec.tiny) if cfg.tiny else {})}
-        if cfg.input_size is not None and spec.resizable:
+        if spec.native_build:
+            self.code_version = "2-native-build"  # type: ignore[misc]  # features differ from a resized build
+        elif cfg.input_size is not None and spec.resizable:
             kwargs["img_size"] = cfg.input_size
         elif spec.default_input is not None and not cfg.tiny:
             kwargs["img_size"] = spec.default_input
@@ -215,6 +223,8 @@ class TimmAdapter(Adapter):
         if spec.medmnist_stem and medmnist_size <= MEDMNIST_SMALL_STEM_MAX:
             self.model.conv1 = nn.Conv2d(3, self.model.conv1.out_channels, 3, 1, 1, bias=False)
             self.model.maxpool = nn.Identity()
+        if spec.medmnist_stem:  # MedMNIST v2's models.py: PyTorch's default init, not timm's
+            _torch_default_init(self.model)  # (timm zero-inits each block's last BatchNorm weight)
         if cfg.weights is not None:
             sd = load_state_dict_file(cfg.weights)
             if spec.key_fix is not None:
@@ -232,6 +242,7 @@ class TimmAdapter(Adapter):
             arch = spec.name if spec.medmnist_stem else spec.arch
             if spec.medmnist_stem:
                 arch += "-3x3stem" if medmnist_size <= MEDMNIST_SMALL_STEM_MAX else "-stdstem"
+                arch += "-torchinit"
             self.weights_id = random_weights_id(cfg, arch)
 
         data_cfg = timm.data.resolve_model_data_config(self.model)
@@ -265,6 +276,14 @@ class TimmAdapter(Adapter):
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+def _torch_default_init(model: nn.Module) -> None:
+    """Every conv, BatchNorm and linear layer back to PyTorch's own initialisation (what a
+    torchvision-style ResNet built in the MedMNIST v2 experiments code starts from)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
+            m.reset_parameters()
 
 
 def _global_pool(model: nn.Module) -> str:

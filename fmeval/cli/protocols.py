@@ -62,6 +62,10 @@ def protocols_show(name: Annotated[str, typer.Argument(help="Protocol name (see 
         console.print(f"[underline]{escape(mode)}[/]")
         for key, setting in block.items():
             show(key, setting.value, setting.source)
+    for model, block in s.model_settings.items():
+        console.print(f"[underline]--model {escape(model)}[/]")
+        for key, setting in block.items():
+            show(key, setting.value, setting.source)
     for size, var in s.variants.items():
         console.print(f"[underline]--size {escape(size)}[/]")
         show("variant", ", ".join(f"{k}={_value(v)}" for k, v in var.settings.items()), var.source)

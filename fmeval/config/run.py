@@ -39,7 +39,7 @@ from fmeval.errors import ConfigError, check_choice
 # left out of the run's hash (a study cell keeps its key when moved).
 NON_SEMANTIC = frozenset({
     "data_root", "download", "md5", "device", "use_cache", "reports_dir", "resume", "batch_size",
-    "zeroshot.text_batch_size", "deviations", "protocol_hash", "adapter_dir", "strict_leakage",
+    "zeroshot.text_batch_size", "deviations", "protocol_hash", "adapter_dir", "strict_leakage", "recipe",
 })
 # User-dataset split settings: hashed only when set, so every MedMNIST run keeps its hash.
 _SPLIT_DEFAULTS = {"split_ratios": None, "group_by": None, "split_seed": 0}
@@ -93,6 +93,7 @@ class RunConfig:
     protocol_hash: str | None = None
     protocol_variant: str | None = None  # the protocol's reading of the requested size (MedMNIST v2 "224")
     deviations: tuple[str, ...] = ()
+    recipe: str | None = None  # without a protocol: the model's own recipe applied as defaults (MedCLIP's zero-shot)
     resume: str | None = None
     adapter_dir: str | None = None  # fine-tuning: the run folder to use (resumed if it holds a checkpoint)
     # mode sections
@@ -166,6 +167,8 @@ class RunConfig:
                 d.pop(name, None)
         if self.fewshot.shots is None:  # a full-data run: draw and selection mean nothing (hash unchanged)
             d.pop("fewshot", None)
+        elif "linprobe" not in sections and isinstance(d.get("fewshot"), dict):
+            d["fewshot"].pop("standardize_min_shots", None)  # a linear-probe rule: other modes keep their hash
         for name, default in _SPLIT_DEFAULTS.items():
             if d.get(name) == default:
                 d.pop(name, None)

@@ -65,8 +65,13 @@ class FewShotSettings:
     shots: int | None = None  # K training samples per class; None = the full training split
     draw: int = 0  # which seeded episode
     selection: str = "fixed"  # "fixed" hyper-parameters | "kshot-val" | "full-val"
+    # Linear probe: below this K, "standardize" uses L2-normalised features instead (a K-shot
+    # episode's own mean/std collapse the probe at tiny K); 0 keeps standardising at every K.
+    standardize_min_shots: int = 16
 
     def __post_init__(self) -> None:
+        if self.standardize_min_shots < 0:
+            raise ConfigError("fewshot.standardize_min_shots must be >= 0.")
         if self.shots is not None and self.shots < 1:
             raise ConfigError("--shots must be >= 1.")
         if self.draw < 0:
@@ -107,10 +112,11 @@ class ScoreSettings:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training hyper-parameters. Defaults follow the MedMNIST+ protocol
-    (Doerrich et al. 2025): AdamW, lr 1e-4, batch 64, cosine schedule, up to
-    100 epochs with early stopping on validation loss (patience 5). Named
-    protocols (``fmeval protocols show``) set every field explicitly."""
+    """Training hyper-parameters. The defaults resemble the MedMNIST+ recipe (AdamW, lr 1e-4,
+    batch 64, up to 100 epochs, patience 5) but are NOT it: they warm up for one epoch, step a
+    cosine per optimiser step, decay matrices only and select by validation AUC, where the
+    reference steps a timm cosine per epoch, decays every parameter and selects by validation
+    loss. Only ``--protocol medmnist-plus`` (``fmeval protocols show``) sets the recipe."""
 
     epochs: int = 100
     lr: float = 1e-4

@@ -58,5 +58,6 @@ from fmeval.metrics.point import (  # noqa: F401
     nll,
     per_class_stats,
 )
+from fmeval.metrics.comparisons import CORRECTION, holm, paired_difference_over_seeds  # noqa: F401
 from fmeval.metrics.resampling import BOOT_BLOCK_ELEMS, bootstrap, bootstrap_weights, paired_difference, percentile_ci  # noqa: F401
 from fmeval.metrics.summary import MetricValue, MetricsReport, compute_metrics  # noqa: F401

@@ -99,7 +99,7 @@ def protocol_record(cfg: "RunConfig") -> dict | None:
     from fmeval.protocols import load_protocol
 
     p = load_protocol(cfg.protocol)
-    rec = p.describe(cfg.deviations)
+    rec = p.describe(cfg.deviations, mode=cfg.mode, model=cfg.model)
     if cfg.protocol_variant:
         rec["variant"] = cfg.protocol_variant
     return rec

@@ -49,11 +49,27 @@ def prepare(cfg: RunConfig):
     return prepare_frozen(cfg, splits=training_splits(cfg), require_text=bank is not None)
 
 
+def feature_norm_used(cfg: RunConfig) -> dict[str, str]:
+    """The feature normalisation the probe trains with, and why when it is not the requested one.
+
+    ``standardize`` takes the mean and std of the training split; a K-shot episode's split is
+    K images per class, and below ``fewshot.standardize_min_shots`` those statistics are noise
+    (at K = 1 every feature's std comes from one image per class, and the probe falls to chance).
+    There the probe uses L2-normalised features, which need no statistics.
+    """
+    asked, k, floor = cfg.linprobe.feature_norm, cfg.fewshot.shots, cfg.fewshot.standardize_min_shots
+    if asked == "standardize" and k is not None and k < floor:
+        return {"requested": asked, "used": "l2",
+                "rule": f"K={k} < {floor} shots: an episode's mean/std are too noisy to standardise with"}
+    return {"requested": asked, "used": asked}
+
+
 def fit_head(cfg: RunConfig, fz) -> FittedHead:
     """Train the lr x wd grid (or the one fixed head) and return the selected head."""
     bank = _bank(cfg)
     task, info = fz.data.task, fz.data.info
-    l2 = cfg.linprobe.feature_norm == "l2"
+    norm_used = feature_norm_used(cfg)
+    l2 = norm_used["used"] == "l2"
 
     def norm(x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x.float(), dim=1) if l2 else x
@@ -71,12 +87,12 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
         multilabel=is_multilabel(task),
         config=probe_cfg,
         init_weight=_zeroshot_init(cfg, fz, bank) if bank is not None else None,
-        standardize=cfg.linprobe.feature_norm == "standardize",
+        standardize=norm_used["used"] == "standardize",
         seed=cfg.seed,
         description=f"linear probe {cfg.model} {info.flag}",
         precision=fz.precision if fz.precision == "bf16" else "fp32",  # the run's resolved precision
     )
-    extras = {"grid": probe.grid, "curves": probe.curves, "epochs_run": probe.epochs_run}
+    extras = {"grid": probe.grid, "curves": probe.curves, "epochs_run": probe.epochs_run, "feature_norm": norm_used}
     if bank is not None:
         style = cfg.zeroshot.style or bank.default_style
         extras["prompt_bank"] = bank.describe(style)

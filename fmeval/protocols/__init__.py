@@ -6,5 +6,5 @@ fixes everything the protocol defines; an option given explicitly overrides
 it and is recorded as a deviation.
 """
 
-from fmeval.protocols.apply import apply_protocol, load_protocol, protocol_names  # noqa: F401
+from fmeval.protocols.apply import apply_protocol, load_protocol, model_recipe, protocol_names, recipe_defaults  # noqa: F401
 from fmeval.protocols.spec import Protocol, ProtocolError  # noqa: F401

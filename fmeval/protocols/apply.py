@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from fmeval.config import RunConfig
+from fmeval.protocols.deviations import fmt as _fmt
+from fmeval.protocols.deviations import recipe_deviations
+from fmeval.protocols.deviations import same as _same
 from fmeval.protocols.spec import Protocol, ProtocolError
 
 PROTOCOL_DIR = Path(__file__).resolve().parent
@@ -35,61 +38,73 @@ def load_protocol(name: str) -> Protocol:
     return Protocol.load(shipped[key])
 
 
-def _same(a: Any, b: Any) -> bool:
-    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return norm(a) == norm(b)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return ",".join(str(x) for x in v)
-    return str(v)
-
-
 def apply_protocol(protocol: Protocol, base: RunConfig, explicit: dict[str, Any]) -> RunConfig:
     """``base`` (built-in defaults and user defaults) -> the run under ``protocol``.
 
     ``explicit``: dotted path -> value the user chose on the command line (or
-    a study set). Each one that differs from what the protocol defines is a
-    deviation, reported as ``path=value``. The seed must be one of the
-    protocol's seeds to count as conforming; without one the first is used.
-    A size the protocol maps to a variant (MedMNIST v2's 224) takes the
-    variant's settings (not deviations: they are the protocol).
+    a study set). The protocol's values replace the defaults, then the explicit
+    choices replace those. Every setting that moves numbers and ends up
+    different from the protocol's recipe is a deviation (:func:`recipe_deviations`),
+    whether the protocol names it or leaves it at fmeval's default (a sampler,
+    layer decay, a step cap, random weights), and whether it came from the
+    command line or from user defaults. The seed must be one of the protocol's
+    seeds to count as conforming; without one the first is used. Without a size
+    the protocol's first listed size is used (resolution-study: 224). A size the
+    protocol maps to a variant (MedMNIST v2's 224) takes the variant's settings
+    (not deviations: they are the protocol).
     """
     mode = base.mode
-    if not protocol.covers(mode):
+    recipe_mode = protocol.recipe_mode(mode)
+    if recipe_mode is None:
         raise ProtocolError(
             f"protocol {protocol.name!r} does not define mode {mode!r} (it defines: "
             f"{', '.join(protocol.spec.modes)})."
         )
-    settings = protocol.settings_for(mode)
-    values: dict[str, Any] = {k: s.value for k, s in settings.items()}
+    values: dict[str, Any] = {k: s.value for k, s in protocol.settings_for(mode, base.model).items()}
+    sizes = [int(s) for s in protocol.spec.sizes.value] if protocol.spec.sizes else []
+    if "size" not in explicit and sizes and int(base.size) not in sizes:
+        explicit = {**explicit, "size": sizes[0]}  # no size asked for: the protocol's first, never a resample
     size = explicit.get("size", base.size)
     variant = protocol.spec.variants.get(str(size))
     if variant is not None:
         values.update(variant.settings)
     cfg = base.with_values(values)
-    deviations: list[str] = []
     for path, value in explicit.items():
-        if path == "size" and variant is not None:
-            continue  # the requested size names the variant
-        if path == "seed":
-            if int(value) not in protocol.seeds:
-                deviations.append(f"seed={value}")
-        elif path in values and not _same(cfg.with_values({path: value}).get(path), cfg.get(path)):
-            if variant is not None and path in variant.settings:
-                raise ProtocolError(
-                    f"{path} is fixed to {_fmt(variant.settings[path])} by protocol {protocol.name!r} at "
-                    f"size {size}; drop the option or the protocol."
-                )
-            deviations.append(f"{path}={_fmt(value)}")
-    if variant is None or "size" not in variant.settings:
-        explicit = dict(explicit)
-    else:
+        if (variant is not None and path != "size" and path in variant.settings
+                and not _same(cfg.with_values({path: value}).get(path), cfg.get(path))):
+            raise ProtocolError(
+                f"{path} is fixed to {_fmt(variant.settings[path])} by protocol {protocol.name!r} at "
+                f"size {size}; drop the option or the protocol."
+            )
+    if variant is not None and "size" in variant.settings:
         explicit = {k: v for k, v in explicit.items() if k != "size"}
     cfg = cfg.with_values(explicit)
     if "seed" not in explicit:
         cfg = cfg.with_values({"seed": protocol.seeds[0]})
+    recipe = RunConfig(mode=mode, model=cfg.model, dataset=cfg.dataset).with_values(values)
+    deviations = recipe_deviations(protocol, cfg, recipe, requested_size=int(size), recipe_mode=recipe_mode,
+                                   variant=variant is not None)
     return cfg.with_values({"protocol": protocol.name, "protocol_hash": protocol.sha256,
                             "protocol_variant": str(size) if variant is not None else None,
                             "deviations": tuple(deviations)})
+
+
+def model_recipe(model: str, mode: str) -> Protocol | None:
+    """The shipped protocol that is ``model``'s own recipe for ``mode`` (its ``default_for``), or None.
+
+    MedCLIP's zero-shot numbers come from its own processor and prompt ensembling (black 224
+    canvas, mean of logits), not CLIP's; a run that names no protocol gets them by default.
+    """
+    for path in _shipped().values():
+        p = Protocol.load(path)
+        if model in p.spec.default_for and p.recipe_mode(mode) == mode:
+            return p
+    return None
+
+
+def recipe_defaults(model: str, mode: str) -> dict[str, Any]:
+    """Dotted path -> value of the model's own recipe for ``mode`` plus ``recipe`` (its name); {} if none."""
+    p = model_recipe(model, mode)
+    if p is None:
+        return {}
+    return {**{k: s.value for k, s in p.settings_for(mode).items() if k != "limit"}, "recipe": p.name}

@@ -44,6 +44,15 @@ class Variant(_Strict):
     source: str
 
 
+class Caveat(_Strict):
+    """A known difference from the source that applies to some runs only: recorded in each of
+    their reports (not only listed under ``silent``)."""
+
+    modes: list[str]
+    models: list[str]
+    text: str
+
+
 class ProtocolSpec(_Strict):
     name: str
     version: int
@@ -59,7 +68,13 @@ class ProtocolSpec(_Strict):
     settings: dict[str, Setting] = {}
     mode_settings: dict[str, dict[str, Setting]] = {}
     variants: dict[str, Variant] = {}
+    # Settings that differ per model (the resolution study feeds EfficientNetV2-S at its own 384 px).
+    model_settings: dict[str, dict[str, Setting]] = {}
     silent: list[str] = []
+    caveats: list[Caveat] = []
+    # Models whose own recipe this is: without --protocol, a run of one of them in one of the
+    # protocol's modes takes these settings as its defaults (recorded as the run's ``recipe``).
+    default_for: list[str] = []
 
     @field_validator("variants", mode="before")
     @classmethod
@@ -116,20 +131,41 @@ class Protocol:
     def seeds(self) -> list[int]:
         return [int(s) for s in self.spec.seeds.value]
 
-    def covers(self, mode: str) -> bool:
-        return mode in self.spec.modes or any(mode.startswith(f"{m}-") for m in self.spec.modes)
+    def recipe_mode(self, mode: str) -> str | None:
+        """The protocol's own mode for a run of ``mode``: the mode itself when listed (or its
+        family is, e.g. ``finetune``); else a listed mode of the same family (LoRA under a
+        full fine-tuning recipe: covered, recorded as a deviation); else None (not covered)."""
+        family = mode.split("-")[0]
+        if mode in self.spec.modes or family in self.spec.modes:
+            return mode
+        return next((m for m in self.spec.modes if m.split("-")[0] == family), None)
 
-    def settings_for(self, mode: str) -> dict[str, Setting]:
-        """Every setting that applies to ``mode`` (common ones, then the mode's or its group's)."""
+    def covers(self, mode: str) -> bool:
+        return self.recipe_mode(mode) is not None
+
+    def settings_for(self, mode: str, model: str | None = None) -> dict[str, Setting]:
+        """Every setting that applies to ``mode`` (common ones, then the mode's or its group's,
+        then ``model``'s own)."""
         out = dict(self.spec.settings)
         group = mode.split("-")[0]
         for key in (group, mode):
             out.update(self.spec.mode_settings.get(key, {}))
+        if model is not None:
+            out.update(self.spec.model_settings.get(model, {}))
         return out
 
-    def describe(self, deviations: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256, "title": self.spec.title,
-                "citation": self.spec.citation, "deviations": list(deviations)}
+    def caveats_for(self, mode: str, model: str) -> list[str]:
+        return [c.text for c in self.spec.caveats if model in c.models
+                and (mode in c.modes or mode.split("-")[0] in c.modes)]
+
+    def describe(self, deviations: list[str] | tuple[str, ...] = (), *, mode: str = "",
+                 model: str = "") -> dict[str, Any]:
+        out = {"name": self.name, "version": self.version, "sha256": self.sha256, "title": self.spec.title,
+               "citation": self.spec.citation, "deviations": list(deviations)}
+        caveats = self.caveats_for(mode, model)
+        if caveats:
+            out["caveats"] = caveats
+        return out
 
     def _check(self) -> None:
         """Every path must be a real config field and every value must fit it."""
@@ -137,7 +173,8 @@ class Protocol:
 
         probe = RunConfig(mode="knn", model="x", dataset="x")
         blocks = [("settings", self.spec.settings)] + [
-            (f"mode_settings.{m}", s) for m, s in self.spec.mode_settings.items()]
+            (f"mode_settings.{m}", s) for m, s in self.spec.mode_settings.items()] + [
+            (f"model_settings.{m}", s) for m, s in self.spec.model_settings.items()]
         try:
             for where, block in blocks:
                 probe.with_values({k: v.value for k, v in block.items()})

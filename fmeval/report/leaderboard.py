@@ -26,6 +26,7 @@ from fmeval.report.fmt import csv_num, fmt, fmt_ci, md_table
 from fmeval.report.schema import RESULTS_FILE, RunResult, reports_dir, run_files
 
 LEADERBOARD_METRICS = ("auc", "acc", "balanced_acc", "f1_macro")
+MD_DIGITS = 4  # leaderboard.md; BloodMNIST's AUC saturates at 0.999, 3 decimals hide the ranking
 
 
 def weights_kind(model: dict) -> str:
@@ -124,18 +125,22 @@ class Leaderboard:
             md5 = {r["md5_official"] for r in rows}
             md5_s = "official data file" if md5 == {True} else "NOT the official data file" if False in md5 else "MD5 not checked"
             lines += [f"## {ds} @ {size} px (n_test {', '.join(sorted({str(r['n_test']) for r in rows}))}; {md5_s})", ""]
-            header = ["#", "model", "mode", "protocol", "input", "weights", "precision", "seed"]
+            header = ["#", "model", "mode", "protocol", "input", "geometry", "weights", "precision", "seed"]
             header += self.metric_columns + ["majority acc"]
             body = []
             for i, row in enumerate(rows, 1):
-                cells = [i, row["model"], row["mode"], row["protocol"], row["input_size"], row["weights"],
-                         row["precision"], row["seed"]]
-                for m in self.metric_columns:
-                    ci = fmt_ci(row[f"{m}_ci_low"], row[f"{m}_ci_high"], 3)
-                    cells.append(fmt(row[m], 3) + ("" if ci == "–" else f" {ci}"))
-                cells.append(fmt(row["baseline_acc"], 3))
+                cells = [i, row["model"], row["mode"], row["protocol"], row["input_size"], row["geometry"],
+                         row["weights"], row["precision"], row["seed"]]
+                for m in self.metric_columns:  # 4 decimals, as the study tables: AUC saturates near 1
+                    ci = fmt_ci(row[f"{m}_ci_low"], row[f"{m}_ci_high"], MD_DIGITS)
+                    cells.append(fmt(row[m], MD_DIGITS) + ("" if ci == "–" else f" {ci}"))
+                cells.append(fmt(row["baseline_acc"], MD_DIGITS))
                 body.append([str(c) for c in cells])
             lines += [md_table(header, body), ""]
+            # what the `*` stands for, row by row: a deviating run never passes as the protocol
+            devs = [f"- #{i} {row['model']} ({row['protocol']}): deviating in {row['deviations'].replace(';', '; ')}"
+                    for i, row in enumerate(rows, 1) if row["deviations"]]
+            lines += devs + ([""] if devs else [])
         if self.excluded:
             lines += [f"{len(self.excluded)} run(s) kept out of the ranking (--limit subsets, tiny random "
                       "models, few-shot runs or another scored split); `fmeval report --all` includes them.", ""]

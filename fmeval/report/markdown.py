@@ -15,10 +15,13 @@ from fmeval.report.sections import SECTIONS
 def protocol_line(r: RunResult) -> str:
     p = r.protocol
     if not p:
-        return "none (explicit settings)"
+        recipe = (r.config or {}).get("recipe")
+        return (f"none; the model's own recipe `{recipe}` as its defaults" if recipe
+                else "none (explicit settings)")
     dev = r.deviations
     text = f"`{p.get('name')}` v{p.get('version')} (sha256 `{str(p.get('sha256', ''))[:12]}`)"
-    return text + (f", deviating in: {', '.join(dev)}" if dev else ", no deviations")
+    text += f", deviating in: {', '.join(dev)}" if dev else ", no deviations"
+    return text + "".join(f". Known difference from the source: {c}" for c in p.get("caveats") or [])
 
 
 def weights_line(m: dict) -> str:

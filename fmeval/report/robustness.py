@@ -61,12 +61,33 @@ def _markdown(rob: Any, r: "RunResult") -> list[str]:
                 "parameters act on fewer pixels, so compare robustness only at one size."
                 if r.dataset.get("size") not in (None, 224) else ""), "",
              md_table(["metric", "clean", "mean corrupted", "drop", "relative drop"], _overview_rows(rob)), ""]
+    lines += _medmnistc_lines(rob)
     for m, s in _summaries(rob).items():
         if m in PLOTTED:
             header, rows = severity_rows(s, sev)
             lines += [f"### {m} per corruption and severity (clean {fmt(s.get('clean'), 3)})", "",
                       md_table(header, rows), ""]
     return lines
+
+
+def _medmnistc_lines(rob: dict) -> list[str]:
+    """MedMNIST-C's balanced error (BE) and relative BE vs AlexNet beside the balanced accuracy drop,
+    so the run reads against the MedMNIST-C paper's tables."""
+    e = rob.get("medmnistc_errors")
+    if not isinstance(e, dict):
+        return []
+    if "unavailable" in e:
+        return [f"MedMNIST-C balanced error vs AlexNet: not available ({e['unavailable']}).", ""]
+    drop = ((_summaries(rob).get("balanced_acc") or {}).get("relative_drop_per_corruption") or {})
+    rows = [[c, _pct(drop.get(c)), fmt(e["be"].get(c), 3), fmt((e.get("rbe") or {}).get(c), 3)] for c in e["be"]]
+    rows.append(["**mean over corruptions**", _pct((_summaries(rob).get("balanced_acc") or {}).get("relative_drop")),
+                 fmt(e.get("mean_be"), 3), fmt(e.get("mean_rbe"), 3)])
+    caveats = "".join(f" Not strictly comparable: {c}." for c in e.get("caveats") or [])
+    return [f"### MedMNIST-C balanced error vs AlexNet (clean error {fmt(e.get('clean_error'), 3)})", "",
+            f"BE = error / AlexNet's error and rBE = (error - clean error) / (AlexNet's error - AlexNet's clean "
+            f"error), error = 1 - balanced accuracy averaged over severities; below 1: more robust than AlexNet. "
+            f"Reference: {e.get('reference')}.{caveats}", "",
+            md_table(["corruption", "bACC rel. drop", "BE", "rBE"], rows), ""]
 
 
 def _terminal(rob: Any, r: "RunResult", console: "Console") -> None:
@@ -88,6 +109,10 @@ def _terminal(rob: Any, r: "RunResult", console: "Console") -> None:
         if m not in SHOWN:
             continue
         console.print(f"{m}: clean {clean}, mean corrupted {mean}, relative drop {rel}", highlight=False)
+    e = rob.get("medmnistc_errors")
+    if isinstance(e, dict) and "mean_be" in e:
+        console.print(f"MedMNIST-C: mean BE {fmt(e['mean_be'], 3)}, mean rBE {fmt(e['mean_rbe'], 3)} "
+                      "(vs AlexNet as published with MedMNIST-C, not run here)", highlight=False)
 
 
 def _plot(rob: Any, r: "RunResult", run_dir: Path) -> list[str]:

@@ -147,8 +147,12 @@ class _Trainer:
         n = len(data.train_labels)
         self.n = n
         self.n_batches = _batches(n, cfg.batch_size, cfg.max_steps_per_epoch)
-        if n % cfg.batch_size == 1 and self.n_batches == math.ceil(n / cfg.batch_size):
-            self.n_batches -= 1  # a last batch of one breaks BatchNorm in training mode
+        # A last batch of one breaks BatchNorm in training mode; it joins the batch before it, so
+        # every image is trained on every epoch (the references train on it; OrganAMNIST's 34,561
+        # images at batch 64 leave one over).
+        self.merge_last = n > 1 and n % cfg.batch_size == 1 and self.n_batches == math.ceil(n / cfg.batch_size)
+        if self.merge_last:
+            self.n_batches -= 1
         if self.n_batches < 1:
             raise ConfigError(f"the training split has {n} samples; need at least 2.")
         opt_steps = math.ceil(self.n_batches / cfg.accum_steps)
@@ -193,7 +197,8 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         run_loss, seen = 0.0, 0
         for b in range(self.n_batches):
-            idx = order[b * bs:(b + 1) * bs]
+            last = self.merge_last and b == self.n_batches - 1
+            idx = order[b * bs:] if last else order[b * bs:(b + 1) * bs]
             x = setup.transform.prepare(data.train_images[idx], setup.device, train=True, generator=gen)
             if setup.channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
