@@ -313,6 +313,8 @@ def test_bad_value_fails_in_one_line_before_any_work(cli, case):
     code, out, err, created = cli(*case.argv)
     if "needs the medmnistc package" in err:  # stopped at the missing extra, before the value
         require_extra("medmnistc.corruptions.registry", "robustness", ROBUSTNESS_INSTALL)
+    if "needs the optional extra: pip install 'fmeval[server]'" in err:  # the leaderboard server's extra
+        require_extra("starlette", "server", "pip install -c constraints.txt -e \".[server]\"")
     check_one_line_error(code, out, err, created, str(case), case.mentions)
 
 

@@ -214,7 +214,7 @@ def _open(db: str):
 def hide(submission_id: Annotated[int, typer.Argument(help="Submission id.")], db: DbOption = "sqlite:///leaderboard.sqlite3",
          unhide: Annotated[bool, typer.Option("--unhide", help="Show it again.")] = False) -> None:
     """Hide a submission from every page and ranking (or show it again with --unhide)."""
-    from sqlalchemy import select  # noqa: F401
+    _need_extra()
 
     from fmeval.server.models import Submission
 
