@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Iterable
 from typing import Any
 
 from fmeval.config.paths import _apply, _build, _hints, _plain
@@ -41,8 +42,26 @@ NON_SEMANTIC = frozenset({
     "data_root", "download", "md5", "device", "use_cache", "reports_dir", "resume", "batch_size",
     "zeroshot.text_batch_size", "deviations", "protocol_hash", "adapter_dir", "strict_leakage", "recipe",
 })
-# User-dataset split settings: hashed only when set, so every MedMNIST run keeps its hash.
-_SPLIT_DEFAULTS = {"split_ratios": None, "group_by": None, "split_seed": 0}
+# Fields added after runs were recorded: hashed only when set away from these defaults,
+# so every earlier run keeps its hash (user-dataset splits; model specs of issue 20).
+HASHED_WHEN_SET: dict[str, Any] = {
+    "split_ratios": None, "group_by": None, "split_seed": 0,
+    "pool": None, "mean": None, "std": None, "lora.targets": None,
+}
+
+
+def _drop_paths(d: dict[str, Any], paths: Iterable[str], only_if: dict[str, Any] | None = None) -> None:
+    """Remove dotted ``paths`` (one level deep) from ``d`` in place.
+
+    With ``only_if``, a path is removed only where its value equals ``only_if[path]``.
+    """
+    for path in paths:
+        head, _, tail = path.partition(".")
+        node, key = (d.get(head), tail) if tail else (d, head)
+        if not isinstance(node, dict) or key not in node:
+            continue
+        if only_if is None or node[key] == only_if[path]:
+            node.pop(key)
 
 
 @dataclass(frozen=True)
@@ -169,21 +188,8 @@ class RunConfig:
             d.pop("fewshot", None)
         elif "linprobe" not in sections and isinstance(d.get("fewshot"), dict):
             d["fewshot"].pop("standardize_min_shots", None)  # a linear-probe rule: other modes keep their hash
-        for name, default in _SPLIT_DEFAULTS.items():
-            if d.get(name) == default:
-                d.pop(name, None)
-        # model specs (issue 20): unset, these leave the hash of every earlier run unchanged
-        for name in ("pool", "mean", "std"):
-            if getattr(self, name) is None:
-                d.pop(name, None)
-        if isinstance(d.get("lora"), dict) and d["lora"].get("targets") is None:
-            d["lora"].pop("targets", None)
-        for path in NON_SEMANTIC:
-            head, _, tail = path.partition(".")
-            if tail and isinstance(d.get(head), dict):
-                d[head].pop(tail, None)
-            elif not tail:
-                d.pop(head, None)
+        _drop_paths(d, HASHED_WHEN_SET, only_if=HASHED_WHEN_SET)
+        _drop_paths(d, NON_SEMANTIC)
         return d
 
     def digest(self, sections: tuple[str, ...]) -> str:
@@ -219,12 +225,7 @@ def variant_digest(config: dict[str, Any], mode: str, axes: tuple[str, ...]) -> 
         semantic = RunConfig.from_dict(dict(config)).semantic_dict(MODE_SECTIONS[mode])
     except (ConfigError, KeyError, TypeError, ValueError):
         semantic = {k: v for k, v in dict(config).items() if k not in NON_SEMANTIC}
-    for axis in axes:
-        head, _, tail = axis.partition(".")
-        if tail and isinstance(semantic.get(head), dict):
-            semantic[head].pop(tail, None)
-        elif not tail:
-            semantic.pop(axis, None)
+    _drop_paths(semantic, axes)
     text = json.dumps(semantic, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
