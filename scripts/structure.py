@@ -20,6 +20,9 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The layer contract has one reader: the test that enforces it.
+sys.path.insert(0, str(REPO / "tests"))
+from test_layers import layer_of  # noqa: E402
 
 
 def package_dir() -> Path:
@@ -46,15 +49,6 @@ def sizes(pkg: Path) -> dict:
     big = max(lines, key=lines.get)
     return {"files": len(files), "lines": sum(lines.values()), "largest_module": (module_of(big, pkg), lines[big]),
             "largest_function": longest, "modules_over_500": sorted(module_of(f, pkg) for f, n in lines.items() if n > 500)}
-
-
-def layer_of(module: str, order: list[list[str]]) -> int | None:
-    best = None
-    for i, prefixes in enumerate(order):
-        for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
-                best = (i, len(p))
-    return best[0] if best else None
 
 
 def trace(argv: list[str], pkg: Path) -> dict:
