@@ -289,3 +289,40 @@ def test_user_setting_turns_tracking_on_and_track_none_off(work, capsys):
     code, _, err = run(capsys, "knn", *MODEL, "--track", "none", "--reports-dir", "untracked")
     assert code == 0, err
     assert not (work / "untracked" / "tracking").exists()
+
+
+# -- a study: its cells grouped under its name ---------------------------------------------------------
+def test_study_track_groups_its_runs_under_the_study(work, capsys):
+    """``track:`` in the study file: every cell is an MLflow run of the experiment named after the
+    study and a TensorBoard folder under it; the study's hash (its cells' keys) does not change."""
+    require_extra("mlflow", "track-mlflow", EXTRA_INSTALL["mlflow"])
+    require_extra("tensorboard", "track-tensorboard", EXTRA_INSTALL["tensorboard"])
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from fmeval.studies.plan import plan_study
+    from fmeval.studies.spec import load_study
+
+    spec = {"name": "tracked", "settings": {"tiny": True, "n_boot": 20, "data_root": str(work / "data")},
+            "axes": {"models": ["vit-s16"], "datasets": ["pneumoniamnist"], "modes": ["knn"], "seeds": [0, 1]}}
+    untracked = work / "untracked.yaml"
+    untracked.write_text(yaml.safe_dump(spec))
+    path = work / "study.yaml"
+    path.write_text(yaml.safe_dump({**spec, "track": ["mlflow", "tensorboard"]}))
+    assert load_study(path)[1] == load_study(untracked)[1]
+    code, _, err = run(capsys, "study", "run", str(path), "--reports-dir", "reports")
+    assert code == 0 and "warning: tracking" not in err, err
+    plan = plan_study(*load_study(path), reports_root=work / "reports")
+    run_ids = sorted(plan.state(c)["run_id"] for c in plan.cells)
+    assert len(run_ids) == 2
+    root = work / "reports" / "studies" / "tracked" / "tracking"
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert sorted(r.data.tags["fmeval.run_id"] for r in runs) == run_ids
+    for r in runs:
+        (res,) = (work / "reports" / "studies" / "tracked" / "runs").glob(f"{r.data.tags['fmeval.run_id']}/results.json")
+        final = final_metrics(json.loads(res.read_text()))
+        assert {k: v for k, v in r.data.metrics.items() if k in final} == final
+    assert sorted(p.name for p in (root / "tensorboard" / "tracked").iterdir()) == run_ids
+    code, _, err = run(capsys, "study", "run", str(path), "--reports-dir", "reports", "--track", "mlfow")
+    assert code == 2 and "unknown tracker 'mlfow'" in err
