@@ -326,3 +326,31 @@ def test_study_track_groups_its_runs_under_the_study(work, capsys):
     assert sorted(p.name for p in (root / "tensorboard" / "tracked").iterdir()) == run_ids
     code, _, err = run(capsys, "study", "run", str(path), "--reports-dir", "reports", "--track", "mlfow")
     assert code == 2 and "unknown tracker 'mlfow'" in err
+
+
+def _mlflow_worker(root: str, i: int) -> str:
+    from fmeval.tracking.backends import MlflowTracker
+
+    t = MlflowTracker(TrackerContext(Path(root), "parallel", f"run{i}"))
+    t.start({"config": {"seed": i}})
+    for step in range(1, 11):
+        t.log(step, {"train/loss": 1.0 / step})
+    t.finish({"test/auc": 0.5 + i / 10}, [], run_id=f"cell{i}")
+    return "ok"
+
+
+def test_parallel_study_workers_share_one_mlflow_store(tmp_path):
+    """Two processes open a fresh local store at once (a study with --jobs): without the store's lock
+    one of them dies creating MLflow's tables ("duplicate column name"); with it every run lands."""
+    require_extra("mlflow", "track-mlflow", EXTRA_INSTALL["mlflow"])
+    import multiprocessing as mp
+
+    from mlflow.tracking import MlflowClient
+
+    with mp.get_context("spawn").Pool(2) as pool:
+        assert pool.starmap(_mlflow_worker, [(str(tmp_path), i) for i in range(2)]) == ["ok"] * 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
+    assert sorted((r.data.tags["fmeval.run_id"], r.data.metrics["test/auc"]) for r in runs) == [
+        ("cell0", 0.5), ("cell1", 0.6)]
+    assert all(len(client.get_metric_history(r.info.run_id, "train/loss")) == 10 for r in runs)

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -78,6 +79,24 @@ class MlflowTracker:
 
     def __init__(self, ctx: TrackerContext) -> None:
         self.ctx, self.client, self.run_id, self.step = ctx, None, None, 0
+        self.local = not os.environ.get("MLFLOW_TRACKING_URI")
+
+    @contextlib.contextmanager
+    def _turn(self):
+        """Writers of one local store take turns (``flock``): the parallel workers of a study would
+        otherwise race to create its tables and meet "database is locked"."""
+        if not self.local:
+            yield
+            return
+        import fcntl
+
+        self.ctx.root.mkdir(parents=True, exist_ok=True)
+        with open(self.ctx.root / ".mlflow.lock", "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def _client(self):
         import logging
@@ -88,9 +107,8 @@ class MlflowTracker:
             lg = logging.getLogger(noisy)
             if lg.level == logging.NOTSET:  # quiet MLflow's one-off "creating tables" lines, unless configured
                 lg.setLevel(logging.WARNING)
-        if os.environ.get("MLFLOW_TRACKING_URI"):
+        if not self.local:
             return MlflowClient(), None
-        self.ctx.root.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{(self.ctx.root / 'mlflow.db').resolve()}"
         return MlflowClient(tracking_uri=uri), (self.ctx.root / "mlartifacts").resolve().as_uri()
 
@@ -110,13 +128,14 @@ class MlflowTracker:
     def start(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        self.client, artifacts = self._client()
-        tags = {"fmeval.study": self.ctx.group or ""}
-        run = self.client.create_run(self._experiment(artifacts), run_name=self.ctx.name, tags=tags)
-        self.run_id = run.info.run_id
-        flat = [Param(k, v[:6000]) for k, v in flat_params(params).items()]
-        for i in range(0, len(flat), self._PARAMS):
-            self.client.log_batch(self.run_id, params=flat[i:i + self._PARAMS])
+        with self._turn():
+            self.client, artifacts = self._client()
+            tags = {"fmeval.study": self.ctx.group or ""}
+            run = self.client.create_run(self._experiment(artifacts), run_name=self.ctx.name, tags=tags)
+            self.run_id = run.info.run_id
+            flat = [Param(k, v[:6000]) for k, v in flat_params(params).items()]
+            for i in range(0, len(flat), self._PARAMS):
+                self.client.log_batch(self.run_id, params=flat[i:i + self._PARAMS])
 
     def _metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         import time
@@ -125,8 +144,9 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         rows = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        for i in range(0, len(rows), self._BATCH):
-            self.client.log_batch(self.run_id, metrics=rows[i:i + self._BATCH])
+        with self._turn():
+            for i in range(0, len(rows), self._BATCH):
+                self.client.log_batch(self.run_id, metrics=rows[i:i + self._BATCH])
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self.step = max(self.step, step)
@@ -135,16 +155,18 @@ class MlflowTracker:
     def finish(self, metrics: Mapping[str, float], artefacts: Sequence[Path], *, ok: bool = True,
                run_id: str | None = None) -> None:
         try:
-            if run_id:
-                self.client.set_tag(self.run_id, "mlflow.runName", run_id)
-                self.client.set_tag(self.run_id, "fmeval.run_id", run_id)
             if metrics:
                 self._metrics(self.step, metrics)
-            for f in artefacts:
-                if Path(f).is_file():
-                    self.client.log_artifact(self.run_id, str(f), artifact_path="report")
+            with self._turn():
+                if run_id:
+                    self.client.set_tag(self.run_id, "mlflow.runName", run_id)
+                    self.client.set_tag(self.run_id, "fmeval.run_id", run_id)
+                for f in artefacts:
+                    if Path(f).is_file():
+                        self.client.log_artifact(self.run_id, str(f), artifact_path="report")
         finally:
-            self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
+            with self._turn():
+                self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
 
 
 @register_tracker("tensorboard", modules=("tensorboard",), extra="track-tensorboard",
