@@ -356,3 +356,34 @@ def test_parallel_study_workers_share_one_mlflow_store(tmp_path):
     assert sorted((r.data.tags["fmeval.run_id"], r.data.metrics["test/auc"]) for r in runs) == [
         ("cell0", 0.5), ("cell1", 0.6)]
     assert all(len(client.get_metric_history(r.info.run_id, "train/loss")) == 10 for r in runs)
+
+
+def test_run_params_carry_the_protocol_and_its_deviations():
+    from fmeval.tracking import flat_params, run_params
+
+    protocol = {"name": "medmnist-plus", "sha256": "ab", "deviations": ["train.epochs"]}
+    params = run_params({"model": "vit-s16", "train": {"epochs": 2, "milestones": [5, 8]}}, protocol)
+    assert params["protocol"]["name"] == "medmnist-plus" and params["deviations"] == ["train.epochs"]
+    assert flat_params(params) == {"config.model": "vit-s16", "config.train.epochs": "2",
+                                   "config.train.milestones": "5,8", "protocol.name": "medmnist-plus",
+                                   "protocol.sha256": "ab", "protocol.deviations": "train.epochs",
+                                   "deviations": "train.epochs"}
+    assert run_params({"model": "m", "deviations": []}, None) == {"config": {"model": "m", "deviations": []},
+                                                                  "deviations": []}
+
+
+def test_mlflow_tracking_uri_set_by_the_user_wins(work, capsys, monkeypatch):
+    require_extra("mlflow", "track-mlflow", EXTRA_INSTALL["mlflow"])
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{work / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, _, err = run(capsys, "knn", *MODEL, "--track", "mlflow")
+    assert code == 0 and "warning: tracking" not in err, err
+    assert not (work / "reports" / "tracking" / "mlflow.db").exists()
+    client = MlflowClient(tracking_uri=uri)
+    (r,) = client.search_runs([client.get_experiment_by_name("fmeval").experiment_id])
+    results = the_results(work)
+    assert r.data.tags["fmeval.run_id"] == results["run_id"]
+    final = final_metrics(results)
+    assert {k: v for k, v in r.data.metrics.items() if k in final} == final and "selection/k" in final
