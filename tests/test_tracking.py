@@ -185,13 +185,15 @@ def test_final_metrics_are_the_numbers_of_results_json():
 
 
 # -- each tracker, local, read back with its own reader ---------------------------------------------
-def test_finetune_lora_track_mlflow_reads_back_the_results(work, capsys):
+def test_finetune_lora_track_mlflow_reads_back_the_results(work, capsys, monkeypatch):
     require_extra("mlflow", "track-mlflow", EXTRA_INSTALL["mlflow"])
     from mlflow.tracking import MlflowClient
 
+    plain = untracked_results(work, capsys, monkeypatch, LORA)
     code, _, err = run(capsys, *LORA, "--track", "mlflow")
     assert code == 0 and "warning: tracking" not in err, err
     results = the_results(work)
+    assert comparable(results) == comparable(plain)  # the tracker changed nothing
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'reports' / 'tracking' / 'mlflow.db'}")
     (r,) = client.search_runs([client.get_experiment_by_name("fmeval").experiment_id])
     assert r.info.status == "FINISHED" and r.info.run_name == results["run_id"]
@@ -222,11 +224,13 @@ def _wandb_inspect(folder: Path, *args: str) -> str:
     return out.stdout
 
 
-def test_finetune_lora_track_wandb_offline_reads_back_the_results(work, capsys):
+def test_finetune_lora_track_wandb_offline_reads_back_the_results(work, capsys, monkeypatch):
     require_extra("wandb", "track-wandb", EXTRA_INSTALL["wandb"])
+    plain = untracked_results(work, capsys, monkeypatch, LORA)
     code, _, err = run(capsys, *LORA, "--track", "wandb")
     assert code == 0 and "warning: tracking" not in err, err
     results = the_results(work)
+    assert comparable(results) == comparable(plain)  # the tracker changed nothing
     (folder,) = (work / "reports" / "tracking" / "wandb").glob("offline-run-*")  # offline: nothing uploaded
     summary = json.loads(_wandb_inspect(folder, "--summary", "--json"))
     assert summary["state"] == "finished" and summary["name"] == results["run_id"]
