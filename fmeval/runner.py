@@ -7,11 +7,15 @@ same run with the same hash and the same report.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from fmeval.config import RunConfig
 from fmeval.errors import ConfigError
 from fmeval.validation import check_inputs, check_required, validate_config
+
+if TYPE_CHECKING:
+    from fmeval.tracking import TrackRequest
 
 
 def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | None = None,
@@ -54,11 +58,14 @@ def make_config(mode: str, explicit: dict[str, Any], *, user: dict[str, Any] | N
     return cfg
 
 
-def execute(cfg: RunConfig, *, write: bool = True, run: Callable[[RunConfig], Any] | None = None):
+def execute(cfg: RunConfig, *, write: bool = True, run: Callable[[RunConfig], Any] | None = None,
+            track: "TrackRequest | None" = None):
     """Run one config through its mode and finish it with the reporter.
 
     ``run``: what computes the result instead of the mode's own ``run`` (``fmeval
     evaluate`` scores a saved adapter under the run's fine-tuning config).
+    ``track``: the trackers that mirror the run (None: ``--track`` or the user's
+    setting, :func:`fmeval.tracking.resolve_request`); they never change the result.
     """
     from fmeval.modes import MODES
     from fmeval.report import check_writable, finish
@@ -67,8 +74,35 @@ def execute(cfg: RunConfig, *, write: bool = True, run: Callable[[RunConfig], An
     check_inputs(cfg)
     if write:
         check_writable(cfg.reports_dir)
-    result = (run or mode.run)(cfg)
-    return finish(result, cfg.reports_dir, write=write)
+    # -- experiment tracking (fmeval.tracking): opened before the run, fed by its training loops --
+    with _tracking(cfg, track) as tracker:
+        result = finish((run or mode.run)(cfg), cfg.reports_dir, write=write)
+        if tracker is not None:
+            from fmeval.tracking import final_metrics
+
+            files = sorted(p for p in Path(result.report_dir).iterdir() if p.is_file()) if result.report_dir else []
+            tracker.finish(final_metrics(result.to_dict()), files, run_id=result.run_id)
+    return result
+
+
+def _tracking(cfg: RunConfig, track: "TrackRequest | None"):
+    """The run's trackers (a no-op context when none is requested)."""
+    from fmeval.io import new_run_id
+    from fmeval.settings import reports_root
+    from fmeval.tracking import TrackerContext, resolve_request, run_params, tracked_run
+
+    request = track if track is not None else resolve_request()
+    if not request:
+        return tracked_run((), None, {})  # type: ignore[arg-type]
+    from fmeval.modes.base import protocol_record
+
+    from fmeval.config import MODE_SECTIONS, SECTIONS
+
+    root = Path(request.root) if request.root else Path(cfg.reports_dir or reports_root()) / "tracking"
+    ctx = TrackerContext(root, request.group, new_run_id(cfg.mode, cfg.model, cfg.dataset, cfg.size))
+    read = MODE_SECTIONS.get(cfg.mode, SECTIONS)  # the sections this mode reads, as in its hash
+    config = {k: v for k, v in cfg.to_dict().items() if k not in SECTIONS or k in read}
+    return tracked_run(request.names, ctx, run_params(config, protocol_record(cfg)))
 
 
 def fewshot_configs(mode: str, explicit: dict[str, Any], shots: tuple[int, ...], draws: int, *,

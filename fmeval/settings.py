@@ -35,6 +35,9 @@ USER_SETTINGS: tuple[UserSetting, ...] = (
     UserSetting("precision", "precision", "FMEVAL_PRECISION", "auto", "auto, fp32 or bf16"),
     UserSetting("model", "model", None, None, "default --model"),
     UserSetting("dataset", "dataset", None, None, "default --dataset"),
+    # experiment tracking (fmeval.tracking): not a run setting, so no RunConfig path
+    UserSetting("track", None, "FMEVAL_TRACK", None, "default --track: trackers, comma-separated (wandb, mlflow, "
+                "tensorboard, none)"),
 )
 BY_KEY = {s.key: s for s in USER_SETTINGS}
 
@@ -54,6 +57,7 @@ ENV_VARS: dict[str, str] = {
     "FMEVAL_OFFLINE": "1: never download weights",
     "FMEVAL_PROMPTS_DIR": "extra folders searched for prompt banks (os.pathsep-separated)",
     "FMEVAL_PROGRESS": "0: no progress bars",
+    "FMEVAL_TRACK": "default --track (comma-separated trackers: wandb, mlflow, tensorboard; none: off)",
     "FMEVAL_FT_STOP_AFTER_EPOCH": "test hook: stop fine-tuning after this epoch, as if killed",
     "FMEVAL_DECODE_WORKERS": "processes that decode a user dataset's images (default: every usable core)",
     "FMEVAL_LEADERBOARD_TOKEN": "API token of `fmeval submit` (default --token)",
@@ -157,5 +161,5 @@ def apply_to_environment(cwd: Path | None = None) -> None:
     """Export file-configured locations (cache, adapters) for code that reads the environment."""
     table, _ = file_settings(cwd)
     for s in USER_SETTINGS:
-        if s.env and s.key in table and not env(s.env) and s.path is None:
+        if s.env and s.key in table and not env(s.env) and s.path is None and s.key != "track":
             os.environ[s.env] = str(Path(str(table[s.key])).expanduser())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate constraints.txt: the exact version of every dependency fmeval is
 # tested with (Linux x86-64, Python 3.11 -- CI's platform), resolved from
-# pyproject.toml (with the `test`, `robustness`, `data`, `server` and `server-test` extras).
+# pyproject.toml (with the `test`, `robustness`, `data`, `server`, `server-test` and `track-*` extras).
 #
 # Deterministic: uv resolves against PyPI as it was at LOCK_DATE
 # (--exclude-newer), so running this again gives the same file until LOCK_DATE
@@ -57,6 +57,7 @@ if [ -n "$prefer" ]; then
   cp "$prefer" "$tmp"
 fi
 UV_NO_CONFIG=1 "$uv" pip compile pyproject.toml --extra test --extra robustness --extra data --extra server --extra server-test \
+  --extra track-wandb --extra track-mlflow --extra track-tensorboard \
   --python-version "$PYTHON_VERSION" --python-platform "$PLATFORM" \
   --exclude-newer "$LOCK_DATE" --index-url https://pypi.org/simple \
   --custom-compile-command "scripts/lock.sh" --no-progress --quiet -o "$tmp"
@@ -64,7 +65,7 @@ UV_NO_CONFIG=1 "$uv" pip compile pyproject.toml --extra test --extra robustness 
 {
   echo "# The exact versions fmeval is tested with (Linux x86-64, Python $PYTHON_VERSION),"
   echo "# resolved from pyproject.toml against PyPI as of $LOCK_DATE. Install with"
-  echo "#   pip install -c constraints.txt -e \".[test]\"   (extras: data, server, server-test; robustness: scripts/install-robustness.sh)"
+  echo "#   pip install -c constraints.txt -e \".[test]\"   (extras: data, server, server-test, track; robustness: scripts/install-robustness.sh)"
   echo "# Do not edit: regenerate with scripts/lock.sh (tests/test_lock.py checks that"
   echo "# it reproduces this file); .ci/drift tests the newest versions pyproject allows."
   cat "$tmp"

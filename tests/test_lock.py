@@ -70,7 +70,7 @@ def test_breaking_majors_are_bounded():
 
 #: Optional extras scripts/lock.sh locks besides ``test`` (installed by their own scripts, not by
 #: the README's ``pip install -c constraints.txt -e ".[test]"``).
-LOCKED_EXTRAS = ("robustness", "data", "server", "server-test")
+LOCKED_EXTRAS = ("robustness", "data", "server", "server-test", "track-wandb", "track-mlflow", "track-tensorboard")
 
 
 def _requirement_names(reqs: list[str]) -> set[str]:

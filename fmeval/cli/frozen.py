@@ -7,8 +7,8 @@ from fmeval.cli.fewshot import run_with_shots
 from fmeval.cli.options import COMMON, FEWSHOT, KNN, LINPROBE, Given, command
 
 
-# features writes the feature cache only: no report, so no --reports-dir or --bootstrap
-FEATURES = tuple(o for o in COMMON if o.name not in ("reports_dir", "bootstrap"))
+# features writes the feature cache only: no report, so no --reports-dir, --bootstrap or --track
+FEATURES = tuple(o for o in COMMON if o.name not in ("reports_dir", "bootstrap", "track"))
 
 
 @app.command()

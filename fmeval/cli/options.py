@@ -163,6 +163,10 @@ COMMON = (
        default_text="1000", min=0),
     _o("reports_dir", "reports_dir", Path, "Where reports go [env FMEVAL_REPORTS_DIR; default ./reports].",
        "--reports-dir"),
+    # experiment tracking (fmeval.tracking): where the run is mirrored, never part of its config
+    _o("track", None, str, "Mirror the run to experiment trackers: wandb, mlflow, tensorboard (comma-separated; "
+       "local stores under <reports>/tracking; none: off) [env FMEVAL_TRACK; default: none].",
+       "--track", list_of="strs"),
 )
 
 KNN = (
@@ -310,6 +314,11 @@ def command(*groups: tuple[Opt, ...]) -> Callable:
             kwargs.pop("__table__", None)
             for name in list(table):
                 kwargs.pop(name, None)
+            if "track" in given:  # --track: every run of this command is tracked (fmeval.tracking)
+                from fmeval.tracking import requested
+
+                with requested(given["track"]):
+                    return fn(Given(given, table), **kwargs)
             return fn(Given(given, table), **kwargs)
 
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -125,6 +125,9 @@ def study_run(
     jobs: Annotated[Optional[int], typer.Option(min=1, help="local: worker processes (one GPU each when there are several).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed cells again.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run (Slurm: the array and resources).")] = False,
+    track: Annotated[Optional[str], typer.Option("--track", help="Experiment trackers of every cell (wandb, mlflow, "
+                     "tensorboard; comma-separated; none: off), grouped by the study's name \\[default: the study "
+                     "file's track, else env FMEVAL_TRACK / fmeval.toml].")] = None,
 ) -> None:
     """Run every cell that is not finished; failed cells are recorded and the study goes on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -132,8 +135,10 @@ def study_run(
     from fmeval.io import sweep_leftovers
     from fmeval.report import check_writable
     from fmeval.studies.executors import EXECUTORS
+    from fmeval.tracking import requested
 
-    plan = _plan(file, reports_dir)
+    with requested(track):  # --track over the study file's track: (fmeval.tracking)
+        plan = _plan(file, reports_dir)
     kind = executor or plan.spec.executor.kind
     ex = EXECUTORS.get(kind)
     n_jobs = jobs or plan.spec.executor.jobs

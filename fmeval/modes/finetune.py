@@ -26,6 +26,7 @@ from fmeval import pipeline
 from fmeval.pipeline import Prepared, is_volume_model
 from fmeval.progress import console as progress_console
 from fmeval.settings import env
+from fmeval.tracking import step_callbacks
 from fmeval.training.checkpoint import (
     adapters_root,
     check_resume,
@@ -203,7 +204,8 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
     try:
         res = fit(model, tdata, cfg.train, method=p.method, setup=p.setup, seed=cfg.seed, run_dir=run_dir,
                   resume=bool(cfg.resume), on_epoch_end=hook,
-                  description=f"{method_of(cfg)} {cfg.model} {data.flag}")
+                  description=f"{method_of(cfg)} {cfg.model} {data.flag}",
+                  callbacks=step_callbacks())  # experiment trackers of this run (fmeval.tracking)
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(f"{exc} Continue with: {_resume_hint(run_dir)}", run_dir) from None
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from fmeval.modes.base import FittedHead, register_mode, run_frozen, target_tens
 from fmeval.data.fewshot import training_splits
 from fmeval.pipeline import prepare_frozen
 from fmeval.probes.linear import train_linear_probe
+from fmeval.tracking import step_callbacks
 
 
 def _zeroshot_init(cfg: RunConfig, fz, bank) -> torch.Tensor:
@@ -91,6 +92,7 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
         seed=cfg.seed,
         description=f"linear probe {cfg.model} {info.flag}",
         precision=fz.precision if fz.precision == "bf16" else "fp32",  # the run's resolved precision
+        callbacks=step_callbacks(),  # experiment trackers of this run (fmeval.tracking)
     )
     extras = {"grid": probe.grid, "curves": probe.curves, "epochs_run": probe.epochs_run, "feature_norm": norm_used}
     if bank is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -229,6 +230,7 @@ def train_linear_probe(
     seed: int = 0,
     description: str = "linear probe",
     precision: str = "fp32",
+    callbacks: Sequence[Callable[[int, Mapping[str, float]], None]] = (),
 ) -> LinearProbe:
     """Train all grid heads; return the one with the lowest validation loss.
 
@@ -242,7 +244,8 @@ def train_linear_probe(
     exported head); MedMNIST+'s probe trains on raw features. ``seed`` sets the
     minibatch order. ``precision="bf16"`` runs the two GEMMs of a step in bf16
     (fast where bf16 is native: AMX CPUs, GPUs) with float32 master weights,
-    loss, AdamW and validation; ``"fp32"`` everywhere else.
+    loss, AdamW and validation; ``"fp32"`` everywhere else. ``callbacks`` are called after every
+    epoch with ``(epoch, {name: value})`` (experiment tracking; see :func:`_epoch_metrics`).
 
     Performance notes: the G heads are one ``[D, G*C]`` matrix, so a step is
     two GEMMs (logits; weight gradient) around a closed-form loss gradient (no
@@ -285,11 +288,27 @@ def train_linear_probe(
     with progress_bar(description, config.epochs, "ep") as tick:
         for epoch in range(config.epochs):
             total = epoch_fn(epoch, h)
+            trained = h.idx  # end_epoch may drop heads that stop
             tick(1, info=sel.end_epoch(epoch, h, total / xt.shape[0], xva, y_val, multilabel, config.patience))
+            for cb in callbacks:  # -- step callbacks (experiment tracking): read-only --
+                cb(epoch + 1, _epoch_metrics(sel, trained, total / xt.shape[0], config, epoch))
             if not sel.active.any():
                 break
     return _selected(sel.best_wa, sel.best_loss, sel.best_epoch, grid, mu, sd, d, multilabel, sel.epochs_run,
                      sel.curves, has_val)
+
+
+def _epoch_metrics(sel: "_Selection", trained: torch.Tensor, train_loss: torch.Tensor, config: ProbeConfig,
+                   epoch: int) -> dict[str, float]:
+    """One epoch of the grid, for a tracker: the best train and validation loss over the heads that
+    trained this epoch, the best validation loss so far, the heads still training and the lr factor."""
+    out = {"probe/train_loss_min": float(train_loss.min()), "probe/heads_active": float(len(trained)),
+           "probe/lr_factor": probe_lr_factor(config, epoch)}
+    val = sel.last_val[trained]
+    if not torch.isnan(val).all():
+        out["probe/val_loss_min"] = float(val.min())
+        out["probe/best_val_loss"] = float(sel.best_loss.min())
+    return out
 
 
 class _EpochRunner:

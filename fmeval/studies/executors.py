@@ -86,7 +86,7 @@ def run_cell(state_dir: Path, cell: Cell, *, retry_failed: bool = False) -> str:
             return "skipped"
         attempts = int((st or {}).get("attempts", 0)) + 1
         try:
-            result = execute(cell.config)
+            result = execute(cell.config, track=cell.track)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a failed cell is recorded and the study goes on

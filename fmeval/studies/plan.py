@@ -24,6 +24,7 @@ from fmeval.config import RunConfig
 from fmeval.errors import FmevalError
 from fmeval.studies.spec import StudyError, StudySpec
 from fmeval.studies.state import read_state, state_path, write_state  # noqa: F401
+from fmeval.tracking import TrackRequest, resolve_request
 
 STYLE_MODES = ("zeroshot",)  # modes whose cells differ by prompt style
 
@@ -34,6 +35,7 @@ class Cell:
     axes: dict[str, Any]
     config: RunConfig
     frozen: bool
+    track: TrackRequest = TrackRequest()  # experiment trackers (not part of the key)
 
     @property
     def id(self) -> str:
@@ -133,6 +135,10 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
 
     _validate_axes(spec)
     root = Path(reports_root) / "studies" / spec.name
+    try:  # every cell's trackers, checked (names, installed extras) before anything runs
+        track = resolve_request(spec.track, group=spec.name, root=str(root / "tracking"))
+    except FmevalError as exc:
+        raise StudyError(f"study {spec.name}: {exc}") from None
     seeds = spec.axes.seeds
     if seeds is None:
         if spec.protocol:
@@ -176,7 +182,7 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
         cfg = cfg.with_values({"reports_dir": str(root / "runs")})
         if mode.startswith("finetune-"):
             cfg = cfg.with_values({"adapter_dir": str(root / "adapters" / key[:16])})
-        cells.setdefault(key, Cell(key, axes, cfg, MODES.get(mode).frozen))
+        cells.setdefault(key, Cell(key, axes, cfg, MODES.get(mode).frozen, track))
     ordered = sorted(cells.values(), key=lambda c: (repr(c.group), not c.frozen, c.axes["mode"],
                                                     c.axes["seed"], str(c.axes["style"]), str(c.axes["shots"])))
     return Plan(spec, spec_hash, root, ordered, skipped)

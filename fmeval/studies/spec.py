@@ -19,6 +19,7 @@ is validated before anything runs; errors name the key::
         set: {train.epochs: 2}
     exclude:
       - {model: vit-s16, mode: zeroshot}
+    track: [mlflow, tensorboard]        # optional: experiment trackers, grouped by the study's name
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class StudySpec(_Strict):
     exclude: list[dict[str, Any]] = []
     summary_datasets: list[str] | None = None
     executor: ExecutorSettings = ExecutorSettings()
+    # experiment trackers of every cell, grouped under the study's name (fmeval.tracking); None: the
+    # user's setting. Not part of the study's hash: tracking never changes what a cell computes.
+    track: list[str] | str | None = None
 
     @field_validator("exclude")
     @classmethod
@@ -115,7 +119,8 @@ def load_study(path: str | Path) -> tuple[StudySpec, str]:
         spec = StudySpec.model_validate(raw)
     except ValidationError as err:
         raise StudyError(f"study {path}: {first_error(err)}") from None
-    digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    canonical = spec.model_dump(mode="json", exclude={"track"})
+    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
     return spec, digest
 
 

@@ -16,7 +16,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +70,10 @@ class FitResult:
 
 
 EpochHook = Callable[[int, TrainState], None]
+#: Called with ``(global step, {name: value})`` after every optimiser step and every epoch
+#: (``train/step_loss``, ``train/lr``; ``train/loss``, ``train/val_loss``, ``train/val_<metric>``,
+#: ``train/epoch``). Experiment trackers are fed through it (fmeval.tracking.step_callbacks).
+StepCallback = Callable[[int, Mapping[str, float]], None]
 
 
 @dataclass
@@ -138,7 +142,7 @@ class _Trainer:
     """
 
     def __init__(self, model: Classifier, data: TrainData, cfg: TrainConfig, method: Method,
-                 setup: RunSetup, seed: int) -> None:
+                 setup: RunSetup, seed: int, callbacks: Sequence[StepCallback] = ()) -> None:
         from fmeval.metrics import METRICS, higher_is_better
 
         self.model, self.data, self.cfg, self.method, self.setup, self.seed = (
@@ -173,6 +177,12 @@ class _Trainer:
         self.metric_fn = None if self.by_loss else METRICS.get(cfg.select_metric)
         self.better_high = False if self.by_loss else higher_is_better(cfg.select_metric)
         self.keys = method.state_keys(model)
+        self.callbacks = tuple(callbacks)
+
+    def emit(self, step: int, metrics: dict[str, float]) -> None:
+        """-- step callbacks: what the loop reports as it goes (nothing it decides depends on them) --"""
+        for cb in self.callbacks:
+            cb(step, metrics)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         sd = self.model.state_dict()
@@ -215,6 +225,9 @@ class _Trainer:
                 )
             (loss / cfg.accum_steps).backward()
             if (b + 1) % cfg.accum_steps == 0 or b + 1 == self.n_batches:
+                if self.callbacks:  # the lr this step used, read before the schedule moves it
+                    self.emit(epoch * self.n_batches + b + 1, {"train/step_loss": loss.item(),
+                                                               "train/lr": self.optimizer.param_groups[-1]["lr"]})
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -271,12 +284,14 @@ def fit(
     resume: bool = False,
     on_epoch_end: EpochHook | None = None,
     description: str = "fine-tune",
+    callbacks: Sequence[StepCallback] = (),
 ) -> FitResult:
     """Train ``model`` (its trainable parameters already chosen by ``method``).
 
     On return the model holds the best weights by ``cfg.select_metric`` on
     validation. With ``run_dir`` the state is checkpointed after every epoch;
-    ``resume=True`` continues from that checkpoint.
+    ``resume=True`` continues from that checkpoint. ``callbacks``: see
+    :data:`StepCallback`; steps count from the run's start, so a resumed run continues the numbering.
     """
     cfg.validate()
     device = setup.device
@@ -285,7 +300,7 @@ def fit(
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    tr = _Trainer(model, data, cfg, method, setup, seed)
+    tr = _Trainer(model, data, cfg, method, setup, seed, callbacks)
     state = load_train_state(run_dir) if (resume and run_dir is not None) else None
     resumed_at: int | None = None
     if state is not None:
@@ -306,6 +321,9 @@ def fit(
             train_loss = tr.train_epoch(epoch, tick)
             val_loss, val_metric = tr.validate()
             tr.update(state, epoch, train_loss, val_loss, val_metric, lr)
+            tr.emit((epoch + 1) * tr.n_batches, {"train/epoch": epoch + 1, "train/loss": train_loss,
+                                                 "train/val_loss": val_loss,
+                                                 f"train/val_{cfg.select_metric}": val_metric, "train/lr_epoch": lr})
             state.epoch_times.append(time.perf_counter() - t0)
             tick(0, info=f"ep {epoch + 1} loss {train_loss:.4f} val_loss {val_loss:.4f} "
                          f"val_{cfg.select_metric} {val_metric:.4f}")
