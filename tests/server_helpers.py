@@ -139,6 +139,13 @@ def submission_zip(seed: int = 0, datasets=THREE) -> bytes:
     return make_zip({f"{f}.csv": csv_bytes(noisy_scores(f, seed)) for f in datasets})
 
 
+def form_csrf(client, path: str = "/login") -> str:
+    """GET a form page (which sets the pre-session cookie in ``client``) and return its CSRF token."""
+    r = client.get(path)
+    assert r.status_code == 200, r.text[:300]
+    return re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
+
+
 class Browserless:
     """A team's logged-in HTTP session (cookies + the CSRF token of its forms)."""
 
@@ -148,7 +155,7 @@ class Browserless:
         self.url = url
         self.client = httpx.Client(base_url=url, timeout=300, follow_redirects=False)
         r = self.client.post("/register", data={"team": team, "email": f"{team.lower()}@example.org",
-                                                "password": password})
+                                                "password": password, "csrf": form_csrf(self.client, "/register")})
         assert r.status_code == 303, r.text[:500]
         self.cookie_header = r.headers["set-cookie"]
         me = self.client.get("/me")

@@ -44,3 +44,16 @@ def new_api_token() -> str:
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def form_token(key: str, cookie: str) -> str:
+    """The CSRF token of a form shown before login: an HMAC of the visitor's pre-session cookie under
+    the server's secret, so it is bound to that cookie and cannot be minted without the secret."""
+    return hmac.new(key.encode(), b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()
+
+
+def same(given: object, expected: str | None) -> bool:
+    """Constant-time comparison of a submitted token with the expected one (False for missing values)."""
+    if not isinstance(given, str) or not given or not expected:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
