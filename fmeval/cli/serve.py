@@ -185,6 +185,9 @@ def submit(
         raise ConfigError("--description must have at most 5000 characters.")
     if study_url and not study_url.startswith(("http://", "https://")):
         raise ConfigError(f"--study-url must be an http(s) URL, got {study_url!r}.")
+    from fmeval.validation import check_folder
+
+    check_folder(reports_dir, "--reports-dir")
     folder = Path(target).expanduser()
     with tempfile.TemporaryDirectory(prefix="fmeval-submit-") as work:
         if folder.is_dir():
@@ -280,6 +283,7 @@ def tokens(db: DbOption = "sqlite:///leaderboard.sqlite3",
 
     from fmeval.server.models import ApiToken, Team
 
+    _check_team(team)
     sessions = _open(db)
     with sessions() as s:
         q = select(ApiToken, Team.name).join(Team, Team.id == ApiToken.team_id).order_by(ApiToken.id)
@@ -309,6 +313,7 @@ def revoke_token(
 
     if (token_id is None) == (team is None):
         raise ConfigError("give a token id or --team NAME (not both).")
+    _check_team(team)
     sessions = _open(db)
     with sessions() as s:
         if team is not None:
@@ -326,3 +331,8 @@ def revoke_token(
         s.commit()
         console.print(f"revoked {len(rows)} API token(s): " + (", ".join(f"{r.id} ({r.prefix}...)" for r in rows) or "none live"),
                       highlight=False, markup=False, soft_wrap=True)
+
+
+def _check_team(team: str | None) -> None:
+    if team is not None and not team.strip():
+        raise ConfigError("--team is empty; give a team name.")
