@@ -166,6 +166,9 @@ def test_a_revoked_token_is_refused_from_the_page_the_api_and_the_admin_command(
     r = httpx.post(server.url + "/api/tokens/revoke", headers={"Authorization": f"Bearer {t2}"})
     assert r.status_code == 200 and r.json()["revoked"] == t2[:10]
     assert api_upload(server.url, t2, data).status_code == 401
+    mine = httpx.get(server.url + "/api/me", headers={"Authorization": f"Bearer {t3}"}).json()  # the JSON of /me
+    assert mine["team"] == "Revoker" and [k["revoked"] for k in mine["tokens"]] == [True, True, False]
+    assert len(mine["submissions"]) == 3 and mine["limit_reached"] is False
     # 3) the admin command on the server's database
     code, listing, err = run(capsys, "server", "tokens", "--db", server.db, "--team", "Revoker")
     assert code == 0, err
@@ -173,6 +176,8 @@ def test_a_revoked_token_is_refused_from_the_page_the_api_and_the_admin_command(
     code, out, err = run(capsys, "server", "revoke-token", "--db", server.db, "--team", "Revoker")
     assert code == 0 and "revoked 1 API token(s)" in out, err
     r = api_upload(server.url, t3, data)
+    assert r.status_code == 401 and "was revoked" in r.json()["error"]
+    r = httpx.get(server.url + "/api/me", headers={"Authorization": f"Bearer {t3}"})
     assert r.status_code == 401 and "was revoked" in r.json()["error"]
     assert api_upload(server.url, "fmv_" + "x" * 40, data).json()["error"].startswith("unknown API token")
     # the database holds no token, only hashes

@@ -11,6 +11,7 @@ escaped by the template engine.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -208,6 +209,8 @@ def create_app(lb: Leaderboard) -> Starlette:
     async def me(request: Request) -> Response:
         t, s = current(request)
         if t is None:
+            if _wants_json(request):
+                return error(request, request.scope.get("fmeval_auth_error") or "log in or send an API token.", 401)
             return RedirectResponse("/login", status_code=303)
         return my_page(request, t)
 
@@ -218,6 +221,10 @@ def create_app(lb: Leaderboard) -> Starlette:
             nxt = lb.next_allowed(db, t.id)
             tokens = [{"id": k.id, "prefix": k.prefix, "created": k.created.isoformat(timespec="seconds"),
                        "revoked": k.revoked} for k in lb.tokens(db, t.id)]
+        if _wants_json(request):
+            return JSONResponse({"team": t.name, "submissions": rows, "tokens": tokens,
+                                 "next_allowed": nxt.isoformat(timespec="seconds") if nxt and nxt != datetime.max
+                                 else None, "limit_reached": nxt is not None}, headers=HEADERS)
         return page(request, "me.html", status=status, rows=rows, next_allowed=nxt, token=token,
                     tokens=tokens, message=message)
 
@@ -311,7 +318,8 @@ def create_app(lb: Leaderboard) -> Starlette:
         Route("/compare", compare), Route("/api/compare", json_twin(compare)),
         Route("/teams/{name}", team), Route("/api/teams/{name}", json_twin(team)),
         Route("/register", register, methods=["GET", "POST"]), Route("/login", login, methods=["GET", "POST"]),
-        Route("/logout", logout, methods=["POST"]), Route("/me", me), Route("/tokens", new_token, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]), Route("/me", me), Route("/api/me", json_twin(me)),
+        Route("/tokens", new_token, methods=["POST"]),
         Route("/tokens/{tid:int}/revoke", revoke_token, methods=["POST"]),
         Route("/api/tokens/revoke", api_revoke_token, methods=["POST"]),
         Route("/submit", upload, methods=["POST"]), Route("/api/submissions", api_upload, methods=["POST"]),
