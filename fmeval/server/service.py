@@ -134,8 +134,9 @@ class Leaderboard:
         email = email.strip().lower()
         attempt = admit(db, self.settings.login, email, address) if throttled else []
         team = db.scalar(select(Team).where(Team.email == email))
-        if team is None or not auth.verify_password(password, team.password_hash):
-            raise AuthError("wrong email or password.")
+        stored = team.password_hash if team is not None and team.password_hash else auth.dummy_hash()
+        if not auth.verify_password(password, stored) or team is None or not team.password_hash:
+            raise AuthError("wrong email or password.")  # same scrypt work either way: no account enumeration by time
         if attempt:
             forget(db, attempt)
         cookie, csrf = auth.new_secret(), auth.new_secret()
