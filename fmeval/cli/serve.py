@@ -152,8 +152,8 @@ def serve(
 
 @app.command()
 def submit(
-    target: Annotated[str, typer.Argument(
-        metavar="STUDY_OR_FOLDER", help="A study (shipped name or YAML, as for fmeval study run) whose finished runs "
+    study_or_folder: Annotated[str, typer.Argument(
+        help="A study (shipped name or YAML, as for fmeval study run) whose finished runs "
         "are packed, or a folder of <dataset>.csv prediction files or of fmeval runs (each with predictions.csv).",
         show_default=False)],
     server: Annotated[str, typer.Option(help="The leaderboard's base URL.", show_default=False)],
@@ -188,6 +188,7 @@ def submit(
     from fmeval.validation import check_folder
 
     check_folder(reports_dir, "--reports-dir")
+    target = study_or_folder
     folder = Path(target).expanduser()
     with tempfile.TemporaryDirectory(prefix="fmeval-submit-") as work:
         if folder.is_dir():
