@@ -62,7 +62,9 @@ def main(out: str) -> None:
                                                 "Course Team 7": [("ResNet-18 fine-tuned", 1.4, "")],
                                                 "Pathology AI": [("DINOv2 few-shot", 0.9, "")]}.items()):
                 c = httpx.Client(base_url=url)
-                c.post("/register", data={"team": team, "email": f"t{i}@example.org", "password": "password123"})
+                pre = re.search(r'name="csrf" value="([^"]+)"', c.get("/register").text).group(1)
+                c.post("/register", data={"team": team, "email": f"t{i}@example.org", "password": "password123",
+                                          "csrf": pre})
                 me = c.get("/me").text
                 csrf = re.search(r'name="csrf" value="([^"]+)"', me).group(1)
                 token = re.search(r'id="token">([^<]+)<', c.post("/tokens", data={"csrf": csrf}).text).group(1)

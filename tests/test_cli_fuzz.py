@@ -64,6 +64,8 @@ BASE: dict[str, tuple[str, ...]] = {
     "submit": (".", "--server", "http://127.0.0.1:9", "--token", "fmv_" + "x" * 30, "--model-name", "m", "--size", "28"),
     "server hide": ("1", "--db", "sqlite:///lb.sqlite3"),
     "server rescore": ("--db", "sqlite:///lb.sqlite3", "--datasets", "pneumoniamnist", "--sizes", "28"),
+    "server tokens": ("--db", "sqlite:///lb.sqlite3"),
+    "server revoke-token": ("1", "--db", "sqlite:///lb.sqlite3"),
 }
 # Values that are wrong for an option whatever its type says (the rest come from its type).
 SPECIAL: dict[str, tuple[str, ...]] = {
@@ -71,6 +73,8 @@ SPECIAL: dict[str, tuple[str, ...]] = {
     "predict out": (EMPTY_DIR,),  # a file option: a folder is what is wrong there
     "submit model_name": ("",),  # any other name is a name
     "submit description": ("x" * 5001,),
+    "server tokens team": ("",),  # any other name may be a team of the database
+    "server revoke-token team": ("",),
 }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sqlite3
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +19,10 @@ import pytest
 from sklearn import metrics as skm
 
 from server_helpers import (
-    THREE, Browserless, api_upload, csv_bytes, make_zip, noisy_scores, require_server_extra, running,
+    THREE, Browserless, api_upload, csv_bytes, make_zip, noisy_scores, require_server_extra, rows, running,
     submission_zip, truth_of,
 )
+from server_helpers import db_url, postgres  # noqa: F401  (fixtures: each storage test on SQLite and PostgreSQL)
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +35,7 @@ def server(tmp_path_factory):
 
 
 def _rows(db_url: str, sql: str) -> list:
-    con = sqlite3.connect(db_url.split("///", 1)[1])
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+    return rows(db_url, sql)
 
 
 def _expected(flag: str, seed: int) -> dict[str, float]:
@@ -209,24 +205,24 @@ def test_comparison_uses_the_paired_bootstrap(server):
     assert 'src="data:image/png;base64,' in page and "retinamnist" in page
 
 
-def test_twenty_parallel_uploads_give_twenty_rows_and_scores(tmp_path):
+def test_twenty_parallel_uploads_give_twenty_rows_and_scores(tmp_path, db_url):
     require_server_extra()
-    with running(tmp_path, "--bootstrap", "0", "--daily-limit", "100") as srv:
+    with running(tmp_path, "--bootstrap", "0", "--daily-limit", "100", db=db_url) as srv:
         token = Browserless(srv.url, "Juliet").token()
         zips = [submission_zip(seed=100 + i) for i in range(20)]
         with ThreadPoolExecutor(max_workers=20) as pool:
             answers = list(pool.map(lambda i: api_upload(srv.url, token, zips[i], model=f"p{i}"), range(20)))
         assert [r.status_code for r in answers] == [201] * 20, [r.text[:200] for r in answers if r.status_code != 201]
         assert len({r.json()["id"] for r in answers}) == 20
-        assert _rows(srv.db, "select count(*) from submissions where is_baseline = 0") == [(20,)]
+        assert _rows(srv.db, "select count(*) from submissions where not is_baseline") == [(20,)]
         assert _rows(srv.db, "select count(*) from scores") == [(60,)]
         board = __import__("httpx").get(srv.url + "/api/leaderboard", params={"top": 100}).json()
         assert len(board["rows"]) == 20
 
 
-def test_a_server_killed_mid_scoring_leaves_no_half_submission(tmp_path):
+def test_a_server_killed_mid_scoring_leaves_no_half_submission(tmp_path, db_url):
     require_server_extra()
-    db = f"sqlite:///{tmp_path / 'lb.sqlite3'}"
+    db = db_url
     srv = running(tmp_path, "--bootstrap", "100000", db=db)
     with srv as s:
         token = Browserless(s.url, "Kilo").token()
@@ -239,7 +235,7 @@ def test_a_server_killed_mid_scoring_leaves_no_half_submission(tmp_path):
             s.kill()
             with pytest.raises(Exception):
                 fut.result(timeout=60).raise_for_status()
-    assert _rows(db, "select count(*) from submissions where is_baseline = 0") == [(0,)]
+    assert _rows(db, "select count(*) from submissions where not is_baseline") == [(0,)]
     assert _rows(db, "select count(*) from scores") == [(0,)]
     with running(tmp_path, "--bootstrap", "0", db=db) as s2:  # restarts on the same file; the upload goes through
         assert api_upload(s2.url, token, submission_zip(seed=9), model="again").status_code == 201
@@ -260,26 +256,27 @@ def test_mean_ci_is_the_t_interval_clipped_to_the_metric_range():
     assert mean_ci([0.5], "auc") == {"mean": 0.5, "ci_low": None, "ci_high": None}
 
 
-def test_the_daily_limit_holds_across_worker_processes(tmp_path):
-    """Two uvicorn workers on one SQLite file, 20 parallel uploads of one team: exactly 10 are stored."""
+def test_the_daily_limit_holds_across_worker_processes(tmp_path, db_url):
+    """Two uvicorn workers on one database, 20 parallel uploads of one team: exactly 10 are stored
+    (SQLite: a lock file beside the database; PostgreSQL: SELECT ... FOR UPDATE on the team's row)."""
     require_server_extra()
-    with running(tmp_path, "--bootstrap", "0", "--workers", "2") as srv:
+    with running(tmp_path, "--bootstrap", "0", "--workers", "2", db=db_url) as srv:
         token = Browserless(srv.url, "Papa").token()
         data = submission_zip(seed=51, datasets=("breastmnist",))
         with ThreadPoolExecutor(max_workers=20) as pool:
             codes = sorted(r.status_code for r in pool.map(lambda i: api_upload(srv.url, token, data, f"w{i}"),
                                                             range(20)))
         assert codes == [201] * 10 + [429] * 10
-        assert _rows(srv.db, "select count(*) from submissions where is_baseline = 0") == [(10,)]
+        assert _rows(srv.db, "select count(*) from submissions where not is_baseline") == [(10,)]
         log = srv.log.read_text()
         assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2, log[-1500:]
 
 
-def test_an_upload_over_the_size_limit_is_refused(tmp_path):
+def test_an_upload_over_the_size_limit_is_refused(tmp_path, db_url):
     require_server_extra()
     import httpx
 
-    with running(tmp_path, "--bootstrap", "0", "--max-upload-mb", "1") as srv:
+    with running(tmp_path, "--bootstrap", "0", "--max-upload-mb", "1", db=db_url) as srv:
         token = Browserless(srv.url, "Quebec").token()
         big = make_zip({"breastmnist.csv": np.random.default_rng(0).bytes(3 << 20)})  # incompressible
         r = api_upload(srv.url, token, big)
@@ -290,4 +287,4 @@ def test_an_upload_over_the_size_limit_is_refused(tmp_path):
                                                              "Content-Type": body.headers["content-type"]},
                        content=iter([body.read()]))
         assert r.status_code == 413
-        assert _rows(srv.db, "select count(*) from submissions where is_baseline = 0") == [(0,)]
+        assert _rows(srv.db, "select count(*) from submissions where not is_baseline") == [(0,)]

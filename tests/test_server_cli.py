@@ -64,7 +64,7 @@ def test_submit_refuses_with_the_servers_message(capsys, tmp_path):
         assert code == 2 and "(401)" in err
     code, _, err = run(capsys, "submit", str(tmp_path / "nowhere"), "--server", "http://127.0.0.1:9",
                        "--token", "fmv_" + "0" * 43, "--model-name", "x")
-    assert code == 2 and "is not a folder" in err and "Traceback" not in err
+    assert code == 2 and "is neither a folder of predictions nor a study" in err and "Traceback" not in err
 
 
 def test_serve_refuses_bad_settings_in_one_line(capsys, tmp_path, monkeypatch):

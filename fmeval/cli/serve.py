@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmeval.cli.app import app, console
+from fmeval.cli.app import ReportsDir, app, console, user_defaults
 from fmeval.errors import ConfigError
 
 server_app = typer.Typer(help="Administer a leaderboard server's database.", no_args_is_help=True)
@@ -109,6 +109,11 @@ def serve(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for each dataset's CIs.", min=0)] = 200,
     workers: Annotated[int, typer.Option(help="Worker processes (uvicorn); limits hold across them.", min=1)] = 1,
     max_upload_mb: Annotated[int, typer.Option(help="Largest accepted upload (the zip), in MB.", min=1)] = 50,
+    login_attempts: Annotated[int, typer.Option(help="Login attempts per account (email) in the window.",
+                                                min=1)] = 5,
+    login_attempts_per_address: Annotated[int, typer.Option(help="Login attempts per client address in the window.",
+                                                            min=1)] = 20,
+    login_window: Annotated[int, typer.Option(help="The login rate limit's sliding window, in minutes.", min=1)] = 15,
 ) -> None:
     """Run the leaderboard server: teams upload prediction zips, the server scores them against its own labels."""
     _need_extra()
@@ -125,6 +130,10 @@ def serve(
 
     settings.n_boot = bootstrap
     settings.limits = replace(settings.limits, max_upload_bytes=max_upload_mb << 20)
+    from fmeval.server.throttle import LoginLimits
+
+    settings.login = LoginLimits(per_account=login_attempts, per_address=login_attempts_per_address,
+                                 window_s=login_window * 60)
     lb, asgi = build(settings)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     console.print(f"leaderboard: {len(settings.datasets)} datasets, sizes {', '.join(map(str, lb.labels.sizes))} open"
@@ -143,18 +152,26 @@ def serve(
 
 @app.command()
 def submit(
-    folder: Annotated[Path, typer.Argument(help="A folder of <dataset>.csv prediction files, or of fmeval runs "
-                                           "(each with predictions.csv), e.g. a study's reports.", show_default=False)],
+    study_or_folder: Annotated[str, typer.Argument(
+        help="A study (shipped name or YAML, as for fmeval study run) whose finished runs "
+        "are packed, or a folder of <dataset>.csv prediction files or of fmeval runs (each with predictions.csv).",
+        show_default=False)],
     server: Annotated[str, typer.Option(help="The leaderboard's base URL.", show_default=False)],
     token: Annotated[str, typer.Option(envvar="FMEVAL_LEADERBOARD_TOKEN", help="API token (from your team page).",
                                        show_default=False)],
     model_name: Annotated[str, typer.Option("--model-name", help="The name shown on the leaderboard.",
                                             show_default=False)],
     size: Annotated[Optional[int], typer.Option(help="Resolution \\[default: the runs' own].", min=1)] = None,
+    select: Annotated[Optional[list[str]], typer.Option(
+        "--select", help="A study: keep the runs with AXIS=VALUE (model, mode, seed, input_size, style, shots); "
+        "repeat until one run per dataset is left.", show_default=False)] = None,
+    reports_dir: ReportsDir = None,
     description: Annotated[str, typer.Option(help="Free text shown on the submission page.")] = "",
     study_url: Annotated[str, typer.Option("--study-url", help="Link to a paper or study (marked on the board).")] = "",
 ) -> None:
-    """Pack a folder's predictions into a zip and upload it to a leaderboard server."""
+    """Pack a study's (or a folder's) predictions into a zip and upload it to a leaderboard server."""
+    import tempfile
+
     from fmeval.server.auth import TOKEN_PREFIX
     from fmeval.server.client import collect, pack, upload
 
@@ -168,11 +185,21 @@ def submit(
         raise ConfigError("--description must have at most 5000 characters.")
     if study_url and not study_url.startswith(("http://", "https://")):
         raise ConfigError(f"--study-url must be an http(s) URL, got {study_url!r}.")
+    from fmeval.validation import check_folder
 
-    files, found_size = collect(folder.expanduser(), size)
-    if found_size is None:
-        raise ConfigError("the CSVs do not say their resolution; pass --size.")
-    data = pack(files)
+    check_folder(reports_dir, "--reports-dir")
+    target = study_or_folder
+    folder = Path(target).expanduser()
+    with tempfile.TemporaryDirectory(prefix="fmeval-submit-") as work:
+        if folder.is_dir():
+            if select:
+                raise ConfigError("--select picks runs of a study; a folder is submitted as it is.")
+            files, found_size = collect(folder, size)
+        else:
+            files, found_size = _study_files(target, size, select or [], reports_dir, Path(work))
+        if found_size is None:
+            raise ConfigError("the CSVs do not say their resolution; pass --size.")
+        data = pack(files)
     answer = upload(server, token, data, {"size": str(found_size), "model_name": model_name,
                                           "description": description, "study_url": study_url})
     status = "complete" if answer.get("complete") else "incomplete (not ranked)"
@@ -180,6 +207,27 @@ def submit(
     console.print(f"submission {answer['id']}: {len(files)} datasets at {found_size} px, {status}"
                   + (f"; {means}" if means else "") + f"; {server.rstrip('/')}/submissions/{answer['id']}",
                   highlight=False, soft_wrap=True)
+
+
+def _study_files(target: str, size: int | None, select: list[str], reports_dir: Path | None, work: Path):
+    """A study's chosen runs as <dataset>.csv files in ``work`` (``fmeval predict``'s path), said line by line."""
+    from fmeval.server.packing import parse_selects, study_predictions
+    from fmeval.settings import data_root, reports_root
+    from fmeval.studies.plan import plan_study
+    from fmeval.studies.spec import StudyError, load_study, resolve_study_path
+
+    picks = parse_selects(select)
+    try:
+        path = resolve_study_path(target)
+    except StudyError as exc:
+        raise ConfigError(f"{target} is neither a folder of predictions nor a study: {exc}") from None
+    spec, digest = load_study(path)
+    plan = plan_study(spec, digest, reports_root=reports_dir or reports_root(), user=user_defaults())
+    root = data_root()
+    files, found_size, said = study_predictions(plan, size, picks, work, str(root) if root else None)
+    for line in said:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    return files, found_size
 
 
 @server_app.command("rescore")
@@ -226,3 +274,66 @@ def hide(submission_id: Annotated[int, typer.Argument(help="Submission id.")], d
         sub.hidden = not unhide
         s.commit()
         console.print(f"submission {submission_id} ({sub.model_name}) {'shown' if unhide else 'hidden'}.", highlight=False)
+
+
+@server_app.command("tokens")
+def tokens(db: DbOption = "sqlite:///leaderboard.sqlite3",
+           team: Annotated[Optional[str], typer.Option(help="Only this team's tokens.")] = None) -> None:
+    """List the API tokens (id, team, prefix, created, revoked); the server keeps no token itself."""
+    from sqlalchemy import select
+
+    from fmeval.server.models import ApiToken, Team
+
+    _check_team(team)
+    sessions = _open(db)
+    with sessions() as s:
+        q = select(ApiToken, Team.name).join(Team, Team.id == ApiToken.team_id).order_by(ApiToken.id)
+        if team is not None:
+            if s.scalar(select(Team).where(Team.name == team)) is None:
+                raise ConfigError(f"no team {team!r} in {db}.")
+            q = q.where(Team.name == team)
+        rows = s.execute(q).all()
+    for tok, name in rows:
+        console.print(f"{tok.id}\t{name}\t{tok.prefix}...\t{tok.created:%Y-%m-%d %H:%M}\t"
+                      + ("revoked" if tok.revoked else "live"), highlight=False, markup=False, soft_wrap=True)
+    if not rows:
+        console.print("no API tokens.", highlight=False)
+
+
+@server_app.command("revoke-token")
+def revoke_token(
+    token_id: Annotated[Optional[int], typer.Argument(help="Token id (from fmeval server tokens).",
+                                                      show_default=False)] = None,
+    db: DbOption = "sqlite:///leaderboard.sqlite3",
+    team: Annotated[Optional[str], typer.Option(help="Revoke every token of this team instead.")] = None,
+) -> None:
+    """Revoke an API token (or all of a team's): the server refuses it from then on."""
+    from sqlalchemy import select
+
+    from fmeval.server.models import ApiToken, Team
+
+    if (token_id is None) == (team is None):
+        raise ConfigError("give a token id or --team NAME (not both).")
+    _check_team(team)
+    sessions = _open(db)
+    with sessions() as s:
+        if team is not None:
+            t = s.scalar(select(Team).where(Team.name == team))
+            if t is None:
+                raise ConfigError(f"no team {team!r} in {db}.")
+            rows = list(s.scalars(select(ApiToken).where(ApiToken.team_id == t.id, ApiToken.revoked.is_(False))))
+        else:
+            row = s.get(ApiToken, token_id)
+            if row is None:
+                raise ConfigError(f"no API token {token_id} in {db}.")
+            rows = [row]
+        for row in rows:
+            row.revoked = True
+        s.commit()
+        console.print(f"revoked {len(rows)} API token(s): " + (", ".join(f"{r.id} ({r.prefix}...)" for r in rows) or "none live"),
+                      highlight=False, markup=False, soft_wrap=True)
+
+
+def _check_team(team: str | None) -> None:
+    if team is not None and not team.strip():
+        raise ConfigError("--team is empty; give a team name.")

@@ -11,6 +11,7 @@ escaped by the template engine.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -20,11 +21,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from fmeval.server.models import Team
+from fmeval.server import auth
+from fmeval.server.models import Team, utcnow
 from fmeval.server.scoring import LEADERBOARD_METRICS, RANKED, SubmissionError
 from fmeval.server.service import AuthError, Leaderboard, LimitError, submission_summary
+from fmeval.server.throttle import TooManyAttempts
 
 COOKIE = "fmeval_session"
+PRE_COOKIE = "fmeval_csrf"  # a visitor's pre-session cookie: the login and register forms' CSRF tokens are bound to it
+STALE = "the form's CSRF token is missing or stale; reload the page and try again."
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
                         autoescape=select_autoescape(default=True, default_for_string=True))
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -40,14 +45,32 @@ TEMPLATES.filters["num"] = _fmt
 
 
 def create_app(lb: Leaderboard) -> Starlette:
-    def page(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
+    def page(request: Request, name: str, status: int = 200, headers: dict | None = None, **ctx) -> HTMLResponse:
+        """A rendered page. Every visitor has a pre-session cookie (made here when missing) and
+        ``form_csrf``, the login and register forms' token bound to that cookie."""
+        pre = request.cookies.get(PRE_COOKIE) or None
         with lb.sessions() as db:
             s = lb.session_of(db, request.cookies.get(COOKIE))
             me = {"name": db.get(Team, s.team_id).name, "csrf": s.csrf} if s else None
-        html = TEMPLATES.get_template(name).render(me=me, sizes=lb.labels.sizes, metrics=RANKED,
+            fresh = None
+            if pre is None:
+                pre = fresh = auth.new_secret()
+            form_csrf = auth.form_token(lb.secret(db), pre)
+        html = TEMPLATES.get_template(name).render(me=me, form_csrf=form_csrf, sizes=lb.labels.sizes, metrics=RANKED,
                                                    metric_labels={m: LEADERBOARD_METRICS.entry(m).tags["label"] for m in RANKED},
                                                    labels=lb.labels, **ctx)
-        return HTMLResponse(html, status_code=status, headers=HEADERS)
+        resp = HTMLResponse(html, status_code=status, headers={**HEADERS, **(headers or {})})
+        if fresh:
+            resp.set_cookie(PRE_COOKIE, fresh, httponly=True, samesite="lax", secure=lb.settings.secure_cookies, path="/")
+        return resp
+
+    def pre_session_ok(request: Request, form) -> bool:
+        """The login/register form's token is the HMAC of this visitor's pre-session cookie (constant time)."""
+        pre = request.cookies.get(PRE_COOKIE)
+        if not pre:
+            return False
+        with lb.sessions() as db:
+            return auth.same(form.get("csrf"), auth.form_token(lb.secret(db), pre))
 
     def error(request: Request, message: str, status: int = 400) -> Response:
         if _wants_json(request):
@@ -55,18 +78,23 @@ def create_app(lb: Leaderboard) -> Starlette:
         return page(request, "error.html", status=status, message=message)
 
     def current(request: Request):
-        """(team, session) of the cookie, or (team, None) of a Bearer token, or (None, None)."""
+        """(team, session) of the cookie, or (team, None) of a Bearer token, or (None, None); an unknown
+        or revoked token's one-line reason is kept in the request for the 401 answer."""
         with lb.sessions() as db:
             authz = request.headers.get("authorization", "")
             if authz.lower().startswith("bearer "):
-                return lb.team_of_token(db, authz[7:].strip()), None
+                try:
+                    return lb.team_of_token(db, authz[7:].strip()), None
+                except AuthError as exc:
+                    request.scope["fmeval_auth_error"] = str(exc)
+                    return None, None
             s = lb.session_of(db, request.cookies.get(COOKIE))
             return (db.get(Team, s.team_id), s) if s else (None, None)
 
     async def form_with_csrf(request: Request, session) -> dict:
         form = await request.form(max_files=1, max_fields=20, max_part_size=lb.settings.limits.max_upload_bytes)
-        if session is not None and form.get("csrf") != session.csrf:
-            raise AuthError("the form's CSRF token is missing or stale; reload the page and try again.")
+        if session is not None and not auth.same(form.get("csrf"), session.csrf):
+            raise AuthError(STALE)
         return form
 
     # -- pages ------------------------------------------------------------------------------
@@ -131,18 +159,25 @@ def create_app(lb: Leaderboard) -> Starlette:
         if request.method == "GET":
             return page(request, "register.html")
         form = await request.form(max_files=0, max_fields=10)
+        if not pre_session_ok(request, form):
+            return page(request, "register.html", status=403, message=STALE)
         try:
             with lb.sessions() as db:
                 await run_in_threadpool(lb.register, db, str(form.get("team", "")), str(form.get("email", "")),
                                         str(form.get("password", "")))
         except AuthError as exc:
             return page(request, "register.html", status=400, message=str(exc))
-        return await _login_response(request, str(form.get("email", "")), str(form.get("password", "")))
+        return await _login_response(request, str(form.get("email", "")), str(form.get("password", "")),
+                                     throttled=False)  # the password was set a moment ago: not a guess
 
-    async def _login_response(request: Request, email: str, password: str) -> Response:
+    async def _login_response(request: Request, email: str, password: str, throttled: bool = True) -> Response:
+        address = request.client.host if request.client else ""
         try:
             with lb.sessions() as db:
-                cookie, _ = await run_in_threadpool(lb.login, db, email, password)
+                cookie, _ = await run_in_threadpool(lb.login, db, email, password, address, throttled)
+        except TooManyAttempts as exc:
+            wait = max(1, int((exc.retry_at - utcnow()).total_seconds()) + 1)
+            return page(request, "login.html", status=429, message=str(exc), headers={"Retry-After": str(wait)})
         except AuthError as exc:
             return page(request, "login.html", status=400, message=str(exc))
         resp = RedirectResponse("/me", status_code=303, headers=HEADERS)
@@ -154,6 +189,8 @@ def create_app(lb: Leaderboard) -> Starlette:
         if request.method == "GET":
             return page(request, "login.html")
         form = await request.form(max_files=0, max_fields=10)
+        if not pre_session_ok(request, form):
+            return page(request, "login.html", status=403, message=STALE)
         return await _login_response(request, str(form.get("email", "")), str(form.get("password", "")))
 
     async def logout(request: Request) -> Response:
@@ -172,12 +209,24 @@ def create_app(lb: Leaderboard) -> Starlette:
     async def me(request: Request) -> Response:
         t, s = current(request)
         if t is None:
+            if _wants_json(request):
+                return error(request, request.scope.get("fmeval_auth_error") or "log in or send an API token.", 401)
             return RedirectResponse("/login", status_code=303)
+        return my_page(request, t)
+
+    def my_page(request: Request, t, token: str | None = None, message: str | None = None, status: int = 200) -> Response:
         with lb.sessions() as db:
             _, subs = lb.team_page(db, t.name)
             rows = [submission_summary(x) for x in subs]
             nxt = lb.next_allowed(db, t.id)
-        return page(request, "me.html", rows=rows, next_allowed=nxt, token=None)
+            tokens = [{"id": k.id, "prefix": k.prefix, "created": k.created.isoformat(timespec="seconds"),
+                       "revoked": k.revoked} for k in lb.tokens(db, t.id)]
+        if _wants_json(request):
+            return JSONResponse({"team": t.name, "submissions": rows, "tokens": tokens,
+                                 "next_allowed": nxt.isoformat(timespec="seconds") if nxt and nxt != datetime.max
+                                 else None, "limit_reached": nxt is not None}, headers=HEADERS)
+        return page(request, "me.html", status=status, rows=rows, next_allowed=nxt, token=token,
+                    tokens=tokens, message=message)
 
     async def new_token(request: Request) -> Response:
         t, s = current(request)
@@ -189,15 +238,41 @@ def create_app(lb: Leaderboard) -> Starlette:
             return error(request, str(exc), 403)
         with lb.sessions() as db:
             token = lb.new_token(db, t.id)
-            _, subs = lb.team_page(db, t.name)
-            rows = [submission_summary(x) for x in subs]
-        return page(request, "me.html", rows=rows, next_allowed=None, token=token)
+        return my_page(request, t, token=token)
+
+    async def revoke_token(request: Request) -> Response:
+        """POST /tokens/{id}/revoke: the team's own token, from its page (session + CSRF)."""
+        t, s = current(request)
+        if t is None or s is None:
+            return error(request, "log in to revoke an API token.", 401)
+        try:
+            await form_with_csrf(request, s)
+            with lb.sessions() as db:
+                row = lb.revoke_token(db, request.path_params["tid"], t.id)
+        except AuthError as exc:
+            return error(request, str(exc), 403)
+        except SubmissionError as exc:
+            return error(request, str(exc), 404)
+        return my_page(request, t, message=f"API token {row.prefix}... revoked; it is refused from now on.")
+
+    async def api_revoke_token(request: Request) -> Response:
+        """POST /api/tokens/revoke with ``Authorization: Bearer <token>``: revokes that token itself."""
+        authz = request.headers.get("authorization", "")
+        if not authz.lower().startswith("bearer "):
+            return JSONResponse({"error": "send the token to revoke: Authorization: Bearer <token>."},
+                                status_code=401, headers=HEADERS)
+        try:
+            with lb.sessions() as db:
+                row = lb.revoke_presented(db, authz[7:].strip())
+        except AuthError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=401, headers=HEADERS)
+        return JSONResponse({"revoked": row.prefix, "id": row.id}, headers=HEADERS)
 
     async def upload(request: Request) -> Response:
         """POST /submit (form, CSRF) and POST /api/submissions (Bearer token): one zip, one resolution."""
         t, s = current(request)
         if t is None:
-            return error(request, "log in (or send an API token) to submit.", 401)
+            return error(request, request.scope.get("fmeval_auth_error") or "log in (or send an API token) to submit.", 401)
         if request.headers.get("content-length", "0").isdigit() and \
                 int(request.headers.get("content-length", "0")) > lb.settings.limits.max_upload_bytes + 65536:
             return error(request, f"upload larger than {lb.settings.limits.max_upload_bytes} bytes.", 413)
@@ -243,7 +318,10 @@ def create_app(lb: Leaderboard) -> Starlette:
         Route("/compare", compare), Route("/api/compare", json_twin(compare)),
         Route("/teams/{name}", team), Route("/api/teams/{name}", json_twin(team)),
         Route("/register", register, methods=["GET", "POST"]), Route("/login", login, methods=["GET", "POST"]),
-        Route("/logout", logout, methods=["POST"]), Route("/me", me), Route("/tokens", new_token, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]), Route("/me", me), Route("/api/me", json_twin(me)),
+        Route("/tokens", new_token, methods=["POST"]),
+        Route("/tokens/{tid:int}/revoke", revoke_token, methods=["POST"]),
+        Route("/api/tokens/revoke", api_revoke_token, methods=["POST"]),
         Route("/submit", upload, methods=["POST"]), Route("/api/submissions", api_upload, methods=["POST"]),
     ]
     return Starlette(debug=False, routes=routes)

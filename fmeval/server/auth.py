@@ -34,6 +34,17 @@ def verify_password(password: str, stored: str | None) -> bool:
     return hmac.compare_digest(got, base64.b64decode(key))
 
 
+_DUMMY: list[str] = []
+
+
+def dummy_hash() -> str:
+    """A password hash of nothing anyone typed: verified against when the email has no account, so a
+    login takes the same scrypt time whether or not the account exists."""
+    if not _DUMMY:
+        _DUMMY.append(hash_password(secrets.token_urlsafe(16)))
+    return _DUMMY[0]
+
+
 def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
@@ -44,3 +55,16 @@ def new_api_token() -> str:
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def form_token(key: str, cookie: str) -> str:
+    """The CSRF token of a form shown before login: an HMAC of the visitor's pre-session cookie under
+    the server's secret, so it is bound to that cookie and cannot be minted without the secret."""
+    return hmac.new(key.encode(), b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()
+
+
+def same(given: object, expected: str | None) -> bool:
+    """Constant-time comparison of a submitted token with the expected one (False for missing values)."""
+    if not isinstance(given, str) or not given or not expected:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())

@@ -88,3 +88,23 @@ class Score(Base):
     precision: Mapped[float | None] = mapped_column(Float, nullable=True)
     detail: Mapped[dict] = mapped_column(JSON, default=dict)  # CIs, confusion matrix
     submission: Mapped[Submission] = relationship(back_populates="scores")
+
+
+class LoginAttempt(Base):
+    """One login attempt that was let through to the password check, kept for the length of the
+    rate-limit window (a successful login removes its own rows; a refused one is never stored)."""
+
+    __tablename__ = "login_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "account" or "address"
+    key: Mapped[str] = mapped_column(String(254))
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ServerSecret(Base):
+    """Random values made once per database (shared by every worker): the key that signs the
+    CSRF tokens of the login and register forms."""
+
+    __tablename__ = "server_secrets"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))

@@ -22,10 +22,11 @@ from fmeval.metrics import rank_order
 from fmeval.server import auth
 from fmeval.server.baselines import SOURCE as BASELINE_SOURCE, baseline_rows
 from fmeval.server.labels import LabelStore
-from fmeval.server.models import ApiToken, LoginSession, Score, Submission, Team, utcnow
+from fmeval.server.models import ApiToken, LoginSession, Score, ServerSecret, Submission, Team, utcnow
 from fmeval.server.scoring import (
     LEADERBOARD_METRICS, RANKED, DatasetScore, SubmissionError, ZipLimits, score_arrays, score_zip,
 )
+from fmeval.server.throttle import LoginLimits, admit, forget
 
 LOG = logging.getLogger("fmeval.server")
 BASELINE_TEAM = "baseline"
@@ -57,6 +58,7 @@ class ServerSettings:
     n_boot: int = 200
     secure_cookies: bool = False  # set behind TLS (--secure-cookies)
     limits: ZipLimits = field(default_factory=ZipLimits)
+    login: LoginLimits = field(default_factory=LoginLimits)
 
     def to_json(self) -> dict:
         from dataclasses import asdict
@@ -65,7 +67,7 @@ class ServerSettings:
 
     @classmethod
     def from_json(cls, raw: dict) -> "ServerSettings":
-        return cls(**{**raw, "limits": ZipLimits(**raw.get("limits", {}))})
+        return cls(**{**raw, "limits": ZipLimits(**raw.get("limits", {})), "login": LoginLimits(**raw.get("login", {}))})
 
 
 #: the range a metric's mean can take; the t-interval is clipped to it (3 datasets give wide intervals)
@@ -94,6 +96,7 @@ class Leaderboard:
         self.settings = settings
         self.labels = labels
         self.sessions = sessions
+        self._secrets: dict[str, str] = {}
         self._write_lock = threading.Lock()  # one process's limit check + insert; PostgreSQL also locks the team row
         self.benchmark_is_twelve = sorted(labels.datasets) == sorted(TWELVE_2D)
 
@@ -123,10 +126,19 @@ class Leaderboard:
         db.commit()
         return team
 
-    def login(self, db: Session, email: str, password: str) -> tuple[str, str]:
-        team = db.scalar(select(Team).where(Team.email == email.strip().lower()))
-        if team is None or not auth.verify_password(password, team.password_hash):
-            raise AuthError("wrong email or password.")
+    def login(self, db: Session, email: str, password: str, address: str = "",
+              throttled: bool = True) -> tuple[str, str]:
+        """A new session (cookie, CSRF token), after the rate limit let the attempt through
+        (:func:`fmeval.server.throttle.admit` raises ``TooManyAttempts`` otherwise; ``throttled=False``
+        only for the login that follows a registration, whose password is not a guess)."""
+        email = email.strip().lower()
+        attempt = admit(db, self.settings.login, email, address) if throttled else []
+        team = db.scalar(select(Team).where(Team.email == email))
+        stored = team.password_hash if team is not None and team.password_hash else auth.dummy_hash()
+        if not auth.verify_password(password, stored) or team is None or not team.password_hash:
+            raise AuthError("wrong email or password.")  # same scrypt work either way: no account enumeration by time
+        if attempt:
+            forget(db, attempt)
         cookie, csrf = auth.new_secret(), auth.new_secret()
         db.add(LoginSession(token_hash=auth.digest(cookie), csrf=csrf, team_id=team.id,
                             expires=utcnow() + timedelta(days=SESSION_DAYS)))
@@ -151,9 +163,50 @@ class Leaderboard:
         db.commit()
         return token
 
-    def team_of_token(self, db: Session, token: str) -> Team | None:
-        row = db.scalar(select(ApiToken).where(ApiToken.token_hash == auth.digest(token), ApiToken.revoked.is_(False)))
-        return db.get(Team, row.team_id) if row else None
+    def team_of_token(self, db: Session, token: str) -> Team:
+        """The team of a live API token; AuthError (one line) for an unknown or revoked one."""
+        row = db.scalar(select(ApiToken).where(ApiToken.token_hash == auth.digest(token)))
+        if row is None:
+            raise AuthError("unknown API token; create one on your team page.")
+        if row.revoked:
+            raise AuthError(f"API token {row.prefix}... was revoked; create a new one on your team page.")
+        return db.get(Team, row.team_id)
+
+    def tokens(self, db: Session, team_id: int | None = None) -> list[ApiToken]:
+        q = select(ApiToken).order_by(ApiToken.id)
+        return list(db.scalars(q if team_id is None else q.where(ApiToken.team_id == team_id)).all())
+
+    def revoke_token(self, db: Session, token_id: int, team_id: int | None = None) -> ApiToken:
+        """Revoke one token (``team_id``: only if it is that team's; None: an admin). Idempotent."""
+        row = db.get(ApiToken, token_id)
+        if row is None or (team_id is not None and row.team_id != team_id):
+            raise SubmissionError(f"no API token {token_id}" + (" of this team." if team_id is not None else "."))
+        row.revoked = True
+        db.commit()
+        return row
+
+    def revoke_presented(self, db: Session, token: str) -> ApiToken:
+        """Revoke the token presented (a leaked token can be killed with itself)."""
+        team = self.team_of_token(db, token)
+        row = db.scalar(select(ApiToken).where(ApiToken.token_hash == auth.digest(token)))
+        return self.revoke_token(db, row.id, team.id)
+
+    def secret(self, db: Session, name: str = "csrf") -> str:
+        """A random value made once per database and shared by every worker (first writer wins)."""
+        from sqlalchemy.exc import IntegrityError
+
+        cached = self._secrets.get(name)
+        if cached is None:
+            row = db.get(ServerSecret, name)
+            if row is None:
+                try:
+                    db.add(ServerSecret(name=name, value=auth.new_secret()))
+                    db.commit()
+                except IntegrityError:  # another worker made it first
+                    db.rollback()
+                row = db.get(ServerSecret, name)
+            cached = self._secrets[name] = row.value
+        return cached
 
     # -- baselines --------------------------------------------------------------------------
     def preload_baselines(self, db: Session) -> None:
