@@ -44,285 +44,298 @@ def _fmt(v, digits: int = 4) -> str:
 TEMPLATES.filters["num"] = _fmt
 
 
-def create_app(lb: Leaderboard) -> Starlette:
-    def page(request: Request, name: str, status: int = 200, headers: dict | None = None, **ctx) -> HTMLResponse:
+class _Site:
+    """The leaderboard's request handlers, bound to one :class:`Leaderboard`.
+
+    A class rather than closures in :func:`create_app`, so each handler is a method of one job
+    and the app factory is only the route table."""
+
+    def __init__(self, lb: Leaderboard) -> None:
+        self.lb = lb
+
+    def page(self, request: Request, name: str, status: int = 200, headers: dict | None = None, **ctx) -> HTMLResponse:
         """A rendered page. Every visitor has a pre-session cookie (made here when missing) and
         ``form_csrf``, the login and register forms' token bound to that cookie."""
         pre = request.cookies.get(PRE_COOKIE) or None
-        with lb.sessions() as db:
-            s = lb.session_of(db, request.cookies.get(COOKIE))
+        with self.lb.sessions() as db:
+            s = self.lb.session_of(db, request.cookies.get(COOKIE))
             me = {"name": db.get(Team, s.team_id).name, "csrf": s.csrf} if s else None
             fresh = None
             if pre is None:
                 pre = fresh = auth.new_secret()
-            form_csrf = auth.form_token(lb.secret(db), pre)
-        html = TEMPLATES.get_template(name).render(me=me, form_csrf=form_csrf, sizes=lb.labels.sizes, metrics=RANKED,
+            form_csrf = auth.form_token(self.lb.secret(db), pre)
+        html = TEMPLATES.get_template(name).render(me=me, form_csrf=form_csrf, sizes=self.lb.labels.sizes, metrics=RANKED,
                                                    metric_labels={m: LEADERBOARD_METRICS.entry(m).tags["label"] for m in RANKED},
-                                                   labels=lb.labels, **ctx)
+                                                   labels=self.lb.labels, **ctx)
         resp = HTMLResponse(html, status_code=status, headers={**HEADERS, **(headers or {})})
         if fresh:
-            resp.set_cookie(PRE_COOKIE, fresh, httponly=True, samesite="lax", secure=lb.settings.secure_cookies, path="/")
+            resp.set_cookie(PRE_COOKIE, fresh, httponly=True, samesite="lax", secure=self.lb.settings.secure_cookies, path="/")
         return resp
 
-    def pre_session_ok(request: Request, form) -> bool:
+    def pre_session_ok(self, request: Request, form) -> bool:
         """The login/register form's token is the HMAC of this visitor's pre-session cookie (constant time)."""
         pre = request.cookies.get(PRE_COOKIE)
         if not pre:
             return False
-        with lb.sessions() as db:
-            return auth.same(form.get("csrf"), auth.form_token(lb.secret(db), pre))
+        with self.lb.sessions() as db:
+            return auth.same(form.get("csrf"), auth.form_token(self.lb.secret(db), pre))
 
-    def error(request: Request, message: str, status: int = 400) -> Response:
+    def error(self, request: Request, message: str, status: int = 400) -> Response:
         if _wants_json(request):
             return JSONResponse({"error": message}, status_code=status, headers=HEADERS)
-        return page(request, "error.html", status=status, message=message)
+        return self.page(request, "error.html", status=status, message=message)
 
-    def current(request: Request):
+    def current(self, request: Request):
         """(team, session) of the cookie, or (team, None) of a Bearer token, or (None, None); an unknown
         or revoked token's one-line reason is kept in the request for the 401 answer."""
-        with lb.sessions() as db:
+        with self.lb.sessions() as db:
             authz = request.headers.get("authorization", "")
             if authz.lower().startswith("bearer "):
                 try:
-                    return lb.team_of_token(db, authz[7:].strip()), None
+                    return self.lb.team_of_token(db, authz[7:].strip()), None
                 except AuthError as exc:
                     request.scope["fmeval_auth_error"] = str(exc)
                     return None, None
-            s = lb.session_of(db, request.cookies.get(COOKIE))
+            s = self.lb.session_of(db, request.cookies.get(COOKIE))
             return (db.get(Team, s.team_id), s) if s else (None, None)
 
-    async def form_with_csrf(request: Request, session) -> dict:
-        form = await request.form(max_files=1, max_fields=20, max_part_size=lb.settings.limits.max_upload_bytes)
+    async def form_with_csrf(self, request: Request, session) -> dict:
+        form = await request.form(max_files=1, max_fields=20, max_part_size=self.lb.settings.limits.max_upload_bytes)
         if session is not None and not auth.same(form.get("csrf"), session.csrf):
             raise AuthError(STALE)
         return form
 
     # -- pages ------------------------------------------------------------------------------
-    async def index(request: Request) -> Response:
-        size = int(request.query_params.get("size", lb.labels.sizes[0]))
+    async def index(self, request: Request) -> Response:
+        size = int(request.query_params.get("size", self.lb.labels.sizes[0]))
         metric = request.query_params.get("metric", "auc")
         try:
-            top = int(request.query_params.get("top", lb.settings.top))
-            with lb.sessions() as db:
-                board = lb.ranking(db, size, metric, top=max(1, min(top, 1000)))
+            top = int(request.query_params.get("top", self.lb.settings.top))
+            with self.lb.sessions() as db:
+                board = self.lb.ranking(db, size, metric, top=max(1, min(top, 1000)))
         except (SubmissionError, ValueError) as exc:
-            return error(request, str(exc))
+            return self.error(request, str(exc))
         if _wants_json(request):
             return JSONResponse(board, headers=HEADERS)
-        return page(request, "leaderboard.html", board=board, baseline_comparable=lb.benchmark_is_twelve)
+        return self.page(request, "leaderboard.html", board=board, baseline_comparable=self.lb.benchmark_is_twelve)
 
-    async def api_leaderboard(request: Request) -> Response:
+    async def api_leaderboard(self, request: Request) -> Response:
         request.scope["fmeval_json"] = True
-        return await index(request)
+        return await self.index(request)
 
-    async def submission(request: Request) -> Response:
+    async def submission(self, request: Request) -> Response:
         try:
-            with lb.sessions() as db:
-                sub = lb.detail(db, int(request.path_params["sid"]))
+            with self.lb.sessions() as db:
+                sub = self.lb.detail(db, int(request.path_params["sid"]))
                 data = {**submission_summary(sub), "scores": [
                     {"dataset": s.dataset, "n": s.n, "sha256": s.sha256,
                      **{m: getattr(s, m) for m in ("auc", "balanced_acc", "kappa", "acc", "precision")}, **s.detail}
                     for s in sub.scores]}
         except SubmissionError as exc:
-            return error(request, str(exc), 404)
+            return self.error(request, str(exc), 404)
         if _wants_json(request):
             return JSONResponse(data, headers=HEADERS)
-        return page(request, "submission.html", sub=data)
+        return self.page(request, "submission.html", sub=data)
 
-    async def compare(request: Request) -> Response:
+    async def compare(self, request: Request) -> Response:
         q = request.query_params
         try:
-            with lb.sessions() as db:
-                data = await run_in_threadpool(lb.compare, db, int(q.get("a", 0)), int(q.get("b", 0)),
+            with self.lb.sessions() as db:
+                data = await run_in_threadpool(self.lb.compare, db, int(q.get("a", 0)), int(q.get("b", 0)),
                                                q.get("metric", "auc"))
         except (SubmissionError, ValueError) as exc:
-            return error(request, str(exc))
+            return self.error(request, str(exc))
         if _wants_json(request):
             return JSONResponse(data, headers=HEADERS)
         from fmeval.server.plots import comparison_png
 
-        return page(request, "compare.html", cmp=data, figure=await run_in_threadpool(comparison_png, data))
+        return self.page(request, "compare.html", cmp=data, figure=await run_in_threadpool(comparison_png, data))
 
-    async def team(request: Request) -> Response:
+    async def team(self, request: Request) -> Response:
         try:
-            with lb.sessions() as db:
-                t, subs = lb.team_page(db, request.path_params["name"])
+            with self.lb.sessions() as db:
+                t, subs = self.lb.team_page(db, request.path_params["name"])
                 rows = [submission_summary(s) for s in subs]
         except SubmissionError as exc:
-            return error(request, str(exc), 404)
+            return self.error(request, str(exc), 404)
         if _wants_json(request):
             return JSONResponse({"team": t.name, "submissions": rows}, headers=HEADERS)
-        return page(request, "team.html", team=t.name, rows=rows)
+        return self.page(request, "team.html", team=t.name, rows=rows)
 
     # -- accounts ---------------------------------------------------------------------------
-    async def register(request: Request) -> Response:
+    async def register(self, request: Request) -> Response:
         if request.method == "GET":
-            return page(request, "register.html")
+            return self.page(request, "register.html")
         form = await request.form(max_files=0, max_fields=10)
-        if not pre_session_ok(request, form):
-            return page(request, "register.html", status=403, message=STALE)
+        if not self.pre_session_ok(request, form):
+            return self.page(request, "register.html", status=403, message=STALE)
         try:
-            with lb.sessions() as db:
-                await run_in_threadpool(lb.register, db, str(form.get("team", "")), str(form.get("email", "")),
+            with self.lb.sessions() as db:
+                await run_in_threadpool(self.lb.register, db, str(form.get("team", "")), str(form.get("email", "")),
                                         str(form.get("password", "")))
         except AuthError as exc:
-            return page(request, "register.html", status=400, message=str(exc))
-        return await _login_response(request, str(form.get("email", "")), str(form.get("password", "")),
+            return self.page(request, "register.html", status=400, message=str(exc))
+        return await self._login_response(request, str(form.get("email", "")), str(form.get("password", "")),
                                      throttled=False)  # the password was set a moment ago: not a guess
 
-    async def _login_response(request: Request, email: str, password: str, throttled: bool = True) -> Response:
+    async def _login_response(self, request: Request, email: str, password: str, throttled: bool = True) -> Response:
         address = request.client.host if request.client else ""
         try:
-            with lb.sessions() as db:
-                cookie, _ = await run_in_threadpool(lb.login, db, email, password, address, throttled)
+            with self.lb.sessions() as db:
+                cookie, _ = await run_in_threadpool(self.lb.login, db, email, password, address, throttled)
         except TooManyAttempts as exc:
             wait = max(1, int((exc.retry_at - utcnow()).total_seconds()) + 1)
-            return page(request, "login.html", status=429, message=str(exc), headers={"Retry-After": str(wait)})
+            return self.page(request, "login.html", status=429, message=str(exc), headers={"Retry-After": str(wait)})
         except AuthError as exc:
-            return page(request, "login.html", status=400, message=str(exc))
+            return self.page(request, "login.html", status=400, message=str(exc))
         resp = RedirectResponse("/me", status_code=303, headers=HEADERS)
         resp.set_cookie(COOKIE, cookie, max_age=14 * 86400, httponly=True, samesite="lax",
-                        secure=lb.settings.secure_cookies, path="/")
+                        secure=self.lb.settings.secure_cookies, path="/")
         return resp
 
-    async def login(request: Request) -> Response:
+    async def login(self, request: Request) -> Response:
         if request.method == "GET":
-            return page(request, "login.html")
+            return self.page(request, "login.html")
         form = await request.form(max_files=0, max_fields=10)
-        if not pre_session_ok(request, form):
-            return page(request, "login.html", status=403, message=STALE)
-        return await _login_response(request, str(form.get("email", "")), str(form.get("password", "")))
+        if not self.pre_session_ok(request, form):
+            return self.page(request, "login.html", status=403, message=STALE)
+        return await self._login_response(request, str(form.get("email", "")), str(form.get("password", "")))
 
-    async def logout(request: Request) -> Response:
-        t, s = current(request)
+    async def logout(self, request: Request) -> Response:
+        t, s = self.current(request)
         try:
             if s is not None:
-                await form_with_csrf(request, s)
+                await self.form_with_csrf(request, s)
         except AuthError as exc:
-            return error(request, str(exc), 403)
-        with lb.sessions() as db:
-            lb.logout(db, request.cookies.get(COOKIE))
+            return self.error(request, str(exc), 403)
+        with self.lb.sessions() as db:
+            self.lb.logout(db, request.cookies.get(COOKIE))
         resp = RedirectResponse("/", status_code=303, headers=HEADERS)
         resp.delete_cookie(COOKIE, path="/")
         return resp
 
-    async def me(request: Request) -> Response:
-        t, s = current(request)
+    async def me(self, request: Request) -> Response:
+        t, s = self.current(request)
         if t is None:
             if _wants_json(request):
-                return error(request, request.scope.get("fmeval_auth_error") or "log in or send an API token.", 401)
+                return self.error(request, request.scope.get("fmeval_auth_error") or "log in or send an API token.", 401)
             return RedirectResponse("/login", status_code=303)
-        return my_page(request, t)
+        return self.my_page(request, t)
 
-    def my_page(request: Request, t, token: str | None = None, message: str | None = None, status: int = 200) -> Response:
-        with lb.sessions() as db:
-            _, subs = lb.team_page(db, t.name)
+    def my_page(self, request: Request, t, token: str | None = None, message: str | None = None, status: int = 200) -> Response:
+        with self.lb.sessions() as db:
+            _, subs = self.lb.team_page(db, t.name)
             rows = [submission_summary(x) for x in subs]
-            nxt = lb.next_allowed(db, t.id)
+            nxt = self.lb.next_allowed(db, t.id)
             tokens = [{"id": k.id, "prefix": k.prefix, "created": k.created.isoformat(timespec="seconds"),
-                       "revoked": k.revoked} for k in lb.tokens(db, t.id)]
+                       "revoked": k.revoked} for k in self.lb.tokens(db, t.id)]
         if _wants_json(request):
             return JSONResponse({"team": t.name, "submissions": rows, "tokens": tokens,
                                  "next_allowed": nxt.isoformat(timespec="seconds") if nxt and nxt != datetime.max
                                  else None, "limit_reached": nxt is not None}, headers=HEADERS)
-        return page(request, "me.html", status=status, rows=rows, next_allowed=nxt, token=token,
+        return self.page(request, "me.html", status=status, rows=rows, next_allowed=nxt, token=token,
                     tokens=tokens, message=message)
 
-    async def new_token(request: Request) -> Response:
-        t, s = current(request)
+    async def new_token(self, request: Request) -> Response:
+        t, s = self.current(request)
         if t is None or s is None:
-            return error(request, "log in to create an API token.", 401)
+            return self.error(request, "log in to create an API token.", 401)
         try:
-            await form_with_csrf(request, s)
+            await self.form_with_csrf(request, s)
         except AuthError as exc:
-            return error(request, str(exc), 403)
-        with lb.sessions() as db:
-            token = lb.new_token(db, t.id)
-        return my_page(request, t, token=token)
+            return self.error(request, str(exc), 403)
+        with self.lb.sessions() as db:
+            token = self.lb.new_token(db, t.id)
+        return self.my_page(request, t, token=token)
 
-    async def revoke_token(request: Request) -> Response:
+    async def revoke_token(self, request: Request) -> Response:
         """POST /tokens/{id}/revoke: the team's own token, from its page (session + CSRF)."""
-        t, s = current(request)
+        t, s = self.current(request)
         if t is None or s is None:
-            return error(request, "log in to revoke an API token.", 401)
+            return self.error(request, "log in to revoke an API token.", 401)
         try:
-            await form_with_csrf(request, s)
-            with lb.sessions() as db:
-                row = lb.revoke_token(db, request.path_params["tid"], t.id)
+            await self.form_with_csrf(request, s)
+            with self.lb.sessions() as db:
+                row = self.lb.revoke_token(db, request.path_params["tid"], t.id)
         except AuthError as exc:
-            return error(request, str(exc), 403)
+            return self.error(request, str(exc), 403)
         except SubmissionError as exc:
-            return error(request, str(exc), 404)
-        return my_page(request, t, message=f"API token {row.prefix}... revoked; it is refused from now on.")
+            return self.error(request, str(exc), 404)
+        return self.my_page(request, t, message=f"API token {row.prefix}... revoked; it is refused from now on.")
 
-    async def api_revoke_token(request: Request) -> Response:
+    async def api_revoke_token(self, request: Request) -> Response:
         """POST /api/tokens/revoke with ``Authorization: Bearer <token>``: revokes that token itself."""
         authz = request.headers.get("authorization", "")
         if not authz.lower().startswith("bearer "):
             return JSONResponse({"error": "send the token to revoke: Authorization: Bearer <token>."},
                                 status_code=401, headers=HEADERS)
         try:
-            with lb.sessions() as db:
-                row = lb.revoke_presented(db, authz[7:].strip())
+            with self.lb.sessions() as db:
+                row = self.lb.revoke_presented(db, authz[7:].strip())
         except AuthError as exc:
             return JSONResponse({"error": str(exc)}, status_code=401, headers=HEADERS)
         return JSONResponse({"revoked": row.prefix, "id": row.id}, headers=HEADERS)
 
-    async def upload(request: Request) -> Response:
+    async def upload(self, request: Request) -> Response:
         """POST /submit (form, CSRF) and POST /api/submissions (Bearer token): one zip, one resolution."""
-        t, s = current(request)
+        t, s = self.current(request)
         if t is None:
-            return error(request, request.scope.get("fmeval_auth_error") or "log in (or send an API token) to submit.", 401)
+            return self.error(request, request.scope.get("fmeval_auth_error") or "log in (or send an API token) to submit.", 401)
         if request.headers.get("content-length", "0").isdigit() and \
-                int(request.headers.get("content-length", "0")) > lb.settings.limits.max_upload_bytes + 65536:
-            return error(request, f"upload larger than {lb.settings.limits.max_upload_bytes} bytes.", 413)
+                int(request.headers.get("content-length", "0")) > self.lb.settings.limits.max_upload_bytes + 65536:
+            return self.error(request, f"upload larger than {self.lb.settings.limits.max_upload_bytes} bytes.", 413)
         try:
-            form = await form_with_csrf(request, s)
+            form = await self.form_with_csrf(request, s)
             upload = form.get("file")
             if upload is None or not hasattr(upload, "read"):
                 raise SubmissionError("attach the zip of prediction CSVs as the form field 'file'.")
-            data = await upload.read(lb.settings.limits.max_upload_bytes + 1)  # chunked uploads have no length
-            if len(data) > lb.settings.limits.max_upload_bytes:
-                return error(request, f"upload larger than {lb.settings.limits.max_upload_bytes} bytes.", 413)
-            with lb.sessions() as db:
+            data = await upload.read(self.lb.settings.limits.max_upload_bytes + 1)  # chunked uploads have no length
+            if len(data) > self.lb.settings.limits.max_upload_bytes:
+                return self.error(request, f"upload larger than {self.lb.settings.limits.max_upload_bytes} bytes.", 413)
+            with self.lb.sessions() as db:
                 sub = await run_in_threadpool(
-                    lb.submit, db, t, data, size=_size(form.get("size")),
+                    self.lb.submit, db, t, data, size=_size(form.get("size")),
                     model_name=str(form.get("model_name", "")), description=str(form.get("description", "")),
                     study_url=str(form.get("study_url", "")))
                 sid, summary = sub.id, submission_summary(sub)
         except LimitError as exc:
-            return error(request, str(exc), 429)
+            return self.error(request, str(exc), 429)
         except AuthError as exc:
-            return error(request, str(exc), 403)
+            return self.error(request, str(exc), 403)
         except (SubmissionError, ValueError) as exc:
-            return error(request, str(exc), 400)
+            return self.error(request, str(exc), 400)
         if _wants_json(request):
             return JSONResponse(summary, status_code=201, headers=HEADERS)
         return RedirectResponse(f"/submissions/{sid}", status_code=303, headers=HEADERS)
 
-    async def api_upload(request: Request) -> Response:
+    async def api_upload(self, request: Request) -> Response:
         request.scope["fmeval_json"] = True
         if not request.headers.get("authorization", "").lower().startswith("bearer "):
-            return error(request, "send an API token: Authorization: Bearer <token>.", 401)
-        return await upload(request)
+            return self.error(request, "send an API token: Authorization: Bearer <token>.", 401)
+        return await self.upload(request)
 
-    def json_twin(fn):
-        async def twin(request: Request) -> Response:
-            request.scope["fmeval_json"] = True
-            return await fn(request)
-        return twin
 
+def _json_twin(fn):
+    """The same handler answering JSON (the ``/api/...`` twin of a page)."""
+    async def twin(request: Request) -> Response:
+        request.scope["fmeval_json"] = True
+        return await fn(request)
+    return twin
+
+
+def create_app(lb: Leaderboard) -> Starlette:
+    site = _Site(lb)
     routes = [
-        Route("/", index), Route("/api/leaderboard", api_leaderboard),
-        Route("/submissions/{sid:int}", submission), Route("/api/submissions/{sid:int}", json_twin(submission)),
-        Route("/compare", compare), Route("/api/compare", json_twin(compare)),
-        Route("/teams/{name}", team), Route("/api/teams/{name}", json_twin(team)),
-        Route("/register", register, methods=["GET", "POST"]), Route("/login", login, methods=["GET", "POST"]),
-        Route("/logout", logout, methods=["POST"]), Route("/me", me), Route("/api/me", json_twin(me)),
-        Route("/tokens", new_token, methods=["POST"]),
-        Route("/tokens/{tid:int}/revoke", revoke_token, methods=["POST"]),
-        Route("/api/tokens/revoke", api_revoke_token, methods=["POST"]),
-        Route("/submit", upload, methods=["POST"]), Route("/api/submissions", api_upload, methods=["POST"]),
+        Route("/", site.index), Route("/api/leaderboard", site.api_leaderboard),
+        Route("/submissions/{sid:int}", site.submission), Route("/api/submissions/{sid:int}", _json_twin(site.submission)),
+        Route("/compare", site.compare), Route("/api/compare", _json_twin(site.compare)),
+        Route("/teams/{name}", site.team), Route("/api/teams/{name}", _json_twin(site.team)),
+        Route("/register", site.register, methods=["GET", "POST"]), Route("/login", site.login, methods=["GET", "POST"]),
+        Route("/logout", site.logout, methods=["POST"]), Route("/me", site.me), Route("/api/me", _json_twin(site.me)),
+        Route("/tokens", site.new_token, methods=["POST"]),
+        Route("/tokens/{tid:int}/revoke", site.revoke_token, methods=["POST"]),
+        Route("/api/tokens/revoke", site.api_revoke_token, methods=["POST"]),
+        Route("/submit", site.upload, methods=["POST"]), Route("/api/submissions", site.api_upload, methods=["POST"]),
     ]
     return Starlette(debug=False, routes=routes)
 
