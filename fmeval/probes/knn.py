@@ -28,8 +28,10 @@ import torch
 
 from fmeval.errors import ConfigError
 from fmeval.probes.knn_search import (
+    _TILE,
     Scorer,
     SearchStats,
+    _norms64,
     cosine_scorer,
     euclidean_scorer,
     inverse_norms,
@@ -46,10 +48,11 @@ class KnnRule:
     largest: bool  # True: similarity (bigger is nearer); False: distance
     cosine: bool
 
-    def scorer(self, train: torch.Tensor, precision: str) -> Scorer:
+    def scorer(self, train: torch.Tensor, precision: str, norms64: torch.Tensor | None = None) -> Scorer:
+        norms64 = norms64 if norms64 is not None else _norms64(train, self.cosine)
         if self.cosine:
-            return cosine_scorer(train, precision, inverse_norms(train))
-        return euclidean_scorer(train, precision)
+            return cosine_scorer(train, precision, inverse_norms(train), norms64)
+        return euclidean_scorer(train, precision, norms64)
 
     def weights(self, near: torch.Tensor, temperature: float) -> torch.Tensor:
         if self.cosine:
@@ -67,13 +70,13 @@ KNN_RULES.add(
 )
 
 
-# Rows of the score matrix per chunk are capped so that it stays this many
-# elements (64 MiB of float32 on CPU, where it must not thrash the caches and
-# RAM; 512 MiB on GPU) whatever ``chunk`` says.
-_SCORE_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 27}
-# extra candidates beyond k whose scores bound the window: small for fp32
+# Test rows per chunk are capped so that one score tile ([_TILE training rows,
+# rows]) stays this many elements (16 MiB of float32 on CPU, about a shared L3
+# cache; 512 MiB on GPU) whatever ``chunk`` says.
+_SCORE_BUDGET = {"cpu": 1 << 22, "cuda": 1 << 27}
+# extra candidates beyond k whose scores bound the rest: small for fp32
 # (its error is ~1e-5 relative), wider for bf16 (~1e-2)
-_MARGIN = {"fp32": lambda k: 4 + k // 8, "bf16": lambda k: 48 + k}
+_MARGIN = {"fp32": lambda k: 4 + k // 8, "bf16": lambda k: 32 + k}
 # below this fraction of a chunk's rows settled by bf16, the remaining chunks use fp32
 _MIN_SETTLED = 0.5
 
@@ -125,12 +128,13 @@ def knn_predict(
     test = test.float().to(train.device)
     n_train, dev = train.shape[0], train.device
     precision = resolve_scoring(scoring, dev)
-    scorers = [r.scorer(train, precision)]
+    norms64 = _norms64(train, r.cosine)
+    scorers = [r.scorer(train, precision, norms64)]
     if precision != "fp32":  # rows whose bf16 gap is too small: fp32 next
-        scorers.append(r.scorer(train, "fp32"))
-    margin = _MARGIN[precision](kmax)
+        scorers.append(r.scorer(train, "fp32", norms64))
+    margin = {p: _MARGIN[p](kmax) for p in _MARGIN}
     budget = _SCORE_BUDGET["cuda" if dev.type == "cuda" else "cpu"]
-    rows = max(1, min(int(chunk), budget // max(1, n_train)))
+    rows = max(1, min(int(chunk), budget // min(_TILE, max(1, n_train))))
     stats = stats if stats is not None else SearchStats()
     stats.rows += test.shape[0]
     labels = train_labels.to(dev)
@@ -141,12 +145,12 @@ def knn_predict(
     for start in range(0, test.shape[0], rows):
         t = test[start : start + rows]
         before = stats.by_precision.get(precision, 0) if stats.by_precision else 0
-        near, idx = search(t, train, scorers, kmax, margin, r.largest, r.cosine, stats)
+        near, idx = search(t, train, scorers, kmax, margin, stats)
         settled = (stats.by_precision or {}).get(precision, 0) - before
         if len(scorers) > 1 and settled < _MIN_SETTLED * len(t):
             # bf16 cannot separate these neighbours (dense clusters): every row paid the
             # bf16 pass for nothing, so score the rest in fp32 directly
-            scorers, margin = scorers[1:], _MARGIN["fp32"](kmax)
+            scorers = scorers[1:]
             stats.switched_to_fp32 = True
         w = r.weights(near.float(), temperature)  # [c, kmax]
         if targets is not None:  # multi-label: per-label weighted fractions
