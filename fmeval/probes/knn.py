@@ -31,6 +31,7 @@ from fmeval.probes.knn_search import (
     _TILE,
     Scorer,
     SearchStats,
+    ThreadChooser,
     _norms64,
     cosine_scorer,
     euclidean_scorer,
@@ -107,6 +108,7 @@ def knn_predict(
     chunk: int = 1024,
     scoring: str = "auto",
     stats: SearchStats | None = None,
+    threads: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """Return {k: scores [n_test, n_classes]} - probabilities (rows sum to 1
     for single-label; per-label positive fractions for multi-label).
@@ -115,7 +117,10 @@ def knn_predict(
     that one chunk's ``[rows, n_train]`` score matrix stays within a fixed
     memory budget. ``scoring`` is the precision of the candidate GEMM
     (``auto``: bf16 where native); the neighbours are exact either way.
-    ``stats`` (optional) counts how the rows were settled.
+    ``stats`` (optional) counts how the rows were settled. ``threads``: torch
+    threads for the search (default: timed per tile, all of torch's threads
+    vs one, the faster kept; see ``ThreadChooser``); torch's setting is
+    restored afterwards.
     """
     r = KNN_RULES.get(rule)
     ks = sorted({int(k) for k in ks})
@@ -126,15 +131,8 @@ def knn_predict(
         raise ConfigError(f"k={kmax} exceeds the {train.shape[0]} training samples.")
     train = train.float()
     test = test.float().to(train.device)
-    n_train, dev = train.shape[0], train.device
+    dev = train.device
     precision = resolve_scoring(scoring, dev)
-    norms64 = _norms64(train, r.cosine)
-    scorers = [r.scorer(train, precision, norms64)]
-    if precision != "fp32":  # rows whose bf16 gap is too small: fp32 next
-        scorers.append(r.scorer(train, "fp32", norms64))
-    margin = {p: _MARGIN[p](kmax) for p in _MARGIN}
-    budget = _SCORE_BUDGET["cuda" if dev.type == "cuda" else "cpu"]
-    rows = max(1, min(int(chunk), budget // min(_TILE, max(1, n_train))))
     stats = stats if stats is not None else SearchStats()
     stats.rows += test.shape[0]
     labels = train_labels.to(dev)
@@ -142,16 +140,8 @@ def knn_predict(
     labels = labels.long().view(-1) if not multilabel else None
     out = {k: torch.empty((test.shape[0], n_classes), dtype=torch.float32, device=dev) for k in ks}
     k_idx = torch.tensor([k - 1 for k in ks], device=dev)
-    for start in range(0, test.shape[0], rows):
-        t = test[start : start + rows]
-        before = stats.by_precision.get(precision, 0) if stats.by_precision else 0
-        near, idx = search(t, train, scorers, kmax, margin, stats)
-        settled = (stats.by_precision or {}).get(precision, 0) - before
-        if len(scorers) > 1 and settled < _MIN_SETTLED * len(t):
-            # bf16 cannot separate these neighbours (dense clusters): every row paid the
-            # bf16 pass for nothing, so score the rest in fp32 directly
-            scorers = scorers[1:]
-            stats.switched_to_fp32 = True
+    for start, near, idx in _neighbour_chunks(train, test, r, kmax, precision, chunk, stats, threads):
+        rows = len(near)
         w = r.weights(near.float(), temperature)  # [c, kmax]
         if targets is not None:  # multi-label: per-label weighted fractions
             votes = targets[idx] * w.unsqueeze(-1)  # [c, kmax, L]
@@ -164,7 +154,54 @@ def knn_predict(
         lab = labels[idx]  # [c, kmax]
         for k in ks:  # scatter the votes: no [c, k, n_classes] one-hot
             wk = w[:, :k]
-            votes = torch.zeros((len(t), n_classes), dtype=torch.float32, device=dev)
+            votes = torch.zeros((rows, n_classes), dtype=torch.float32, device=dev)
             votes.scatter_add_(1, lab[:, :k], wk)
             out[k][start : start + rows] = votes / wk.sum(1, keepdim=True)
     return out
+
+
+def _neighbour_chunks(train: torch.Tensor, test: torch.Tensor, r: KnnRule, kmax: int, precision: str,
+                      chunk: int, stats: SearchStats, threads: int | None):
+    """Yield (start, near [c, kmax] float64, idx [c, kmax]) chunk by chunk of test rows.
+
+    Scorers are built once (the fp32 fallback only if a row needs it); torch's
+    thread count is chosen per tile on CPU and restored at the end.
+    """
+    n_train, dev = train.shape[0], train.device
+    saved = torch.get_num_threads()
+    chooser = None
+    if dev.type == "cpu":
+        if threads:
+            torch.set_num_threads(int(threads))
+        else:
+            chooser = ThreadChooser(saved)
+            chooser.probe()
+    norms64 = _norms64(train, r.cosine)
+    made: dict[str, Scorer] = {}
+
+    def maker(p: str):
+        def make() -> Scorer:
+            if p not in made:
+                made[p] = r.scorer(train, p, norms64)
+            return made[p]
+        return make
+
+    scorers = [maker(precision)] + ([maker("fp32")] if precision != "fp32" else [])
+    margin = {p: _MARGIN[p](kmax) for p in _MARGIN}
+    budget = _SCORE_BUDGET["cuda" if dev.type == "cuda" else "cpu"]
+    rows = max(1, min(int(chunk), budget // min(_TILE, max(1, n_train))))
+    try:
+        for start in range(0, test.shape[0], rows):
+            t = test[start : start + rows]
+            before = stats.by_precision.get(precision, 0) if stats.by_precision else 0
+            near, idx = search(t, train, scorers, kmax, margin, stats, chooser)
+            settled = (stats.by_precision or {}).get(precision, 0) - before
+            if len(scorers) > 1 and settled < _MIN_SETTLED * len(t):
+                # bf16 cannot separate these neighbours (dense clusters): every row paid the
+                # bf16 pass for nothing, so score the rest in fp32 directly
+                scorers = scorers[1:]
+                stats.switched_to_fp32 = True
+            yield start, near, idx
+    finally:
+        if torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)

@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -337,7 +339,7 @@ def exact_values(test: torch.Tensor, train: torch.Tensor, cand: torch.Tensor, co
     cosine: ``a.b / (||a|| ||b||)``. ``norms64`` (optional): the training rows'
     float64 ``||b||^2`` (Euclidean) or ``||b||`` (cosine), computed once.
     """
-    c64 = train[cand].double()  # [s, m, D]
+    c64 = train.index_select(0, cand.reshape(-1)).view(*cand.shape, -1).double()  # [s, m, D]
     t64 = test.double()
     dots = torch.bmm(c64, t64.unsqueeze(2)).squeeze(2)
     if cosine:
@@ -388,7 +390,65 @@ class SearchStats:
         self.by_precision[precision] = self.by_precision.get(precision, 0) + n
 
 
-def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats) -> tuple[torch.Tensor, torch.Tensor]:
+class ThreadChooser:
+    """torch's thread count for the scan tiles, chosen by timing them: all threads vs one.
+
+    On a shared machine each parallel region of a many-threaded op waits at its
+    barrier for whichever thread the scheduler parked, and a kNN runs hundreds
+    of them: measured on 2 cores under a load of 12, 20k x 768 train, one
+    thread took 3.2 s where two took 11-22 s (scikit-learn: 6 s). On a quiet
+    machine all threads win. So tiles (equal work) are timed with each, the
+    faster is kept, and the other is tried again every ``every`` tiles.
+    """
+
+    def __init__(self, threads: int, every: int = 32):
+        self.options = sorted({max(1, threads), 1}, reverse=True)
+        self.per_col: dict[int, float] = {}
+        self.tiles = 0
+        self.every = every
+        self.current = self.options[0]
+        self.probed: dict[int, float] = {}
+
+    def probe(self, repeats: int = 3) -> int:
+        """Time a small GEMM (a few ms) with each option, alternating; set and return the faster."""
+        if len(self.options) > 1:
+            a = torch.randn(256, 768)
+            b = torch.randn(768, 256)
+            best = {t: math.inf for t in self.options}
+            for _ in range(repeats):
+                for t in self.options:
+                    torch.set_num_threads(t)
+                    t0 = time.perf_counter()
+                    for _ in range(2):
+                        a @ b
+                    best[t] = min(best[t], time.perf_counter() - t0)
+            self.probed = best
+            self.current = min(self.options, key=best.__getitem__)
+        torch.set_num_threads(self.current)
+        return self.current
+
+    def pick(self) -> None:
+        """Set the thread count for the next tile: the faster so far, the other now and then."""
+        choice = self.current
+        if len(self.options) > 1 and self.tiles % self.every == self.every - 1:
+            choice = next(t for t in self.options if t != self.current)
+        elif len(self.per_col) == len(self.options) > 1:
+            choice = min(self.options, key=self.per_col.__getitem__)
+        if choice != torch.get_num_threads():
+            torch.set_num_threads(choice)
+        self.last = choice
+
+    def record(self, seconds: float, cols: int) -> None:
+        v = seconds / max(1, cols)
+        old = self.per_col.get(self.last)
+        self.per_col[self.last] = v if old is None else 0.5 * (old + v)
+        if len(self.per_col) == len(self.options):
+            self.current = min(self.options, key=self.per_col.__getitem__)
+        self.tiles += 1
+
+
+def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats,
+         threads: ThreadChooser | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``m`` best approximate scan-domain scores (sorted ascending, float32) and their indices.
 
     Tile by tile, laid out ``[train rows, test rows]``: block minima of ``_GROUP``
@@ -411,6 +471,9 @@ def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats) -> tuple[to
         j1 = min(n, j0 + width)
         w = j1 - j0
         wp = -(-w // _GROUP) * _GROUP
+        if threads is not None:
+            threads.pick()
+            t0 = time.perf_counter()
         scorer.tile(op, j0, j1, buf)
         if wp > w:
             buf[w:wp].fill_(math.inf)
@@ -419,12 +482,13 @@ def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats) -> tuple[to
         if j0 == 0 and bmin.shape[0] >= m:
             theta = torch.minimum(theta, bmin.kthvalue(m, dim=0).values)
         blk, rr = (bmin <= theta).nonzero(as_tuple=True)
-        if len(blk) == 0:
-            continue
-        members = blk[:, None] * _GROUP + offs  # [P, G] rows of the tile
-        vals = o[members, rr[:, None]].float()
-        stats.gathered += vals.numel()
-        _merge(run_v, run_i, theta, rr, vals, members + j0, m)
+        if len(blk):
+            members = blk[:, None] * _GROUP + offs  # [P, G] rows of the tile
+            vals = o[members, rr[:, None]].float()
+            stats.gathered += vals.numel()
+            _merge(run_v, run_i, theta, rr, vals, members + j0, m)
+        if threads is not None:
+            threads.record(time.perf_counter() - t0, w)
     run_v, order = run_v.sort(dim=1)
     return run_v, run_i.gather(1, order)
 
@@ -484,22 +548,28 @@ def settle(test: torch.Tensor, train: torch.Tensor, scorer: Scorer, prep: Prepar
     return ok, near, idx
 
 
-def search(test: torch.Tensor, train: torch.Tensor, scorers: list[Scorer], k: int, margin: dict[str, int],
-           stats: SearchStats) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k (values float64, training indices) of ``test`` rows; see the module doc."""
+def search(test: torch.Tensor, train: torch.Tensor, scorers: Sequence[Callable[[], Scorer]], k: int,
+           margin: dict[str, int], stats: SearchStats,
+           threads: ThreadChooser | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k (values float64, training indices) of ``test`` rows; see the module doc.
+
+    ``scorers`` make the scorers to try in turn (built only when a row needs them).
+    """
     n = train.shape[0]
     near = torch.empty(len(test), k, dtype=torch.float64, device=test.device)
     idx = torch.empty(len(test), k, dtype=torch.long, device=test.device)
     todo = torch.arange(len(test), device=test.device)
-    cosine = scorers[0].cosine
+    cosine = None
     with _exact_cuda_reductions(test.device):
-        for scorer in scorers:
+        for make in scorers:
             if len(todo) == 0:
                 break
+            scorer = make()
+            cosine = scorer.cosine
             m = min(n, k + margin[scorer.precision])
             t = test[todo]
             prep = scorer.prepare(t, k)
-            vals, cand = scan(scorer, prep, m, stats)
+            vals, cand = scan(scorer, prep, m, stats, threads)
             ok, nv, ni = settle(t, train, scorer, prep, vals, cand, k, stats)
             rows = todo[ok]
             stats.add(scorer.precision, len(rows))
