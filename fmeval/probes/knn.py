@@ -176,6 +176,7 @@ def _neighbour_chunks(train: torch.Tensor, test: torch.Tensor, r: KnnRule, kmax:
         else:
             chooser = ThreadChooser(saved)
             chooser.probe()
+            stats.probe = {t: round(v, 5) for t, v in chooser.probed.items()}
     norms64 = _norms64(train, r.cosine)
     made: dict[str, Scorer] = {}
 

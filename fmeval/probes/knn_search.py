@@ -384,6 +384,8 @@ class SearchStats:
     reranked: int = 0  # candidates re-ranked in float64, summed over rows
     switched_to_fp32: bool = False  # bf16 settled too few rows; later chunks scored in fp32
     gathered: int = 0  # scan: approximate scores gathered past the block filter
+    tiles_by_threads: dict[int, int] | None = None  # scan tiles run with each torch thread count
+    probe: dict[int, float] | None = None  # seconds of the thread probe, per thread count
 
     def add(self, precision: str, n: int) -> None:
         self.by_precision = self.by_precision or {}
@@ -410,20 +412,27 @@ class ThreadChooser:
         self.probed: dict[int, float] = {}
 
     def probe(self, repeats: int = 3) -> int:
-        """Time a small GEMM (a few ms) with each option, alternating; set and return the faster."""
+        """Time a small GEMM (~0.2 GFLOP) with one thread and with all; set and return the faster.
+
+        All threads are kept only if clearly faster (< 0.8 x one thread's time);
+        a clear answer after one try each is final, an unclear one is timed again.
+        """
         if len(self.options) > 1:
             a = torch.randn(256, 768)
             b = torch.randn(768, 256)
             best = {t: math.inf for t in self.options}
             for _ in range(repeats):
-                for t in self.options:
+                for t in (1, self.options[0]):
                     torch.set_num_threads(t)
                     t0 = time.perf_counter()
                     for _ in range(2):
                         a @ b
                     best[t] = min(best[t], time.perf_counter() - t0)
+                ratio = best[self.options[0]] / best[1]
+                if ratio < 0.6 or ratio > 1.2:
+                    break
             self.probed = best
-            self.current = min(self.options, key=best.__getitem__)
+            self.current = self.options[0] if best[self.options[0]] < 0.8 * best[1] else 1
         torch.set_num_threads(self.current)
         return self.current
 
@@ -489,6 +498,8 @@ def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats,
             _merge(run_v, run_i, theta, rr, vals, members + j0, m)
         if threads is not None:
             threads.record(time.perf_counter() - t0, w)
+            stats.tiles_by_threads = stats.tiles_by_threads or {}
+            stats.tiles_by_threads[threads.last] = stats.tiles_by_threads.get(threads.last, 0) + 1
     run_v, order = run_v.sort(dim=1)
     return run_v, run_i.gather(1, order)
 
