@@ -32,7 +32,7 @@ from benchmarks.cases import MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = ("euclidean-majority", "cosine")
-TILE_MB = 4096 * 1024 * 4 / 2**20  # one float32 score tile: 4096 training rows x 1024 test rows
+TILE_MB = 4096 * 512 * 4 / 2**20  # one float32 score tile: 4096 training rows x 512 test rows
 
 
 def _ratio(a: float, b: float) -> float:

@@ -74,7 +74,7 @@ KNN_RULES.add(
 # Test rows per chunk are capped so that one score tile ([_TILE training rows,
 # rows]) stays this many elements (16 MiB of float32 on CPU, about a shared L3
 # cache; 512 MiB on GPU) whatever ``chunk`` says.
-_SCORE_BUDGET = {"cpu": 1 << 22, "cuda": 1 << 27}
+_SCORE_BUDGET = {"cpu": 1 << 21, "cuda": 1 << 27}
 # extra candidates beyond k whose scores bound the rest: small for fp32
 # (its error is ~1e-5 relative), wider for bf16 (~1e-2)
 _MARGIN = {"fp32": lambda k: 4 + k // 8, "bf16": lambda k: 32 + k}

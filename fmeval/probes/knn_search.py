@@ -51,11 +51,12 @@ U32 = 2.0**-24  # unit roundoff of float32
 U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 SAFETY = 2.0  # on top of the rigorous bound: GEMM kernels may round partial sums more often
 _BLOCK = 64  # block width of the two-stage top-k (_topk)
-_SUB = 64  # test rows per float64 re-rank batch
+_SUB = 16  # test rows per float64 re-rank batch ([16, m, D] float64 gathered)
 _FALLBACK_ROWS = 16  # test rows per full float64 scoring batch
-_NORM_CHUNK = 4096
+_NORM_CHUNK = 1024
+_FULL_COLS = 256  # training rows per float64 batch of the last-resort search
 _TILE = 4096  # training rows per scoring GEMM tile
-_GROUP = 16  # training rows per block minimum of the scan filter
+_GROUP = 8  # training rows per block minimum of the scan filter
 _EXTRA = 4  # GEMM coordinates beyond D: three column-term pieces and tau
 _SAMPLE = 256  # training rows that estimate tau
 
@@ -364,8 +365,8 @@ def _full_exact(test: torch.Tensor, train: torch.Tensor, k: int, largest: bool, 
     for i in range(0, len(test), _FALLBACK_ROWS):
         t = test[i : i + _FALLBACK_ROWS]
         cols = []
-        for j in range(0, n, _NORM_CHUNK):
-            cand = torch.arange(j, min(n, j + _NORM_CHUNK), device=train.device).expand(len(t), -1)
+        for j in range(0, n, _FULL_COLS):  # [16, 256, D] float64 gathered at a time: 25 MB at D = 768
+            cand = torch.arange(j, min(n, j + _FULL_COLS), device=train.device).expand(len(t), -1)
             cols.append(exact_values(t, train, cand, cosine))
         vals = torch.cat(cols, dim=1)
         v, idx = vals.sort(dim=1, descending=largest, stable=True)
@@ -505,7 +506,16 @@ def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats,
 
 
 def _merge(run_v, run_i, theta, rr, vals, idx, m: int) -> None:
-    """Merge gathered blocks (``vals``/``idx`` [P, G] of test rows ``rr``) into the running top-m."""
+    """Merge gathered blocks (``vals``/``idx`` [P, G] of test rows ``rr``) into the running top-m.
+
+    Only members not above their row's threshold can enter; they are packed
+    per row (padded to the busiest row's count) and merged by one top-k.
+    """
+    keep = vals <= theta[rr][:, None]
+    pj, gj = keep.nonzero(as_tuple=True)
+    if len(pj) == 0:
+        return
+    rr, vals, idx = rr[pj], vals[pj, gj], idx[pj, gj]
     r = run_v.shape[0]
     counts = torch.bincount(rr, minlength=r)
     rows = counts.nonzero().squeeze(1)
@@ -516,13 +526,13 @@ def _merge(run_v, run_i, theta, rr, vals, idx, m: int) -> None:
     compact = torch.full((r,), -1, dtype=torch.long, device=rr.device)
     compact[rows] = torch.arange(len(rows), device=rr.device)
     ci = compact[rs]
-    maxc, g = int(counts.max()), vals.shape[1]
-    pv = torch.full((len(rows), maxc, g), math.inf, device=vals.device)
-    pi = torch.full((len(rows), maxc, g), -1, dtype=torch.long, device=vals.device)
+    maxc = int(counts.max())
+    pv = torch.full((len(rows), maxc), math.inf, device=vals.device)
+    pi = torch.full((len(rows), maxc), -1, dtype=torch.long, device=vals.device)
     pv[ci, pos] = vals[order]
     pi[ci, pos] = idx[order]
-    cv = torch.cat([run_v[rows], pv.view(len(rows), -1)], dim=1)
-    cidx = torch.cat([run_i[rows], pi.view(len(rows), -1)], dim=1)
+    cv = torch.cat([run_v[rows], pv], dim=1)
+    cidx = torch.cat([run_i[rows], pi], dim=1)
     tv, tj = cv.topk(m, dim=1, largest=False, sorted=False)
     run_v[rows] = tv
     run_i[rows] = cidx.gather(1, tj)
