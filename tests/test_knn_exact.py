@@ -13,7 +13,7 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from fmeval.probes.knn import knn_predict, resolve_scoring
-from fmeval.probes.knn_search import SearchStats, _topk
+from fmeval.probes.knn_search import SearchStats
 from fmeval.errors import ConfigError
 
 
@@ -135,16 +135,6 @@ def test_scoring_resolution(monkeypatch):
         resolve_scoring("int8", torch.device("cpu"))
 
 
-def test_two_stage_topk_is_exact():
-    g = torch.Generator().manual_seed(0)
-    s = torch.randn(7, 64 * 50 + 13, generator=g)
-    for largest in (True, False):
-        v, i = _topk(s, 9, largest)
-        rv, _ = s.topk(9, dim=1, largest=largest)
-        torch.testing.assert_close(v, rv)
-        torch.testing.assert_close(s.gather(1, i), rv)
-
-
 def _shells(cosine: bool, n_test=40, d=48, competitors=24, seed=0):
     """Per test row, ``competitors`` training rows at distances (angles) 0.02 % apart, far below
     bf16's resolution (the rows sit 100 away from the training mean); the nearest one alone has
@@ -213,7 +203,7 @@ def test_many_small_tiles_with_a_ragged_tail_match_the_reference(monkeypatch, sc
 
 
 def test_thread_choice_is_restored_and_follows_the_timings():
-    from fmeval.probes.knn_search import ThreadChooser
+    from fmeval.probes.threads import ThreadChooser
 
     before = torch.get_num_threads()
     x = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))

@@ -7,17 +7,19 @@ Two named rules:
   distance, unweighted majority vote; probabilities are vote fractions and
   ties go to the lowest class index, as in scikit-learn.
 
-Neighbours are found by :mod:`fmeval.probes.knn_search`: one GEMM per chunk
-of test rows in a fast precision (``scoring``: bf16 where the hardware
-multiplies bf16 natively, else fp32), a candidate set proven by an error
-bound to hold the true k nearest, and a float64 re-rank of the candidates that
-could still change places. So neighbour sets (and the majority votes) are
-those of an exact float64 computation such as scikit-learn's whatever the
-scoring precision. Memory is bounded by a fixed budget for the
-``[rows, n_train]`` score chunk and there is no per-sample Python loop; the fp32
-path copies nothing of size ``[n_train, D]`` (bf16 keeps one half-size centred
-copy). All k of a sweep come out of one pass: neighbours are sorted, so the
-votes of the first k are a prefix of the same neighbour list.
+Neighbours are found by :mod:`fmeval.probes.knn_search`: GEMMs over cache-sized
+tiles of training rows in a fast precision (``scoring``: bf16 where the
+hardware multiplies bf16 natively, else fp32), each tile reduced at once to
+the candidates that can still be among the best (no ``[rows, n_train]`` score
+matrix), a candidate set proven by an error bound to hold the true k nearest,
+and a float64 re-rank of the candidates that could still change places. So
+neighbour sets (and the majority votes) are those of an exact float64
+computation such as scikit-learn's whatever the scoring precision. Memory: one
+score tile plus, for bf16, one half-size copy of the training features; no
+per-sample Python loop. The torch thread count is chosen by timing (all
+threads vs one: on a shared machine one thread is often several times faster)
+and restored afterwards. All k of a sweep come out of one pass: neighbours are
+sorted, so the votes of the first k are a prefix of the same neighbour list.
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ from fmeval.probes.knn_search import (
     _TILE,
     Scorer,
     SearchStats,
-    ThreadChooser,
     _norms64,
     cosine_scorer,
     euclidean_scorer,
     inverse_norms,
     search,
 )
+from fmeval.probes.threads import ThreadChooser
 from fmeval.registry import Registry
 
 SCORINGS = ("auto", "fp32", "bf16")
@@ -114,7 +116,7 @@ def knn_predict(
     for single-label; per-label positive fractions for multi-label).
 
     ``chunk`` is the most test rows scored at once; it is lowered further so
-    that one chunk's ``[rows, n_train]`` score matrix stays within a fixed
+    that one score tile (``[_TILE training rows, rows]``) stays within a fixed
     memory budget. ``scoring`` is the precision of the candidate GEMM
     (``auto``: bf16 where native); the neighbours are exact either way.
     ``stats`` (optional) counts how the rows were settled. ``threads``: torch

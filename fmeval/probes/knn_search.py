@@ -47,10 +47,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fmeval.probes.threads import ThreadChooser
+
 U32 = 2.0**-24  # unit roundoff of float32
 U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 SAFETY = 2.0  # on top of the rigorous bound: GEMM kernels may round partial sums more often
-_BLOCK = 64  # block width of the two-stage top-k (_topk)
 _SUB = 16  # test rows per float64 re-rank batch ([16, m, D] float64 gathered)
 _FALLBACK_ROWS = 16  # test rows per full float64 scoring batch
 _NORM_CHUNK = 1024
@@ -64,31 +65,6 @@ _SAMPLE = 256  # training rows that estimate tau
 def _gamma(d: int) -> float:
     """Error factor of a d-term float32 dot product (any summation order)."""
     return d * U32 / (1.0 - d * U32)
-
-
-def _topk(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact sorted top-k along dim 1, in two stages for wide rows.
-
-    A full ``topk`` over 100k columns costs as much as the GEMM that made them.
-    Instead: the best element of each block of ``_BLOCK`` columns (one
-    vectorised reduction), the k best blocks, then top-k among their
-    ``k * _BLOCK`` members. Exact: an element of the true top-k lies in one of
-    the k best blocks, otherwise those blocks would hold k better elements.
-    """
-    rows, n = scores.shape
-    nb = n // _BLOCK
-    if nb < 4 * k:
-        return scores.topk(k, dim=1, largest=largest, sorted=True)
-    body = scores[:, : nb * _BLOCK].view(rows, nb, _BLOCK)
-    best = body.amax(dim=2) if largest else body.amin(dim=2)
-    blocks = best.topk(k, dim=1, largest=largest, sorted=False).indices  # [rows, k]
-    offs = torch.arange(_BLOCK, device=scores.device)
-    cand = (blocks.unsqueeze(-1) * _BLOCK + offs).view(rows, k * _BLOCK)
-    if nb * _BLOCK < n:  # the ragged tail is always a candidate
-        tail = torch.arange(nb * _BLOCK, n, device=scores.device).expand(rows, -1)
-        cand = torch.cat([cand, tail], dim=1)
-    near, j = scores.gather(1, cand).topk(k, dim=1, largest=largest, sorted=True)
-    return near, cand.gather(1, j)
 
 
 def _split3(x: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -205,11 +181,6 @@ class Scorer:
         if self.cosine:
             return torch.mm(b, op.T, out=o).mul_(self.col_scale[j0:j1, None])
         return torch.addmm(self.col[j0:j1, None], b, op.T, alpha=-2.0, out=o)
-
-
-def bf16_output_roundoff(device: torch.device) -> float:
-    """Unit roundoff of a bf16 GEMM's output on ``device`` (bf16 on every device torch offers)."""
-    return U_BF16
 
 
 def _transformed_stats(train: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None,
@@ -391,70 +362,6 @@ class SearchStats:
     def add(self, precision: str, n: int) -> None:
         self.by_precision = self.by_precision or {}
         self.by_precision[precision] = self.by_precision.get(precision, 0) + n
-
-
-class ThreadChooser:
-    """torch's thread count for the scan tiles, chosen by timing them: all threads vs one.
-
-    On a shared machine each parallel region of a many-threaded op waits at its
-    barrier for whichever thread the scheduler parked, and a kNN runs hundreds
-    of them: measured on 2 cores under a load of 12, 20k x 768 train, one
-    thread took 3.2 s where two took 11-22 s (scikit-learn: 6 s). On a quiet
-    machine all threads win. So tiles (equal work) are timed with each, the
-    faster is kept, and the other is tried again every ``every`` tiles.
-    """
-
-    def __init__(self, threads: int, every: int = 32):
-        self.options = sorted({max(1, threads), 1}, reverse=True)
-        self.per_col: dict[int, float] = {}
-        self.tiles = 0
-        self.every = every
-        self.current = self.options[0]
-        self.probed: dict[int, float] = {}
-
-    def probe(self, repeats: int = 3) -> int:
-        """Time a small GEMM (~0.2 GFLOP) with one thread and with all; set and return the faster.
-
-        All threads are kept only if clearly faster (< 0.8 x one thread's time);
-        a clear answer after one try each is final, an unclear one is timed again.
-        """
-        if len(self.options) > 1:
-            a = torch.randn(256, 768)
-            b = torch.randn(768, 256)
-            best = {t: math.inf for t in self.options}
-            for _ in range(repeats):
-                for t in (1, self.options[0]):
-                    torch.set_num_threads(t)
-                    t0 = time.perf_counter()
-                    for _ in range(2):
-                        a @ b
-                    best[t] = min(best[t], time.perf_counter() - t0)
-                ratio = best[self.options[0]] / best[1]
-                if ratio < 0.6 or ratio > 1.2:
-                    break
-            self.probed = best
-            self.current = self.options[0] if best[self.options[0]] < 0.8 * best[1] else 1
-        torch.set_num_threads(self.current)
-        return self.current
-
-    def pick(self) -> None:
-        """Set the thread count for the next tile: the faster so far, the other now and then."""
-        choice = self.current
-        if len(self.options) > 1 and self.tiles % self.every == self.every - 1:
-            choice = next(t for t in self.options if t != self.current)
-        elif len(self.per_col) == len(self.options) > 1:
-            choice = min(self.options, key=self.per_col.__getitem__)
-        if choice != torch.get_num_threads():
-            torch.set_num_threads(choice)
-        self.last = choice
-
-    def record(self, seconds: float, cols: int) -> None:
-        v = seconds / max(1, cols)
-        old = self.per_col.get(self.last)
-        self.per_col[self.last] = v if old is None else 0.5 * (old + v)
-        if len(self.per_col) == len(self.options):
-            self.current = min(self.options, key=self.per_col.__getitem__)
-        self.tiles += 1
 
 
 def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats,
