@@ -28,21 +28,22 @@ class ThreadChooser:
         self.probed: dict[int, float] = {}
 
     def probe(self, repeats: int = 3) -> int:
-        """Time a small GEMM (~0.2 GFLOP) with one thread and with all; set and return the faster.
+        """Time a GEMM (0.8 GFLOP: big enough that BLAS splits it over threads) with one thread and
+        with all; set and return the faster.
 
         All threads are kept only if clearly faster (< 0.8 x one thread's time);
         a clear answer after one try each is final, an unclear one is timed again.
         """
         if len(self.options) > 1:
-            a = torch.randn(256, 768)
-            b = torch.randn(768, 256)
+            a = torch.randn(512, 768)
+            b = torch.randn(768, 1024)
             best = {t: math.inf for t in self.options}
+            a @ b  # warm-up: allocator, BLAS dispatch
             for _ in range(repeats):
                 for t in (1, self.options[0]):
                     torch.set_num_threads(t)
                     t0 = time.perf_counter()
-                    for _ in range(2):
-                        a @ b
+                    a @ b
                     best[t] = min(best[t], time.perf_counter() - t0)
                 ratio = best[self.options[0]] / best[1]
                 if ratio < 0.6 or ratio > 1.2:
