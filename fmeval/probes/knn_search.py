@@ -155,12 +155,15 @@ class Scorer:
         if self.cosine:  # X = a^.b^ = a^_c.b^_c + a^_c.mu + col
             u64 = t64 / t64.norm(dim=1, keepdim=True).clamp_min(1e-12)
             offset = (u64 - mu) @ mu - tau.double()
+            scale = 1.0 + mu.norm() ** 2 + tau.double().abs()
         else:  # X + ||a||^2 = ||a - b||^2 = ||a_c||^2 + ||b_c||^2 - 2 a_c.b_c
-            offset = (t64 * t64).sum(1) - ((t64 - mu) ** 2).sum(1) - tau.double()
+            sq, sq_c = (t64 * t64).sum(1), ((t64 - mu) ** 2).sum(1)
+            offset = sq - sq_c - tau.double()
+            scale = sq + sq_c + tau.double().abs()
         g = _gamma(self.mat.shape[1])
         err_dot = ra * self.b_max + at_n * self.rb_max + g * at_n * self.bt_max + 4 * U32 * a_n * self.b_max
         err = alpha * err_dot + self.col_err + self.extra_err + self.split_err \
-            + g * 1.02 * (self.col_max + tau.double().abs()) + 1e-12 * offset.abs()
+            + g * 1.02 * (self.col_max + tau.double().abs()) + 1e-12 * scale  # float64 offset
         return Prepared(op, SAFETY * err, offset)
 
     def _tau(self, op: torch.Tensor, k: int) -> torch.Tensor:
