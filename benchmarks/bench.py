@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.cases import CASES, MARKER
 from benchmarks.common import dump_json, machine_info
-from benchmarks import sections
+from benchmarks import knn_bench, sections
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
@@ -41,7 +41,7 @@ PRESETS: dict[str, dict] = {
     "full": dict(
         model="resnet18", input_size=64, tiny=False, extract_images=2048, extract_repeats=3, batch_size=256,
         prepare_limit=None, dim=768, n_classes=10, k=11,
-        knn_train=100_000, knn_test=10_000, lp_train=100_000, lp_val=10_000, lp_test=10_000,
+        knn_train=100_000, knn_test=10_000, knn_sizes=[10_000, 100_000], lp_train=100_000, lp_val=10_000, lp_test=10_000,
         scaling=[1_000, 10_000], sk_max_iter=100, sk_grid=[0.01, 0.1, 1.0, 10.0], lp_epochs=None,
         extract_models=[
             dict(model="vit-s16", input_size=224, n_images=64, batch_size=32, repeats=2),
@@ -57,7 +57,7 @@ PRESETS: dict[str, dict] = {
     "quick": dict(
         model="resnet18", input_size=64, tiny=False, extract_images=512, extract_repeats=1, batch_size=256,
         prepare_limit=512, dim=768, n_classes=10, k=11,
-        knn_train=10_000, knn_test=2_000, lp_train=10_000, lp_val=2_000, lp_test=2_000,
+        knn_train=20_000, knn_test=2_000, knn_sizes=[2_000, 20_000], lp_train=10_000, lp_val=2_000, lp_test=2_000,
         scaling=[1_000], sk_max_iter=100, sk_grid=[0.01, 0.1, 1.0, 10.0], lp_epochs=None,
         extract_models=[
             dict(model="vit-s16", input_size=224, n_images=16, batch_size=16, repeats=1),
@@ -73,7 +73,7 @@ PRESETS: dict[str, dict] = {
     "toy": dict(
         model="resnet18", input_size=None, tiny=True, extract_images=32, extract_repeats=1, batch_size=16,
         prepare_limit=24, dim=32, n_classes=3, k=5,
-        knn_train=600, knn_test=100, lp_train=600, lp_val=100, lp_test=100,
+        knn_train=600, knn_test=100, knn_sizes=[200, 600], lp_train=600, lp_val=100, lp_test=100,
         scaling=[200], sk_max_iter=100, sk_grid=[0.1, 1.0], lp_epochs=5,
         extract_models=[
             dict(model="vit-s16", input_size=None, tiny=True, n_images=16, batch_size=8, repeats=1),
@@ -155,7 +155,7 @@ def bench_knn(run: Runner, cfg: dict, tmp: Path, devices: list[str], n_train: in
     p = dict(n_train=n_train, n_test=cfg["knn_test"], dim=cfg["dim"], n_classes=cfg["n_classes"],
              k=cfg["k"], features=features)
     sk_pred, fm_pred = tmp / f"knn_sk_{tag}_{n_train}.npy", tmp / f"knn_fm_{tag}_{n_train}.npy"
-    sk = run("knn", {**p, "impl": "sklearn", "algorithm": "auto", "save_pred": str(sk_pred)})
+    sk = run("knn", {**p, "impl": "sklearn", "algorithm": "brute", "save_pred": str(sk_pred)})
     rows = []
     for dev in devices:
         eu = run("knn", {**p, "impl": "fmeval", "rule": "euclidean-majority", "device": dev,
@@ -342,6 +342,8 @@ def to_markdown(res: dict) -> str:
         "Goals of issue 15 as measured in this run (informational; `met` needs a quiet machine):", "",
         _md_table(["Goal", "Measured"], [[k, str(v)] for k, v in res.get("goals", {}).items()]), "",
     ]
+    if "knn_matrix" in res:
+        parts += [knn_markdown(res)]
     return "\n".join(parts)
 
 
@@ -370,10 +372,79 @@ def print_rich(res: dict) -> None:
             t.add_row(k, str(v))
         con.print(t)
     con.print(f"load average (1, 5, 15 min) through the run: {res.get('load_trace')}")
+    if "knn_matrix" in res:
+        print_knn(res)
     con.print(f"suite: {res['suite_seconds']:.0f} s; results in {res['out']}")
 
 
 # -- main --------------------------------------------------------------------------------
+
+
+def _knn_section(res: dict, run: Runner, cfg: dict, tmp: Path, devices: list[str], inline: bool) -> None:
+    """Issue 25's matrix (sizes x rules vs scikit-learn brute, rival processes); the older
+    ``knn`` section is its largest size."""
+    res["knn_matrix"] = knn_bench.bench_knn_matrix(run, cfg, tmp, devices, res["gemm"], inline)
+    knn_bench.finish_compete(res["knn_matrix"])
+    res["knn"] = knn_bench.legacy_knn(res["knn_matrix"], cfg)
+    for row in res["knn"]["rows"]:
+        row["roofline"] = sections.knn_roofline(row, res["gemm"][row["device"]])
+
+
+def _main_knn_only(args: argparse.Namespace, res: dict, run: Runner, cfg: dict, devices: list[str],
+                   t0: float) -> dict:
+    res["load_trace"] = {"start": sections.load_trace()}
+    _progress("[1/2] GEMM roofline")
+    res["gemm"] = sections.bench_gemm(run, cfg, devices)
+    _progress("[2/2] kNN vs scikit-learn")
+    with tempfile.TemporaryDirectory(prefix="fmeval-bench-") as tmpd:
+        _knn_section(res, run, cfg, Path(tmpd), devices, args.inline)
+    res["load_trace"]["end"] = sections.load_trace()
+    res["goals"] = {"issue_25": knn_bench.goals(res["knn_matrix"], cfg)}
+    res["suite_seconds"] = round(time.perf_counter() - t0, 1)
+    out = Path(args.out)
+    res["out"] = str(out)
+    if not args.no_write:
+        dump_json(out / "bench_knn.json", res)
+        (out / "bench_knn.md").write_text(knn_markdown(res))
+    print_knn(res)
+    if not res["goals"]["issue_25"]["identical_everywhere"]:
+        raise SystemExit("kNN predictions differ from scikit-learn (see bench_knn.json)")
+    return res
+
+
+def knn_markdown(res: dict) -> str:
+    km = res["knn_matrix"]
+    parts = [f"kNN vs scikit-learn, measured {res['date']} with `{res['command']}`: "
+             f"{knn_bench.machine_line(res['machine'])}; load through the run {res.get('load_trace')}.", "",
+             _md_table(knn_bench.HEAD, knn_bench.table_rows(km)), ""]
+    if knn_bench.compete_rows(km):
+        parts += [_md_table(knn_bench.COMPETE_HEAD, knn_bench.compete_rows(km)), ""]
+    parts += [f"Goals (issue 25): {res['goals']['issue_25']}", ""]
+    return "\n".join(parts)
+
+
+def print_knn(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    km = res["knn_matrix"]
+    con.print(f"machine: {knn_bench.machine_line(res['machine'])}")
+    for g in res["gemm"].values():
+        con.print(f"GEMM roofline ({g['device']}, kNN tile {g['shapes']['knn']}): "
+                  f"fp32 {g['knn_fp32_gflops']} GFLOP/s, bf16 {g['knn_bf16_gflops']} GFLOP/s")
+    for title, head, rows in (("kNN vs scikit-learn brute (issue 25)", knn_bench.HEAD, knn_bench.table_rows(km)),
+                              ("kNN on a shared machine", knn_bench.COMPETE_HEAD, knn_bench.compete_rows(km))):
+        if not rows:
+            continue
+        t = Table(title=title)
+        for i, h in enumerate(head):
+            t.add_column(h, justify="left" if i == 0 else "right")
+        for r in rows:
+            t.add_row(*r)
+        con.print(t)
+    con.print(f"goals (issue 25): {res['goals']['issue_25']}")
+    con.print(f"load average (1, 5, 15 min) through the run: {res.get('load_trace')}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -387,6 +458,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="torch threads in every case (default: torch's default, recorded in the results)")
     ap.add_argument("--inline", action="store_true", help="run cases in this process (faster, less isolated)")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--only", choices=["all", "knn"], default="all",
+                    help="knn: the GEMM roofline and the kNN-vs-scikit-learn matrix only (bench_knn.json/.md)")
+    ap.add_argument("--knn-sizes", default=None, help="comma list of kNN training sizes (default: the preset's)")
+    ap.add_argument("--knn-test", type=int, default=None, help="kNN test rows (default: the preset's)")
     return ap.parse_args(argv)
 
 
@@ -394,6 +469,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     preset = "quick" if args.quick else args.preset
     cfg = dict(PRESETS[preset])
+    if args.knn_sizes:
+        cfg["knn_sizes"] = [int(v) for v in args.knn_sizes.split(",")]
+        cfg["knn_train"] = max(cfg["knn_sizes"])
+    if args.knn_test:
+        cfg["knn_test"] = args.knn_test
     import torch
 
     if args.devices == "auto":
@@ -415,6 +495,8 @@ def main(argv: list[str] | None = None) -> dict:
         "preset": preset, "config": cfg, "devices": devices, "data": str(data), "inline": args.inline,
         "machine": machine_info(),
     }
+    if args.only == "knn":
+        return _main_knn_only(args, res, run, cfg, devices, t0)
     with tempfile.TemporaryDirectory(prefix="fmeval-bench-") as tmpd:
         tmp = Path(tmpd)
         res["load_trace"] = {"start": sections.load_trace()}
@@ -427,9 +509,7 @@ def main(argv: list[str] | None = None) -> dict:
         res["cache"] = bench_cache(run, cfg, data, tmp, devices[-1])
         real = str(tmp / "real_features.npz")
         _progress("[3/7] kNN")
-        res["knn"] = bench_knn(run, cfg, tmp, devices, cfg["knn_train"])
-        for row in res["knn"]["rows"]:
-            row["roofline"] = sections.knn_roofline(row, res["gemm"][row["device"]])
+        _knn_section(res, run, cfg, tmp, devices, args.inline)
         res["load_trace"]["after_knn"] = sections.load_trace()
         _progress("[4/7] linear probe")
         res["linear"] = {
@@ -478,6 +558,8 @@ def main(argv: list[str] | None = None) -> dict:
         "fmeval_ahead_linear_at_largest_n": lp_row["speedup_vs_sklearn"] > 1.0,
     }
     res["goals"] = sections.goals(res)
+    res["goals"]["issue_25"] = knn_bench.goals(res["knn_matrix"], cfg)
+    res["checks"]["knn_identical_predictions"] &= res["goals"]["issue_25"]["identical_everywhere"]
     out = Path(args.out)
     res["out"] = str(out)
     if not args.no_write:

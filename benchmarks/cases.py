@@ -168,13 +168,21 @@ def _features(p: dict, splits: tuple[str, ...]):
 
 
 def case_knn(p: dict) -> dict:
+    """fmeval's ``knn_predict`` or scikit-learn's brute-force ``KNeighborsClassifier``, one rule.
+
+    ``euclidean-majority``: scikit-learn's default (Euclidean, uniform votes).
+    ``cosine``: fmeval's DINOv2 rule (votes ``exp(sim / 0.07)``) against
+    scikit-learn with ``metric="cosine"`` and the same weights as a callable
+    of its cosine distance, so the two predictions must agree.
+    """
     import torch
 
     data = _features(p, ("train", "test"))
     (xtr, ytr), (xte, yte) = data["train"], data["test"]
     n_classes = int(max(ytr.max(), yte.max())) + 1
     k, dev = p["k"], p.get("device", "cpu")
-    extra: dict = {}
+    rule = p.get("rule", "euclidean-majority")
+    extra: dict = {"rule": rule}
     if p["impl"] == "fmeval":
         from fmeval.probes.knn import knn_predict, resolve_scoring
         from fmeval.probes.knn_search import SearchStats
@@ -183,24 +191,30 @@ def case_knn(p: dict) -> dict:
         stats = SearchStats()
         scoring = p.get("scoring", "auto")
         with measure(dev) as m:
-            prob = knn_predict(xtr_d, ytr_d, xte_d, [k], n_classes=n_classes, rule=p["rule"],
-                               scoring=scoring, stats=stats)[k]
+            prob = knn_predict(xtr_d, ytr_d, xte_d, [k], n_classes=n_classes, rule=rule,
+                               scoring=scoring, stats=stats, threads=p.get("threads"))[k]
             pred = prob.argmax(1).cpu().numpy()
         gemm_flops = 2.0 * len(xtr) * len(xte) * xtr.shape[1]
-        extra.update(rule=p["rule"], scoring=resolve_scoring(scoring, torch.device(dev)),
+        extra.update(scoring=resolve_scoring(scoring, torch.device(dev)),
                      rows_by_precision=stats.by_precision, rows_full_exact=stats.full_exact,
                      switched_to_fp32=stats.switched_to_fp32, reranked_per_row=stats.reranked / len(xte),
+                     gathered_per_row=stats.gathered / len(xte),
+                     tiles_by_threads=stats.tiles_by_threads, thread_probe_s=stats.probe,
                      gemm_gflop=gemm_flops / 1e9, achieved_gflops=gemm_flops / m.seconds / 1e9)
     else:
         from sklearn.neighbors import KNeighborsClassifier
 
         xtr_n, ytr_n, xte_n = xtr.numpy(), ytr.numpy(), xte.numpy()
-        clf = KNeighborsClassifier(n_neighbors=k, algorithm=p.get("algorithm", "auto"), n_jobs=-1)
+        kw: dict = {}
+        if rule == "cosine":
+            t = float(p.get("temperature", 0.07))
+            kw = dict(metric="cosine", weights=lambda dist: np.exp((1.0 - dist) / t))
+        clf = KNeighborsClassifier(n_neighbors=k, algorithm=p.get("algorithm", "auto"), n_jobs=-1, **kw)
         with measure("cpu") as m:
             clf.fit(xtr_n, ytr_n)
             pred = clf.predict(xte_n)
-        extra.update(rule="euclidean-majority (uniform weights)", algorithm=p.get("algorithm", "auto"),
-                     fit_method=clf._fit_method, n_jobs=-1)
+        extra.update(algorithm=p.get("algorithm", "auto"), fit_method=clf._fit_method, n_jobs=-1,
+                     metric=kw.get("metric", "euclidean"))
     if p.get("save_pred"):
         np.save(p["save_pred"], np.asarray(pred, dtype=np.int64))
     return {

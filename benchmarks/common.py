@@ -163,6 +163,12 @@ def machine_info() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
+    try:  # native bf16 (and AMX) as the kernel reports it: what `auto` kNN scoring keys on
+        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("flags")), [])
+        info["cpu_bf16_flags"] = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f") if f in flags]
+    except OSError:
+        info["cpu_bf16_flags"] = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):

@@ -73,11 +73,10 @@ def bench_extraction(run: Run, cfg: dict, data: Path, devices: list[str], tmp: P
 def bench_gemm(run: Run, cfg: dict, devices: list[str]) -> dict:
     out = {}
     for dev in devices:
+        # the kNN's scoring tile: [4096 training rows, D] x [D, up to 512 test rows]
         out[dev] = run("gemm", {"device": dev, "square": cfg["gemm_square"], "dim": cfg["dim"],
-                                "knn_rows": max(1, min(1024, (1 << 24) // cfg["knn_train"])),
-                                # the rate of this shape barely depends on n beyond a few thousand
-                                # columns; emulated bf16 makes the full width slow to time
-                                "knn_cols": min(cfg["knn_train"], 16_384)})
+                                "knn_rows": min(cfg["knn_train"], 4096),
+                                "knn_cols": min(cfg["knn_test"], 512)})
     return out
 
 

@@ -86,8 +86,8 @@ MUTATIONS: dict[str, tuple[str, str, list[tuple[str, str]], list[str]]] = {
     "euclidean-no-float64-rerank": (
         "Euclidean kNN's float64 re-ranking switched off (re-ranked in float32 instead)",
         "fmeval/probes/knn_search.py",
-        [("    c64 = train[cand].double()  # [s, m, D]\n    t64 = test.double()",
-          "    c64 = train[cand].float()  # [s, m, D]\n    t64 = test.float()")],
+        [(".view(*cand.shape, -1).double()  # [s, m, D]\n    t64 = test.double()",
+          ".view(*cand.shape, -1).float()  # [s, m, D]\n    t64 = test.float()")],
         [SEL],
     ),
     "argmax-ties-highest-class": (

@@ -13,7 +13,7 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from fmeval.probes.knn import knn_predict, resolve_scoring
-from fmeval.probes.knn_search import SearchStats, _topk
+from fmeval.probes.knn_search import SearchStats
 from fmeval.errors import ConfigError
 
 
@@ -135,11 +135,91 @@ def test_scoring_resolution(monkeypatch):
         resolve_scoring("int8", torch.device("cpu"))
 
 
-def test_two_stage_topk_is_exact():
-    g = torch.Generator().manual_seed(0)
-    s = torch.randn(7, 64 * 50 + 13, generator=g)
-    for largest in (True, False):
-        v, i = _topk(s, 9, largest)
-        rv, _ = s.topk(9, dim=1, largest=largest)
-        torch.testing.assert_close(v, rv)
-        torch.testing.assert_close(s.gather(1, i), rv)
+def _shells(cosine: bool, n_test=40, d=48, competitors=24, seed=0):
+    """Per test row, ``competitors`` training rows at distances (angles) 0.02 % apart, far below
+    bf16's resolution (the rows sit 100 away from the training mean); the nearest one alone has
+    label 1. The other rows' shells are far apart, so the bf16 pass can still prove its candidates."""
+    g = torch.Generator().manual_seed(seed)
+    xte = torch.nn.functional.normalize(torch.randn(n_test, d, generator=g), dim=1) * 100
+    rows, labels = [], []
+    for a in xte:
+        u = torch.nn.functional.normalize(torch.randn(competitors, d, generator=g), dim=1)
+        steps = 1 + 2e-4 * torch.randperm(competitors, generator=g).double()
+        if cosine:  # angle theta_j from a: b = cos(t) a^ + sin(t) v, v orthogonal to a
+            ah = a.double() / a.double().norm()
+            v = u.double() - (u.double() @ ah)[:, None] * ah
+            v = v / v.norm(dim=1, keepdim=True)
+            th = 0.3 * steps
+            b = (th.cos()[:, None] * ah + th.sin()[:, None] * v) * (1 + torch.rand(competitors, 1, generator=g) * 3)
+        else:
+            b = a.double() + steps[:, None] * u.double()
+        rows.append(b.float())
+        labels.append((steps == steps.min()).long())
+    return torch.cat(rows), torch.cat(labels), xte
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+def test_bf16_near_ties_are_settled_by_the_exact_rerank(cosine):
+    """bf16 rounding reorders these neighbours (checked below on the raw bf16 scan): the
+    predictions equal the float64 reference only because the bf16 path re-ranks its window
+    exactly, and the bf16 pass does settle every row (no fallback did the work)."""
+    from fmeval.probes.knn_search import cosine_scorer, euclidean_scorer, inverse_norms, scan
+
+    xtr, ytr, xte = _shells(cosine)
+    rule = "cosine" if cosine else "euclidean-majority"
+    stats = SearchStats()
+    ours = knn_predict(xtr, ytr, xte, [1], n_classes=2, rule=rule, scoring="bf16", stats=stats)[1]
+    if cosine:
+        ref = _exact_cosine(xtr, ytr, xte, 1, 2)
+    else:
+        ref = torch.from_numpy(_sklearn(xtr, ytr, xte, 1)[1]).float()
+    assert torch.equal(ours.argmax(1), ref.argmax(1)) and bool((ref.argmax(1) == 1).all())
+    assert stats.by_precision == {"bf16": len(xte)} and stats.full_exact == 0
+    # the same bf16 scores without the re-rank pick another nearest neighbour for many rows
+    sc = cosine_scorer(xtr, "bf16", inverse_norms(xtr)) if cosine else euclidean_scorer(xtr, "bf16")
+    _, cand = scan(sc, sc.prepare(xte, 1), 33, SearchStats())
+    assert (ytr[cand[:, 0]] != 1).sum() >= len(xte) // 4
+
+
+@pytest.mark.parametrize("scoring", ["bf16", "fp32"])
+@pytest.mark.parametrize("rule", ["euclidean-majority", "cosine"])
+def test_many_small_tiles_with_a_ragged_tail_match_the_reference(monkeypatch, scoring, rule):
+    """Tiles of 96 training rows (blocks of 16) over 1,013 rows: the running top-m merges
+    across tiles, a ragged last block, k = 20 and 50 of a sweep from one pass."""
+    import fmeval.probes.knn_search as ks
+
+    monkeypatch.setattr(ks, "_TILE", 96)
+    g = torch.Generator().manual_seed(5)
+    centres = torch.randn(4, 16, generator=g) * 3
+    ytr = torch.randint(0, 4, (1013,), generator=g)
+    xtr = centres[ytr] + torch.randn(1013, 16, generator=g)
+    xte = centres[torch.randint(0, 4, (90,), generator=g)] + torch.randn(90, 16, generator=g)
+    ours = knn_predict(xtr, ytr, xte, [1, 20, 50], n_classes=4, rule=rule, scoring=scoring, chunk=32)
+    for k in (1, 20, 50):
+        if rule == "cosine":
+            torch.testing.assert_close(ours[k], _exact_cosine(xtr, ytr, xte, k, 4), atol=1e-5, rtol=0)
+        else:
+            np.testing.assert_allclose(ours[k].numpy(), _sklearn(xtr, ytr, xte, k)[1], atol=1e-6)
+
+
+def test_thread_choice_is_restored_and_follows_the_timings():
+    from fmeval.probes.threads import ThreadChooser
+
+    before = torch.get_num_threads()
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(300) % 3
+    for threads in (None, 1):
+        stats = SearchStats()
+        knn_predict(x, y, x[:10], [3], n_classes=3, rule="euclidean-majority", stats=stats, threads=threads)
+        assert torch.get_num_threads() == before
+    tc = ThreadChooser(4, every=5)
+    tc.current = 4
+    for sec in (1.0, 1.0, 1.0, 1.0):  # all threads, then one trial of one thread (tile 4)
+        tc.pick()
+        tc.record(sec, 100)
+    tc.pick()
+    assert tc.last == 1  # the periodic trial of the other option
+    tc.record(0.2, 100)  # one thread is 5x faster now (a shared machine): switch
+    tc.pick()
+    assert tc.last == 1 and tc.current == 1
+    torch.set_num_threads(before)

@@ -516,24 +516,6 @@ def test_finetune_without_validation_runs_every_epoch_and_keeps_the_last(monkeyp
     assert seen == [(False, 0), (False, 0), (False, 0), (True, 0)]
 
 
-@pytest.mark.parametrize("largest", [True, False])
-def test_two_stage_topk_is_exact_on_wide_rows(largest):
-    """Training sets of thousands take the blocked top-k path (rows wider than 4 * k * 64 columns)."""
-    from fmeval.probes.knn_search import _BLOCK, _topk
-
-    g = torch.Generator().manual_seed(0)
-    scores = torch.randn(6, 47 * _BLOCK + 29, generator=g)  # a ragged tail of 29 columns
-    scores[0, -3] = 50.0 if largest else -50.0  # the best of row 0 sits in the tail
-    scores[1, :5] = torch.tensor([40.0, 39.0, 38.0, 37.0, 36.0]) * (1 if largest else -1)  # all in one block
-    for k in (1, 5, 11):
-        assert (scores.shape[1] // _BLOCK) >= 4 * k  # the two-stage path
-        near, idx = _topk(scores, k, largest)
-        ref_near, ref_idx = scores.topk(k, dim=1, largest=largest, sorted=True)
-        assert torch.equal(near, ref_near) and torch.equal(idx, ref_idx)
-        assert torch.equal(scores.gather(1, idx), near)
-    assert _topk(scores, 5, largest)[1][1].tolist() == [0, 1, 2, 3, 4]
-
-
 def test_knn_on_a_large_training_set_matches_brute_force():
     g = torch.Generator().manual_seed(1)
     xtr = torch.randn(3000, 8, generator=g)

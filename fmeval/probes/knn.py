@@ -7,17 +7,19 @@ Two named rules:
   distance, unweighted majority vote; probabilities are vote fractions and
   ties go to the lowest class index, as in scikit-learn.
 
-Neighbours are found by :mod:`fmeval.probes.knn_search`: one GEMM per chunk
-of test rows in a fast precision (``scoring``: bf16 where the hardware
-multiplies bf16 natively, else fp32), a candidate set proven by an error
-bound to hold the true k nearest, and a float64 re-rank of the candidates that
-could still change places. So neighbour sets (and the majority votes) are
-those of an exact float64 computation such as scikit-learn's whatever the
-scoring precision. Memory is bounded by a fixed budget for the
-``[rows, n_train]`` score chunk and there is no per-sample Python loop; the fp32
-path copies nothing of size ``[n_train, D]`` (bf16 keeps one half-size centred
-copy). All k of a sweep come out of one pass: neighbours are sorted, so the
-votes of the first k are a prefix of the same neighbour list.
+Neighbours are found by :mod:`fmeval.probes.knn_search`: GEMMs over cache-sized
+tiles of training rows in a fast precision (``scoring``: bf16 where the
+hardware multiplies bf16 natively, else fp32), each tile reduced at once to
+the candidates that can still be among the best (no ``[rows, n_train]`` score
+matrix), a candidate set proven by an error bound to hold the true k nearest,
+and a float64 re-rank of the candidates that could still change places. So
+neighbour sets (and the majority votes) are those of an exact float64
+computation such as scikit-learn's whatever the scoring precision. Memory: one
+score tile plus, for bf16, one half-size copy of the training features; no
+per-sample Python loop. The torch thread count is chosen by timing (all
+threads vs one: on a shared machine one thread is often several times faster)
+and restored afterwards. All k of a sweep come out of one pass: neighbours are
+sorted, so the votes of the first k are a prefix of the same neighbour list.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ import torch
 
 from fmeval.errors import ConfigError
 from fmeval.probes.knn_search import (
+    _TILE,
     Scorer,
     SearchStats,
+    _norms64,
     cosine_scorer,
     euclidean_scorer,
     inverse_norms,
     search,
 )
+from fmeval.probes.threads import ThreadChooser
 from fmeval.registry import Registry
 
 SCORINGS = ("auto", "fp32", "bf16")
@@ -46,10 +51,11 @@ class KnnRule:
     largest: bool  # True: similarity (bigger is nearer); False: distance
     cosine: bool
 
-    def scorer(self, train: torch.Tensor, precision: str) -> Scorer:
+    def scorer(self, train: torch.Tensor, precision: str, norms64: torch.Tensor | None = None) -> Scorer:
+        norms64 = norms64 if norms64 is not None else _norms64(train, self.cosine)
         if self.cosine:
-            return cosine_scorer(train, precision, inverse_norms(train))
-        return euclidean_scorer(train, precision)
+            return cosine_scorer(train, precision, inverse_norms(train), norms64)
+        return euclidean_scorer(train, precision, norms64)
 
     def weights(self, near: torch.Tensor, temperature: float) -> torch.Tensor:
         if self.cosine:
@@ -67,13 +73,13 @@ KNN_RULES.add(
 )
 
 
-# Rows of the score matrix per chunk are capped so that it stays this many
-# elements (64 MiB of float32 on CPU, where it must not thrash the caches and
-# RAM; 512 MiB on GPU) whatever ``chunk`` says.
-_SCORE_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 27}
-# extra candidates beyond k whose scores bound the window: small for fp32
+# Test rows per chunk are capped so that one score tile ([_TILE training rows,
+# rows]) stays this many elements (16 MiB of float32 on CPU, about a shared L3
+# cache; 512 MiB on GPU) whatever ``chunk`` says.
+_SCORE_BUDGET = {"cpu": 1 << 21, "cuda": 1 << 27}
+# extra candidates beyond k whose scores bound the rest: small for fp32
 # (its error is ~1e-5 relative), wider for bf16 (~1e-2)
-_MARGIN = {"fp32": lambda k: 4 + k // 8, "bf16": lambda k: 48 + k}
+_MARGIN = {"fp32": lambda k: 4 + k // 8, "bf16": lambda k: 32 + k}
 # below this fraction of a chunk's rows settled by bf16, the remaining chunks use fp32
 _MIN_SETTLED = 0.5
 
@@ -104,15 +110,19 @@ def knn_predict(
     chunk: int = 1024,
     scoring: str = "auto",
     stats: SearchStats | None = None,
+    threads: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """Return {k: scores [n_test, n_classes]} - probabilities (rows sum to 1
     for single-label; per-label positive fractions for multi-label).
 
     ``chunk`` is the most test rows scored at once; it is lowered further so
-    that one chunk's ``[rows, n_train]`` score matrix stays within a fixed
+    that one score tile (``[_TILE training rows, rows]``) stays within a fixed
     memory budget. ``scoring`` is the precision of the candidate GEMM
     (``auto``: bf16 where native); the neighbours are exact either way.
-    ``stats`` (optional) counts how the rows were settled.
+    ``stats`` (optional) counts how the rows were settled. ``threads``: torch
+    threads for the search (default: timed per tile, all of torch's threads
+    vs one, the faster kept; see ``ThreadChooser``); torch's setting is
+    restored afterwards.
     """
     r = KNN_RULES.get(rule)
     ks = sorted({int(k) for k in ks})
@@ -123,14 +133,8 @@ def knn_predict(
         raise ConfigError(f"k={kmax} exceeds the {train.shape[0]} training samples.")
     train = train.float()
     test = test.float().to(train.device)
-    n_train, dev = train.shape[0], train.device
+    dev = train.device
     precision = resolve_scoring(scoring, dev)
-    scorers = [r.scorer(train, precision)]
-    if precision != "fp32":  # rows whose bf16 gap is too small: fp32 next
-        scorers.append(r.scorer(train, "fp32"))
-    margin = _MARGIN[precision](kmax)
-    budget = _SCORE_BUDGET["cuda" if dev.type == "cuda" else "cpu"]
-    rows = max(1, min(int(chunk), budget // max(1, n_train)))
     stats = stats if stats is not None else SearchStats()
     stats.rows += test.shape[0]
     labels = train_labels.to(dev)
@@ -138,16 +142,8 @@ def knn_predict(
     labels = labels.long().view(-1) if not multilabel else None
     out = {k: torch.empty((test.shape[0], n_classes), dtype=torch.float32, device=dev) for k in ks}
     k_idx = torch.tensor([k - 1 for k in ks], device=dev)
-    for start in range(0, test.shape[0], rows):
-        t = test[start : start + rows]
-        before = stats.by_precision.get(precision, 0) if stats.by_precision else 0
-        near, idx = search(t, train, scorers, kmax, margin, r.largest, r.cosine, stats)
-        settled = (stats.by_precision or {}).get(precision, 0) - before
-        if len(scorers) > 1 and settled < _MIN_SETTLED * len(t):
-            # bf16 cannot separate these neighbours (dense clusters): every row paid the
-            # bf16 pass for nothing, so score the rest in fp32 directly
-            scorers, margin = scorers[1:], _MARGIN["fp32"](kmax)
-            stats.switched_to_fp32 = True
+    for start, near, idx in _neighbour_chunks(train, test, r, kmax, precision, chunk, stats, threads):
+        rows = len(near)
         w = r.weights(near.float(), temperature)  # [c, kmax]
         if targets is not None:  # multi-label: per-label weighted fractions
             votes = targets[idx] * w.unsqueeze(-1)  # [c, kmax, L]
@@ -160,7 +156,55 @@ def knn_predict(
         lab = labels[idx]  # [c, kmax]
         for k in ks:  # scatter the votes: no [c, k, n_classes] one-hot
             wk = w[:, :k]
-            votes = torch.zeros((len(t), n_classes), dtype=torch.float32, device=dev)
+            votes = torch.zeros((rows, n_classes), dtype=torch.float32, device=dev)
             votes.scatter_add_(1, lab[:, :k], wk)
             out[k][start : start + rows] = votes / wk.sum(1, keepdim=True)
     return out
+
+
+def _neighbour_chunks(train: torch.Tensor, test: torch.Tensor, r: KnnRule, kmax: int, precision: str,
+                      chunk: int, stats: SearchStats, threads: int | None):
+    """Yield (start, near [c, kmax] float64, idx [c, kmax]) chunk by chunk of test rows.
+
+    Scorers are built once (the fp32 fallback only if a row needs it); torch's
+    thread count is chosen per tile on CPU and restored at the end.
+    """
+    n_train, dev = train.shape[0], train.device
+    saved = torch.get_num_threads()
+    chooser = None
+    if dev.type == "cpu":
+        if threads:
+            torch.set_num_threads(int(threads))
+        else:
+            chooser = ThreadChooser(saved)
+            chooser.probe()
+            stats.probe = {t: round(v, 5) for t, v in chooser.probed.items()}
+    norms64 = _norms64(train, r.cosine)
+    made: dict[str, Scorer] = {}
+
+    def maker(p: str):
+        def make() -> Scorer:
+            if p not in made:
+                made[p] = r.scorer(train, p, norms64)
+            return made[p]
+        return make
+
+    scorers = [maker(precision)] + ([maker("fp32")] if precision != "fp32" else [])
+    margin = {p: _MARGIN[p](kmax) for p in _MARGIN}
+    budget = _SCORE_BUDGET["cuda" if dev.type == "cuda" else "cpu"]
+    rows = max(1, min(int(chunk), budget // min(_TILE, max(1, n_train))))
+    try:
+        for start in range(0, test.shape[0], rows):
+            t = test[start : start + rows]
+            before = stats.by_precision.get(precision, 0) if stats.by_precision else 0
+            near, idx = search(t, train, scorers, kmax, margin, stats, chooser)
+            settled = (stats.by_precision or {}).get(precision, 0) - before
+            if len(scorers) > 1 and settled < _MIN_SETTLED * len(t):
+                # bf16 cannot separate these neighbours (dense clusters): every row paid the
+                # bf16 pass for nothing, so score the rest in fp32 directly
+                scorers = scorers[1:]
+                stats.switched_to_fp32 = True
+            yield start, near, idx
+    finally:
+        if torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)

@@ -1,44 +1,65 @@
 """Exact k-nearest-neighbour search: fast approximate scores, a proven candidate set, exact re-rank.
 
-Scoring every test row against every training row is one GEMM; it is done in
-a fast precision (bf16 on hardware that multiplies bf16 natively: AMX CPUs,
-tensor-core GPUs; fp32 elsewhere), which gives every score an error. For each
-test row the error is bounded from above by ``E`` (rounding of the inputs to the
-GEMM precision, fp32 accumulation over ``D`` terms, rounding of the output and
-of the final additions; by Cauchy-Schwarz on the actual residual norms, times
-a safety factor of 2). Then, with the top ``M`` candidates by approximate
-score sorted and ``s_(k)``, ``s_(M)`` the k-th and M-th of them, every
-non-candidate ``j`` satisfies ``s_j >= s~_(M) - E`` while the k-th best true
-score among the candidates is ``<= s~_(k) + E``. So if ``s~_(M) - s~_(k) > 2E``
-the true k nearest neighbours are all among the candidates, and exactly those
-within ``2E`` of the k-th need re-ranking. Re-ranking is in float64 (the
-ranking of scikit-learn's float64 computation), ties to the lower training
-index. A row whose gap is too small is scored again in fp32 and, failing
-that too (exact duplicates at the k-th place), in float64 over all training
-rows. So the neighbour sets are those of an exact computation, whatever the
-scoring precision; only the time depends on it.
+Every test row is scored against every training row by GEMMs in a fast
+precision (bf16 where the hardware multiplies bf16 natively, fp32 elsewhere),
+one cache-sized tile of training rows at a time: a tile's scores are reduced
+to block minima at once (a cheap strided pass, the tile being laid out
+``[train rows, test rows]``), only the blocks that can still hold one of the
+``M`` best are gathered and merged into a running top-``M``, and no score row
+wider than a tile is ever materialised. Scores are *minimised* in one
+``scan`` domain ``V = sign * X + offset`` (``X`` the float64 value that ranks
+neighbours as scikit-learn does: ``||b||^2 - 2 a.b`` for Euclidean, the cosine
+for cosine, ``sign`` -1 for the latter).
+
+Each approximate score has an error bound: ``E`` per test row (rounding of the
+inputs to the GEMM precision, fp32 accumulation over the ``K`` terms of any
+summation order, the column and centring terms; by Cauchy-Schwarz on the actual
+residual norms, times a safety factor of 2), plus the rounding of the GEMM's
+output, ``u |V~|`` per element. So ``g(V~) - E <= V <= h(V~) + E`` with ``g``,
+``h`` monotone. With ``V~_(M)`` the M-th best approximate score, every
+non-candidate has ``V >= g(V~_(M)) - E``; the candidates whose lower bound is
+below the k-th smallest upper bound (a prefix of the sorted list) are
+re-ranked in float64 (ties to the lower training index), and if the exact
+k-th value ``t`` is below ``g(V~_(M)) - E`` the k nearest neighbours are
+proven to be those of an exact float64 computation. A row that fails is scored
+again in fp32 and, failing that too (exact duplicates at the k-th place), in
+float64 over all training rows. Only the time depends on the precision.
 
 bf16 scores use centred vectors (training mean subtracted; Euclidean distance
 is translation invariant, and cosine similarity splits into a centred dot
 product plus a per-column term), so the bf16 products do not cancel
-catastrophically when all features share a large common component.
+catastrophically when all features share a large common component. The
+column term and a per-row constant ``tau`` (an estimate of the k-th score, from
+a small sample of training rows) ride inside the bf16 GEMM as extra
+coordinates (the column term split into three bf16 pieces: exact to fp32), so
+the bf16 output is ``V`` itself and is small near the decision boundary, where
+its relative rounding then costs almost nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from fmeval.probes.threads import ThreadChooser
+
 U32 = 2.0**-24  # unit roundoff of float32
 U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 SAFETY = 2.0  # on top of the rigorous bound: GEMM kernels may round partial sums more often
-_BLOCK = 64  # block width of the two-stage top-k
-_SUB = 64  # test rows per float64 re-rank batch
+_SUB = 16  # test rows per float64 re-rank batch ([16, m, D] float64 gathered)
 _FALLBACK_ROWS = 16  # test rows per full float64 scoring batch
-_NORM_CHUNK = 4096
+_NORM_CHUNK = 1024
+_FULL_COLS = 256  # training rows per float64 batch of the last-resort search
+_TILE = 4096  # training rows per scoring GEMM tile
+_GROUP = 8  # training rows per block minimum of the scan filter
+_EXTRA = 4  # GEMM coordinates beyond D: three column-term pieces and tau
+_SAMPLE = 256  # training rows that estimate tau
 
 
 def _gamma(d: int) -> float:
@@ -46,129 +67,137 @@ def _gamma(d: int) -> float:
     return d * U32 / (1.0 - d * U32)
 
 
-def _topk(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact sorted top-k along dim 1, in two stages for wide rows.
+def _split3(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """float32 ``x`` as three bf16 pieces [.., 3] whose sum is ``x`` (and the largest residual)."""
+    hi = x.to(torch.bfloat16)
+    r1 = x - hi.float()
+    mid = r1.to(torch.bfloat16)
+    r2 = r1 - mid.float()
+    lo = r2.to(torch.bfloat16)
+    res = float((r2 - lo.float()).abs().max()) if x.numel() else 0.0
+    return torch.stack([hi, mid, lo], dim=-1), res
 
-    A full ``topk`` over 100k columns costs as much as the GEMM that made them.
-    Instead: the best element of each block of ``_BLOCK`` columns (one
-    vectorised reduction), the k best blocks, then top-k among their
-    ``k * _BLOCK`` members. Exact: an element of the true top-k lies in one of
-    the k best blocks, otherwise those blocks would hold k better elements.
-    """
-    rows, n = scores.shape
-    nb = n // _BLOCK
-    if nb < 4 * k:
-        return scores.topk(k, dim=1, largest=largest, sorted=True)
-    body = scores[:, : nb * _BLOCK].view(rows, nb, _BLOCK)
-    best = body.amax(dim=2) if largest else body.amin(dim=2)
-    blocks = best.topk(k, dim=1, largest=largest, sorted=False).indices  # [rows, k]
-    offs = torch.arange(_BLOCK, device=scores.device)
-    cand = (blocks.unsqueeze(-1) * _BLOCK + offs).view(rows, k * _BLOCK)
-    if nb * _BLOCK < n:  # the ragged tail is always a candidate
-        tail = torch.arange(nb * _BLOCK, n, device=scores.device).expand(rows, -1)
-        cand = torch.cat([cand, tail], dim=1)
-    near, j = scores.gather(1, cand).topk(k, dim=1, largest=largest, sorted=True)
-    return near, cand.gather(1, j)
+
+@dataclass
+class Prepared:
+    """One chunk of test rows, ready to be scored against every training tile."""
+
+    op: torch.Tensor  # [r, K] GEMM operand
+    err: torch.Tensor  # [r] float64: |V - V~| before the output rounding
+    offset: torch.Tensor  # [r] float64: V = sign * X + offset
 
 
 @dataclass
 class Scorer:
-    """Approximate scores of test rows against all training rows, with an error bound.
+    """Approximate scan-domain scores of test rows against all training rows, with an error bound.
 
-    ``score_j = col_j + alpha * <t', mat_j>`` (the dot times ``col_scale_j`` when
-    set), where ``t'`` is the test row normalised (cosine) and centred by
-    ``shift``. The norms and residual maxima of the training side, measured
-    once, turn a test row's own norms into the bound on all its scores.
+    ``mat`` holds the training side of the GEMM (fp32: the features themselves;
+    bf16: a centred copy with the column term and a ones column appended). The
+    norms and residual maxima of the training side, measured once, turn a test
+    row's own norms into the bound on all its scores.
     """
 
     precision: str  # fp32 | bf16
-    mat: torch.Tensor  # [N, D] GEMM operand
-    col: torch.Tensor | None  # [N] additive column term (fp32)
-    col_scale: torch.Tensor | None  # [N] multiplicative column term (fp32)
-    alpha: float
-    normalise: bool
-    shift: torch.Tensor | None  # [D]
+    mat: torch.Tensor  # [N, K] GEMM operand
+    cosine: bool
+    col: torch.Tensor | None  # [N] fp32 additive column term (fp32 Euclidean)
+    col_scale: torch.Tensor | None  # [N] fp32 multiplicative column term (fp32 cosine)
+    shift: torch.Tensor | None  # [D] centring (bf16)
     b_max: float  # max ||row of the exact transformed train||
-    bt_max: float  # max ||row of mat||
+    bt_max: float  # max ||row of mat's feature part||
     rb_max: float  # max ||mat row - exact transformed row||
-    col_err: float  # bound on the error of col (absolute)
-    col_max: float  # max |col|
-    out_u: float  # unit roundoff of the GEMM output
+    col_err: float  # bound on the error of the column term (absolute)
+    col_max: float  # max |column term|
+    out_u: float  # unit roundoff of the GEMM output (per element, relative)
     extra_err: float = 0.0  # absolute error independent of the row (normalisation of b)
+    split_err: float = 0.0  # largest residual of the three-piece column term
+    norms64: torch.Tensor | None = None  # [N] float64 ||b||^2 (Euclidean) or ||b|| (cosine)
 
-    def transform(self, t: torch.Tensor) -> torch.Tensor:
-        if self.normalise:
+    @property
+    def n(self) -> int:
+        return self.mat.shape[0]
+
+    @property
+    def sign(self) -> float:
+        return -1.0 if self.cosine else 1.0
+
+    def _transform(self, t: torch.Tensor) -> torch.Tensor:
+        if self.cosine:
             t = F.normalize(t, dim=1)
         return t - self.shift if self.shift is not None else t
 
-    def __call__(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores [rows, N] float32, error bound [rows] float32)."""
-        a = self.transform(t.float())
-        at = a.to(self.mat.dtype)
-        if self.col is not None and self.col_scale is None and at.dtype == torch.float32:
-            sc = torch.addmm(self.col.unsqueeze(0), at, self.mat.T, alpha=self.alpha)  # one fused GEMM
-        else:
-            dot = _mm(at, self.mat)
-            if self.col_scale is not None:
-                dot = dot.float().mul_(self.col_scale)
-            if self.col is not None:  # one pass: float32 result of bf16 products + column term
-                sc = torch.add(self.col, dot, alpha=self.alpha)
-            else:
-                sc = dot.float() if self.alpha == 1.0 else dot.float().mul_(self.alpha)
+    def prepare(self, t: torch.Tensor, k: int) -> Prepared:
+        t = t.float()
+        a = self._transform(t)
+        d = a.shape[1]
         a_n = a.norm(dim=1).double()
+        if self.precision == "fp32":
+            alpha = 2.0 if not self.cosine else 1.0
+            op = a if not self.cosine else -a
+            g = _gamma(d)
+            err_dot = g * a_n * self.b_max + 4 * U32 * a_n * self.b_max
+            if self.cosine:  # dot of unit-scaled columns: relative error of the scale
+                err_dot = err_dot + 4 * U32 * a_n
+            err = alpha * err_dot + self.col_err + self.extra_err \
+                + 2 * U32 * (self.col_max + alpha * a_n * self.b_max)
+            return Prepared(op.contiguous(), SAFETY * err, torch.zeros_like(a_n))
+        at = a.to(torch.bfloat16)
         at_n = at.float().norm(dim=1).double()
         ra = (a - at.float()).norm(dim=1).double()
-        d = a.shape[1]
-        g = _gamma(d)
-        prod = at_n * self.bt_max
-        err_dot = ra * self.b_max + at_n * self.rb_max + (g + self.out_u * (1 + g)) * prod \
-            + 4 * U32 * a_n * self.b_max
-        if self.col_scale is not None:  # dot of unit-scaled columns: relative error of the scale
-            err_dot = err_dot + 4 * U32 * a_n
-        err = abs(self.alpha) * err_dot + self.col_err \
-            + 2 * U32 * (self.col_max + abs(self.alpha) * prod * (1 + self.out_u + g)) + self.extra_err
-        return sc, (SAFETY * err).float()
+        alpha = 1.0 if self.cosine else 2.0
+        op = torch.zeros(len(t), self.mat.shape[1], dtype=torch.bfloat16, device=t.device)
+        op[:, :d] = at * (-1.0 if self.cosine else -2.0)  # exact: a power of two
+        op[:, d : d + 3] = -1.0 if self.cosine else 1.0  # times the column-term pieces
+        tau = self._tau(op, k)
+        op[:, d + 3] = -tau  # times the ones column: V = V0 - tau (tau is a bf16 value)
+        t64 = t.double()
+        mu = self.shift.double()
+        if self.cosine:  # X = a^.b^ = a^_c.b^_c + a^_c.mu + col
+            u64 = t64 / t64.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            offset = (u64 - mu) @ mu - tau.double()
+            scale = 1.0 + mu.norm() ** 2 + tau.double().abs()
+        else:  # X + ||a||^2 = ||a - b||^2 = ||a_c||^2 + ||b_c||^2 - 2 a_c.b_c
+            sq, sq_c = (t64 * t64).sum(1), ((t64 - mu) ** 2).sum(1)
+            offset = sq - sq_c - tau.double()
+            scale = sq + sq_c + tau.double().abs()
+        g = _gamma(self.mat.shape[1])
+        err_dot = ra * self.b_max + at_n * self.rb_max + g * at_n * self.bt_max + 4 * U32 * a_n * self.b_max
+        err = alpha * err_dot + self.col_err + self.extra_err + self.split_err \
+            + g * 1.02 * (self.col_max + tau.double().abs()) + 1e-12 * scale  # float64 offset
+        return Prepared(op, SAFETY * err, offset)
 
+    def _tau(self, op: torch.Tensor, k: int) -> torch.Tensor:
+        """Per test row, about the k-th best score (a bf16 value), from a strided sample of training rows."""
+        n = self.n
+        s = min(n, _SAMPLE)
+        rows = torch.linspace(0, n - 1, s, device=op.device).long()
+        v0 = (op @ self.mat[rows].T).float()  # [r, s]
+        q = max(1, min(s, round(s * k / n)))
+        return v0.kthvalue(q, dim=1).values.to(torch.bfloat16)
 
-_MM_OUT_DTYPE: dict[str, bool] = {}
-
-
-def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b.T; bf16 on CUDA with a float32 output where torch offers it."""
-    if a.dtype == torch.bfloat16 and a.device.type == "cuda":
-        key = str(a.device)
-        if _MM_OUT_DTYPE.get(key, True):
-            try:
-                out = torch.mm(a, b.T, out_dtype=torch.float32)
-                _MM_OUT_DTYPE[key] = True
-                return out
-            except (TypeError, RuntimeError, NotImplementedError):
-                _MM_OUT_DTYPE[key] = False
-    return a @ b.T
-
-
-def bf16_output_roundoff(device: torch.device) -> float:
-    """Unit roundoff of a bf16 GEMM's output on ``device`` (0 where it is float32)."""
-    if device.type == "cuda" and _MM_OUT_DTYPE.get(str(device), True):
-        try:
-            z = torch.zeros(1, 8, dtype=torch.bfloat16, device=device)
-            torch.mm(z, z.T, out_dtype=torch.float32)
-            _MM_OUT_DTYPE[str(device)] = True
-            return 0.0
-        except (TypeError, RuntimeError, NotImplementedError):
-            _MM_OUT_DTYPE[str(device)] = False
-    return U_BF16
+    def tile(self, op: torch.Tensor, j0: int, j1: int, out: torch.Tensor) -> torch.Tensor:
+        """Scan-domain scores [j1 - j0, r] of training rows j0:j1 against the prepared test rows."""
+        o = out[: j1 - j0]
+        b = self.mat[j0:j1]
+        if self.precision == "bf16":
+            return torch.mm(b, op.T, out=o)
+        if self.cosine:
+            return torch.mm(b, op.T, out=o).mul_(self.col_scale[j0:j1, None])
+        return torch.addmm(self.col[j0:j1, None], b, op.T, alpha=-2.0, out=o)
 
 
 def _transformed_stats(train: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None,
-                       copy_dtype: torch.dtype | None):
-    """Row norms of ``train * scale - shift`` (and a ``copy_dtype`` copy of it), chunk by chunk.
+                       copy: torch.Tensor | None):
+    """Row norms of ``train * scale - shift`` (written, rounded, into ``copy[:, :D]``), chunk by chunk.
 
-    Returns (sq_norms [N] fp32, copy [N, D] or None, max norm, max copy norm, max residual norm).
+    Returns (sq_norms [N] fp32, copy or None, max norm, max copy norm, max residual norm).
+    ``copy`` may also be a dtype (a new ``[N, D]`` tensor of it) or None.
     """
     n = train.shape[0]
     sq = torch.empty(n, dtype=torch.float32, device=train.device)
-    copy = torch.empty(train.shape, dtype=copy_dtype, device=train.device) if copy_dtype else None
+    if isinstance(copy, torch.dtype):
+        copy = torch.empty(train.shape, dtype=copy, device=train.device)
+    d = train.shape[1]
     b_max = bt_max = rb_max = 0.0
     for i in range(0, n, _NORM_CHUNK):
         c = train[i : i + _NORM_CHUNK].float()
@@ -180,8 +209,8 @@ def _transformed_stats(train: torch.Tensor, scale: torch.Tensor | None, shift: t
         sq[i : i + _NORM_CHUNK] = s
         b_max = max(b_max, float(s.max().sqrt()) if len(s) else 0.0)
         if copy is not None:
-            q = c.to(copy_dtype)
-            copy[i : i + _NORM_CHUNK] = q
+            q = c.to(copy.dtype)
+            copy[i : i + _NORM_CHUNK, :d] = q
             qf = q.float()
             bt_max = max(bt_max, float(qf.norm(dim=1).max()))
             rb_max = max(rb_max, float((c - qf).norm(dim=1).max()))
@@ -206,36 +235,60 @@ def inverse_norms(train: torch.Tensor) -> torch.Tensor:
     return 1.0 / sq.sqrt_().clamp_min_(1e-12)
 
 
-def euclidean_scorer(train: torch.Tensor, precision: str) -> Scorer:
-    """Scores ``||b||^2 - 2 a.b`` (squared distance less the row's ``||a||^2``)."""
+def _norms64(train: torch.Tensor, cosine: bool) -> torch.Tensor:
+    """float64 ||b||^2 (Euclidean) or ||b|| (cosine) of every training row, for the re-rank."""
+    out = torch.empty(train.shape[0], dtype=torch.float64, device=train.device)
+    for i in range(0, train.shape[0], _NORM_CHUNK):
+        c = train[i : i + _NORM_CHUNK].double()
+        out[i : i + _NORM_CHUNK] = (c * c).sum(1)
+    return out.sqrt_() if cosine else out
+
+
+def _augmented_copy(train: torch.Tensor, scale, shift, col: torch.Tensor | None):
+    """bf16 ``[N, D + 4]`` GEMM operand: centred rows, the column term in three pieces, ones."""
+    n, d = train.shape
+    mat = torch.empty(n, d + _EXTRA, dtype=torch.bfloat16, device=train.device)
+    sq, _, b_max, bt_max, rb_max = _transformed_stats(train, scale, shift, mat)
+    pieces, res = _split3(sq if col is None else col)
+    mat[:, d : d + 3] = pieces
+    mat[:, d + 3] = 1.0
+    return mat, sq, b_max, bt_max, rb_max, res
+
+
+def euclidean_scorer(train: torch.Tensor, precision: str, norms64: torch.Tensor | None = None) -> Scorer:
+    """Scores ``||b||^2 - 2 a.b`` (squared distance less the row's ``||a||^2``), shifted by a row constant."""
     d = train.shape[1]
+    norms64 = norms64 if norms64 is not None else _norms64(train, False)
     if precision == "fp32":
         sq, _, b_max, _, _ = _transformed_stats(train, None, None, None)
-        return Scorer("fp32", train, sq, None, -2.0, False, None, b_max, b_max, 0.0,
-                      _gamma(d) * b_max**2, b_max**2, 0.0)
+        return Scorer("fp32", train, False, sq, None, None, b_max, b_max, 0.0,
+                      _gamma(d) * b_max**2, b_max**2, U32, norms64=norms64)
     mu = _mean_rows(train)
-    sq, copy, b_max, bt_max, rb_max = _transformed_stats(train, None, mu, torch.bfloat16)
-    return Scorer("bf16", copy, sq, None, -2.0, False, mu, b_max, bt_max, rb_max,
-                  (_gamma(d) + 2 * U32) * b_max**2, b_max**2, bf16_output_roundoff(train.device))
+    mat, sq, b_max, bt_max, rb_max, res = _augmented_copy(train, None, mu, None)
+    return Scorer("bf16", mat, False, None, None, mu, b_max, bt_max, rb_max,
+                  (_gamma(d) + 2 * U32) * b_max**2, b_max**2 * (1 + 2 * U32), U_BF16,
+                  split_err=res, norms64=norms64)
 
 
-def cosine_scorer(train: torch.Tensor, precision: str, inv_norm: torch.Tensor) -> Scorer:
-    """Scores the cosine similarity (less a per-row constant for bf16)."""
+def cosine_scorer(train: torch.Tensor, precision: str, inv_norm: torch.Tensor,
+                  norms64: torch.Tensor | None = None) -> Scorer:
+    """Scores minus the cosine similarity (plus a row constant for bf16)."""
     d = train.shape[1]
+    norms64 = norms64 if norms64 is not None else _norms64(train, True)
     if precision == "fp32":
         # inv_norm is itself rounded: a relative error of gamma/2 + 2u on every similarity
-        return Scorer("fp32", train, None, inv_norm, 1.0, True, None, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0,
-                      _gamma(d) + 4 * U32)
+        return Scorer("fp32", train, True, None, inv_norm, None, 1.0, 1.0, 0.0, 0.0, 0.0, U32,
+                      _gamma(d) + 4 * U32, norms64=norms64)
     mu = _mean_rows(train, inv_norm)  # mean of the unit rows
-    _, copy, b_max, bt_max, rb_max = _transformed_stats(train, inv_norm, mu, torch.bfloat16)
     col = torch.empty(train.shape[0], dtype=torch.float32, device=train.device)
     for i in range(0, train.shape[0], _NORM_CHUNK):  # col_j = mu . unit(b_j)
         col[i : i + _NORM_CHUNK] = (train[i : i + _NORM_CHUNK].float() @ mu) * inv_norm[i : i + _NORM_CHUNK]
+    mat, _, b_max, bt_max, rb_max, res = _augmented_copy(train, inv_norm, mu, col)
     mu_n = float(mu.norm())
     col_err = (_gamma(d) + 6 * U32) * mu_n * 1.0
-    return Scorer("bf16", copy, col, None, 1.0, True, mu, b_max, bt_max, rb_max, col_err,
-                  float(col.abs().max()) if len(col) else 0.0, bf16_output_roundoff(train.device),
-                  _gamma(d) + 4 * U32)
+    return Scorer("bf16", mat, True, None, None, mu, b_max, bt_max, rb_max, col_err,
+                  float(col.abs().max()) if len(col) else 0.0, U_BF16, _gamma(d) + 4 * U32,
+                  split_err=res, norms64=norms64)
 
 
 @contextlib.contextmanager
@@ -253,20 +306,22 @@ def _exact_cuda_reductions(device: torch.device):
         m.allow_bf16_reduced_precision_reduction, m.allow_tf32 = saved
 
 
-def exact_values(test: torch.Tensor, train: torch.Tensor, cand: torch.Tensor, cosine: bool) -> torch.Tensor:
+def exact_values(test: torch.Tensor, train: torch.Tensor, cand: torch.Tensor, cosine: bool,
+                 norms64: torch.Tensor | None = None) -> torch.Tensor:
     """float64 scores of ``test`` rows [s, D] against their candidates ``cand`` [s, m].
 
     Euclidean: ``||b||^2 - 2 a.b`` (the row's ``||a||^2`` does not change ranks);
-    cosine: ``a.b / (||a|| ||b||)``.
+    cosine: ``a.b / (||a|| ||b||)``. ``norms64`` (optional): the training rows'
+    float64 ``||b||^2`` (Euclidean) or ``||b||`` (cosine), computed once.
     """
-    c64 = train[cand].double()  # [s, m, D]
+    c64 = train.index_select(0, cand.reshape(-1)).view(*cand.shape, -1).double()  # [s, m, D]
     t64 = test.double()
     dots = torch.bmm(c64, t64.unsqueeze(2)).squeeze(2)
     if cosine:
-        bn = c64.norm(dim=2).clamp_min(1e-12)
+        bn = (norms64[cand] if norms64 is not None else c64.norm(dim=2)).clamp_min(1e-12)
         an = t64.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return dots / bn / an
-    return (c64 * c64).sum(-1) - 2.0 * dots
+    return (norms64[cand] if norms64 is not None else (c64 * c64).sum(-1)) - 2.0 * dots
 
 
 def _stable_top(values: torch.Tensor, cand: torch.Tensor, k: int, largest: bool):
@@ -284,8 +339,8 @@ def _full_exact(test: torch.Tensor, train: torch.Tensor, k: int, largest: bool, 
     for i in range(0, len(test), _FALLBACK_ROWS):
         t = test[i : i + _FALLBACK_ROWS]
         cols = []
-        for j in range(0, n, _NORM_CHUNK):
-            cand = torch.arange(j, min(n, j + _NORM_CHUNK), device=train.device).expand(len(t), -1)
+        for j in range(0, n, _FULL_COLS):  # [16, 256, D] float64 gathered at a time: 25 MB at D = 768
+            cand = torch.arange(j, min(n, j + _FULL_COLS), device=train.device).expand(len(t), -1)
             cols.append(exact_values(t, train, cand, cosine))
         vals = torch.cat(cols, dim=1)
         v, idx = vals.sort(dim=1, descending=largest, stable=True)
@@ -303,43 +358,155 @@ class SearchStats:
     full_exact: int = 0
     reranked: int = 0  # candidates re-ranked in float64, summed over rows
     switched_to_fp32: bool = False  # bf16 settled too few rows; later chunks scored in fp32
+    gathered: int = 0  # scan: approximate scores gathered past the block filter
+    tiles_by_threads: dict[int, int] | None = None  # scan tiles run with each torch thread count
+    probe: dict[int, float] | None = None  # seconds of the thread probe, per thread count
 
     def add(self, precision: str, n: int) -> None:
         self.by_precision = self.by_precision or {}
         self.by_precision[precision] = self.by_precision.get(precision, 0) + n
 
 
-def search(test: torch.Tensor, train: torch.Tensor, scorers: list[Scorer], k: int, margin: int,
-           largest: bool, cosine: bool, stats: SearchStats) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k (values float64, training indices) of ``test`` rows; see the module doc."""
+def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats,
+         threads: ThreadChooser | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``m`` best approximate scan-domain scores (sorted ascending, float32) and their indices.
+
+    Tile by tile, laid out ``[train rows, test rows]``: block minima of ``_GROUP``
+    training rows (a strided, vectorised pass), the blocks whose minimum is not
+    above the row's threshold gathered and merged into a running top-``m``.
+    The threshold is an upper bound of the m-th best score seen so far (first
+    the m-th smallest block minimum: m blocks each hold a score at most that),
+    so every score left out is worse than the final m-th: the result is the
+    exact top-m of the approximate scores.
+    """
+    op = prep.op
+    r, n, dev = op.shape[0], scorer.n, op.device
+    width = min(_TILE, -(-n // _GROUP) * _GROUP)
+    buf = torch.empty(width, r, dtype=scorer.mat.dtype, device=dev)
+    run_v = torch.full((r, m), math.inf, device=dev)
+    run_i = torch.full((r, m), -1, dtype=torch.long, device=dev)
+    theta = torch.full((r,), math.inf, device=dev)
+    offs = torch.arange(_GROUP, device=dev)
+    for j0 in range(0, n, width):
+        j1 = min(n, j0 + width)
+        w = j1 - j0
+        wp = -(-w // _GROUP) * _GROUP
+        if threads is not None:
+            threads.pick()
+            t0 = time.perf_counter()
+        scorer.tile(op, j0, j1, buf)
+        if wp > w:
+            buf[w:wp].fill_(math.inf)
+        o = buf[:wp]
+        bmin = o.view(wp // _GROUP, _GROUP, r).amin(1).float()  # [blocks, r]
+        if j0 == 0 and bmin.shape[0] >= m:
+            theta = torch.minimum(theta, bmin.kthvalue(m, dim=0).values)
+        blk, rr = (bmin <= theta).nonzero(as_tuple=True)
+        if len(blk):
+            members = blk[:, None] * _GROUP + offs  # [P, G] rows of the tile
+            vals = o[members, rr[:, None]].float()
+            stats.gathered += vals.numel()
+            _merge(run_v, run_i, theta, rr, vals, members + j0, m)
+        if threads is not None:
+            threads.record(time.perf_counter() - t0, w)
+            stats.tiles_by_threads = stats.tiles_by_threads or {}
+            stats.tiles_by_threads[threads.last] = stats.tiles_by_threads.get(threads.last, 0) + 1
+    run_v, order = run_v.sort(dim=1)
+    return run_v, run_i.gather(1, order)
+
+
+def _merge(run_v, run_i, theta, rr, vals, idx, m: int) -> None:
+    """Merge gathered blocks (``vals``/``idx`` [P, G] of test rows ``rr``) into the running top-m.
+
+    Only members not above their row's threshold can enter; they are packed
+    per row (padded to the busiest row's count) and merged by one top-k.
+    """
+    keep = vals <= theta[rr][:, None]
+    pj, gj = keep.nonzero(as_tuple=True)
+    if len(pj) == 0:
+        return
+    rr, vals, idx = rr[pj], vals[pj, gj], idx[pj, gj]
+    r = run_v.shape[0]
+    counts = torch.bincount(rr, minlength=r)
+    rows = counts.nonzero().squeeze(1)
+    order = torch.argsort(rr, stable=True)
+    rs = rr[order]
+    start = counts.cumsum(0) - counts
+    pos = torch.arange(len(rs), device=rr.device) - start[rs]
+    compact = torch.full((r,), -1, dtype=torch.long, device=rr.device)
+    compact[rows] = torch.arange(len(rows), device=rr.device)
+    ci = compact[rs]
+    maxc = int(counts.max())
+    pv = torch.full((len(rows), maxc), math.inf, device=vals.device)
+    pi = torch.full((len(rows), maxc), -1, dtype=torch.long, device=vals.device)
+    pv[ci, pos] = vals[order]
+    pi[ci, pos] = idx[order]
+    cv = torch.cat([run_v[rows], pv], dim=1)
+    cidx = torch.cat([run_i[rows], pi], dim=1)
+    tv, tj = cv.topk(m, dim=1, largest=False, sorted=False)
+    run_v[rows] = tv
+    run_i[rows] = cidx.gather(1, tj)
+    theta[rows] = tv.amax(dim=1)
+
+
+def settle(test: torch.Tensor, train: torch.Tensor, scorer: Scorer, prep: Prepared, vals: torch.Tensor,
+           cand: torch.Tensor, k: int, stats: SearchStats):
+    """Re-rank the candidates that can still be among the k nearest; prove the rest cannot.
+
+    Returns (ok [r] bool, values [r, k] float64, indices [r, k]); rows not ok are
+    to be searched again (their values are garbage).
+    """
+    u = scorer.out_u / (1 - scorer.out_u)
+    v = vals.double()
+    e = prep.err[:, None]
+    lo = v - u * v.abs() - e  # monotone in v: sorted like v
+    hi = v + u * v.abs() + e
+    m = v.shape[1]
+    need = (lo <= hi[:, k - 1 : k]).sum(1)  # a prefix: the k-th smallest upper bound
+    near = torch.empty(len(test), k, dtype=torch.float64, device=test.device)
+    idx = torch.empty(len(test), k, dtype=torch.long, device=test.device)
+    largest = scorer.cosine
+    for i in range(0, len(test), _SUB):
+        w = int(need[i : i + _SUB].max())
+        c = cand[i : i + _SUB, :w]
+        stats.reranked += c.numel()
+        x = exact_values(test[i : i + _SUB], train, c, scorer.cosine, scorer.norms64)
+        near[i : i + _SUB], idx[i : i + _SUB] = _stable_top(x, c, k, largest)
+    t = scorer.sign * near[:, k - 1] + prep.offset
+    ok = lo[:, m - 1] > t
+    if m >= scorer.n:
+        ok = torch.ones_like(ok)
+    return ok, near, idx
+
+
+def search(test: torch.Tensor, train: torch.Tensor, scorers: Sequence[Callable[[], Scorer]], k: int,
+           margin: dict[str, int], stats: SearchStats,
+           threads: ThreadChooser | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k (values float64, training indices) of ``test`` rows; see the module doc.
+
+    ``scorers`` make the scorers to try in turn (built only when a row needs them).
+    """
     n = train.shape[0]
     near = torch.empty(len(test), k, dtype=torch.float64, device=test.device)
     idx = torch.empty(len(test), k, dtype=torch.long, device=test.device)
     todo = torch.arange(len(test), device=test.device)
+    cosine = None
     with _exact_cuda_reductions(test.device):
-        for scorer in scorers:
+        for make in scorers:
             if len(todo) == 0:
                 break
-            m = min(n, k + margin)
-            sc, err = scorer(test[todo])
-            top, cand = _topk(sc, m, largest)
-            del sc
-            kth = top[:, k - 1 : k]
-            window = (top >= kth - 2 * err[:, None]) if largest else (top <= kth + 2 * err[:, None])
-            need = window.sum(1)
-            ok = need < m if m < n else torch.ones_like(need, dtype=torch.bool)
+            scorer = make()
+            cosine = scorer.cosine
+            m = min(n, k + margin[scorer.precision])
+            t = test[todo]
+            prep = scorer.prepare(t, k)
+            vals, cand = scan(scorer, prep, m, stats, threads)
+            ok, nv, ni = settle(t, train, scorer, prep, vals, cand, k, stats)
             rows = todo[ok]
-            stats.add(scorer.precision, int(ok.sum()))
-            cand_ok, need_ok = cand[ok], need[ok]
-            for i in range(0, len(rows), _SUB):
-                r = rows[i : i + _SUB]
-                w = int(need_ok[i : i + _SUB].max())
-                c = cand_ok[i : i + _SUB, :w]
-                stats.reranked += len(r) * w
-                v = exact_values(test[r], train, c, cosine)
-                near[r], idx[r] = _stable_top(v, c, k, largest)
+            stats.add(scorer.precision, len(rows))
+            near[rows], idx[rows] = nv[ok], ni[ok]
             todo = todo[~ok]
         if len(todo):
             stats.full_exact += len(todo)
-            near[todo], idx[todo] = _full_exact(test[todo], train, k, largest, cosine)
+            near[todo], idx[todo] = _full_exact(test[todo], train, k, cosine, cosine)
     return near, idx
