@@ -364,11 +364,19 @@ def test_second_open_of_10000_pngs_reads_no_image_file(tmp_path, monkeypatch):
     for s in ("train", "val", "test"):
         assert np.array_equal(second.split(s).images, first.split(s).images)
     assert second.md5 == first.md5
-    # one changed file: the arrays are decoded again, in this process (no worker sees the patch)
+    # one file's content changed in place, same byte size (uncompressed PNG): its mtime changed, so the
+    # arrays are decoded again, in this process (no worker sees the patch)
     monkeypatch.setenv("FMEVAL_DECODE_WORKERS", "1")
-    PIL.Image.fromarray(255 - pixels[3]).save(root / "pneumonia" / "00003.png")
+    changed = root / "pneumonia" / "00003.png"
+    before = changed.stat()
+    PIL.Image.fromarray(255 - pixels[3]).save(changed, compress_level=0)
+    assert changed.stat().st_size == before.st_size and changed.stat().st_mtime_ns != before.st_mtime_ns
     third = open_dataset(str(root), size=8)
     assert third.decoded_now and opened["n"] == 10_000 and third.md5 != first.md5
+    # a removed file: decoded again, one row fewer
+    (root / "normal" / "00000.png").unlink()
+    fourth = open_dataset(str(root), size=8)
+    assert fourth.decoded_now and sum(len(fourth.labels(s)) for s in ("train", "val", "test")) == 9_999
 
 
 @pytest.mark.slow

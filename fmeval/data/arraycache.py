@@ -1,11 +1,23 @@
 """The decoded-array cache: a user dataset's splits as uint8 arrays, decoded once.
 
-The key is the manifest's content (every file's path, size and mtime, its
-label, split and group) plus the preprocessing (size, conversion rule, drawn
-split settings), so a later run with the same files reads the arrays
-(memory-mapped) and opens no image file; touching, replacing or adding one
-file changes the key. The entry also keeps what decoding found (pixel hashes'
-digest, check warnings, the content hash), so a cached run reports the same.
+The key is the manifest's content (every file's relative path, byte size and
+mtime_ns, its label, split and group) plus the preprocessing (size, conversion
+rule, drawn split settings), so a later run with the same files reads the
+arrays (memory-mapped) and opens no image file. The entry also keeps what
+decoding found (pixel hashes' digest, check warnings, the content hash), so a
+cached run reports the same.
+
+What a cached run verifies, precisely: it lists every folder (one ``scandir``
+each) and stats every file it names (size and mtime in nanoseconds); no file is
+opened. A file added, removed, renamed, replaced (a new file moved over it) or
+rewritten in place changes its path, size or mtime, so the key changes and the
+arrays are decoded again. A folder's own mtime is NOT used as a shortcut: it
+changes when entries are added or removed, not when a file's content is
+rewritten. The one change not seen is a rewrite that keeps the byte size AND
+the mtime: a tool that sets mtime back (``touch -d``, ``cp -p`` of another file
+of equal size), or a same-size rewrite within the filesystem's timestamp tick
+(1-10 ms) of the first decode reading that file. ``fmeval cache clear``
+removes the entries (see :mod:`fmeval.cache`).
 
 Entries live under ``<cache>/decoded/<hh>/<key>/`` (deeper than the feature
 cache's ``<kind>/<hh>/<digest>`` files, which its housekeeping globs), written
@@ -25,17 +37,20 @@ import numpy as np
 from fmeval.data.info import SPLITS
 from fmeval.settings import cache_root  # the one rule for the cache folder (re-exported)
 
-FORMAT = 1
+FORMAT = 2  # 2: identity hashed as blocks (paths, stats, labels, splits, groups)
 
 
 def decoded_root() -> Path:
     return cache_root() / "decoded"
 
 
-def manifest_key(identity: list[tuple], preprocessing: dict) -> str:
+def manifest_key(identity: list[tuple[str, bytes]], preprocessing: dict) -> str:
+    """SHA-256 of the preprocessing and the identity blocks, each framed by its name and length
+    (so no two different listings hash alike by moving bytes across a block boundary)."""
     h = hashlib.sha256(json.dumps({"format": FORMAT, **preprocessing}, sort_keys=True, default=str).encode())
-    for row in identity:
-        h.update(("\x1f".join(map(str, row)) + "\n").encode())
+    for name, data in identity:
+        h.update(f"\n{name}:{len(data)}\n".encode())
+        h.update(data)
     return h.hexdigest()
 
 
