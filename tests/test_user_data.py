@@ -496,3 +496,45 @@ def test_group_by_keeps_each_patient_in_one_split_of_a_manifest(capsys, tmp_path
     assert data.split_record["group_by"] == "patient" and len(set(split_of.values())) == 3
     code, out, err = run(capsys, "data", "check", str(tmp_path / "labels.csv"), "--group-by", "patinet")
     assert code == 2 and "no group column 'patinet'" in err and "did you mean 'patient'" in err
+
+
+# -- robustness on your own data ------------------------------------------------------
+def test_robustness_on_a_folder_uses_the_cards_corruptions_like_and_equals_the_npz_run(capsys, tmp_path):
+    """A PNG export of a (synthetic) PneumoniaMNIST with `corruptions_like: pneumoniamnist` in its card gives
+    the npz run's robustness table exactly (same images, same per-index corruption seeds, same parameters);
+    the report records the rule. Without the field: one line saying how to opt in, before any work."""
+    from helpers import ROBUSTNESS_INSTALL
+    from helpers import require_extra as require
+
+    require("medmnistc.corruptions.registry", "robustness", ROBUSTNESS_INSTALL)
+    from fmeval.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "data", "pneumoniamnist", 28, n=(60, 30, 40))
+    folder = export_folder(tmp_path / "data" / "pneumoniamnist.npz", tmp_path / "mine", name="mine-xray")
+    reports = tmp_path / "reports"
+    common = ("--model", "resnet18", "--tiny", "--bootstrap", "0", "--head", "knn", "--k", "1,5",
+              "--corruptions", "gaussian_noise,contrast_down", "--severities", "1,5",
+              "--data-root", str(tmp_path / "data"), "--reports-dir", str(reports))
+    code, out, err = run(capsys, "robustness", "--dataset", str(folder), *common)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "corruptions_like: <dataset>" in err and "pneumoniamnist (chest X-ray)" in err
+    assert "its modality: chest X-ray" in err and not reports.exists()
+    card = folder / "fmeval.yaml"
+    card.write_text(card.read_text() + "corruptions_like: pneumonimnist\n")
+    code, out, err = run(capsys, "robustness", "--dataset", str(folder), *common)
+    assert code == 2 and "corruptions_like pneumonimnist" in err and "pneumoniamnist" in err, err
+    card.write_text(card.read_text().replace("pneumonimnist", "pneumoniamnist"))
+    for ds in ("pneumoniamnist", str(folder)):
+        code, out, err = run(capsys, "robustness", "--dataset", ds, *common)
+        assert code == 0, err
+    res = _results(reports)
+    ref, mine = res[("pneumoniamnist", "robustness")], res[("mine-xray", "robustness")]
+    r, m = ref["extras"]["robustness"], mine["extras"]["robustness"]
+    assert m["table"] == r["table"] and m["severity_params"] == r["severity_params"]
+    assert mine["test"]["metrics"] == ref["test"]["metrics"]
+    assert r["corruptions_like"]["dataset"] == m["corruptions_like"]["dataset"] == "pneumoniamnist"
+    assert "card fmeval.yaml: corruptions_like pneumoniamnist" in m["corruptions_like"]["rule"]
+    assert "own MedMNIST-C corruptions" in r["corruptions_like"]["rule"]
+    assert "AlexNet reference exists for MedMNIST datasets only" in m["medmnistc_errors"]["unavailable"]
+    md = next(p for p in reports.glob("*/report.md") if "mine-xray" in p.read_text())
+    assert "Corruption set: card fmeval.yaml: corruptions_like pneumoniamnist" in md.read_text()

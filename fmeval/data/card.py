@@ -43,6 +43,9 @@ class DatasetCard:
     license: str = ""
     splits: str = ""  # how the splits were made (provenance, free text)
     description: str = ""
+    # the MedMNIST-C dataset whose corruptions and severity parameters `fmeval robustness` applies
+    # (MedMNIST-C defines them per dataset; a user's data names the closest one, nothing is guessed)
+    corruptions_like: str = ""
     # manifest columns (CSV / Parquet / Hugging Face); None: detected
     path_column: str | None = None
     label_columns: tuple[str, ...] | None = None
@@ -72,7 +75,8 @@ class DatasetCard:
         )
 
     def to_yaml(self) -> str:
-        keep = ("name", "task", "classes", "modality", "license", "splits", "description")  # blanks: to fill in
+        keep = ("name", "task", "classes", "modality", "license", "splits", "description",
+                "corruptions_like")  # blanks: to fill in
         d = {k: v for k, v in asdict(self).items() if k in keep or (v not in (None, ""))}
         d["classes"] = list(self.classes)
         if self.label_columns is not None:
@@ -80,8 +84,8 @@ class DatasetCard:
         return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
 
 
-_FIELDS = {"name", "task", "classes", "modality", "license", "splits", "description", "path_column",
-           "label_columns", "split_column", "group_column"}
+_FIELDS = {"name", "task", "classes", "modality", "license", "splits", "description", "corruptions_like",
+           "path_column", "label_columns", "split_column", "group_column"}
 
 
 def read_card(path: Path) -> DatasetCard:
@@ -111,6 +115,7 @@ def read_card(path: Path) -> DatasetCard:
             name=str(raw["name"]), task=str(raw["task"]), classes=tuple(str(c) for c in classes),
             modality=str(raw.get("modality") or ""), license=str(raw.get("license") or ""),
             splits=str(raw.get("splits") or ""), description=str(raw.get("description") or ""),
+            corruptions_like=str(raw.get("corruptions_like") or "").strip().lower(),
             path_column=raw.get("path_column"), label_columns=tuple(labels) if labels else None,
             split_column=raw.get("split_column"), group_column=raw.get("group_column"),
         )

@@ -198,6 +198,17 @@ def bank_key(spec: str) -> str:
     return str(Path(spec.strip()).expanduser().resolve())
 
 
+def _card_of(spec: str) -> tuple[DatasetCard, Path]:
+    """The card of a user dataset (folder, manifest, npz), read without touching the data."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        source_kind(spec)  # "unknown dataset 'x'. Did you mean ...?" or "path does not exist"
+    cp = path.with_suffix(".yaml") if path.suffix == ".npz" and path.with_suffix(".yaml").exists() else card_path(path)
+    if not cp.exists():
+        raise DataError(f"{spec}: no dataset card ({cp.name}); write one with `fmeval data init`.")
+    return read_card(cp), cp
+
+
 def label_table(spec: str) -> dict:
     """``{"task": ..., "label": {"0": name, ...}}`` (medmnist.INFO's shape) from the INFO table
     for a MedMNIST name, else from the dataset's card (nothing else is read)."""
@@ -205,15 +216,30 @@ def label_table(spec: str) -> dict:
 
     if _is_flag(spec.strip()):
         return _medmnist_info()[spec.strip().lower()]
-    path = Path(spec).expanduser()
-    if not path.exists():
-        source_kind(spec)  # "unknown dataset 'x'. Did you mean ...?" or "path does not exist"
-    cp = path.with_suffix(".yaml") if path.suffix == ".npz" and path.with_suffix(".yaml").exists() else card_path(path)
-    if not cp.exists():
-        raise DataError(f"{spec}: no dataset card ({cp.name}) to take class names from; write one with "
-                        "`fmeval data init`.")
-    card = read_card(cp)
+    card, _ = _card_of(spec)
     return {"task": card.medmnist_task, "label": {str(i): c for i, c in enumerate(card.classes)}}
+
+
+def corruption_set(spec: str):
+    """The MedMNIST-C corruptions a robustness run applies to ``spec`` (see
+    :class:`fmeval.data.corruptions.CorruptionSet`): a MedMNIST name's own; a user dataset's
+    card's ``corruptions_like``; else one line saying how to opt in."""
+    from fmeval.data.corruptions import CorruptionSet, modality_hint
+
+    if _is_flag(spec.strip()):
+        flag = spec.strip().lower()
+        return CorruptionSet(flag, f"{flag}'s own MedMNIST-C corruptions")
+    try:
+        card, cp = _card_of(spec)
+    except DataError as exc:
+        raise DataError(f"{exc} Robustness on your own data also needs `corruptions_like: <MedMNIST dataset>` "
+                        "in it.") from None
+    if not card.corruptions_like:
+        modality = f" (its modality: {card.modality})" if card.modality else ""
+        raise DataError(f"robustness on {card.name}: MedMNIST-C defines corruptions and severities per dataset; add "
+                        f"`corruptions_like: <dataset>` to {cp}{modality}, naming the closest of: {modality_hint()}.")
+    return CorruptionSet(card.corruptions_like, f"card {cp.name}: corruptions_like {card.corruptions_like} "
+                                                f"(MedMNIST-C's {card.corruptions_like} corruptions and severity parameters)")
 
 
 def default_bank(spec: str) -> Path | None:
