@@ -52,6 +52,25 @@ def export_manifest(folder: Path, out: Path, name: str = "pneumo-csv") -> Path:
     return path
 
 
+def export_parquet(csv_path: Path, out: Path, name: str = "pneumo-parquet") -> Path:
+    """The CSV manifest as Parquet beside its own card: labels as integer indices (typed column),
+    paths relative to the Parquet file; same rows, same order."""
+    pa = require_extra("pyarrow", "data")
+    import pyarrow.parquet as pq
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out.mkdir(parents=True, exist_ok=True)
+    rel = Path("..") / csv_path.parent.name
+    table = pa.table({"path": [str(rel / r["path"]) for r in rows],
+                      "label": pa.array([CLASSES.index(r["label"]) for r in rows], pa.int64()),
+                      "split": [r["split"] for r in rows]})
+    path = out / "labels.parquet"
+    pq.write_table(table, path)
+    (out / "fmeval.yaml").write_text(CARD.format(name=name))
+    return path
+
+
 def require_extra(module: str, extra: str):
     """An optional extra's package: under CI=true its absence FAILS the test, elsewhere it skips."""
     import importlib
@@ -117,17 +136,18 @@ def _results(reports: Path) -> dict[tuple[str, str], dict]:
 def test_folder_and_manifest_runs_equal_the_npz_run(capsys, exported, pneumonia_root, tmp_path):
     """kNN and linear probe on the PNG folder and on the CSV give the npz run's numbers exactly."""
     folder, manifest = exported
+    parquet = export_parquet(manifest, manifest.parent.parent / "pneumo-parquet")
     reports = tmp_path / "reports"
     common = ("--model", "vit-s16", "--tiny", "--bootstrap", "200", "--reports-dir", str(reports))
-    for ds in ("pneumoniamnist", str(folder), str(manifest)):
+    for ds in ("pneumoniamnist", str(folder), str(manifest), str(parquet)):
         for mode in ("knn", "linprobe"):  # the second reuses the first's cached features
             code, out, err = run(capsys, mode, "--dataset", ds, "--data-root", str(pneumonia_root), *common)
             assert code == 0, err
     res = _results(reports)
-    assert {flag for flag, _ in res} == {"pneumoniamnist", "pneumo-png", "pneumo-csv"}
+    assert {flag for flag, _ in res} == {"pneumoniamnist", "pneumo-png", "pneumo-csv", "pneumo-parquet"}
     for mode in ("knn", "linprobe"):
         ref = res[("pneumoniamnist", mode)]
-        for name in ("pneumo-png", "pneumo-csv"):
+        for name in ("pneumo-png", "pneumo-csv", "pneumo-parquet"):
             r = res[(name, mode)]
             assert r["test"]["metrics"] == ref["test"]["metrics"]  # every value and CI, to the last digit
             assert r["selection"] == ref["selection"]
@@ -138,12 +158,13 @@ def test_folder_and_manifest_runs_equal_the_npz_run(capsys, exported, pneumonia_
             assert split["drawn"] == [] and Path(split["file"]).exists()
             assert hashlib.sha256(Path(split["file"]).read_bytes()).hexdigest() == split["sha256"]
     # same pixels, same labels: one content hash for both exports
-    assert res[("pneumo-png", "knn")]["dataset"]["content_hash"] == res[("pneumo-csv", "knn")]["dataset"]["content_hash"]
+    hashes = {res[(name, "knn")]["dataset"]["content_hash"] for name in ("pneumo-png", "pneumo-csv", "pneumo-parquet")}
+    assert len(hashes) == 1
     assert res[("pneumo-png", "linprobe")]["extras"]["cache_hits"] == {"train": True, "val": True, "test": True}
     code, out, err = run(capsys, "report", "--reports-dir", str(reports), "--all")
     assert code == 0, err
     board = (reports / "leaderboard.md").read_text()
-    for name in ("pneumoniamnist", "pneumo-png", "pneumo-csv"):
+    for name in ("pneumoniamnist", "pneumo-png", "pneumo-csv", "pneumo-parquet"):
         assert name in board
 
 
@@ -538,3 +559,37 @@ def test_robustness_on_a_folder_uses_the_cards_corruptions_like_and_equals_the_n
     assert "AlexNet reference exists for MedMNIST datasets only" in m["medmnistc_errors"]["unavailable"]
     md = next(p for p in reports.glob("*/report.md") if "mine-xray" in p.read_text())
     assert "Corruption set: card fmeval.yaml: corruptions_like pneumoniamnist" in md.read_text()
+
+
+def test_parquet_manifest_reads_like_the_csv(capsys, tmp_path):
+    """A Parquet manifest (typed integer labels, a float label column, a null split) is read as the same
+    CSV would be; its problems are one line naming the row."""
+    pa = require_extra("pyarrow", "data")
+    import pyarrow.parquet as pq
+
+    from fmeval.data.sources import open_dataset
+
+    root = _small_folder(tmp_path / "imgs", n=3)
+    files = sorted(root.glob("*/*/*.png"))
+    rows = [("imgs/" + str(p.relative_to(root)), p.parent.name, p.parent.parent.name) for p in files]
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split"), *rows])
+    (tmp_path / "pq").mkdir()
+    table = pa.table({"path": ["../" + r[0] for r in rows],
+                      "label": pa.array([float(CLASSES.index(r[1])) for r in rows], pa.float64()),
+                      "split": [r[2] for r in rows]})
+    pq.write_table(table, tmp_path / "pq" / "labels.parquet")
+    for where, name in ((tmp_path, "pq-csv"), (tmp_path / "pq", "pq-parquet")):
+        (where / "fmeval.yaml").write_text(CARD.format(name=name))
+    a = open_dataset(str(tmp_path / "labels.csv"), size=28, write=False)
+    b = open_dataset(str(tmp_path / "pq" / "labels.parquet"), size=28, write=False)
+    assert a.md5 == b.md5 and b.info.labels == CLASSES
+    for s in ("train", "val", "test"):
+        assert np.array_equal(a.labels(s), b.labels(s)) and np.array_equal(a.split(s).images, b.split(s).images)
+    bad = table.set_column(2, "split", pa.array(["train"] + [None] * (len(rows) - 1), pa.string()))
+    pq.write_table(bad, tmp_path / "pq" / "labels.parquet")
+    code, out, err = run(capsys, "data", "check", str(tmp_path / "pq" / "labels.parquet"))
+    assert code == 2 and "rows have no split while others do" in err, err
+    (tmp_path / "pq" / "labels.parquet").write_bytes(b"PAR1 not really")
+    code, out, err = run(capsys, "data", "check", str(tmp_path / "pq" / "labels.parquet"))
+    assert code == 2 and "is not a readable Parquet file" in err and len(err.strip().splitlines()) == 1, err

@@ -149,18 +149,19 @@ def scan_folder(root: Path, card: DatasetCard | None) -> Manifest:
 
 
 def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Columns and rows of a CSV (stdlib) or Parquet (pandas + pyarrow, optional) manifest."""
+    """Columns and rows of a CSV (stdlib) or Parquet (pyarrow, optional) manifest, every cell as text
+    (a Parquet integer label 1 reads as "1", like the same CSV cell; nulls as "")."""
     if path.suffix.lower() == ".parquet":
         try:
-            import pandas as pd
-
-            frame = pd.read_parquet(path)
+            import pyarrow.parquet as pq
         except ImportError as exc:
-            raise DataError(f"{path}: reading Parquet needs pandas and pyarrow (pip install 'fmeval[data]'): {exc}.") from None
-        except Exception as exc:
+            raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'fmeval[data]'): {exc}.") from None
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several kinds for a damaged file
             raise DataError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}).") from None
-        cols = [str(c) for c in frame.columns]
-        return cols, [{c: ("" if v is None else str(v)) for c, v in zip(cols, r)} for r in frame.itertuples(index=False)]
+        cols = [str(c) for c in table.column_names]
+        return cols, [{c: _cell(v) for c, v in r.items()} for r in table.to_pylist()]
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -169,6 +170,17 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest {path} ({exc}).") from None
     return cols, rows
+
+
+def _cell(v) -> str:
+    """A typed Parquet cell as the text a CSV would hold: null "", bool "0"/"1", 2.0 "2"."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
 
 
 def _pick(cols: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
