@@ -593,3 +593,69 @@ def test_parquet_manifest_reads_like_the_csv(capsys, tmp_path):
     (tmp_path / "pq" / "labels.parquet").write_bytes(b"PAR1 not really")
     code, out, err = run(capsys, "data", "check", str(tmp_path / "pq" / "labels.parquet"))
     assert code == 2 and "is not a readable Parquet file" in err and len(err.strip().splitlines()) == 1, err
+
+
+# -- Hugging Face hub datasets (no network here: datasets.load_dataset is replaced) -------------
+def test_hub_dataset_is_resolved_offline_and_takes_a_card(capsys, tmp_path, monkeypatch):
+    """hf-dataset:<owner/name>[@rev][/<config>] reaches datasets.load_dataset with repo, config and revision;
+    `fmeval data init` writes a card naming it (source:), and a kNN run on that card file equals the npz run,
+    named by the card and recording the hub address. A bad address or a failing hub: one line each."""
+    datasets = require_extra("datasets", "data")
+    from fmeval.data.hf import parse_spec
+    from fmeval.data.synthetic import write_synthetic
+
+    assert parse_spec("hf-dataset:owner/name") == ("owner/name", None, None)
+    assert parse_spec("hf-dataset:owner/name@v1.2/default") == ("owner/name", "v1.2", "default")
+    assert parse_spec("hf-dataset:owner/name/default") == ("owner/name", None, "default")
+    write_synthetic(tmp_path / "data", "pneumoniamnist", 28, n=(60, 30, 40))
+    z = np.load(tmp_path / "data" / "pneumoniamnist.npz")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES))})
+    hub = datasets.DatasetDict({name: datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(a) for a in z[f"{s}_images"]], "label": z[f"{s}_labels"][:, 0].tolist()},
+        features=features) for s, name in (("train", "train"), ("val", "validation"), ("test", "test"))})
+    calls = []
+
+    def fake_load_dataset(repo, config=None, revision=None, **kw):
+        calls.append((repo, config, revision))
+        return hub
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.chdir(tmp_path)
+    spec = "hf-dataset:someone/xray@v1.2/default"
+    code, out, err = run(capsys, "data", "check", spec)
+    text = " ".join((out + err).split())
+    assert code == 0, text
+    assert calls[-1] == ("someone/xray", "default", "v1.2") and "ok xray: binary-class, 2 classes, 60 train, 30 val, 40 test" in text
+    assert "no dataset card" in text and f"fmeval data init {spec}" in text
+    code, out, err = run(capsys, "data", "init", spec)
+    assert code == 0, err
+    card = tmp_path / "xray.yaml"
+    assert f"source: {spec}" in card.read_text()
+    card.write_text(card.read_text().replace("name: xray", "name: hub-xray"))
+    reports = tmp_path / "reports"
+    common = ("--model", "resnet18", "--tiny", "--bootstrap", "20", "--k", "1,5", "--data-root", str(tmp_path / "data"),
+              "--reports-dir", str(reports))
+    for ds in ("pneumoniamnist", str(card)):
+        code, out, err = run(capsys, "knn", "--dataset", ds, *common)
+        assert code == 0, err
+    res = _results(reports)
+    ref, mine = res[("pneumoniamnist", "knn")], res[("hub-xray", "knn")]
+    assert mine["test"]["metrics"] == ref["test"]["metrics"] and mine["selection"] == ref["selection"]
+    assert mine["dataset"]["origin"] == spec and mine["dataset"]["source"] == "hf-dataset"
+    assert mine["dataset"]["card"] == str(card)
+    # a hub card's prompt bank sits beside it, named after it
+    code, out, err = run(capsys, "prompts", "init", "--dataset", str(card))
+    assert code == 0 and (tmp_path / "xray.prompts.yaml").exists(), err
+    # one line each: a malformed address, a hub that cannot be reached, a card with another kind of source
+    code, out, err = run(capsys, "data", "check", "hf-dataset:someone/x ray")
+    assert code == 2 and "is not hf-dataset:<owner/name>" in err and len(err.strip().splitlines()) == 1, err
+
+    def offline(*a, **kw):
+        raise ConnectionError("Couldn't reach 'someone/xray' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    code, out, err = run(capsys, "data", "check", spec)
+    assert code == 2 and f"{spec}: cannot load (Couldn't reach" in err and len(err.strip().splitlines()) == 1, err
+    card.write_text(card.read_text().replace(spec, "s3://bucket/xray"))
+    code, out, err = run(capsys, "data", "check", str(card))
+    assert code == 2 and "is not hf-dataset:<owner/name>" in err and len(err.strip().splitlines()) == 1, err

@@ -63,6 +63,7 @@ class LocalDataset:
     label_arrays: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     decoded_now: bool = False  # False: read from the decoded-array cache
+    origin: str | None = None  # a hub dataset's hf-dataset:<owner/name>[@rev][/<config>]
     md5_policy: str = "off"
 
     @property
@@ -94,6 +95,7 @@ class LocalDataset:
             "source": self.kind, "content_hash": self.content_hash, "card": self.card_file,
             "modality": self.card.modality, "license": self.card.license, "split": self.split_record,
             "preprocessing": VOLUME_RULE if self.info.is_volume else RESIZE_RULE, "checks": self.checks.as_dict(),
+            **({"origin": self.origin} if self.origin else {}),
             **{f"n_{s}": len(self.label_arrays[s]) for s in SPLITS},
         }
 
@@ -136,7 +138,8 @@ def content_digest(task: str, classes, labels: dict[str, np.ndarray], images: di
 
 
 def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_file: str | None, size: int,
-          options: SourceOptions, write: bool = True, notes: tuple[str, ...] = ()) -> LocalDataset:
+          options: SourceOptions, write: bool = True, notes: tuple[str, ...] = (),
+          origin: str | None = None) -> LocalDataset:
     """Check, split and decode (or read back) a manifest; raise one multi-line DataError on any error."""
     report = CheckReport(errors=list(manifest.problems), warnings=list(manifest.notes))
     multilabel = is_multilabel(card.medmnist_task)
@@ -185,7 +188,7 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
     info = card.info(n_channels=channels, size=size, ndim=manifest.ndim)
     return LocalDataset(info=info, size=size, path=path, kind=kind, card=card, card_file=card_file,
                         content_hash=digest, split_record=record, checks=report, images=images,
-                        label_arrays=labels, warnings=warnings, decoded_now=hit is None)
+                        label_arrays=labels, warnings=warnings, decoded_now=hit is None, origin=origin)
 
 
 def _decode(manifest, card, assignment, report, size, options, path):
