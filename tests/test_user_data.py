@@ -659,3 +659,33 @@ def test_hub_dataset_is_resolved_offline_and_takes_a_card(capsys, tmp_path, monk
     card.write_text(card.read_text().replace(spec, "s3://bucket/xray"))
     code, out, err = run(capsys, "data", "check", str(card))
     assert code == 2 and "is not hf-dataset:<owner/name>" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_predict_then_score_round_trips_on_a_folder_with_drawn_splits(capsys, tmp_path, monkeypatch):
+    """`fmeval predict` names the folder (not the card's name) and the split options in its score
+    command; run as printed, from another folder, it reproduces the run's test metrics."""
+    import shlex
+
+    root = tmp_path / "flat"
+    for k in range(60):
+        _png(root / CLASSES[k % 2] / f"{k:03d}.png", k)
+    (root / "fmeval.yaml").write_text(CARD.format(name="flat-xray"))
+    reports = tmp_path / "reports"
+    code, out, err = run(capsys, "knn", "--model", "vit-s16", "--tiny", "--dataset", str(root), "--bootstrap", "30",
+                         "--k", "1,3", "--reports-dir", str(reports), "--split-seed", "7", "--split-ratios", "0.5,0.2,0.3")
+    assert code == 0, err
+    (run_dir,) = reports.glob("*knn*")
+    code, out, err = run(capsys, "predict", "--run", str(run_dir), "--out", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("score it with: "))
+    argv = shlex.split(line.removeprefix("score it with: "))
+    assert argv[:2] == ["fmeval", "score"] and argv[argv.index("--dataset") + 1] == str(root)
+    assert "--split-seed" in argv and "--split-ratios" in argv
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run(capsys, *argv[1:], "--reports-dir", str(tmp_path / "scored"))
+    assert code == 0, err
+    (scored,) = [json.loads(p.read_text()) for p in (tmp_path / "scored").glob("*/results.json")]
+    ran = json.loads((run_dir / "results.json").read_text())
+    assert scored["test"]["metrics"] == ran["test"]["metrics"] and scored["dataset"]["flag"] == "flat-xray"

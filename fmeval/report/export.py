@@ -27,7 +27,7 @@ class Exported:
     sha256: str
     n: int  # rows written
     n_split: int | None  # test images in the split (rows < this: a --limit run)
-    dataset: str
+    dataset: str  # the --dataset argument(s) that open the run's data again (see dataset_argument)
     size: int | None
     seed: int
     n_boot: int
@@ -37,6 +37,27 @@ class Exported:
         size = f" --size {self.size}" if self.size else ""
         return (f"fmeval score {self.path} --dataset {self.dataset}{size} --seed {self.seed} "
                 f"--bootstrap {self.n_boot}")
+
+
+def dataset_argument(record: dict) -> str:
+    """What ``--dataset`` reopens a run's data: a MedMNIST name; a user dataset's path (a hub dataset
+    without a card file: its ``hf-dataset:`` address), plus the options that drew its splits, so the
+    score command sees the same test split."""
+    import shlex
+
+    from fmeval.data.info import all_flags
+
+    flag = str(record.get("flag", ""))
+    if flag.lower() in all_flags():
+        return flag
+    spec = record.get("origin") if record.get("origin") and not record.get("card") else record.get("path") or flag
+    args = [shlex.quote(str(spec))]
+    split = record.get("split") or {}
+    if split.get("drawn"):
+        args += ["--split-seed", str(split.get("seed", 0)), "--split-ratios", ",".join(map(str, split.get("ratios", [])))]
+        if split.get("group_by"):
+            args += ["--group-by", shlex.quote(str(split["group_by"]))]
+    return " ".join(args)
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, header: bool = True) -> Exported:
@@ -54,5 +75,5 @@ def export_run(run_dir: str | Path, out: str | Path, *, header: bool = True) -> 
     if len(idx) != r.test.n:
         raise ReportError(f"{src} has {len(idx)} rows but the run scored {r.test.n} test images.")
     sha = write_predictions(out, scores, classes, idx, header=header)
-    return Exported(Path(out), sha, len(idx), r.dataset.get("n_test"), r.dataset_flag, r.dataset.get("size"),
+    return Exported(Path(out), sha, len(idx), r.dataset.get("n_test"), dataset_argument(r.dataset), r.dataset.get("size"),
                     r.seed, r.test.n_boot)
