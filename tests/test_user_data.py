@@ -413,6 +413,13 @@ def test_study_lists_a_folder_in_datasets(capsys, pneumonia_root, tmp_path, monk
     assert code == 0, err
     board = next(reports.rglob("leaderboard.md")).read_text()
     assert "pneumoniamnist" in board and "mine-png" in board
+    # per-sample outputs reopen the folder's test split: the misclassified sheet and CSV exist, with true classes
+    (sheet_csv,) = reports.rglob("misclassified_mine-png-28*.csv")
+    assert sheet_csv.with_suffix(".png").exists()
+    with open(sheet_csv, newline="") as f:
+        wrong = list(csv.DictReader(f))
+    test_class = {int(p.stem): p.parent.name for p in (root / "test").glob("*/*.png")}
+    assert wrong and all(row["true_class"] == test_class[int(row["index"])] for row in wrong)
     bad = tmp_path / "bad.yaml"
     bad.write_text(study.read_text().replace(str(root), str(root / "nothere")))
     code, out, err = run(capsys, "study", "plan", str(bad))
@@ -689,3 +696,37 @@ def test_predict_then_score_round_trips_on_a_folder_with_drawn_splits(capsys, tm
     (scored,) = [json.loads(p.read_text()) for p in (tmp_path / "scored").glob("*/results.json")]
     ran = json.loads((run_dir / "results.json").read_text())
     assert scored["test"]["metrics"] == ran["test"]["metrics"] and scored["dataset"]["flag"] == "flat-xray"
+
+
+def test_cache_clear_removes_decoded_arrays_and_keeps_split_files(capsys, tmp_path):
+    """`fmeval cache clear` removes decoded user datasets and the temporaries of killed writes, keeps a
+    temporary a live run is writing, keeps the split index files reports name (not called foreign),
+    and leaves a folder holding anything it did not write."""
+    import os
+    import subprocess
+    import sys
+
+    from fmeval.data import arraycache
+    from fmeval.data.sources import open_dataset
+
+    root = _small_folder(tmp_path / "d", n=4)
+    data = open_dataset(str(root))
+    (entry,) = [p for p in arraycache.decoded_root().glob("*/*") if not p.name.startswith(".")]
+    split_file = Path(data.split_record["file"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    hh = entry.parent.name
+    killed = entry.parent / f".{hh}{'a' * 62}.{int(dead.stdout)}.tmp"
+    live = entry.parent / f".{hh}{'c' * 62}.{os.getpid()}.tmp"
+    for tmp in (killed, live):
+        tmp.mkdir()
+        (tmp / "train_images.npy").write_bytes(b"half")
+    theirs = entry.parent / f"{hh}{'e' * 62}"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    code, out, err = run(capsys, "cache", "clear", "--yes")
+    text = " ".join(out.split())
+    assert code == 0 and "1 decoded user dataset(s)" in text, out + err
+    assert "kept 1 split index file(s)" in text and "did not write" in text
+    assert not entry.exists() and not killed.exists() and live.exists() and split_file.exists()
+    assert (theirs / "notes.txt").read_text() == "mine" and str(split_file.name) not in text
+    assert open_dataset(str(root)).decoded_now  # decoded again on the next use

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -113,3 +114,73 @@ class Writer:
         self.arrays.clear()
         if self.enabled:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- housekeeping (``fmeval cache clear``) --------------------------------------------------
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+_TMP = re.compile(r"^\.(?P<key>[0-9a-f]{64})\.(?P<pid>\d+)\.tmp$")
+_ENTRY_FILES = {"meta.json", *(f"{s}_images.npy" for s in SPLITS)}
+SPLIT_FILE = re.compile(r"^.+-[0-9a-f]{16}\.json$")  # <cache>/splits/<name>-<sha16>.json (kept: reports name them)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clear_decoded(dry_run: bool = False) -> tuple[int, int, list[str]]:
+    """Remove every decoded-array entry and the temporaries of killed writes: (entries, files, busy
+    folder names); ``dry_run`` only counts.
+
+    Only what this module writes is touched: ``decoded/<hh>/<key>/`` folders (never through a
+    symlink) holding nothing but ``meta.json`` and ``{split}_images.npy``, and ``.<key>.<pid>.tmp``
+    folders whose process is gone; a temporary of a live process (a run decoding now) is kept
+    and counted as busy. A run reading an entry keeps its memory maps (POSIX unlink semantics).
+    """
+    entries = files = 0
+    busy: list[str] = []
+    root = decoded_root()
+    for hh in _real_dirs(root):
+        for d in _real_dirs(hh):
+            tmp = _TMP.match(d.name)
+            if tmp and tmp["key"][:2] == hh.name:
+                if _alive(int(tmp["pid"])):
+                    busy.append(d.name)
+                    continue
+            elif not (_KEY.match(d.name) and d.name[:2] == hh.name):
+                continue
+            names = {e.name: e for e in os.scandir(d)}
+            if any(n not in _ENTRY_FILES or not e.is_file(follow_symlinks=False) for n, e in names.items()):
+                continue  # something fmeval did not write: leave the folder alone
+            files += len(names)
+            entries += 0 if tmp else 1
+            if not dry_run:
+                for n in names:
+                    (d / n).unlink(missing_ok=True)
+                d.rmdir()
+    return entries, files, busy
+
+
+def _real_dirs(folder: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def split_files() -> list[Path]:
+    """The split index files fmeval wrote (kept by ``cache clear``: reports refer to them by path)."""
+    folder = cache_root() / "splits"
+    return sorted(Path(e.path) for e in _scandir(folder) if SPLIT_FILE.match(e.name) and e.is_file(follow_symlinks=False))
+
+
+def _scandir(folder: Path) -> list:
+    try:
+        return list(os.scandir(folder))
+    except OSError:
+        return []

@@ -156,6 +156,22 @@ def open_dataset(spec: str, size: int = 28, root: str | Path | None = None, *, d
                  options=options, write=write, notes=tuple(notes), origin=origin)
 
 
+def reopen(record: dict) -> tuple[str, SourceOptions] | None:
+    """How a run's user dataset opens again, from its report's dataset record: the ``--dataset``
+    (its path; a hub dataset without a card file: its ``hf-dataset:`` address) and the options that
+    drew its splits. None for a MedMNIST name (its flag is the address)."""
+    flag = str(record.get("flag", ""))
+    if _is_flag(flag):
+        return None
+    spec = record.get("origin") if record.get("origin") and not record.get("card") else record.get("path") or flag
+    split = record.get("split") or {}
+    if not split.get("drawn"):
+        return str(spec), SourceOptions()
+    ratios = split.get("ratios")
+    return str(spec), SourceOptions(split_ratios=tuple(float(r) for r in ratios) if ratios else None,
+                                    group_by=split.get("group_by") or None, split_seed=int(split.get("seed") or 0))
+
+
 def _fixed_splits(spec: str, options: SourceOptions) -> None:
     """Split options on a dataset whose splits are fixed are a mistake, not a no-op."""
     given = [flag for flag, value, default in (("--split-ratios", options.split_ratios, None),
@@ -201,7 +217,7 @@ def _npz_channels(path: Path) -> int:
     return 3 if len(shape) == 4 and shape[-1] == 3 else 1
 
 
-__all__ = ["SOURCES", "SourceOptions", "LocalDataset", "open_dataset", "check_spec", "scan"]
+__all__ = ["SOURCES", "SourceOptions", "LocalDataset", "open_dataset", "check_spec", "scan", "reopen"]
 
 
 # -- what prompt banks ask of a dataset (fmeval.prompts), for names and paths alike ------------

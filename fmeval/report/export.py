@@ -40,23 +40,23 @@ class Exported:
 
 
 def dataset_argument(record: dict) -> str:
-    """What ``--dataset`` reopens a run's data: a MedMNIST name; a user dataset's path (a hub dataset
-    without a card file: its ``hf-dataset:`` address), plus the options that drew its splits, so the
-    score command sees the same test split."""
+    """The ``--dataset`` (and split options) that reopen a run's data, for the score command:
+    a MedMNIST name, or a user dataset as :func:`fmeval.data.sources.reopen` finds it."""
     import shlex
 
-    from fmeval.data.info import all_flags
+    from fmeval.data.sources import reopen
 
-    flag = str(record.get("flag", ""))
-    if flag.lower() in all_flags():
-        return flag
-    spec = record.get("origin") if record.get("origin") and not record.get("card") else record.get("path") or flag
-    args = [shlex.quote(str(spec))]
-    split = record.get("split") or {}
-    if split.get("drawn"):
-        args += ["--split-seed", str(split.get("seed", 0)), "--split-ratios", ",".join(map(str, split.get("ratios", [])))]
-        if split.get("group_by"):
-            args += ["--group-by", shlex.quote(str(split["group_by"]))]
+    found = reopen(record)
+    if found is None:
+        return str(record.get("flag", ""))
+    spec, opts = found
+    args = [shlex.quote(spec)]
+    if opts.split_ratios is not None or opts.split_seed:
+        args += ["--split-seed", str(opts.split_seed)]
+    if opts.split_ratios is not None:
+        args += ["--split-ratios", ",".join(map(str, opts.split_ratios))]
+    if opts.group_by:
+        args += ["--group-by", shlex.quote(opts.group_by)]
     return " ".join(args)
 
 
