@@ -70,14 +70,18 @@ def _images_in(folder: Path) -> tuple[list[str], list[int], list[int]]:
     names: list[str] = []
     sizes: list[int] = []
     mtimes: list[int] = []
-    with os.scandir(folder) as it:
-        for e in it:
-            n = e.name
-            if n[0] != "." and n.lower().endswith(IMAGE_SUFFIXES) and e.is_file():
-                st = e.stat()
-                names.append(n)
-                sizes.append(st.st_size)
-                mtimes.append(st.st_mtime_ns)
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:  # scandir on the folder's descriptor: each stat is fstatat(fd, name), no walk of the full path
+        with os.scandir(fd) as it:
+            for e in it:
+                n = e.name
+                if n[0] != "." and n.lower().endswith(IMAGE_SUFFIXES) and e.is_file():
+                    st = e.stat()
+                    names.append(n)
+                    sizes.append(st.st_size)
+                    mtimes.append(st.st_mtime_ns)
+    finally:
+        os.close(fd)
     return names, sizes, mtimes
 
 
