@@ -730,3 +730,31 @@ def test_cache_clear_removes_decoded_arrays_and_keeps_split_files(capsys, tmp_pa
     assert not entry.exists() and not killed.exists() and live.exists() and split_file.exists()
     assert (theirs / "notes.txt").read_text() == "mine" and str(split_file.name) not in text
     assert open_dataset(str(root)).decoded_now  # decoded again on the next use
+
+
+def test_every_command_takes_a_folder(capsys, tmp_path, monkeypatch):
+    """features, few-shot kNN, fine-tuning and evaluate of the adapter run on a folder with a card; their
+    reports carry the card's name, the content hash and the split record."""
+    root = _small_folder(tmp_path / "mine", n=6)
+    (root / "fmeval.yaml").write_text(CARD.format(name="mine-small"))
+    reports = tmp_path / "reports"
+    tiny = ("--model", "resnet18", "--tiny", "--dataset", str(root))
+    code, out, err = run(capsys, "features", *tiny)
+    assert code == 0, err
+    code, out, err = run(capsys, "knn", *tiny, "--shots", "2,4", "--draws", "2", "--k", "1,3", "--bootstrap", "0",
+                         "--reports-dir", str(reports))
+    assert code == 0, err
+    monkeypatch.setenv("FMEVAL_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    code, out, err = run(capsys, "finetune", *tiny, "--full", "--epochs", "1", "--bootstrap", "0",
+                         "--reports-dir", str(reports))
+    assert code == 0, err
+    (adapter,) = (tmp_path / "adapters").iterdir()
+    code, out, err = run(capsys, "evaluate", "--adapter", str(adapter), "--bootstrap", "0", "--reports-dir", str(reports))
+    assert code == 0, err
+    recs = [json.loads(p.read_text()) for p in reports.glob("*/results.json")]
+    modes = sorted(r["mode"] for r in recs)
+    assert modes.count("knn") == 4 and modes.count("finetune-full") == 2, modes
+    hashes = {r["dataset"]["content_hash"] for r in recs}
+    assert {r["dataset"]["flag"] for r in recs} == {"mine-small"} and len(hashes) == 1
+    assert all(r["dataset"]["split"]["given"] == ["train", "val", "test"] for r in recs)
+    assert any("mine-small" in p.read_text() for p in reports.glob("fewshot-*/*.md"))
