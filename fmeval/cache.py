@@ -136,6 +136,8 @@ class ClearReport:
     files: int = 0  # files removed in all (incl. orphans, locks, temporaries)
     busy: list[str] = field(default_factory=list)  # digests a running fmeval holds
     foreign: list[Path] = field(default_factory=list)  # files fmeval did not write (kept)
+    decoded: int = 0  # decoded-array entries of user datasets removed (fmeval.data.arraycache)
+    split_files: int = 0  # split index files of user datasets kept (reports refer to them)
 
 
 class _Rejected(Exception):
@@ -365,8 +367,21 @@ class FeatureCache:
         return groups
 
     def file_count(self) -> int:
-        """Files of the cache's entries, incl. orphans, locks and temporaries."""
-        return sum(len(files) for files in self._entry_files().values())
+        """Files of the cache's entries, incl. orphans, locks and temporaries, and of decoded user datasets."""
+        return sum(len(files) for files in self._entry_files().values()) + self._decoded(dry_run=True)[1]
+
+    def _decoded(self, dry_run: bool) -> tuple[int, int, list[str]]:
+        """Decoded user-dataset arrays, when this cache is the one they live in (the configured root)."""
+        from fmeval.data import arraycache
+
+        if not self._holds_user_data():
+            return 0, 0, []
+        return arraycache.clear_decoded(dry_run=dry_run)
+
+    def _holds_user_data(self) -> bool:
+        from fmeval.data import arraycache
+
+        return self.root.resolve() == arraycache.cache_root().resolve()
 
     def clear(self, match: Callable[[CacheEntry], bool] | None = None) -> int:
         """Delete entries (all, or those ``match`` selects); returns how many entries."""
@@ -410,9 +425,16 @@ class FeatureCache:
             if f.exists():
                 f.unlink()
                 report.files += 1
+        report.decoded, n_files, busy = self._decoded(dry_run=False)
+        report.files += n_files
+        report.busy += busy
         _prune_empty_dirs(self.root, include_root=True)
         if self.root.exists():
-            report.foreign = sorted(p for p in self.root.rglob("*") if p.is_file())
+            from fmeval.data.arraycache import split_files
+
+            kept = set(split_files()) if self._holds_user_data() else set()
+            report.split_files = len(kept)
+            report.foreign = sorted(p for p in self.root.rglob("*") if p.is_file() and p not in kept)
         return report
 
     def verify(self, *, remove: bool = True) -> VerifyReport:

@@ -52,6 +52,25 @@ def export_manifest(folder: Path, out: Path, name: str = "pneumo-csv") -> Path:
     return path
 
 
+def export_parquet(csv_path: Path, out: Path, name: str = "pneumo-parquet") -> Path:
+    """The CSV manifest as Parquet beside its own card: labels as integer indices (typed column),
+    paths relative to the Parquet file; same rows, same order."""
+    pa = require_extra("pyarrow", "data")
+    import pyarrow.parquet as pq
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out.mkdir(parents=True, exist_ok=True)
+    rel = Path("..") / csv_path.parent.name
+    table = pa.table({"path": [str(rel / r["path"]) for r in rows],
+                      "label": pa.array([CLASSES.index(r["label"]) for r in rows], pa.int64()),
+                      "split": [r["split"] for r in rows]})
+    path = out / "labels.parquet"
+    pq.write_table(table, path)
+    (out / "fmeval.yaml").write_text(CARD.format(name=name))
+    return path
+
+
 def require_extra(module: str, extra: str):
     """An optional extra's package: under CI=true its absence FAILS the test, elsewhere it skips."""
     import importlib
@@ -117,17 +136,18 @@ def _results(reports: Path) -> dict[tuple[str, str], dict]:
 def test_folder_and_manifest_runs_equal_the_npz_run(capsys, exported, pneumonia_root, tmp_path):
     """kNN and linear probe on the PNG folder and on the CSV give the npz run's numbers exactly."""
     folder, manifest = exported
+    parquet = export_parquet(manifest, manifest.parent.parent / "pneumo-parquet")
     reports = tmp_path / "reports"
     common = ("--model", "vit-s16", "--tiny", "--bootstrap", "200", "--reports-dir", str(reports))
-    for ds in ("pneumoniamnist", str(folder), str(manifest)):
+    for ds in ("pneumoniamnist", str(folder), str(manifest), str(parquet)):
         for mode in ("knn", "linprobe"):  # the second reuses the first's cached features
             code, out, err = run(capsys, mode, "--dataset", ds, "--data-root", str(pneumonia_root), *common)
             assert code == 0, err
     res = _results(reports)
-    assert {flag for flag, _ in res} == {"pneumoniamnist", "pneumo-png", "pneumo-csv"}
+    assert {flag for flag, _ in res} == {"pneumoniamnist", "pneumo-png", "pneumo-csv", "pneumo-parquet"}
     for mode in ("knn", "linprobe"):
         ref = res[("pneumoniamnist", mode)]
-        for name in ("pneumo-png", "pneumo-csv"):
+        for name in ("pneumo-png", "pneumo-csv", "pneumo-parquet"):
             r = res[(name, mode)]
             assert r["test"]["metrics"] == ref["test"]["metrics"]  # every value and CI, to the last digit
             assert r["selection"] == ref["selection"]
@@ -138,12 +158,13 @@ def test_folder_and_manifest_runs_equal_the_npz_run(capsys, exported, pneumonia_
             assert split["drawn"] == [] and Path(split["file"]).exists()
             assert hashlib.sha256(Path(split["file"]).read_bytes()).hexdigest() == split["sha256"]
     # same pixels, same labels: one content hash for both exports
-    assert res[("pneumo-png", "knn")]["dataset"]["content_hash"] == res[("pneumo-csv", "knn")]["dataset"]["content_hash"]
+    hashes = {res[(name, "knn")]["dataset"]["content_hash"] for name in ("pneumo-png", "pneumo-csv", "pneumo-parquet")}
+    assert len(hashes) == 1
     assert res[("pneumo-png", "linprobe")]["extras"]["cache_hits"] == {"train": True, "val": True, "test": True}
     code, out, err = run(capsys, "report", "--reports-dir", str(reports), "--all")
     assert code == 0, err
     board = (reports / "leaderboard.md").read_text()
-    for name in ("pneumoniamnist", "pneumo-png", "pneumo-csv"):
+    for name in ("pneumoniamnist", "pneumo-png", "pneumo-csv", "pneumo-parquet"):
         assert name in board
 
 
@@ -364,11 +385,19 @@ def test_second_open_of_10000_pngs_reads_no_image_file(tmp_path, monkeypatch):
     for s in ("train", "val", "test"):
         assert np.array_equal(second.split(s).images, first.split(s).images)
     assert second.md5 == first.md5
-    # one changed file: the arrays are decoded again, in this process (no worker sees the patch)
+    # one file's content changed in place, same byte size (uncompressed PNG): its mtime changed, so the
+    # arrays are decoded again, in this process (no worker sees the patch)
     monkeypatch.setenv("FMEVAL_DECODE_WORKERS", "1")
-    PIL.Image.fromarray(255 - pixels[3]).save(root / "pneumonia" / "00003.png")
+    changed = root / "pneumonia" / "00003.png"
+    before = changed.stat()
+    PIL.Image.fromarray(255 - pixels[3]).save(changed, compress_level=0)
+    assert changed.stat().st_size == before.st_size and changed.stat().st_mtime_ns != before.st_mtime_ns
     third = open_dataset(str(root), size=8)
     assert third.decoded_now and opened["n"] == 10_000 and third.md5 != first.md5
+    # a removed file: decoded again, one row fewer
+    (root / "normal" / "00000.png").unlink()
+    fourth = open_dataset(str(root), size=8)
+    assert fourth.decoded_now and sum(len(fourth.labels(s)) for s in ("train", "val", "test")) == 9_999
 
 
 @pytest.mark.slow
@@ -384,6 +413,13 @@ def test_study_lists_a_folder_in_datasets(capsys, pneumonia_root, tmp_path, monk
     assert code == 0, err
     board = next(reports.rglob("leaderboard.md")).read_text()
     assert "pneumoniamnist" in board and "mine-png" in board
+    # per-sample outputs reopen the folder's test split: the misclassified sheet and CSV exist, with true classes
+    (sheet_csv,) = reports.rglob("misclassified_mine-png-28*.csv")
+    assert sheet_csv.with_suffix(".png").exists()
+    with open(sheet_csv, newline="") as f:
+        wrong = list(csv.DictReader(f))
+    test_class = {int(p.stem): p.parent.name for p in (root / "test").glob("*/*.png")}
+    assert wrong and all(row["true_class"] == test_class[int(row["index"])] for row in wrong)
     bad = tmp_path / "bad.yaml"
     bad.write_text(study.read_text().replace(str(root), str(root / "nothere")))
     code, out, err = run(capsys, "study", "plan", str(bad))
@@ -488,3 +524,237 @@ def test_group_by_keeps_each_patient_in_one_split_of_a_manifest(capsys, tmp_path
     assert data.split_record["group_by"] == "patient" and len(set(split_of.values())) == 3
     code, out, err = run(capsys, "data", "check", str(tmp_path / "labels.csv"), "--group-by", "patinet")
     assert code == 2 and "no group column 'patinet'" in err and "did you mean 'patient'" in err
+
+
+# -- robustness on your own data ------------------------------------------------------
+def test_robustness_on_a_folder_uses_the_cards_corruptions_like_and_equals_the_npz_run(capsys, tmp_path):
+    """A PNG export of a (synthetic) PneumoniaMNIST with `corruptions_like: pneumoniamnist` in its card gives
+    the npz run's robustness table exactly (same images, same per-index corruption seeds, same parameters);
+    the report records the rule. Without the field: one line saying how to opt in, before any work."""
+    from helpers import ROBUSTNESS_INSTALL
+    from helpers import require_extra as require
+
+    require("medmnistc.corruptions.registry", "robustness", ROBUSTNESS_INSTALL)
+    from fmeval.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "data", "pneumoniamnist", 28, n=(60, 30, 40))
+    folder = export_folder(tmp_path / "data" / "pneumoniamnist.npz", tmp_path / "mine", name="mine-xray")
+    reports = tmp_path / "reports"
+    common = ("--model", "resnet18", "--tiny", "--bootstrap", "0", "--head", "knn", "--k", "1,5",
+              "--corruptions", "gaussian_noise,contrast_down", "--severities", "1,5",
+              "--data-root", str(tmp_path / "data"), "--reports-dir", str(reports))
+    code, out, err = run(capsys, "robustness", "--dataset", str(folder), *common)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "corruptions_like: <dataset>" in err and "pneumoniamnist (chest X-ray)" in err
+    assert "its modality: chest X-ray" in err and not reports.exists()
+    card = folder / "fmeval.yaml"
+    card.write_text(card.read_text() + "corruptions_like: pneumonimnist\n")
+    code, out, err = run(capsys, "robustness", "--dataset", str(folder), *common)
+    assert code == 2 and "corruptions_like pneumonimnist" in err and "pneumoniamnist" in err, err
+    card.write_text(card.read_text().replace("pneumonimnist", "pneumoniamnist"))
+    for ds in ("pneumoniamnist", str(folder)):
+        code, out, err = run(capsys, "robustness", "--dataset", ds, *common)
+        assert code == 0, err
+    res = _results(reports)
+    ref, mine = res[("pneumoniamnist", "robustness")], res[("mine-xray", "robustness")]
+    r, m = ref["extras"]["robustness"], mine["extras"]["robustness"]
+    assert m["table"] == r["table"] and m["severity_params"] == r["severity_params"]
+    assert mine["test"]["metrics"] == ref["test"]["metrics"]
+    assert r["corruptions_like"]["dataset"] == m["corruptions_like"]["dataset"] == "pneumoniamnist"
+    assert "card fmeval.yaml: corruptions_like pneumoniamnist" in m["corruptions_like"]["rule"]
+    assert "own MedMNIST-C corruptions" in r["corruptions_like"]["rule"]
+    assert "AlexNet reference exists for MedMNIST datasets only" in m["medmnistc_errors"]["unavailable"]
+    md = next(p for p in reports.glob("*/report.md") if "mine-xray" in p.read_text())
+    assert "Corruption set: card fmeval.yaml: corruptions_like pneumoniamnist" in md.read_text()
+
+
+def test_parquet_manifest_reads_like_the_csv(capsys, tmp_path):
+    """A Parquet manifest (typed integer labels, a float label column, a null split) is read as the same
+    CSV would be; its problems are one line naming the row."""
+    pa = require_extra("pyarrow", "data")
+    import pyarrow.parquet as pq
+
+    from fmeval.data.sources import open_dataset
+
+    root = _small_folder(tmp_path / "imgs", n=3)
+    files = sorted(root.glob("*/*/*.png"))
+    rows = [("imgs/" + str(p.relative_to(root)), p.parent.name, p.parent.parent.name) for p in files]
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split"), *rows])
+    (tmp_path / "pq").mkdir()
+    table = pa.table({"path": ["../" + r[0] for r in rows],
+                      "label": pa.array([float(CLASSES.index(r[1])) for r in rows], pa.float64()),
+                      "split": [r[2] for r in rows]})
+    pq.write_table(table, tmp_path / "pq" / "labels.parquet")
+    for where, name in ((tmp_path, "pq-csv"), (tmp_path / "pq", "pq-parquet")):
+        (where / "fmeval.yaml").write_text(CARD.format(name=name))
+    a = open_dataset(str(tmp_path / "labels.csv"), size=28, write=False)
+    b = open_dataset(str(tmp_path / "pq" / "labels.parquet"), size=28, write=False)
+    assert a.md5 == b.md5 and b.info.labels == CLASSES
+    for s in ("train", "val", "test"):
+        assert np.array_equal(a.labels(s), b.labels(s)) and np.array_equal(a.split(s).images, b.split(s).images)
+    bad = table.set_column(2, "split", pa.array(["train"] + [None] * (len(rows) - 1), pa.string()))
+    pq.write_table(bad, tmp_path / "pq" / "labels.parquet")
+    code, out, err = run(capsys, "data", "check", str(tmp_path / "pq" / "labels.parquet"))
+    assert code == 2 and "rows have no split while others do" in err, err
+    (tmp_path / "pq" / "labels.parquet").write_bytes(b"PAR1 not really")
+    code, out, err = run(capsys, "data", "check", str(tmp_path / "pq" / "labels.parquet"))
+    assert code == 2 and "is not a readable Parquet file" in err and len(err.strip().splitlines()) == 1, err
+
+
+# -- Hugging Face hub datasets (no network here: datasets.load_dataset is replaced) -------------
+def test_hub_dataset_is_resolved_offline_and_takes_a_card(capsys, tmp_path, monkeypatch):
+    """hf-dataset:<owner/name>[@rev][/<config>] reaches datasets.load_dataset with repo, config and revision;
+    `fmeval data init` writes a card naming it (source:), and a kNN run on that card file equals the npz run,
+    named by the card and recording the hub address. A bad address or a failing hub: one line each."""
+    datasets = require_extra("datasets", "data")
+    from fmeval.data.hf import parse_spec
+    from fmeval.data.synthetic import write_synthetic
+
+    assert parse_spec("hf-dataset:owner/name") == ("owner/name", None, None)
+    assert parse_spec("hf-dataset:owner/name@v1.2/default") == ("owner/name", "v1.2", "default")
+    assert parse_spec("hf-dataset:owner/name/default") == ("owner/name", None, "default")
+    write_synthetic(tmp_path / "data", "pneumoniamnist", 28, n=(60, 30, 40))
+    z = np.load(tmp_path / "data" / "pneumoniamnist.npz")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES))})
+    hub = datasets.DatasetDict({name: datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(a) for a in z[f"{s}_images"]], "label": z[f"{s}_labels"][:, 0].tolist()},
+        features=features) for s, name in (("train", "train"), ("val", "validation"), ("test", "test"))})
+    calls = []
+
+    def fake_load_dataset(repo, config=None, revision=None, **kw):
+        calls.append((repo, config, revision))
+        return hub
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.chdir(tmp_path)
+    spec = "hf-dataset:someone/xray@v1.2/default"
+    code, out, err = run(capsys, "data", "check", spec)
+    text = " ".join((out + err).split())
+    assert code == 0, text
+    assert calls[-1] == ("someone/xray", "default", "v1.2") and "ok xray: binary-class, 2 classes, 60 train, 30 val, 40 test" in text
+    assert "no dataset card" in text and f"fmeval data init {spec}" in text
+    code, out, err = run(capsys, "data", "init", spec)
+    assert code == 0, err
+    card = tmp_path / "xray.yaml"
+    assert f"source: {spec}" in card.read_text()
+    card.write_text(card.read_text().replace("name: xray", "name: hub-xray"))
+    reports = tmp_path / "reports"
+    common = ("--model", "resnet18", "--tiny", "--bootstrap", "20", "--k", "1,5", "--data-root", str(tmp_path / "data"),
+              "--reports-dir", str(reports))
+    for ds in ("pneumoniamnist", str(card)):
+        code, out, err = run(capsys, "knn", "--dataset", ds, *common)
+        assert code == 0, err
+    res = _results(reports)
+    ref, mine = res[("pneumoniamnist", "knn")], res[("hub-xray", "knn")]
+    assert mine["test"]["metrics"] == ref["test"]["metrics"] and mine["selection"] == ref["selection"]
+    assert mine["dataset"]["origin"] == spec and mine["dataset"]["source"] == "hf-dataset"
+    assert mine["dataset"]["card"] == str(card)
+    # a hub card's prompt bank sits beside it, named after it
+    code, out, err = run(capsys, "prompts", "init", "--dataset", str(card))
+    assert code == 0 and (tmp_path / "xray.prompts.yaml").exists(), err
+    # one line each: a malformed address, a hub that cannot be reached, a card with another kind of source
+    code, out, err = run(capsys, "data", "check", "hf-dataset:someone/x ray")
+    assert code == 2 and "is not hf-dataset:<owner/name>" in err and len(err.strip().splitlines()) == 1, err
+
+    def offline(*a, **kw):
+        raise ConnectionError("Couldn't reach 'someone/xray' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    code, out, err = run(capsys, "data", "check", spec)
+    assert code == 2 and f"{spec}: cannot load (Couldn't reach" in err and len(err.strip().splitlines()) == 1, err
+    card.write_text(card.read_text().replace(spec, "s3://bucket/xray"))
+    code, out, err = run(capsys, "data", "check", str(card))
+    assert code == 2 and "is not hf-dataset:<owner/name>" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_predict_then_score_round_trips_on_a_folder_with_drawn_splits(capsys, tmp_path, monkeypatch):
+    """`fmeval predict` names the folder (not the card's name) and the split options in its score
+    command; run as printed, from another folder, it reproduces the run's test metrics."""
+    import shlex
+
+    root = tmp_path / "flat"
+    for k in range(60):
+        _png(root / CLASSES[k % 2] / f"{k:03d}.png", k)
+    (root / "fmeval.yaml").write_text(CARD.format(name="flat-xray"))
+    reports = tmp_path / "reports"
+    code, out, err = run(capsys, "knn", "--model", "vit-s16", "--tiny", "--dataset", str(root), "--bootstrap", "30",
+                         "--k", "1,3", "--reports-dir", str(reports), "--split-seed", "7", "--split-ratios", "0.5,0.2,0.3")
+    assert code == 0, err
+    (run_dir,) = reports.glob("*knn*")
+    code, out, err = run(capsys, "predict", "--run", str(run_dir), "--out", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("score it with: "))
+    argv = shlex.split(line.removeprefix("score it with: "))
+    assert argv[:2] == ["fmeval", "score"] and argv[argv.index("--dataset") + 1] == str(root)
+    assert "--split-seed" in argv and "--split-ratios" in argv
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run(capsys, *argv[1:], "--reports-dir", str(tmp_path / "scored"))
+    assert code == 0, err
+    (scored,) = [json.loads(p.read_text()) for p in (tmp_path / "scored").glob("*/results.json")]
+    ran = json.loads((run_dir / "results.json").read_text())
+    assert scored["test"]["metrics"] == ran["test"]["metrics"] and scored["dataset"]["flag"] == "flat-xray"
+
+
+def test_cache_clear_removes_decoded_arrays_and_keeps_split_files(capsys, tmp_path):
+    """`fmeval cache clear` removes decoded user datasets and the temporaries of killed writes, keeps a
+    temporary a live run is writing, keeps the split index files reports name (not called foreign),
+    and leaves a folder holding anything it did not write."""
+    import os
+    import subprocess
+    import sys
+
+    from fmeval.data import arraycache
+    from fmeval.data.sources import open_dataset
+
+    root = _small_folder(tmp_path / "d", n=4)
+    data = open_dataset(str(root))
+    (entry,) = [p for p in arraycache.decoded_root().glob("*/*") if not p.name.startswith(".")]
+    split_file = Path(data.split_record["file"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    hh = entry.parent.name
+    killed = entry.parent / f".{hh}{'a' * 62}.{int(dead.stdout)}.tmp"
+    live = entry.parent / f".{hh}{'c' * 62}.{os.getpid()}.tmp"
+    for tmp in (killed, live):
+        tmp.mkdir()
+        (tmp / "train_images.npy").write_bytes(b"half")
+    theirs = entry.parent / f"{hh}{'e' * 62}"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    code, out, err = run(capsys, "cache", "clear", "--yes")
+    text = " ".join(out.split())
+    assert code == 0 and "1 decoded user dataset(s)" in text, out + err
+    assert "kept 1 split index file(s)" in text and "did not write" in text
+    assert not entry.exists() and not killed.exists() and live.exists() and split_file.exists()
+    assert (theirs / "notes.txt").read_text() == "mine" and str(split_file.name) not in text
+    assert open_dataset(str(root)).decoded_now  # decoded again on the next use
+
+
+def test_every_command_takes_a_folder(capsys, tmp_path, monkeypatch):
+    """features, few-shot kNN, fine-tuning and evaluate of the adapter run on a folder with a card; their
+    reports carry the card's name, the content hash and the split record."""
+    root = _small_folder(tmp_path / "mine", n=6)
+    (root / "fmeval.yaml").write_text(CARD.format(name="mine-small"))
+    reports = tmp_path / "reports"
+    tiny = ("--model", "resnet18", "--tiny", "--dataset", str(root))
+    code, out, err = run(capsys, "features", *tiny)
+    assert code == 0, err
+    code, out, err = run(capsys, "knn", *tiny, "--shots", "2,4", "--draws", "2", "--k", "1,3", "--bootstrap", "0",
+                         "--reports-dir", str(reports))
+    assert code == 0, err
+    monkeypatch.setenv("FMEVAL_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    code, out, err = run(capsys, "finetune", *tiny, "--full", "--epochs", "1", "--bootstrap", "0",
+                         "--reports-dir", str(reports))
+    assert code == 0, err
+    (adapter,) = (tmp_path / "adapters").iterdir()
+    code, out, err = run(capsys, "evaluate", "--adapter", str(adapter), "--bootstrap", "0", "--reports-dir", str(reports))
+    assert code == 0, err
+    recs = [json.loads(p.read_text()) for p in reports.glob("*/results.json")]
+    modes = sorted(r["mode"] for r in recs)
+    assert modes.count("knn") == 4 and modes.count("finetune-full") == 2, modes
+    hashes = {r["dataset"]["content_hash"] for r in recs}
+    assert {r["dataset"]["flag"] for r in recs} == {"mine-small"} and len(hashes) == 1
+    assert all(r["dataset"]["split"]["given"] == ["train", "val", "test"] for r in recs)
+    assert any("mine-small" in p.read_text() for p in reports.glob("fewshot-*/*.md"))

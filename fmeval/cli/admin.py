@@ -140,7 +140,11 @@ def cache_clear(
             _confirm(f"delete {n} cache entries ({n_files} files) under {cache.root}?",
                      f"cache clear would delete {n} entries ({n_files} files) under {cache.root}")
         rep = cache.clear_all()
-        console.print(f"removed {rep.entries} entries ({rep.files} files) under {root}")
+        decoded = f" and {rep.decoded} decoded user dataset(s)" if rep.decoded else ""
+        console.print(f"removed {rep.entries} entries{decoded} ({rep.files} files) under {root}")
+        if rep.split_files:
+            console.print(f"kept {rep.split_files} split index file(s) of user datasets (reports name them) "
+                          f"under {escape(str(cache.root / 'splits'))}")
         if rep.busy:
             console.print(f"[yellow]kept {len(rep.busy)} entries a running fmeval is writing[/]")
         if rep.foreign:

@@ -19,7 +19,8 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("check")
 def data_check(
-    path: Annotated[str, typer.Argument(help="Image folder, CSV/Parquet manifest, npz with a card, or a MedMNIST name.")],
+    path: Annotated[str, typer.Argument(help="Image folder, CSV/Parquet manifest, npz with a card, Hugging Face "
+                                             "dataset (hf-dataset:... or a card naming one), or a MedMNIST name.")],
     size: Annotated[int, typer.Option(help="Side images are resized to (as the run would).", min=1)] = 28,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", envvar="FMEVAL_DATA_ROOT",
                                                       help="Folder of the MedMNIST npz files (for a MedMNIST name).")] = None,
@@ -51,7 +52,8 @@ def data_check(
 
 @data_app.command("init")
 def data_init(
-    path: Annotated[str, typer.Argument(help="Image folder or CSV/Parquet manifest.")],
+    path: Annotated[str, typer.Argument(help="Image folder, CSV/Parquet manifest or hf-dataset:<owner/name> "
+                                             "(its card goes to ./<name>.yaml).")],
     task: Annotated[Optional[str], typer.Option(help="binary, multi-class, multi-label or ordinal [default: inferred].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing card.")] = False,
 ) -> None:
@@ -66,13 +68,15 @@ def data_init(
     if task is not None and task not in TASKS:
         raise ConfigError(f"--task: {task!r} is not one of {', '.join(TASKS)}.")
     kind, where, manifest, card, cfile, _ = scan(path)
-    target = card_path(where)
-    if cfile is not None and not force:
+    hub = path.startswith("hf-dataset:")  # no folder to hold its card: <name>.yaml here, naming the source
+    target = Path.cwd() / f"{card.name}.yaml" if hub else card_path(where)
+    if (cfile is not None or target.exists()) and not force:
         raise ConfigError(f"{target} exists; edit it, or pass --force to overwrite it.")
     given = [s for s in SPLITS if s in set(manifest.splits)]
     provenance = (f"given ({', '.join(given)}); missing ones drawn by fmeval (stratified, seeded)" if given
                   else "drawn by fmeval (stratified, seeded; see each report's split record)")
-    card = DatasetCard(name=card.name, task=task or card.task, classes=card.classes, splits=provenance)
+    card = DatasetCard(name=card.name, task=task or card.task, classes=card.classes, splits=provenance,
+                       source=path if hub else card.source)
     atomic_write_text(target, card.to_yaml())
     console.print(f"[green]wrote[/] {escape(str(target))}: {card.name}, {card.task}, classes "
                   f"{escape(', '.join(card.classes))} ({len(manifest.paths)} images)")
@@ -96,6 +100,9 @@ def prompts_init(
     from fmeval.prompts import PromptBank
 
     target = default_bank(dataset)
+    if target is None and dataset.startswith("hf-dataset:"):
+        raise ConfigError(f"--dataset {dataset}: a hub dataset's bank goes beside its card; write the card with "
+                          f"`fmeval data init {dataset}` and give that file.")
     if target is None:
         raise ConfigError(f"--dataset {dataset}: MedMNIST datasets have shipped banks (fmeval prompts ls).")
     table = label_table(dataset)  # the card's classes (one line if there is no card)

@@ -43,6 +43,12 @@ class DatasetCard:
     license: str = ""
     splits: str = ""  # how the splits were made (provenance, free text)
     description: str = ""
+    # the MedMNIST-C dataset whose corruptions and severity parameters `fmeval robustness` applies
+    # (MedMNIST-C defines them per dataset; a user's data names the closest one, nothing is guessed)
+    corruptions_like: str = ""
+    # where the data is, for data that has no folder to hold the card: a Hugging Face hub dataset
+    # (hf-dataset:<owner/name>[@revision][/<config>]); the card file itself is then the --dataset
+    source: str = ""
     # manifest columns (CSV / Parquet / Hugging Face); None: detected
     path_column: str | None = None
     label_columns: tuple[str, ...] | None = None
@@ -58,6 +64,9 @@ class DatasetCard:
             raise DataError(f"card {self.name!r}: class names repeat ({', '.join(self.classes)}).")
         if self.task == "binary" and len(self.classes) != 2:
             raise DataError(f"card {self.name!r}: a binary task has 2 classes, not {len(self.classes)}.")
+        if self.source and not self.source.startswith("hf-dataset:"):
+            raise DataError(f"card {self.name!r}: source {self.source!r} is not hf-dataset:<owner/name>[@revision]"
+                            "[/<config>] (a folder's or manifest's card sits beside it and needs no source).")
 
     @property
     def medmnist_task(self) -> str:
@@ -72,7 +81,8 @@ class DatasetCard:
         )
 
     def to_yaml(self) -> str:
-        keep = ("name", "task", "classes", "modality", "license", "splits", "description")  # blanks: to fill in
+        keep = ("name", "task", "classes", "modality", "license", "splits", "description",
+                "corruptions_like")  # blanks: to fill in
         d = {k: v for k, v in asdict(self).items() if k in keep or (v not in (None, ""))}
         d["classes"] = list(self.classes)
         if self.label_columns is not None:
@@ -80,8 +90,8 @@ class DatasetCard:
         return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
 
 
-_FIELDS = {"name", "task", "classes", "modality", "license", "splits", "description", "path_column",
-           "label_columns", "split_column", "group_column"}
+_FIELDS = {"name", "task", "classes", "modality", "license", "splits", "description", "corruptions_like",
+           "source", "path_column", "label_columns", "split_column", "group_column"}
 
 
 def read_card(path: Path) -> DatasetCard:
@@ -111,6 +121,8 @@ def read_card(path: Path) -> DatasetCard:
             name=str(raw["name"]), task=str(raw["task"]), classes=tuple(str(c) for c in classes),
             modality=str(raw.get("modality") or ""), license=str(raw.get("license") or ""),
             splits=str(raw.get("splits") or ""), description=str(raw.get("description") or ""),
+            corruptions_like=str(raw.get("corruptions_like") or "").strip().lower(),
+            source=str(raw.get("source") or "").strip(),
             path_column=raw.get("path_column"), label_columns=tuple(labels) if labels else None,
             split_column=raw.get("split_column"), group_column=raw.get("group_column"),
         )
@@ -118,6 +130,11 @@ def read_card(path: Path) -> DatasetCard:
         raise DataError(f"dataset card {path}: {str(exc).split(': ', 1)[-1]}") from None
 
 
+CARD_SUFFIXES = (".yaml", ".yml")
+
+
 def card_path(location: Path) -> Path:
-    """Where the card of a folder or a manifest file lives."""
+    """Where the card of a folder or a manifest file lives (a card file given itself: that file)."""
+    if location.suffix.lower() in CARD_SUFFIXES and location.is_file():
+        return location
     return location / CARD_FILE if location.is_dir() else location.with_name(CARD_FILE)

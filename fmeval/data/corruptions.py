@@ -40,6 +40,7 @@ from __future__ import annotations
 import importlib.metadata
 import random
 import zlib
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Callable
 
@@ -63,6 +64,39 @@ _CHUNK = 256  # images converted to RGB at once (memory only: results are per im
 
 class CorruptionError(FmevalError):
     """A corruption cannot be applied (unknown name, bad severity, missing package)."""
+
+
+@dataclass(frozen=True)
+class CorruptionSet:
+    """Which MedMNIST-C dataset's corruptions and severity parameters apply to a dataset, and why.
+
+    MedMNIST-C defines its corruption list and the five parameters of each per
+    MedMNIST dataset (a chest X-ray gets gamma changes, a pathology slide stain
+    deposits). A MedMNIST dataset uses its own; a user dataset uses the one its
+    card names in ``corruptions_like`` (nothing is guessed from channels or free
+    text). ``rule`` says which, and goes into the report.
+    """
+
+    like: str  # a MedMNIST-C dataset (a key of medmnistc's CORRUPTIONS_DS)
+    rule: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"dataset": self.like, "rule": self.rule}
+
+
+#: MedMNIST v2's modality of each MedMNIST-C dataset (its Table 1), to help a card pick ``corruptions_like``.
+MODALITY_OF = {
+    "pathmnist": "colon pathology", "chestmnist": "chest X-ray", "pneumoniamnist": "chest X-ray",
+    "dermamnist": "dermatoscope", "octmnist": "retinal OCT", "retinamnist": "fundus camera",
+    "breastmnist": "breast ultrasound", "bloodmnist": "blood cell microscope",
+    "tissuemnist": "kidney cortex microscope", "organamnist": "abdominal CT (axial)",
+    "organcmnist": "abdominal CT (coronal)", "organsmnist": "abdominal CT (sagittal)",
+}
+
+
+def modality_hint() -> str:
+    """``pathmnist (colon pathology), chestmnist (chest X-ray), ...``: the choices, in one line."""
+    return ", ".join(f"{flag} ({m})" for flag, m in MODALITY_OF.items())
 
 
 # ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 from fmeval.data import arraycache
 from fmeval.data.card import CardInfo, DatasetCard
 from fmeval.data.checks import CheckReport, capped, check_classes, check_leakage, check_pixels
-from fmeval.data.decode import RESIZE_RULE, VOLUME_RULE, decode_all, is_volume_file, stack, stack_shape
+from fmeval.data.decode import RESIZE_RULE, VOLUME_RULE, decode_all, stack, stack_shape
 from fmeval.data.info import SPLITS, is_multilabel
 from fmeval.data.npz import Split
 from fmeval.data.scan import Manifest
@@ -63,6 +63,7 @@ class LocalDataset:
     label_arrays: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     decoded_now: bool = False  # False: read from the decoded-array cache
+    origin: str | None = None  # a hub dataset's hf-dataset:<owner/name>[@rev][/<config>]
     md5_policy: str = "off"
 
     @property
@@ -94,42 +95,36 @@ class LocalDataset:
             "source": self.kind, "content_hash": self.content_hash, "card": self.card_file,
             "modality": self.card.modality, "license": self.card.license, "split": self.split_record,
             "preprocessing": VOLUME_RULE if self.info.is_volume else RESIZE_RULE, "checks": self.checks.as_dict(),
+            **({"origin": self.origin} if self.origin else {}),
             **{f"n_{s}": len(self.label_arrays[s]) for s in SPLITS},
         }
 
 
-def _identity(manifest: Manifest, codes: np.ndarray) -> tuple[list[tuple], list[str]]:
-    """What keys the decoded arrays: (path, bytes, mtime_ns) per file, then labels, splits and groups
-    as one block each (in-memory sources: their fingerprint), and the missing-file lines."""
-    rows, missing = [], []
+def _identity(manifest: Manifest, codes: np.ndarray) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """What keys the decoded arrays, as (name, bytes) blocks: every file's relative path, size and
+    mtime_ns (in-memory sources: their fingerprint), then labels, splits and groups; and the
+    missing-file lines. Blocks, not rows: hashing 10,000 rows one by one cost more than stat'ing them."""
+    blocks, missing = [], []
     if manifest.payload is not None:
-        rows.append(("fingerprint", manifest.fingerprint))
-    elif manifest.stats is not None:  # the folder scan stat'ed every file already
-        rows = [(rel, size, mtime) for rel, (size, mtime) in zip(manifest.paths, manifest.stats)]
+        blocks.append(("fingerprint", str(manifest.fingerprint).encode()))
     else:
-        for i, rel in enumerate(manifest.paths):
-            try:
-                st = os.stat(manifest.file(i))
-            except OSError:
-                missing.append(f"{manifest.where[i]}: file {rel} not found.")
-                continue
-            rows.append((rel, st.st_size, st.st_mtime_ns))
-    rows.append(("labels", hashlib.sha256(np.ascontiguousarray(manifest.labels, np.int64).tobytes()).hexdigest()))
-    rows.append(("splits", hashlib.sha256(np.ascontiguousarray(codes, np.int64).tobytes()).hexdigest()))
+        stats = manifest.stats
+        if stats is None:  # a manifest: stat every file it names
+            stats = np.zeros((len(manifest.paths), 2), dtype=np.int64)
+            for i, rel in enumerate(manifest.paths):
+                try:
+                    st = os.stat(manifest.file(i))
+                except OSError:
+                    missing.append(f"{manifest.where[i]}: file {rel} not found.")
+                    continue
+                stats[i] = st.st_size, st.st_mtime_ns
+        blocks.append(("paths", "\0".join(manifest.paths).encode("utf-8", "surrogateescape")))
+        blocks.append(("stats", np.ascontiguousarray(stats, dtype=np.int64).tobytes()))
+    blocks.append(("labels", np.ascontiguousarray(manifest.labels, np.int64).tobytes()))
+    blocks.append(("splits", np.ascontiguousarray(codes, np.int64).tobytes()))
     if manifest.groups is not None:
-        rows.append(("groups", hashlib.sha256("\x1f".join(manifest.groups).encode()).hexdigest()))
-    return rows, missing
-
-
-def manifest_ndim(manifest: Manifest) -> int:
-    """3 when every row is a NIfTI volume, 2 when none is (a mix is one of the manifest's problems)."""
-    if manifest.payload is not None or not manifest.paths:
-        return 2
-    vols = sum(is_volume_file(p) for p in manifest.paths)
-    if vols and vols != len(manifest.paths):
-        raise DataError(f"{manifest.root}: {vols} of {len(manifest.paths)} rows are NIfTI volumes; a dataset holds "
-                        "2D images or 3D volumes, not both.")
-    return 3 if vols else 2
+        blocks.append(("groups", "\0".join(manifest.groups).encode("utf-8", "surrogateescape")))
+    return blocks, missing
 
 
 def content_digest(task: str, classes, labels: dict[str, np.ndarray], images: dict[str, np.ndarray]) -> str:
@@ -143,7 +138,8 @@ def content_digest(task: str, classes, labels: dict[str, np.ndarray], images: di
 
 
 def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_file: str | None, size: int,
-          options: SourceOptions, write: bool = True, notes: tuple[str, ...] = ()) -> LocalDataset:
+          options: SourceOptions, write: bool = True, notes: tuple[str, ...] = (),
+          origin: str | None = None) -> LocalDataset:
     """Check, split and decode (or read back) a manifest; raise one multi-line DataError on any error."""
     report = CheckReport(errors=list(manifest.problems), warnings=list(manifest.notes))
     multilabel = is_multilabel(card.medmnist_task)
@@ -161,7 +157,6 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
             codes[assignment[s]] = k
     identity, missing = _identity(manifest, codes)
     report.errors += missing
-    manifest_ndim(manifest)  # a mix of images and volumes fails here, before any decoding
     prep = {"size": size, "rule": RESIZE_RULE, "volume_rule": VOLUME_RULE, "task": card.task, "classes": list(card.classes),
             "split": record.get("sha256"), "strict_leakage": options.strict_leakage}
     key = arraycache.manifest_key(identity, prep)
@@ -179,7 +174,7 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
     warnings = [*notes, *report.warnings]  # notes (e.g. "no card") are this run's, never cached
     labels = {s: manifest.labels[assignment[s]] for s in SPLITS}
     if hit is None:
-        ndim = manifest_ndim(manifest)
+        ndim = manifest.ndim
         with arraycache.Writer(key, enabled=write) as out:  # straight into the cache files: no second copy
             images = {s: stack(parts[s], channels, size, ndim, out=out.array(s, stack_shape(len(parts[s]), channels,
                                                                                               size, ndim)))
@@ -190,10 +185,10 @@ def build(manifest: Manifest, card: DatasetCard, *, kind: str, path: Path, card_
                         "split_file": record["file"]})
         if write:
             images = arraycache.load(key)[0]  # memory-mapped, as every later run reads it
-    info = card.info(n_channels=channels, size=size, ndim=manifest_ndim(manifest))
+    info = card.info(n_channels=channels, size=size, ndim=manifest.ndim)
     return LocalDataset(info=info, size=size, path=path, kind=kind, card=card, card_file=card_file,
                         content_hash=digest, split_record=record, checks=report, images=images,
-                        label_arrays=labels, warnings=warnings, decoded_now=hit is None)
+                        label_arrays=labels, warnings=warnings, decoded_now=hit is None, origin=origin)
 
 
 def _decode(manifest, card, assignment, report, size, options, path):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fmeval.data.card import DatasetCard
-from fmeval.data.decode import IMAGE_SUFFIXES
+from fmeval.data.decode import IMAGE_SUFFIXES, is_volume_file
 from fmeval.data.info import SPLITS
 from fmeval.errors import DataError
 
@@ -51,8 +51,9 @@ class Manifest:
     # in-memory sources (Hugging Face datasets): encoded image bytes per row, and what identifies them
     payload: list[bytes] | None = None
     fingerprint: str | None = None
-    # (bytes, mtime_ns) per row when the scan already stat'ed the files (folders), else None
-    stats: list[tuple[int, int]] | None = None
+    # int64 [N, 2] (bytes, mtime_ns) per row when the scan already stat'ed the files (folders), else None
+    stats: np.ndarray | None = None
+    ndim: int = 2  # 3: every row is a NIfTI volume (manifests only)
 
     def file(self, i: int) -> str:
         return f"{self.root}{os.sep}{self.paths[i]}"  # str: pathlib costs more than the stat on 10k files
@@ -62,16 +63,26 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
-def _images_in(folder: Path) -> list[tuple[str, int, int]]:
-    """(name, bytes, mtime_ns) of the image files in ``folder``: one scandir, one stat per image
-    (the identity the decoded-array cache is keyed by, so no second pass over the files)."""
-    out = []
-    with os.scandir(folder) as it:
-        for e in it:
-            if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
-                st = e.stat()
-                out.append((e.name, st.st_size, st.st_mtime_ns))
-    return out
+def _images_in(folder: Path) -> tuple[list[str], list[int], list[int]]:
+    """(names, bytes, mtime_ns) of the image files in ``folder``: one scandir and one stat per image,
+    nothing else per file (the identity the decoded-array cache is keyed by; on a cached run this
+    listing is most of the time spent, so it avoids pathlib and per-file helpers)."""
+    names: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:  # scandir on the folder's descriptor: each stat is fstatat(fd, name), no walk of the full path
+        with os.scandir(fd) as it:
+            for e in it:
+                n = e.name
+                if n[0] != "." and n.lower().endswith(IMAGE_SUFFIXES) and e.is_file():
+                    st = e.stat()
+                    names.append(n)
+                    sizes.append(st.st_size)
+                    mtimes.append(st.st_mtime_ns)
+    finally:
+        os.close(fd)
+    return names, sizes, mtimes
 
 
 def _suggest(value: str, known: tuple[str, ...]) -> str:
@@ -106,40 +117,55 @@ def scan_folder(root: Path, card: DatasetCard | None) -> Manifest:
         raise DataError(f"{root} has no class folders: expected ROOT/<class>/* or ROOT/{{train,val,test}}/<class>/*.")
     if card is not None and card.task == "multi-label":
         raise DataError(f"{root}: a folder of class folders is single-label; describe multi-label data with a manifest.")
-    rows: list[tuple] = []  # (sort name, relative path, split, label, bytes, mtime_ns)
+    names: list[str] = []
+    paths: list[str] = []
+    split_of: list[int] = []  # index in SPLITS (0 when no split folders)
+    label_of: list[int] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
     for split, d in class_dirs:
         rel = d.relative_to(root)
         if d.name not in classes:
             problems.append(f"{rel}: class folder {d.name!r} is not one of the card's classes "
                             f"({', '.join(classes)}){_suggest(d.name, classes)}.")
             continue
-        files = _images_in(d)
-        if not files:
+        n, size, mtime = _images_in(d)
+        if not n:
             problems.append(f"{rel}: class folder has no images ({', '.join(IMAGE_SUFFIXES)}).")
             continue
-        label = classes.index(d.name)
-        rows += [(name, f"{rel}{os.sep}{name}", split, label, size, mtime) for name, size, mtime in files]
-    rows.sort(key=lambda r: (SPLITS.index(r[2]) if r[2] else 0, r[0], r[3]))
+        prefix = f"{rel}{os.sep}"
+        names += n
+        paths += [prefix + name for name in n]
+        split_of += [SPLITS.index(split) if split else 0] * len(n)
+        label_of += [classes.index(d.name)] * len(n)
+        sizes += size
+        mtimes += mtime
+    # rows ordered by split, then file name, then class (one vectorised sort: no per-row key calls)
+    order = np.lexsort((np.asarray(label_of, dtype=np.int64), np.asarray(names, dtype=str),
+                        np.asarray(split_of, dtype=np.int64))) if names else np.zeros(0, dtype=np.int64)
+    paths = [paths[i] for i in order.tolist()]
+    splits_named = [SPLITS[k] for k in np.asarray(split_of, dtype=np.int64)[order].tolist()] if split_dirs else [None] * len(paths)
     task = card.task if card is not None else ("binary" if len(classes) == 2 else "multi-class")
-    labels = np.array([[r[3]] for r in rows], dtype=np.int64).reshape(-1, 1)
-    return Manifest(root=root, paths=[r[1] for r in rows], labels=labels, splits=[r[2] for r in rows],
-                    where=[r[1] for r in rows], classes=tuple(classes), task=task, problems=problems,
-                    stats=[(r[4], r[5]) for r in rows])
+    labels = np.asarray(label_of, dtype=np.int64)[order].reshape(-1, 1)
+    stats = np.stack([np.asarray(sizes, dtype=np.int64), np.asarray(mtimes, dtype=np.int64)], axis=1)[order]
+    return Manifest(root=root, paths=paths, labels=labels, splits=splits_named, where=paths,
+                    classes=tuple(classes), task=task, problems=problems, stats=stats)
 
 
 def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Columns and rows of a CSV (stdlib) or Parquet (pandas + pyarrow, optional) manifest."""
+    """Columns and rows of a CSV (stdlib) or Parquet (pyarrow, optional) manifest, every cell as text
+    (a Parquet integer label 1 reads as "1", like the same CSV cell; nulls as "")."""
     if path.suffix.lower() == ".parquet":
         try:
-            import pandas as pd
-
-            frame = pd.read_parquet(path)
+            import pyarrow.parquet as pq
         except ImportError as exc:
-            raise DataError(f"{path}: reading Parquet needs pandas and pyarrow (pip install 'fmeval[data]'): {exc}.") from None
-        except Exception as exc:
+            raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'fmeval[data]'): {exc}.") from None
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several kinds for a damaged file
             raise DataError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}).") from None
-        cols = [str(c) for c in frame.columns]
-        return cols, [{c: ("" if v is None else str(v)) for c, v in zip(cols, r)} for r in frame.itertuples(index=False)]
+        cols = [str(c) for c in table.column_names]
+        return cols, [{c: _cell(v) for c, v in r.items()} for r in table.to_pylist()]
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -148,6 +174,17 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest {path} ({exc}).") from None
     return cols, rows
+
+
+def _cell(v) -> str:
+    """A typed Parquet cell as the text a CSV would hold: null "", bool "0"/"1", 2.0 "2"."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
 
 
 def _pick(cols: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
@@ -215,7 +252,16 @@ def scan_manifest(path: Path, card: DatasetCard | None, group_by: str | None = N
             problems.append(f"{where[i]}: empty {pcol!r}.")
     groups = [(r.get(gcol) or "").strip() for r in rows] if gcol else None
     return Manifest(root=path.parent, paths=paths, labels=labels, splits=splits, where=where,
-                    classes=tuple(classes), task=task, groups=groups, problems=problems)
+                    classes=tuple(classes), task=task, groups=groups, problems=problems, ndim=_ndim(path, paths))
+
+
+def _ndim(path: Path, paths: list[str]) -> int:
+    """3 when every row is a NIfTI volume, 2 when none is; a mix is refused before any decoding."""
+    vols = sum(is_volume_file(p) for p in paths)
+    if vols and vols != len(paths):
+        raise DataError(f"{path}: {vols} of {len(paths)} rows are NIfTI volumes; a dataset holds "
+                        "2D images or 3D volumes, not both.")
+    return 3 if vols else 2
 
 
 def _classes_of(values: list[str]) -> tuple[str, ...]:

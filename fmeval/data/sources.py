@@ -10,6 +10,10 @@ kind            ``--dataset``                                 becomes
 medmnist        a MedMNIST flag (``pneumoniamnist``)           :class:`MedMNIST`
 npz             ``private.npz`` in the MedMNIST layout + card  :class:`MedMNIST`
 manifest        ``labels.csv`` / ``labels.parquet``            :class:`LocalDataset`
+hf-dataset      ``hf-dataset:<owner/name>[@rev][/<config>]``   :class:`LocalDataset`
+                or a ``save_to_disk`` folder
+card            ``mine.yaml``, a card with ``source:``         :class:`LocalDataset`
+                ``hf-dataset:...`` (a hub dataset with a card)
 folder          ``ROOT/{train,val,test}/<class>/*`` or         :class:`LocalDataset`
                 ``ROOT/<class>/*``
 =============== ============================================= ==================
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from fmeval.data import hf
-from fmeval.data.card import DatasetCard, card_path, read_card
+from fmeval.data.card import CARD_SUFFIXES, DatasetCard, card_path, read_card
 from fmeval.data.info import all_flags, dataset_info
 from fmeval.data.local import LocalDataset, SourceOptions, build
 from fmeval.data.npz import MedMNIST, load_dataset
@@ -60,6 +64,8 @@ SOURCES: tuple[SourceKind, ...] = (
                "a CSV or Parquet manifest"),
     SourceKind("hf-dataset", lambda s: s.startswith(hf.PREFIX) or bool((p := _as_path(s)) and hf.is_saved_dataset(p)),
                "a Hugging Face dataset (hf-dataset:<repo> or a save_to_disk folder)"),
+    SourceKind("card", lambda s: bool((p := _as_path(s)) and p.is_file() and p.suffix.lower() in CARD_SUFFIXES),
+               "a dataset card whose source names a Hugging Face hub dataset"),
     SourceKind("folder", lambda s: bool((p := _as_path(s)) and p.is_dir()), "an image folder"),
 )
 
@@ -102,13 +108,18 @@ def _checked_name(name: str, where: Path) -> str:
 
 
 def scan(spec: str, group_by: str | None = None) -> tuple[str, Path, Manifest, DatasetCard, Path | None, list[str]]:
-    """(kind, path, manifest, card, card file, notes) of a folder or manifest source."""
+    """(kind, path, manifest, card, card file, notes) of a folder, manifest or Hugging Face source."""
     kind = source_kind(spec)
     hub = spec.startswith(hf.PREFIX)
     path = Path(hf.parse_spec(spec)[0]) if hub else Path(spec).expanduser().resolve()
     card, cfile = (None, None) if hub else _card_or_none(path)
     notes: list[str] = []
-    if kind.name == "hf-dataset":
+    if kind.name == "card":  # a card naming a hub dataset: the card file is the dataset's address
+        if not card.source:
+            raise DataError(f"{path}: a card given as --dataset names its data with `source: hf-dataset:<owner/name>`; "
+                            "a folder's or manifest's card sits beside it: give the folder or the manifest.")
+        manifest = hf.scan_hf(card.source, card)
+    elif kind.name == "hf-dataset":
         manifest = hf.scan_hf(spec if hub else str(path), card)
     elif kind.name == "manifest":
         manifest = scan_manifest(path, card, group_by)
@@ -119,10 +130,12 @@ def scan(spec: str, group_by: str | None = None) -> tuple[str, Path, Manifest, D
     if card is None:
         default = path.name if hub or path.is_dir() else path.stem
         card = DatasetCard(name=default, task=manifest.task, classes=manifest.classes or ("?", "?"))
-        notes.append(f"no dataset card ({card_path(path).name}): name {card.name!r}, task {card.task} and classes "
-                     f"{', '.join(card.classes)} were inferred; `fmeval data init {spec}` writes one to edit.")
+        then = f" ({card.name}.yaml here; then give that file as --dataset)" if hub else ""
+        notes.append(f"no dataset card ({'a card file' if hub else card_path(path).name}): name {card.name!r}, task "
+                     f"{card.task} and classes {', '.join(card.classes)} were inferred; `fmeval data init {spec}` "
+                     f"writes one to edit{then}.")
     _checked_name(card.name, path)
-    return kind.name, path, manifest, card, cfile, notes
+    return ("hf-dataset" if kind.name == "card" else kind.name), path, manifest, card, cfile, notes
 
 
 def open_dataset(spec: str, size: int = 28, root: str | Path | None = None, *, download: bool = False,
@@ -138,8 +151,25 @@ def open_dataset(spec: str, size: int = 28, root: str | Path | None = None, *, d
     if kind.name == "npz":
         return open_npz(Path(spec).expanduser().resolve(), size)
     kind_name, path, manifest, card, cfile, notes = scan(spec, options.group_by)
+    origin = card.source or (spec if spec.startswith(hf.PREFIX) else None)
     return build(manifest, card, kind=kind_name, path=path, card_file=str(cfile) if cfile else None, size=size,
-                 options=options, write=write, notes=tuple(notes))
+                 options=options, write=write, notes=tuple(notes), origin=origin)
+
+
+def reopen(record: dict) -> tuple[str, SourceOptions] | None:
+    """How a run's user dataset opens again, from its report's dataset record: the ``--dataset``
+    (its path; a hub dataset without a card file: its ``hf-dataset:`` address) and the options that
+    drew its splits. None for a MedMNIST name (its flag is the address)."""
+    flag = str(record.get("flag", ""))
+    if _is_flag(flag):
+        return None
+    spec = record.get("origin") if record.get("origin") and not record.get("card") else record.get("path") or flag
+    split = record.get("split") or {}
+    if not split.get("drawn"):
+        return str(spec), SourceOptions()
+    ratios = split.get("ratios")
+    return str(spec), SourceOptions(split_ratios=tuple(float(r) for r in ratios) if ratios else None,
+                                    group_by=split.get("group_by") or None, split_seed=int(split.get("seed") or 0))
 
 
 def _fixed_splits(spec: str, options: SourceOptions) -> None:
@@ -187,7 +217,7 @@ def _npz_channels(path: Path) -> int:
     return 3 if len(shape) == 4 and shape[-1] == 3 else 1
 
 
-__all__ = ["SOURCES", "SourceOptions", "LocalDataset", "open_dataset", "check_spec", "scan"]
+__all__ = ["SOURCES", "SourceOptions", "LocalDataset", "open_dataset", "check_spec", "scan", "reopen"]
 
 
 # -- what prompt banks ask of a dataset (fmeval.prompts), for names and paths alike ------------
@@ -198,6 +228,17 @@ def bank_key(spec: str) -> str:
     return str(Path(spec.strip()).expanduser().resolve())
 
 
+def _card_of(spec: str) -> tuple[DatasetCard, Path]:
+    """The card of a user dataset (folder, manifest, npz), read without touching the data."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        source_kind(spec)  # "unknown dataset 'x'. Did you mean ...?" or "path does not exist"
+    cp = path.with_suffix(".yaml") if path.suffix == ".npz" and path.with_suffix(".yaml").exists() else card_path(path)
+    if not cp.exists():
+        raise DataError(f"{spec}: no dataset card ({cp.name}); write one with `fmeval data init`.")
+    return read_card(cp), cp
+
+
 def label_table(spec: str) -> dict:
     """``{"task": ..., "label": {"0": name, ...}}`` (medmnist.INFO's shape) from the INFO table
     for a MedMNIST name, else from the dataset's card (nothing else is read)."""
@@ -205,19 +246,37 @@ def label_table(spec: str) -> dict:
 
     if _is_flag(spec.strip()):
         return _medmnist_info()[spec.strip().lower()]
-    path = Path(spec).expanduser()
-    if not path.exists():
-        source_kind(spec)  # "unknown dataset 'x'. Did you mean ...?" or "path does not exist"
-    cp = path.with_suffix(".yaml") if path.suffix == ".npz" and path.with_suffix(".yaml").exists() else card_path(path)
-    if not cp.exists():
-        raise DataError(f"{spec}: no dataset card ({cp.name}) to take class names from; write one with "
-                        "`fmeval data init`.")
-    card = read_card(cp)
+    card, _ = _card_of(spec)
     return {"task": card.medmnist_task, "label": {str(i): c for i, c in enumerate(card.classes)}}
+
+
+def corruption_set(spec: str):
+    """The MedMNIST-C corruptions a robustness run applies to ``spec`` (see
+    :class:`fmeval.data.corruptions.CorruptionSet`): a MedMNIST name's own; a user dataset's
+    card's ``corruptions_like``; else one line saying how to opt in."""
+    from fmeval.data.corruptions import CorruptionSet, modality_hint
+
+    if _is_flag(spec.strip()):
+        flag = spec.strip().lower()
+        return CorruptionSet(flag, f"{flag}'s own MedMNIST-C corruptions")
+    try:
+        card, cp = _card_of(spec)
+    except DataError as exc:
+        raise DataError(f"{exc} Robustness on your own data also needs `corruptions_like: <MedMNIST dataset>` "
+                        "in it.") from None
+    if not card.corruptions_like:
+        modality = f" (its modality: {card.modality})" if card.modality else ""
+        raise DataError(f"robustness on {card.name}: MedMNIST-C defines corruptions and severities per dataset; add "
+                        f"`corruptions_like: <dataset>` to {cp}{modality}, naming the closest of: {modality_hint()}.")
+    return CorruptionSet(card.corruptions_like, f"card {cp.name}: corruptions_like {card.corruptions_like} "
+                                                f"(MedMNIST-C's {card.corruptions_like} corruptions and severity parameters)")
 
 
 def default_bank(spec: str) -> Path | None:
     """A user dataset's own prompt bank: ``prompts.yaml`` beside its card (``fmeval prompts init``)."""
     if _is_flag(spec.strip()) or spec.startswith(hf.PREFIX):
         return None
-    return card_path(Path(spec).expanduser()).with_name("prompts.yaml")
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in CARD_SUFFIXES and path.is_file():  # a hub dataset's card file: one bank per card
+        return path.with_name(f"{path.stem}.prompts.yaml")
+    return card_path(path).with_name("prompts.yaml")

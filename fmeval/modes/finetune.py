@@ -40,7 +40,7 @@ from fmeval.training.loop import FitResult, RunSetup, TrainData, fit, predict
 from fmeval.training.methods import METHODS, Classifier, Method
 
 if TYPE_CHECKING:
-    from fmeval.report.export import Exported
+    from fmeval.report.export import Exported, dataset_argument
 
 #: Test hook: stop (as if the process died) right after this epoch was checkpointed.
 STOP_ENV = "FMEVAL_FT_STOP_AFTER_EPOCH"
@@ -348,7 +348,7 @@ def export_adapter(folder: str | Path, out: str | Path, *, header: bool = True, 
     """Reload a fine-tuned adapter, predict its test split, write the CSV (``cfg``: see
     :func:`load_finetuned`)."""
     from fmeval.predictions import write_predictions
-    from fmeval.report.export import Exported
+    from fmeval.report.export import Exported, dataset_argument
 
     cfg, p = load_finetuned(folder, cfg, **overrides)
     scores = predict(p.model, p.images["test"], task=p.data.task, setup=p.setup).float().numpy()
@@ -357,8 +357,8 @@ def export_adapter(folder: str | Path, out: str | Path, *, header: bool = True, 
     if not len(scores):
         raise ConfigError(f"{folder}: the test split is empty.")
     sha = write_predictions(out, scores, list(p.data.info.labels), idx, header=header)
-    return Exported(Path(out), sha, len(idx), len(p.data.labels("test")), p.data.flag, p.data.size, cfg.seed,
-                    cfg.n_boot)
+    return Exported(Path(out), sha, len(idx), len(p.data.labels("test")), dataset_argument(p.data.describe()),
+                    p.data.size, cfg.seed, cfg.n_boot)
 
 
 def _register(method: str) -> None:

@@ -61,21 +61,44 @@ def _heads() -> Registry[Head]:
     return reg
 
 
-def resolve_corruptions(cfg: RunConfig) -> tuple[str, ...]:
+def corruption_set(cfg: RunConfig):
+    """Whose MedMNIST-C corruptions apply (:class:`fmeval.data.corruptions.CorruptionSet`):
+    a MedMNIST dataset's own, a user dataset's card's ``corruptions_like``."""
+    from fmeval.data.sources import corruption_set as of_spec
+
+    return of_spec(cfg.dataset)
+
+
+def _own(cfg: RunConfig):
+    """The dataset's own MedMNIST-C set (callers that resolved nothing: a MedMNIST name)."""
+    from fmeval.data.corruptions import CorruptionSet
+
+    flag = cfg.dataset.strip().lower()
+    return CorruptionSet(flag, f"{flag}'s own MedMNIST-C corruptions")
+
+
+def resolve_corruptions(cfg: RunConfig, cset=None) -> tuple[str, ...]:
     """The corruptions to apply (default: all of the dataset's), checked before any model loads.
 
     Fails in one line when ``medmnistc`` is missing (naming the install
-    script), for a name that is not one of the dataset's corruptions, or for
-    one that needs larger images.
+    script), for a user dataset whose card names no ``corruptions_like``, for a
+    name that is not one of the dataset's corruptions, or for one that needs
+    larger images.
     """
     from fmeval.data.corruptions import MIN_SIZE, CorruptionError, corruptions_for
 
-    known = corruptions_for(cfg.dataset)
+    cset = cset or corruption_set(cfg)
+    try:
+        known = corruptions_for(cset.like)
+    except CorruptionError as exc:
+        if cset.like == cfg.dataset.strip().lower():
+            raise
+        raise CorruptionError(f"{cset.rule}: {exc}") from None
     wanted = cfg.robustness.corruptions or known
     unknown = [c for c in wanted if c not in known]
     if unknown:
         raise CorruptionError(f"--corruptions {', '.join(unknown)}: not MedMNIST-C corruption(s) of "
-                              f"{cfg.dataset}; use any of: {', '.join(known)}.")
+                              f"{cset.like}; use any of: {', '.join(known)}.")
     small = [c for c in wanted if cfg.size < MIN_SIZE.get(c, 0)]
     if small:
         raise CorruptionError(f"{', '.join(small)} need(s) images of at least "
@@ -85,18 +108,20 @@ def resolve_corruptions(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def corrupted_features(fz, images: np.ndarray, ids: np.ndarray, corruption: str,
-                       severity: int) -> tuple[torch.Tensor, bool]:
-    """Test features of ``images`` under one corruption/severity, through the feature cache."""
+                       severity: int, like: str | None = None) -> tuple[torch.Tensor, bool]:
+    """Test features of ``images`` under one corruption/severity, through the feature cache.
+    ``like``: the MedMNIST-C dataset whose parameters apply (default: the dataset itself)."""
     from fmeval.data.corruptions import corrupt, corruption_key
     from fmeval.features import extract_features
     from fmeval.pipeline import feature_key
 
     cfg = fz.config
+    like = like or fz.data.flag
     key = {**feature_key(fz.adapter, fz.data, "test", cfg, fz.transform, fz.precision, fz.view),
-           "corruption": corruption_key(fz.data.flag, corruption, severity, cfg.seed)}
+           "corruption": corruption_key(like, corruption, severity, cfg.seed)}
 
     def compute() -> torch.Tensor:
-        bad = corrupt(images, fz.data.flag, corruption, severity, cfg.seed, indices=ids)
+        bad = corrupt(images, like, corruption, severity, cfg.seed, indices=ids)
         return extract_features(fz.adapter, bad, transform=fz.transform, batch_size=cfg.batch_size,
                                 device=fz.device, precision=fz.precision,
                                 description=f"{cfg.model} {fz.data.flag} test {corruption}@{severity}")
@@ -115,13 +140,15 @@ def _values(task: str, labels: np.ndarray, scores: Any, class_names: list[str], 
 
 
 def robustness_record(clean: dict[str, float], table: dict[str, dict[int, dict[str, float]]], *,
-                      cfg: RunConfig, head: str, cache: dict[str, int]) -> dict[str, Any]:
-    """``extras["robustness"]``: the table, its summary per metric, and what made the images."""
+                      cfg: RunConfig, head: str, cache: dict[str, int], cset=None) -> dict[str, Any]:
+    """``extras["robustness"]``: the table, its summary per metric, and what made the images
+    (``corruptions_like``: whose MedMNIST-C corruptions and parameters, and by which rule)."""
     from fmeval.metrics.aggregate import summarize_robustness
     from fmeval.data.corruptions import SCHEME_VERSION, medmnistc_version, severity_params
 
     names = [m for m in SHOWN_METRICS if m in clean] + [m for m in clean if m not in SHOWN_METRICS]
     summary = summarize_robustness(clean, table, metrics=names)
+    cset = cset or _own(cfg)
     return {
         "head": head,
         "corruptions": list(table),
@@ -129,12 +156,13 @@ def robustness_record(clean: dict[str, float], table: dict[str, dict[int, dict[s
         "seed": cfg.seed,
         "medmnistc": medmnistc_version(),
         "scheme": SCHEME_VERSION,
-        "severity_params": {c: severity_params(cfg.dataset, c) for c in table},
+        "corruptions_like": cset.as_dict(),
+        "severity_params": {c: severity_params(cset.like, c) for c in table},
         "metrics": names,
         "clean": clean,
         "table": {c: {str(s): v for s, v in per.items()} for c, per in table.items()},
         "summary": {m: summary[m].to_dict() for m in names},
-        "medmnistc_errors": medmnistc_comparison(cfg, clean, table),
+        "medmnistc_errors": medmnistc_comparison(cfg, clean, table, cset),
         "cache": cache,
         "note": "corrupted sets: point estimates (no bootstrap); relative drop = (clean - mean corrupted) / "
                 "clean, signed so that positive is worse (for ECE: the relative increase)",
@@ -142,7 +170,7 @@ def robustness_record(clean: dict[str, float], table: dict[str, dict[int, dict[s
 
 
 def medmnistc_comparison(cfg: RunConfig, clean: dict[str, float],
-                         table: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:
+                         table: dict[str, dict[int, dict[str, float]]], cset=None) -> dict[str, Any]:
     """MedMNIST-C's balanced error (BE) and relative balanced error (rBE), normalised to AlexNet,
     so a robustness run compares with the MedMNIST-C paper's tables; or why they cannot be given.
 
@@ -154,6 +182,10 @@ def medmnistc_comparison(cfg: RunConfig, clean: dict[str, float],
 
     if "balanced_acc" not in clean:
         return {"unavailable": "no balanced accuracy for this task"}
+    cset = cset or _own(cfg)
+    if cset.like != cfg.dataset.strip().lower():  # AlexNet's errors are on that MedMNIST dataset, not this one
+        return {"unavailable": f"MedMNIST-C's AlexNet reference exists for MedMNIST datasets only; this run "
+                               f"applied {cset.like}'s corruptions to another dataset"}
     try:
         out = medmnistc_errors(cfg.dataset, clean["balanced_acc"],
                                {c: {s: v["balanced_acc"] for s, v in per.items()} for c, per in table.items()})
@@ -178,7 +210,7 @@ def _sweep(corruptions: tuple[str, ...], severities: tuple[int, ...],
     return table
 
 
-def _run_frozen(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer):
+def _run_frozen(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer, cset):
     head_name = cfg.robustness.head
     head = _heads().get(head_name)
     fz = head.prepare(cfg)
@@ -191,7 +223,7 @@ def _run_frozen(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer):
     hits = {"hit": 0, "miss": 0}
 
     def score(c: str, s: int):
-        feats, hit = corrupted_features(fz, images, ids, c, s)
+        feats, hit = corrupted_features(fz, images, ids, c, s, like=cset.like)
         hits["hit" if hit else "miss"] += 1
         return fitted.score(feats)
 
@@ -200,12 +232,12 @@ def _run_frozen(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer):
     result = result_of(fz, test_scores=fitted.score_split(fz, "test"), val_scores=fitted.val_scores,
                            extras=fitted.extras, selection=fitted.selection, timer=timer)
     clean = {name: mv.value for name, mv in result.test.metrics.items()}
-    result.extras["robustness"] = robustness_record(clean, table, cfg=cfg, head=head_name, cache=hits)
+    result.extras["robustness"] = robustness_record(clean, table, cfg=cfg, head=head_name, cache=hits, cset=cset)
     result.wall_time_s = timer.seconds
     return result
 
 
-def _run_adapter(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer):
+def _run_adapter(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer, cset):
     """A fine-tuned adapter: its test images are corrupted and classified end to end."""
     from fmeval.data.corruptions import corrupt
     from fmeval.modes.finetune import load_finetuned
@@ -220,7 +252,7 @@ def _run_adapter(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer):
     prior = (p.full_labels or p.labels)["train"]
 
     def score(c: str, s: int):
-        return predict(p.model, corrupt(images, data.flag, c, s, cfg.seed, indices=ids), task=task, setup=p.setup)
+        return predict(p.model, corrupt(images, cset.like, c, s, cfg.seed, indices=ids), task=task, setup=p.setup)
 
     table = _sweep(corruptions, cfg.robustness.severities, score,
                    lambda sc: _values(task, p.labels["test"], sc, names, prior, cfg.seed))
@@ -234,7 +266,7 @@ def _run_adapter(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer):
     )
     clean = {name: mv.value for name, mv in result.test.metrics.items()}
     result.extras["robustness"] = robustness_record(clean, table, cfg=cfg, head=f"adapter ({ft_cfg.mode})",
-                                                    cache={"hit": 0, "miss": 0})
+                                                    cache={"hit": 0, "miss": 0}, cset=cset)
     return result
 
 
@@ -242,8 +274,9 @@ def _run_adapter(cfg: RunConfig, corruptions: tuple[str, ...], timer: Timer):
                description="clean-trained head (or fine-tuned adapter) on MedMNIST-C corrupted test images")
 def run_robustness(cfg: RunConfig):
     timer = Timer()
-    corruptions = resolve_corruptions(cfg)
+    cset = corruption_set(cfg)
+    corruptions = resolve_corruptions(cfg, cset)
     if cfg.robustness.adapter:
-        return _run_adapter(cfg, corruptions, timer)
+        return _run_adapter(cfg, corruptions, timer, cset)
     _heads().get(cfg.robustness.head)  # a typo fails before any model loads
-    return _run_frozen(cfg, corruptions, timer)
+    return _run_frozen(cfg, corruptions, timer, cset)

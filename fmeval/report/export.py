@@ -27,7 +27,7 @@ class Exported:
     sha256: str
     n: int  # rows written
     n_split: int | None  # test images in the split (rows < this: a --limit run)
-    dataset: str
+    dataset: str  # the --dataset argument(s) that open the run's data again (see dataset_argument)
     size: int | None
     seed: int
     n_boot: int
@@ -37,6 +37,27 @@ class Exported:
         size = f" --size {self.size}" if self.size else ""
         return (f"fmeval score {self.path} --dataset {self.dataset}{size} --seed {self.seed} "
                 f"--bootstrap {self.n_boot}")
+
+
+def dataset_argument(record: dict) -> str:
+    """The ``--dataset`` (and split options) that reopen a run's data, for the score command:
+    a MedMNIST name, or a user dataset as :func:`fmeval.data.sources.reopen` finds it."""
+    import shlex
+
+    from fmeval.data.sources import reopen
+
+    found = reopen(record)
+    if found is None:
+        return str(record.get("flag", ""))
+    spec, opts = found
+    args = [shlex.quote(spec)]
+    if opts.split_ratios is not None or opts.split_seed:
+        args += ["--split-seed", str(opts.split_seed)]
+    if opts.split_ratios is not None:
+        args += ["--split-ratios", ",".join(map(str, opts.split_ratios))]
+    if opts.group_by:
+        args += ["--group-by", shlex.quote(opts.group_by)]
+    return " ".join(args)
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, header: bool = True) -> Exported:
@@ -54,5 +75,5 @@ def export_run(run_dir: str | Path, out: str | Path, *, header: bool = True) -> 
     if len(idx) != r.test.n:
         raise ReportError(f"{src} has {len(idx)} rows but the run scored {r.test.n} test images.")
     sha = write_predictions(out, scores, classes, idx, header=header)
-    return Exported(Path(out), sha, len(idx), r.dataset.get("n_test"), r.dataset_flag, r.dataset.get("size"),
+    return Exported(Path(out), sha, len(idx), r.dataset.get("n_test"), dataset_argument(r.dataset), r.dataset.get("size"),
                     r.seed, r.test.n_boot)

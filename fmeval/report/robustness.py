@@ -57,6 +57,8 @@ def _markdown(rob: Any, r: "RunResult") -> list[str]:
              f"corruption seed {rob.get('seed')}, medmnistc {rob.get('medmnistc')})", "",
              f"{len(rob.get('corruptions') or [])} corruptions x severities {', '.join(map(str, sev))}. "
              f"The test metrics above are the clean ones. {rob.get('note', '')}."
+             + (f" Corruption set: {rob['corruptions_like']['rule']}."
+                if isinstance(rob.get("corruptions_like"), dict) else "")
              + (f" MedMNIST-C defines its severities on 224 px images; at {r.dataset.get('size')} px the same "
                 "parameters act on fewer pixels, so compare robustness only at one size."
                 if r.dataset.get("size") not in (None, 224) else ""), "",

@@ -68,8 +68,15 @@ def cell_row(r: RunResult) -> dict[str, Any]:
     row.update(style=style_of(r), n_train=r.dataset.get("n_train", ""), variant=variant_of(r),
                run_dir=r.report_dir or "", task=r.dataset.get("task", ""),
                classes=list(r.test.class_names or r.dataset.get("classes") or []),
-               data_root=r.config.get("data_root") or "")
+               data_root=r.config.get("data_root") or "", data_source=_data_source(r))
     return row
+
+
+def _data_source(r: RunResult):
+    """(address, split options) of a user dataset, so per-sample outputs reopen its test split; None for MedMNIST."""
+    from fmeval.data.sources import reopen
+
+    return reopen(r.dataset)
 
 
 def metric_names(rows: Iterable[dict[str, Any]]) -> list[str]:

@@ -97,7 +97,7 @@ def _write_plots(out: Path, entries, summaries, metric: str) -> list:
 
 def _write_misclassified(out: Path, entries, scores_of, data_root: str | None, notes: list[str],
                          max_images: int) -> tuple[list, dict[str, Path]]:
-    from fmeval.studies.samples import data_root_for, find_misclassified, misclassified_csv, write_sheet
+    from fmeval.studies.samples import find_misclassified, misclassified_csv, source_of, write_sheet
 
     by_group: dict[C.GroupKey, list[dict[str, Any]]] = {}
     for e in entries:
@@ -118,7 +118,7 @@ def _write_misclassified(out: Path, entries, scores_of, data_root: str | None, n
         files[f"{stem}.csv"] = out / f"{stem}.csv"
         sheet: Path | None = out / f"{stem}.png"
         try:
-            n_shown = write_sheet(m, sheet, data_root_for(loaded[0][0], data_root), max_images=max_images)
+            n_shown = write_sheet(m, sheet, source_of(loaded[0][0], data_root), max_images=max_images)
         except (FmevalError, ImportError, OSError) as exc:
             n_shown = 0
             notes.append(f"contact sheet of {group.title} skipped: {exc}")

@@ -38,10 +38,26 @@ class RunScores:
     labels: np.ndarray  # what the metrics take: [N] (single label) or [N, L] (multi-label)
 
 
-def _open(flag: str, size: int, root: str):
+@dataclass(frozen=True)
+class TestSource:
+    """Where a run's test split comes from: a MedMNIST file (``flag`` at ``size`` under ``root``), or a
+    user dataset reopened by its address and split options (``spec``; see :func:`fmeval.data.sources.reopen`)."""
+
+    flag: str
+    size: int
+    root: str
+    spec: str | None = None
+    options: Any = None  # fmeval.data.local.SourceOptions (frozen, hashable)
+
+
+def _open(src: TestSource):
+    if src.spec is not None:
+        from fmeval.data.sources import open_dataset
+
+        return open_dataset(src.spec, src.size, options=src.options)  # the decoded arrays are cached
     from fmeval.data import load_dataset
 
-    return load_dataset(flag, size, root, md5="off")  # the runs recorded their MD5; a 224 px file is GBs
+    return load_dataset(src.flag, src.size, src.root, md5="off")  # the runs recorded their MD5; a 224 px file is GBs
 
 
 def data_root_for(row: dict[str, Any], data_root: str | None) -> str:
@@ -51,15 +67,22 @@ def data_root_for(row: dict[str, Any], data_root: str | None) -> str:
     return str(data_root or row.get("data_root") or default_data_root())
 
 
+def source_of(row: dict[str, Any], data_root: str | None) -> TestSource:
+    """The test split a study row's run scored (its ``data_source``: set for user datasets)."""
+    found = row.get("data_source")
+    spec, options = found if found else (None, None)
+    return TestSource(str(row["dataset"]), int(row["size"]), data_root_for(row, data_root), spec, options)
+
+
 @lru_cache(maxsize=64)
-def test_labels(flag: str, size: int, root: str) -> np.ndarray:
+def test_labels(src: TestSource) -> np.ndarray:
     """Stored test labels [N, W] of a dataset (small; the images are not decompressed)."""
-    return _open(flag, size, root).labels("test")
+    return _open(src).labels("test")
 
 
-def test_images(flag: str, size: int, root: str, indices: np.ndarray) -> np.ndarray:
+def test_images(src: TestSource, indices: np.ndarray) -> np.ndarray:
     """Only the images asked for; the decompressed split is dropped at once (not cached: GBs at 224 px)."""
-    return np.array(_open(flag, size, root).split("test").images[indices])
+    return np.array(_open(src).split("test").images[indices])
 
 
 def load_run_scores(row: dict[str, Any], data_root: str | None) -> RunScores:
@@ -73,7 +96,7 @@ def load_run_scores(row: dict[str, Any], data_root: str | None) -> RunScores:
     except PredictionsError as exc:
         raise StudyOutputError(str(exc)) from None
     try:
-        labels = test_labels(str(row["dataset"]), int(row["size"]), data_root_for(row, data_root))
+        labels = test_labels(source_of(row, data_root))
     except FmevalError as exc:
         raise StudyOutputError(f"test labels of {row['dataset']} @ {row['size']} unavailable: {exc}") from None
     if idx.size and (idx[0] < 0 or idx[-1] >= len(labels) or np.any(np.diff(idx) == 0)):
@@ -206,12 +229,12 @@ def contact_sheet(images: np.ndarray, captions: list[str], path: Path, *, tile: 
         sheet.save(tmp, format="PNG")
 
 
-def write_sheet(m: Misclassified, path: Path, root: str, *, max_images: int = 64) -> int:
+def write_sheet(m: Misclassified, path: Path, src: TestSource, *, max_images: int = 64) -> int:
     """The first ``max_images`` misclassified test images, captioned '#index' and the true class."""
     if not m.indices.size:
         return 0
     idx = m.indices[:max_images]
-    images = test_images(m.group.dataset, m.group.size, root, idx)
+    images = test_images(src, idx)
     captions = [f"#{i}\n{m.true_text(k)}" for k, i in enumerate(idx.tolist())]
     more = f" (first {len(idx)} of {m.indices.size})" if m.indices.size > len(idx) else ""
     contact_sheet(images, captions, path,
