@@ -46,6 +46,19 @@ PREFIX = "multidomain-"
 LOCK_FILE = "train.lock"
 
 
+ALL_2D = "all-2d"
+
+
+def expand_datasets(names) -> tuple[str, ...]:
+    """``--datasets`` as typed -> dataset names (``all-2d``: the 12 2D MedMNIST+ datasets)."""
+    from fmeval.data.info import flags_2d
+
+    out: list[str] = []
+    for name in names:
+        out += flags_2d() if str(name).lower() == ALL_2D else [str(name)]
+    return tuple(out)
+
+
 def method_of(cfg: RunConfig) -> str:
     return cfg.mode.removeprefix(PREFIX)
 
@@ -91,7 +104,7 @@ class Trained:
 _LAST: Trained | None = None  # the model this process trained last: its datasets are scored without a reload
 
 
-def _run_folder(cfg: RunConfig) -> Path:
+def run_folder(cfg: RunConfig) -> Path:
     folder = cfg.resume or cfg.adapter_dir
     if folder:
         path = Path(folder).expanduser()
@@ -221,7 +234,7 @@ def shared_model(cfg: RunConfig, *, on_epoch_end=None, hooks: TrainHooks | None 
     """The run's trained model and its record: trained here, resumed, or read back when finished."""
     check_multidomain(cfg)
     tcfg = training_config(cfg)
-    run_dir = _run_folder(cfg)
+    run_dir = run_folder(cfg)
     digest = tcfg.digest(("train", "lora", "multidomain"))
     with file_lock(run_dir / LOCK_FILE):
         rec = read_run_record(run_dir) if (run_dir / "run.json").exists() else None
