@@ -1,0 +1,191 @@
+"""Multi-domain training end to end (issue 24): the command as typed, resume, leaderboard, test labels.
+
+Real PneumoniaMNIST, BreastMNIST and RetinaMNIST (../shared/data) plus a generated
+multi-label file in the MedMNIST layout (ChestMNIST's 14 findings), trained together
+under ``--protocol mm-pt`` with a tiny random ViT. The protocol's 224 px canvas is
+replaced by 32 px and the splits by 96-image subsets (both recorded deviations) so
+a run takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require_shared
+from fmeval.data.synthetic import synthetic_arrays, write_synthetic
+from fmeval.io import atomic_path
+from fmeval.runner import execute, make_config
+from helpers import run
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = ("pneumoniamnist", "breastmnist", "retinamnist")
+DATASETS = REAL + ("chestmnist",)
+FAST = ("--canvas", "32", "--input-size", "32", "--limit", "96", "--bootstrap", "20", "--md5", "off")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("FMEVAL_PROGRESS", "0")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def md_root(tmp_path_factory) -> Path:
+    """The three real files (linked) and a generated multi-label one, in one data folder."""
+    root = tmp_path_factory.mktemp("md-data")
+    for flag in REAL:
+        (root / f"{flag}.npz").symlink_to(require_shared(SHARED / f"{flag}.npz"))
+    write_synthetic(root, "chestmnist", 28, (120, 60, 60), seed=5)
+    return root
+
+
+def _argv(root: Path, reports: Path, *extra: str) -> list[str]:
+    return ["finetune", "--full", "--protocol", "mm-pt", "--model", "vit-s16", "--tiny", "--datasets",
+            ",".join(DATASETS), "--epochs", "2", *FAST, "--data-root", str(root), "--reports-dir", str(reports),
+            *extra]
+
+
+def _reports(root: Path) -> dict[str, dict]:
+    out = {}
+    for path in root.glob("*/results.json"):
+        r = json.loads(path.read_text())
+        out[r["dataset"]["flag"]] = r
+    return out
+
+
+@pytest.mark.slow
+def test_mm_pt_command_resumes_to_the_same_result_and_ranks_per_dataset(capsys, md_root, tmp_path, monkeypatch):
+    from fmeval.report.leaderboard import leaderboard
+
+    # 1. interrupted after epoch 1 (as if killed), then resumed from its folder alone
+    monkeypatch.setenv("FMEVAL_ADAPTERS_DIR", str(tmp_path / "a1"))
+    monkeypatch.setenv("FMEVAL_FT_STOP_AFTER_EPOCH", "1")
+    code, out, err = run(capsys, *_argv(md_root, tmp_path / "r1"))
+    assert code != 0 and "--resume" in err + out, err
+    (folder,) = (tmp_path / "a1").iterdir()
+    assert not list((tmp_path / "r1").glob("*/results.json"))  # nothing reported before training ends
+    monkeypatch.delenv("FMEVAL_FT_STOP_AFTER_EPOCH")
+    code, out, err = run(capsys, "finetune", "--resume", str(folder), "--reports-dir", str(tmp_path / "r1"))
+    assert code == 0, err
+    assert "test mean over datasets" in out
+    resumed = _reports(tmp_path / "r1")
+
+    # 2. the same command, uninterrupted
+    monkeypatch.setenv("FMEVAL_ADAPTERS_DIR", str(tmp_path / "a2"))
+    code, out, err = run(capsys, *_argv(md_root, tmp_path / "r2"))
+    assert code == 0, err
+    straight = _reports(tmp_path / "r2")
+
+    assert set(resumed) == set(straight) == set(DATASETS)
+    run_ids = {r["extras"]["multidomain"]["run_id"] for r in resumed.values()}
+    assert run_ids == {folder.name}  # one shared marker: one model behind the four reports
+    for flag in DATASETS:
+        a, b = resumed[flag], straight[flag]
+        assert a["mode"] == "multidomain-full" and a["config"]["dataset"] == flag
+        assert a["extras"]["multidomain"]["test_scores_sha256"] == b["extras"]["multidomain"]["test_scores_sha256"]
+        assert a["extras"]["curves"] == b["extras"]["curves"]
+        assert a["test"]["metrics"]["auc"]["value"] == b["test"]["metrics"]["auc"]["value"]
+        assert a["extras"]["training"]["resumed_at_epoch"] == 1 and b["extras"]["training"]["resumed_at_epoch"] is None
+        # an ordinary report: CIs and the majority baseline of this dataset's training labels
+        auc = a["test"]["metrics"]["auc"]
+        assert auc["ci_low"] <= auc["value"] <= auc["ci_high"] and "acc" in a["test"]["baseline"]
+        # the protocol's settings, and every way this run differs from them, recorded
+        p = a["protocol"]
+        assert p["name"] == "mm-pt" and a["seed"] == 9930641
+        assert "multidomain.datasets=" + ",".join(DATASETS) in p["deviations"]
+        assert {"canvas=32", "input_size=32", "limit=96", "train.epochs=2", "tiny=True"} <= set(p["deviations"])
+        assert a["config"]["train"]["patience"] == 10 and a["config"]["train"]["select_metric"] == "loss"
+        assert a["config"]["train"]["schedule"] == "cosine-epoch" and a["transform"]["geometry"] == "pad"
+    assert resumed["chestmnist"]["dataset"]["task"].startswith("multi-label")
+    heads = {d["flag"]: d["n_outputs"] for d in json.loads((folder / "run.json").read_text())["datasets"]}
+    assert heads == {"pneumoniamnist": 2, "breastmnist": 2, "retinamnist": 5, "chestmnist": 14}  # one head each
+    sched = resumed["retinamnist"]["extras"]["multidomain"]
+    assert sched["train_batches"] == {"pneumoniamnist": 2, "breastmnist": 2, "retinamnist": 2, "chestmnist": 2}
+    assert sched["steps_per_epoch"] == 8
+
+    # 3. the leaderboard ranks each per-dataset run in its own dataset's table, marked
+    board = leaderboard(tmp_path / "r1", include_all=True)
+    assert {ds for ds, _ in board.groups()} == set(DATASETS)
+    assert all(row["multidomain"] == folder.name and row["mode"] == "multidomain-full"
+               for row in board.rows + board.excluded)
+    assert f"multi-domain run `{folder.name}`" in board.to_markdown()
+
+
+def _write(root: Path, name: str, arrays: dict) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_path(root / f"{name}.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def test_garbage_test_labels_change_no_choice_and_no_test_score(tmp_path, monkeypatch):
+    """The invariant of tests/test_test_labels_unused.py for a multi-domain run: both datasets'
+    test labels replaced by garbage move no epoch, no validation number, no test score."""
+    roots = {"clean": tmp_path / "clean", "garbage": tmp_path / "garbage"}
+    rng = np.random.default_rng(99)
+    for i, flag in enumerate(("pneumoniamnist", "retinamnist")):
+        arrays = synthetic_arrays(flag, 28, (40, 20, 30), seed=i)
+        _write(roots["clean"], flag, arrays)
+        garbage = dict(arrays)
+        garbage["test_labels"] = rng.integers(0, 2 if i == 0 else 5, arrays["test_labels"].shape).astype(np.uint8)
+        _write(roots["garbage"], flag, garbage)
+    out = {}
+    for name, root in roots.items():
+        monkeypatch.setenv("FMEVAL_ADAPTERS_DIR", str(tmp_path / f"adapters-{name}"))
+        for flag in ("pneumoniamnist", "retinamnist"):
+            cfg = make_config("multidomain-full", {
+                "model": "resnet18", "dataset": flag, "tiny": True, "pretrained": False, "input_size": 32,
+                "multidomain.datasets": ("pneumoniamnist", "retinamnist"), "n_boot": 20, "data_root": str(root),
+                "md5": "off", "train.epochs": 3, "train.patience": 1, "train.lr": 0.003, "train.batch_size": 16,
+                "adapter_dir": str(tmp_path / f"adapters-{name}" / "run")})
+            out[(name, flag)] = execute(cfg, write=False)
+    for flag in ("pneumoniamnist", "retinamnist"):
+        clean, garbage = out[("clean", flag)], out[("garbage", flag)]
+        keep = lambda r: {"selection": r.selection, "val": r.val.to_dict(), "curves": r.extras["curves"],  # noqa: E731
+                          "training": {k: r.extras["training"][k] for k in ("best_epoch", "epochs_run",
+                                                                              "stopped_early")},
+                          "config_hash": r.config_hash}
+        assert keep(clean) == keep(garbage)
+        np.testing.assert_array_equal(clean.test_scores, garbage.test_scores)
+        assert clean.test.to_dict()["confusion"] != garbage.test.to_dict()["confusion"]
+        assert clean.extras["curves"]["val_loss"]  # validation really selected something
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--dataset", "pneumoniamnist", "--datasets", "pneumoniamnist,breastmnist"], "not both"),
+    (["--datasets", "pneumoniamnist"], "at least two datasets"),
+    (["--dataset", "pneumoniamnist", "--domain-bn"], "add --datasets"),
+    (["--datasets", "pneumoniamnist,breastmnist", "--domain-weights", "sqrt"], "--domain-weights"),
+    (["--datasets", "pneumoniamnist,breastmnist", "--ordinal-loss", "coral"], "--ordinal-loss"),
+    (["--datasets", "pneumoniamnist,pneumoniamnist"], "twice"),
+])
+def test_bad_multidomain_options_are_one_line_and_exit_2(capsys, tmp_path, argv, needle):
+    code, out, err = run(capsys, "finetune", "--full", "--model", "resnet18", "--tiny", *argv,
+                         "--reports-dir", str(tmp_path / "r"))
+    assert code == 2 and needle in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+
+
+def test_domain_bn_with_lora_is_refused_before_work(capsys, tmp_path):
+    code, out, err = run(capsys, "finetune", "--lora", "--model", "resnet18", "--tiny", "--datasets",
+                         "pneumoniamnist,breastmnist", "--domain-bn", "--reports-dir", str(tmp_path / "r"))
+    assert code == 2 and "--domain-bn needs --full" in err
+
+
+def test_the_new_section_leaves_other_modes_hashes_alone():
+    cfg = make_config("finetune-full", {"model": "resnet18", "dataset": "pneumoniamnist", "tiny": True})
+    from fmeval.modes import MODES
+
+    assert "multidomain" not in cfg.semantic_dict(MODES.get("finetune-full").sections)
+    md = make_config("multidomain-full", {"model": "resnet18", "dataset": "pneumoniamnist", "tiny": True,
+                                          "multidomain.datasets": ("pneumoniamnist", "breastmnist")})
+    other = md.with_values({"dataset": "breastmnist"})
+    assert md.digest(MODES.get("multidomain-full").sections) != other.digest(MODES.get("multidomain-full").sections)
