@@ -189,3 +189,43 @@ def test_the_new_section_leaves_other_modes_hashes_alone():
                                           "multidomain.datasets": ("pneumoniamnist", "breastmnist")})
     other = md.with_values({"dataset": "breastmnist"})
     assert md.digest(MODES.get("multidomain-full").sections) != other.digest(MODES.get("multidomain-full").sections)
+
+
+def test_multidomain_is_a_study_mode_trained_once_for_the_set(capsys, tmp_path, monkeypatch):
+    """A study's multidomain-full cells (one per dataset) share one model folder: the first
+    cell trains it, the others score their dataset with it; both land in the study's runs."""
+    import yaml
+
+    import fmeval.modes.multidomain as md_mode
+
+    data = tmp_path / "data"
+    write_synthetic(data, "pneumoniamnist", 28, (40, 20, 20), seed=0)
+    write_synthetic(data, "retinamnist", 28, (40, 20, 20), seed=1)
+    spec = {"name": "md", "settings": {"tiny": True, "n_boot": 20, "data_root": str(data), "md5": "off",
+                                       "input_size": 32, "train.epochs": 1, "train.batch_size": 16},
+            "axes": {"models": ["resnet18"], "datasets": ["pneumoniamnist", "retinamnist"], "sizes": [28],
+                     "modes": ["multidomain-full"], "seeds": [0]}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    trained = []
+    real_train = md_mode._train
+    monkeypatch.setattr(md_mode, "_train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    monkeypatch.setattr(md_mode, "_LAST", None)
+    code, out, err = run(capsys, "study", "run", str(path), "--reports-dir", str(tmp_path / "r"))
+    assert code == 0, err
+    assert len(trained) == 1
+    results = [json.loads(p.read_text()) for p in (tmp_path / "r" / "studies" / "md" / "runs").glob("*/results.json")]
+    assert sorted(r["dataset"]["flag"] for r in results) == ["pneumoniamnist", "retinamnist"]
+    assert len({r["extras"]["multidomain"]["run_id"] for r in results}) == 1
+    assert all(r["config"]["multidomain"]["datasets"] == ["pneumoniamnist", "retinamnist"] for r in results)
+    # another process (the in-memory model forgotten) reads the finished model back from its folder
+    monkeypatch.setattr(md_mode, "_LAST", None)
+    cfg = make_config("multidomain-full", {**{k: v for k, v in spec["settings"].items()}, "model": "resnet18",
+                                           "dataset": "retinamnist", "seed": 0,
+                                           "multidomain.datasets": ("pneumoniamnist", "retinamnist"),
+                                           "adapter_dir": results[0]["extras"]["training"]["adapter_path"]})
+    again = execute(cfg, write=False)
+    assert len(trained) == 1  # read back, not trained again
+    assert not any("test scores differ" in w for w in again.warnings)
+    want = [r for r in results if r["dataset"]["flag"] == "retinamnist"][0]
+    assert again.extras["multidomain"]["test_scores_sha256"] == want["extras"]["multidomain"]["test_scores_sha256"]

@@ -110,6 +110,11 @@ def evaluate(
     reports = str(reports_dir) if reports_dir else env("FMEVAL_REPORTS_DIR")
     check_writable(reports)
     root = data_root or settings_data_root()
+    from fmeval.training.checkpoint import read_run_record
+
+    if str(read_run_record(adapter).get("mode", "")).startswith("multidomain-"):  # issue 24
+        raise ConfigError(f"{adapter} is a multi-domain run: `fmeval finetune --resume {adapter}` reads its "
+                          "model back and reports every dataset again.")
     saved, changes = reload_config(adapter, data_root=str(root) if root else None, device=device,
                                    precision=precision, n_boot=bootstrap)
     cfg = make_config(saved.mode, {**changes, "reports_dir": reports}, base=saved)

@@ -18,7 +18,7 @@ instead of training twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -99,6 +99,7 @@ class Trained:
     model: MultiHeadClassifier
     prepared: dict[str, Prepared]  # flag -> the pipeline's rows of that dataset
     setup: RunSetup
+    scores: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # flag -> val/test scores, once
 
 
 _LAST: Trained | None = None  # the model this process trained last: its datasets are scored without a reload
@@ -205,11 +206,12 @@ def _train(cfg: RunConfig, tcfg: RunConfig, run_dir: Path, rec: dict | None, on_
         "steps_per_epoch": res.steps_per_epoch, "train_time_s": sum(times),
         "time_per_epoch_s": sum(times) / len(times) if times else 0.0, "epoch_times_s": times,
         "peak_memory": res.peak_memory})
-    record["scores_sha256"] = {flag: scores_digest(_scores(model, p, setup)["test"])
-                               for flag, p in prepared.items()}
+    trained = Trained(run_dir, tcfg.digest(("train", "lora", "multidomain")), model, prepared, setup)
+    trained.scores = {flag: _scores(model, p, setup) for flag, p in prepared.items()}
+    record["scores_sha256"] = {flag: scores_digest(sc["test"]) for flag, sc in trained.scores.items()}
     write_run_record(run_dir, record)
-    _LAST = Trained(run_dir, tcfg.digest(("train", "lora", "multidomain")), model, prepared, setup)
-    return _LAST
+    _LAST = trained
+    return trained
 
 
 def _reload(tcfg: RunConfig, run_dir: Path) -> Trained:
@@ -254,7 +256,7 @@ def run_multidomain(cfg: RunConfig, *, on_epoch_end=None, hooks: TrainHooks | No
     trained, rec = shared_model(cfg, on_epoch_end=on_epoch_end, hooks=hooks)
     p = trained.prepared[cfg.dataset]
     p.config = cfg  # the report is this dataset's run: its own config (and hash)
-    scores = _scores(trained.model, p, trained.setup)
+    scores = trained.scores.get(cfg.dataset) or _scores(trained.model, p, trained.setup)
     digest = scores_digest(scores["test"])
     expected = (rec.get("scores_sha256") or {}).get(cfg.dataset)
     warnings = [] if digest == expected else [

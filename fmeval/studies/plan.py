@@ -168,6 +168,8 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
                 explicit.update(ov.set)
         if spec.protocol:
             explicit["protocol"] = spec.protocol
+        if mode.startswith("multidomain-"):  # issue 24: the study's datasets are the set trained together
+            explicit.setdefault("multidomain.datasets", tuple(a.datasets))
         try:
             cfg = make_config(mode, explicit, user=user)
         except FmevalError as exc:
@@ -176,6 +178,9 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
         cfg = cfg.with_values({"reports_dir": str(root / "runs")})
         if mode.startswith("finetune-"):
             cfg = cfg.with_values({"adapter_dir": str(root / "adapters" / key[:16])})
+        elif mode.startswith("multidomain-"):  # one shared model: the set's cells share its folder
+            shared = cfg.with_values({"dataset": cfg.multidomain.datasets[0]}).digest(MODES.get(mode).sections)
+            cfg = cfg.with_values({"adapter_dir": str(root / "adapters" / f"md-{shared[:16]}")})
         cells.setdefault(key, Cell(key, axes, cfg, MODES.get(mode).frozen))
     ordered = sorted(cells.values(), key=lambda c: (repr(c.group), not c.frozen, c.axes["mode"],
                                                     c.axes["seed"], str(c.axes["style"]), str(c.axes["shots"])))
