@@ -229,3 +229,32 @@ def test_multidomain_is_a_study_mode_trained_once_for_the_set(capsys, tmp_path, 
     assert not any("test scores differ" in w for w in again.warnings)
     want = [r for r in results if r["dataset"]["flag"] == "retinamnist"][0]
     assert again.extras["multidomain"]["test_scores_sha256"] == want["extras"]["multidomain"]["test_scores_sha256"]
+
+
+@pytest.mark.parametrize("mode,model,extra", [
+    ("multidomain-lora", "vit-s16", {}),
+    ("multidomain-full", "resnet18", {"multidomain.domain_bn": True, "multidomain.domain_weights": "size",
+                                      "multidomain.ordinal_loss": "sord"}),
+])
+def test_saved_model_reads_back_to_the_same_scores(tmp_path, monkeypatch, mode, model, extra):
+    """LoRA (adapters + every head) and full fine-tuning with per-dataset BatchNorm statistics: a
+    process that did not train reads the model from its folder and scores every dataset exactly
+    as at the end of training."""
+    import fmeval.modes.multidomain as md_mode
+
+    data = tmp_path / "data"
+    write_synthetic(data, "pneumoniamnist", 28, (40, 20, 20), seed=0)
+    write_synthetic(data, "retinamnist", 28, (40, 20, 20), seed=1)
+    base = {"model": model, "tiny": True, "n_boot": 0, "data_root": str(data), "md5": "off", "input_size": 32,
+            "train.epochs": 1, "train.batch_size": 16, "multidomain.datasets": ("pneumoniamnist", "retinamnist"),
+            "adapter_dir": str(tmp_path / "run"), **extra}
+    first = {d: execute(make_config(mode, {**base, "dataset": d}), write=False) for d in ("pneumoniamnist", "retinamnist")}
+    monkeypatch.setattr(md_mode, "_LAST", None)
+    for d in ("retinamnist", "pneumoniamnist"):
+        again = execute(make_config(mode, {**base, "dataset": d}), write=False)
+        np.testing.assert_array_equal(again.test_scores, first[d].test_scores)
+        assert not any("differ" in w for w in again.warnings)
+    md = first["retinamnist"].extras["multidomain"]
+    assert md["domain_bn"] == bool(extra) and md["ordinal_loss"] == extra.get("multidomain.ordinal_loss")
+    if extra:  # 3 train batches of 16 each; 2 val batches each: every weight 1
+        assert md["train_weight"] == 1.0 and md["domain_weights"] == "size"
