@@ -168,8 +168,9 @@ def _resume_hint(run_dir: Path) -> str:
     return f"fmeval finetune --resume {shlex.quote(str(run_dir))}"
 
 
-def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
-    """Fine-tune ``cfg.model`` on ``cfg.dataset``; returns the RunResult (the reporter writes it)."""
+def run_finetune(cfg: RunConfig, *, on_epoch_end=None, hooks=None):
+    """Fine-tune ``cfg.model`` on ``cfg.dataset``; returns the RunResult (the reporter writes it).
+    ``hooks``: observers of every step and epoch (:class:`fmeval.training.hooks.TrainHooks`)."""
     timer = Timer()
     METHODS.get(method_of(cfg))
     cfg.train.validate()
@@ -202,7 +203,7 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
     hook = on_epoch_end or _stop_hook()
     try:
         res = fit(model, tdata, cfg.train, method=p.method, setup=p.setup, seed=cfg.seed, run_dir=run_dir,
-                  resume=bool(cfg.resume), on_epoch_end=hook,
+                  resume=bool(cfg.resume), on_epoch_end=hook, hooks=hooks,
                   description=f"{method_of(cfg)} {cfg.model} {data.flag}")
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(f"{exc} Continue with: {_resume_hint(run_dir)}", run_dir) from None
