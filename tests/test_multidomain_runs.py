@@ -100,7 +100,7 @@ def test_mm_pt_command_resumes_to_the_same_result_and_ranks_per_dataset(capsys, 
         # the protocol's settings, and every way this run differs from them, recorded
         p = a["protocol"]
         assert p["name"] == "mm-pt" and a["seed"] == 9930641
-        assert "multidomain.datasets=" + ",".join(DATASETS) in p["deviations"]
+        assert "multidomain.datasets=" + ",".join(sorted(DATASETS)) in p["deviations"]
         assert {"canvas=32", "input_size=32", "limit=96", "train.epochs=2", "tiny=True"} <= set(p["deviations"])
         assert a["config"]["train"]["patience"] == 10 and a["config"]["train"]["select_metric"] == "loss"
         assert a["config"]["train"]["schedule"] == "cosine-epoch" and a["transform"]["geometry"] == "pad"
@@ -258,3 +258,34 @@ def test_saved_model_reads_back_to_the_same_scores(tmp_path, monkeypatch, mode, 
     assert md["domain_bn"] == bool(extra) and md["ordinal_loss"] == extra.get("multidomain.ordinal_loss")
     if extra:  # 3 train batches of 16 each; 2 val batches each: every weight 1
         assert md["train_weight"] == 1.0 and md["domain_weights"] == "size"
+
+
+def test_mm_pt_protocol_shows_every_setting_with_its_source_and_conforms_as_published(capsys):
+    from fmeval.protocols import load_protocol
+
+    code, out, _ = run(capsys, "protocols", "show", "mm-pt")
+    assert code == 0
+    p = load_protocol("mm-pt")
+    flat = " ".join(out.split())
+    for key, setting in {**p.spec.settings, **p.spec.mode_settings["multidomain"]}.items():
+        assert key in flat
+        assert " ".join(setting.source.split())[:20] in flat
+    assert "9930641" in out and "8,104" in flat
+    # the published configuration: both models, all 12 datasets, every size - no deviation
+    for model in ("vit-b16", "resnet18"):
+        for size in (28, 224):
+            cfg = make_config("multidomain-full", {"protocol": "mm-pt", "model": model, "dataset": "chestmnist",
+                                                   "size": size, "multidomain.datasets": p.spec.datasets.value})
+            assert cfg.deviations == () and cfg.seed == 9930641
+            assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.patience, cfg.train.batch_size) == (1e-4, 0.01, 10, 64)
+            assert (cfg.train.schedule, cfg.train.epochs, cfg.train.select_metric) == ("cosine-epoch", 100, "loss")
+            assert (cfg.geometry, cfg.canvas, cfg.input_size, cfg.multidomain.domain_bn) == ("pad", 224, 224, False)
+    from fmeval.modes.multidomain import expand_datasets
+
+    typed = make_config("multidomain-full", {"protocol": "mm-pt", "model": "vit-b16", "dataset": "pathmnist",
+                                             "multidomain.datasets": expand_datasets(["all-2d"])})
+    assert typed.deviations == ()  # --datasets all-2d is the protocol's set, whatever the order
+    weighted = make_config("multidomain-full", {"protocol": "mm-pt", "model": "vit-b16", "dataset": "chestmnist",
+                                                "multidomain.datasets": p.spec.datasets.value,
+                                                "multidomain.domain_weights": "size"})
+    assert weighted.deviations == ("multidomain.domain_weights=size",)

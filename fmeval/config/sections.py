@@ -177,15 +177,16 @@ class MultiDomainSettings:
     --datasets``); one linear head per dataset. Every field off by default, so the section
     leaves every other run's config, hash and resume check unchanged."""
 
-    datasets: tuple[str, ...] = ()  # the datasets trained together (the run's own dataset is one of them)
+    datasets: tuple[str, ...] = ()  # the set trained together, sorted (order never matters; the run's dataset is one)
     domain_weights: str | None = None  # None | "size"
     domain_bn: bool = False  # per-dataset BatchNorm running statistics
     ordinal_loss: str | None = None  # None | "sord" (soft ordinal labels, Diaz & Marathe 2019)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "datasets", tuple(str(d) for d in self.datasets))
-        if len(set(self.datasets)) != len(self.datasets):
-            raise ConfigError(f"--datasets lists a dataset twice: {','.join(self.datasets)}.")
+        names = [str(d) for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--datasets lists a dataset twice: {','.join(names)}.")
+        object.__setattr__(self, "datasets", tuple(sorted(names)))  # one set, one config hash
         if self.domain_weights is not None:
             check_choice(self.domain_weights, DOMAIN_WEIGHTS, "--domain-weights", "domain loss weighting")
         if self.ordinal_loss is not None:
