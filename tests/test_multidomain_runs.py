@@ -289,3 +289,18 @@ def test_mm_pt_protocol_shows_every_setting_with_its_source_and_conforms_as_publ
                                                 "multidomain.datasets": p.spec.datasets.value,
                                                 "multidomain.domain_weights": "size"})
     assert weighted.deviations == ("multidomain.domain_weights=size",)
+
+
+def test_mm_pt_study_plans_one_training_per_model_and_size(tmp_path):
+    from fmeval.studies.executors import slurm_tasks
+    from fmeval.studies.plan import plan_study
+    from fmeval.studies.spec import load_study
+
+    spec, digest = load_study(Path(__file__).resolve().parents[1] / "studies" / "mm-pt.yaml")
+    plan = plan_study(spec, digest, reports_root=tmp_path)
+    assert len(plan.cells) == 2 * 12 * 4
+    assert len({c.config.adapter_dir for c in plan.cells}) == 2 * 4  # 8 trainings, 12 reports each
+    assert all(c.config.deviations == () and c.config.protocol == "mm-pt" for c in plan.cells)
+    tasks = slurm_tasks(plan)  # a Slurm task holds one training's cells: trained once, then 11 scorings
+    assert sorted(len(t) for t in tasks) == [12] * 8
+    assert all(len({c.config.adapter_dir for c in t}) == 1 for t in tasks)

@@ -43,7 +43,9 @@ class Cell:
     def group(self) -> tuple:
         """Cells that share an encoder and its features."""
         c = self.config
-        return (c.model, c.pretrained, c.tiny, c.weights, c.weights_seed, c.input_size, c.dataset, c.size)
+        # multi-domain cells (issue 24): one group per shared model (its folder), whatever the dataset
+        data = c.adapter_dir if c.mode.startswith("multidomain-") else c.dataset
+        return (c.model, c.pretrained, c.tiny, c.weights, c.weights_seed, c.input_size, data, c.size)
 
     def label(self) -> str:
         a = self.axes
