@@ -250,7 +250,7 @@ def prepare_frozen(cfg: RunConfig, splits: tuple[str, ...] = SPLITS, *, require_
 
 def prepare(
     cfg: RunConfig, splits: tuple[str, ...] = SPLITS, *, frozen: bool = True, require_text: bool = False,
-    check: Callable[[MedMNIST], None] | None = None,
+    check: Callable[[MedMNIST], None] | None = None, adapter: Adapter | None = None,
 ) -> Prepared:
     """The one door of every mode: data, encoder, pixel pipeline and the rows of ``splits``.
 
@@ -260,7 +260,9 @@ def prepare(
     (e.g. k against the training set size), run before any model work.
     ``frozen``: load (or extract once and cache) features; else keep the
     split images for training. A few-shot config then keeps only its
-    episode's rows, in memory (:func:`apply_fewshot`).
+    episode's rows, in memory (:func:`apply_fewshot`). ``adapter``: use this
+    encoder instead of building one (multi-domain training shares one encoder
+    across its datasets).
     """
     data = open_data(cfg)
     for s in splits if frozen else ():
@@ -275,7 +277,9 @@ def prepare(
     view = parse_view(cfg.volume_view) if cfg.volume_view else None
     device = resolve_device(cfg.device)
     cache = FeatureCache(enabled=cfg.use_cache) if frozen else None
-    if frozen:
+    if adapter is not None:
+        pass  # shared by the caller (multi-domain training)
+    elif frozen:
         adapter = build_adapter(cfg, device, data, reusable=True, memo=cache.root if cache.enabled else None)
     else:
         adapter = build_adapter(cfg, device, data)

@@ -10,12 +10,12 @@ import typer
 from fmeval.cli.app import ReportsDir, app, print_run
 from fmeval.settings import data_root as settings_data_root, env
 from fmeval.cli.fewshot import run_with_shots
-from fmeval.cli.options import COMMON, FEWSHOT, FINETUNE, Given, command
+from fmeval.cli.options import COMMON, FEWSHOT, FINETUNE, MULTIDOMAIN, Given, command
 from fmeval.errors import ConfigError
 
 
 @app.command()
-@command(COMMON, FINETUNE, FEWSHOT)
+@command(COMMON, FINETUNE, FEWSHOT, MULTIDOMAIN)
 def finetune(opts: Given) -> None:
     """Fine-tune an encoder with a linear head: exactly one of --lora / --full.
 
@@ -28,11 +28,20 @@ def finetune(opts: Given) -> None:
     ./adapters); the folder and the command that resumes it
     (fmeval finetune --resume FOLDER) are printed when training starts and
     when it is interrupted. --shots/--draws: few-shot fine-tuning on seeded
-    episodes, one run per K and draw.
+    episodes, one run per K and draw. --datasets D1,D2,...|all-2d: one
+    backbone with a head per dataset trained on all of them at once
+    (--protocol mm-pt), then one report per dataset.
     """
     lora, full = bool(opts.get("lora")), bool(opts.get("full"))
     if "resume" in opts:
         return resume_finetune(opts, lora, full)
+    if "datasets" in opts:  # multi-domain training (issue 24)
+        from fmeval.cli.multidomain import run_multidomain_command
+
+        return run_multidomain_command(opts, lora, full)
+    given = [f"--{k.replace('_', '-')}" for k in ("domain_weights", "domain_bn", "ordinal_loss") if k in opts]
+    if given:
+        raise ConfigError(f"{', '.join(given)} applies to multi-domain training: add --datasets D1,D2,...")
     missing = [f"--{k}" for k in ("model", "dataset") if k not in opts]
     if lora == full or missing:
         need = ([] if lora != full else ["exactly one of --lora / --full"]) + missing
@@ -62,6 +71,10 @@ def resume_finetune(opts: Given, lora: bool, full: bool) -> None:
         saved = RunConfig.from_dict(rec["config"])
     except ConfigError as exc:
         raise ConfigError(f"{folder / 'run.json'}: config: {exc}") from None
+    if saved.mode.startswith("multidomain-"):  # multi-domain training (issue 24)
+        from fmeval.cli.multidomain import resume_multidomain
+
+        return resume_multidomain(opts, lora, full, folder, saved)
     asked = "finetune-lora" if lora else "finetune-full" if full else saved.mode
     if lora and full or asked != saved.mode:
         raise ConfigError(f"--resume {folder}: the run is {saved.mode}; drop --lora/--full or match it.")
@@ -97,6 +110,11 @@ def evaluate(
     reports = str(reports_dir) if reports_dir else env("FMEVAL_REPORTS_DIR")
     check_writable(reports)
     root = data_root or settings_data_root()
+    from fmeval.training.checkpoint import read_run_record
+
+    if str(read_run_record(adapter).get("mode", "")).startswith("multidomain-"):  # issue 24
+        raise ConfigError(f"{adapter} is a multi-domain run: `fmeval finetune --resume {adapter}` reads its "
+                          "model back and reports every dataset again.")
     saved, changes = reload_config(adapter, data_root=str(root) if root else None, device=device,
                                    precision=precision, n_boot=bootstrap)
     cfg = make_config(saved.mode, {**changes, "reports_dir": reports}, base=saved)

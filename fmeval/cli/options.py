@@ -263,6 +263,21 @@ FINETUNE = (
     _o("resume", "resume", Path, "Run folder (adapters/<run>) of an interrupted run to continue, with its own options."),
 )
 
+# Multi-domain training (issue 24): one backbone, one head per dataset (fmeval.modes.multidomain).
+MULTIDOMAIN = (
+    _o("datasets", "multidomain.datasets", str, "Multi-domain training: train one backbone with one linear head per "
+       "dataset on all of these at once (comma-separated, or all-2d for the 12 2D MedMNIST+ datasets); one "
+       "report per dataset. Instead of --dataset.", "--datasets", list_of="strs"),
+    _o("domain_weights", "multidomain.domain_weights", str, "Multi-domain: 'size' weighs each dataset's loss by "
+       "n_batches(smallest) / n_batches(dataset), on train and validation loss (mm-PT 'weighted').",
+       "--domain-weights"),
+    _o("domain_bn", "multidomain.domain_bn", bool, "Multi-domain, --full: separate BatchNorm running statistics per "
+       "dataset (shared affine weights).", "--domain-bn", value=True),
+    _o("ordinal_loss", "multidomain.ordinal_loss", str, "Multi-domain: loss of ordinal datasets (RetinaMNIST): 'sord' "
+       "(soft ordinal labels softmax(-(i-y)^2), Diaz & Marathe 2019) [default: cross-entropy over the grades].",
+       "--ordinal-loss"),
+)
+
 # Few-shot (knn, linprobe, finetune): --shots/--draws expand into one run per (K, draw) (fmeval.cli.fewshot).
 FEWSHOT = (
     _o("shots", None, str, "Few-shot: K labelled training images per class (comma-separated K values: one run per "

@@ -14,6 +14,7 @@ from fmeval.config.sections import (  # noqa: F401
     KnnSettings,
     LinprobeSettings,
     LoraSettings,
+    MultiDomainSettings,
     ProbeConfig,
     RobustnessSettings,
     ScoreSettings,

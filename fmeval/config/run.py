@@ -28,6 +28,7 @@ from fmeval.config.sections import (
     KnnSettings,
     LinprobeSettings,
     LoraSettings,
+    MultiDomainSettings,
     ProbeConfig,
     RobustnessSettings,
     ScoreSettings,
@@ -125,6 +126,7 @@ class RunConfig:
     fewshot: FewShotSettings = field(default_factory=FewShotSettings)
     robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
+    multidomain: MultiDomainSettings = field(default_factory=MultiDomainSettings)
 
     def __post_init__(self) -> None:
         if self.tiny and self.pretrained and self.weights is None:
@@ -197,7 +199,8 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-SECTIONS = ("knn", "probe", "linprobe", "zeroshot", "train", "lora", "fewshot", "robustness", "score")
+SECTIONS = ("knn", "probe", "linprobe", "zeroshot", "train", "lora", "fewshot", "robustness", "score",
+            "multidomain")
 
 #: The sections each mode reads: what its run hash and its variant digest cover. Here, not
 #: beside the modes, so the reporter and the study tables can digest a recorded run's
@@ -211,6 +214,9 @@ MODE_SECTIONS: dict[str, tuple[str, ...]] = {
     "score": ("score",),
     "finetune-lora": ("train", "lora", "fewshot"),
     "finetune-full": ("train", "fewshot"),
+    # one backbone trained on several datasets (issue 24): each dataset's run records the whole set
+    "multidomain-lora": ("train", "lora", "multidomain"),
+    "multidomain-full": ("train", "multidomain"),
 }
 
 

@@ -166,6 +166,33 @@ class TrainConfig:
         return self.batch_size * self.accum_steps
 
 
+# -- multi-domain training (issue 24) -------------------------------------------------
+DOMAIN_WEIGHTS = ("size",)  # None: unweighted; "size": n_batches(smallest) / n_batches(d)
+ORDINAL_LOSSES = ("sord",)  # None: ordinal grades as plain classes (cross-entropy)
+
+
+@dataclass(frozen=True)
+class MultiDomainSettings:
+    """One shared backbone trained on several datasets at once (mm-PT, ``fmeval finetune
+    --datasets``); one linear head per dataset. Every field off by default, so the section
+    leaves every other run's config, hash and resume check unchanged."""
+
+    datasets: tuple[str, ...] = ()  # the set trained together, sorted (order never matters; the run's dataset is one)
+    domain_weights: str | None = None  # None | "size"
+    domain_bn: bool = False  # per-dataset BatchNorm running statistics
+    ordinal_loss: str | None = None  # None | "sord" (soft ordinal labels, Diaz & Marathe 2019)
+
+    def __post_init__(self) -> None:
+        names = [str(d) for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--datasets lists a dataset twice: {','.join(names)}.")
+        object.__setattr__(self, "datasets", tuple(sorted(names)))  # one set, one config hash
+        if self.domain_weights is not None:
+            check_choice(self.domain_weights, DOMAIN_WEIGHTS, "--domain-weights", "domain loss weighting")
+        if self.ordinal_loss is not None:
+            check_choice(self.ordinal_loss, ORDINAL_LOSSES, "--ordinal-loss", "ordinal loss")
+
+
 @dataclass(frozen=True)
 class LoraSettings:
     """LoRA hyper-parameters (rank 8, scaling alpha/r = 2 as in common ViT recipes)."""

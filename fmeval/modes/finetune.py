@@ -26,7 +26,6 @@ from fmeval import pipeline
 from fmeval.pipeline import Prepared, is_volume_model
 from fmeval.progress import console as progress_console
 from fmeval.settings import env
-from fmeval.tracking import step_callbacks
 from fmeval.training.checkpoint import (
     adapters_root,
     check_resume,
@@ -36,6 +35,7 @@ from fmeval.training.checkpoint import (
     write_run_record,
 )
 from fmeval.training.lora import count_parameters
+from fmeval.training.hooks import with_trackers
 from fmeval.training.loop import FitResult, RunSetup, TrainData, fit, predict
 from fmeval.training.methods import METHODS, Classifier, Method
 
@@ -169,8 +169,9 @@ def _resume_hint(run_dir: Path) -> str:
     return f"fmeval finetune --resume {shlex.quote(str(run_dir))}"
 
 
-def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
-    """Fine-tune ``cfg.model`` on ``cfg.dataset``; returns the RunResult (the reporter writes it)."""
+def run_finetune(cfg: RunConfig, *, on_epoch_end=None, hooks=None):
+    """Fine-tune ``cfg.model`` on ``cfg.dataset``; returns the RunResult (the reporter writes it).
+    ``hooks``: observers of every step and epoch (:class:`fmeval.training.hooks.TrainHooks`)."""
     timer = Timer()
     METHODS.get(method_of(cfg))
     cfg.train.validate()
@@ -204,8 +205,8 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None):
     try:
         res = fit(model, tdata, cfg.train, method=p.method, setup=p.setup, seed=cfg.seed, run_dir=run_dir,
                   resume=bool(cfg.resume), on_epoch_end=hook,
-                  description=f"{method_of(cfg)} {cfg.model} {data.flag}",
-                  callbacks=step_callbacks())  # experiment trackers of this run (fmeval.tracking)
+                  hooks=with_trackers(hooks),  # observers + the run's experiment trackers (fmeval.tracking)
+                  description=f"{method_of(cfg)} {cfg.model} {data.flag}")
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(f"{exc} Continue with: {_resume_hint(run_dir)}", run_dir) from None
     except KeyboardInterrupt:

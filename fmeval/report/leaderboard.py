@@ -62,6 +62,8 @@ def row_of(r: RunResult) -> dict[str, Any]:
         "limit": r.dataset.get("limit") or "", "md5_official": r.dataset.get("md5_verified"),
         "config_hash": r.config_hash, "study": (r.extras.get("study") or {}).get("name", ""),
         "shots": (r.extras.get("fewshot") or {}).get("shots") or "",
+        # one model trained on several datasets (issue 24): the run id its per-dataset reports share
+        "multidomain": (r.extras.get("multidomain") or {}).get("run_id", ""),
     }
     for m in dict.fromkeys([*LEADERBOARD_METRICS, *r.test.metrics]):
         mv = r.test.metrics.get(m)
@@ -141,6 +143,9 @@ class Leaderboard:
             devs = [f"- #{i} {row['model']} ({row['protocol']}): deviating in {row['deviations'].replace(';', '; ')}"
                     for i, row in enumerate(rows, 1) if row["deviations"]]
             lines += devs + ([""] if devs else [])
+            shared = [f"- #{i} {row['model']} ({row['mode']}): one model for several datasets, multi-domain run "
+                      f"`{row['multidomain']}`" for i, row in enumerate(rows, 1) if row.get("multidomain")]
+            lines += shared + ([""] if shared else [])
         if self.excluded:
             lines += [f"{len(self.excluded)} run(s) kept out of the ranking (--limit subsets, tiny random "
                       "models, few-shot runs or another scored split); `fmeval report --all` includes them.", ""]
@@ -197,7 +202,8 @@ def write_leaderboard(root: str | Path | None = None, out_dir: str | Path | None
     return md, csv_path
 
 
-SHORT_MODES = {"finetune-lora": "ft-lora", "finetune-full": "ft-full", "prompts-compare": "prompts"}
+SHORT_MODES = {"finetune-lora": "ft-lora", "finetune-full": "ft-full", "prompts-compare": "prompts",
+               "multidomain-lora": "md-lora", "multidomain-full": "md-full"}
 
 
 def print_leaderboard(board: Leaderboard, console, *, wide: bool = False) -> None:

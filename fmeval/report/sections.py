@@ -179,3 +179,35 @@ SECTIONS.add("predictions", Section("scored predictions file", markdown=_predict
 
 # Sections that live in their own modules register themselves on import.
 from fmeval.report import fewshot as _fewshot, robustness as _robustness  # noqa: E402,F401
+
+
+# -- multi-domain training (issue 24) ----------------------------------------------
+def _multidomain_md(m: Any, r: "RunResult") -> list[str]:
+    if not isinstance(m, dict):
+        return []
+    flag = r.dataset.get("flag", "")
+    tb, vb = (m.get("train_batches") or {}), (m.get("val_batches") or {})
+    rows = [
+        ["multi-domain run (shared by its per-dataset reports)", f"`{m.get('run_id')}`"],
+        ["datasets trained together", ", ".join(m.get("datasets") or [])],
+        ["head of this dataset", f"`{m.get('head')}`"],
+        ["steps per epoch (all datasets)", m.get("steps_per_epoch")],
+        ["batches of this dataset (train / val)", f"{tb.get(flag, '?')} / {vb.get(flag, '?')}"],
+        ["loss weighting", f"{m.get('domain_weights')} (this dataset: train x{fmt(m.get('train_weight'), 4)}, "
+                           f"val x{fmt(m.get('val_weight'), 4)})"],
+        ["per-dataset BatchNorm statistics", "yes" if m.get("domain_bn") else "no (shared)"],
+        ["ordinal loss", m.get("ordinal_loss") or "cross-entropy over the grades"],
+    ]
+    return _md("Multi-domain training", ["", ""], rows,
+               ["One backbone with one linear head per dataset, trained on all the datasets above at once; "
+                "the best epoch was chosen on their validation splits together. This report scores this "
+                "dataset's head on its own test split."])
+
+
+def _multidomain_term(m: Any, r: "RunResult", console: "Console") -> None:
+    if isinstance(m, dict):
+        console.print(f"multi-domain run {m.get('run_id')}: {len(m.get('datasets') or [])} datasets, "
+                      f"head {m.get('head')}", highlight=False, markup=False, soft_wrap=True)
+
+
+SECTIONS.add("multidomain", Section("multi-domain training", markdown=_multidomain_md, terminal=_multidomain_term))

@@ -45,7 +45,9 @@ class Cell:
     def group(self) -> tuple:
         """Cells that share an encoder and its features."""
         c = self.config
-        return (c.model, c.pretrained, c.tiny, c.weights, c.weights_seed, c.input_size, c.dataset, c.size)
+        # multi-domain cells (issue 24): one group per shared model (its folder), whatever the dataset
+        data = c.adapter_dir if c.mode.startswith("multidomain-") else c.dataset
+        return (c.model, c.pretrained, c.tiny, c.weights, c.weights_seed, c.input_size, data, c.size)
 
     def label(self) -> str:
         a = self.axes
@@ -174,6 +176,8 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
                 explicit.update(ov.set)
         if spec.protocol:
             explicit["protocol"] = spec.protocol
+        if mode.startswith("multidomain-"):  # issue 24: the study's datasets are the set trained together
+            explicit.setdefault("multidomain.datasets", tuple(a.datasets))
         try:
             cfg = make_config(mode, explicit, user=user)
         except FmevalError as exc:
@@ -182,6 +186,9 @@ def plan_study(spec: StudySpec, spec_hash: str, *, reports_root: Path,
         cfg = cfg.with_values({"reports_dir": str(root / "runs")})
         if mode.startswith("finetune-"):
             cfg = cfg.with_values({"adapter_dir": str(root / "adapters" / key[:16])})
+        elif mode.startswith("multidomain-"):  # one shared model: the set's cells share its folder
+            shared = cfg.with_values({"dataset": cfg.multidomain.datasets[0]}).digest(MODES.get(mode).sections)
+            cfg = cfg.with_values({"adapter_dir": str(root / "adapters" / f"md-{shared[:16]}")})
         cells.setdefault(key, Cell(key, axes, cfg, MODES.get(mode).frozen, track))
     ordered = sorted(cells.values(), key=lambda c: (repr(c.group), not c.frozen, c.axes["mode"],
                                                     c.axes["seed"], str(c.axes["style"]), str(c.axes["shots"])))

@@ -115,7 +115,7 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
     for key in sorted(set(saved) | set(current)):
         if key in RESUME_FREE:
             continue
-        if key not in saved and current.get(key) in (None, False):
+        if key not in saved and _off(current.get(key)):
             continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -123,6 +123,13 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
         elif _norm(a) != _norm(b):
             out.append(f"{prefix}{key}: run has {a!r}, now {b!r}")
     return out
+
+
+def _off(v: Any) -> bool:
+    """An option (or a whole new settings section, e.g. ``multidomain``) left at "off"."""
+    if isinstance(v, dict):
+        return all(_off(x) for x in v.values())
+    return v is None or v is False or (isinstance(v, (list, tuple)) and not v)
 
 
 def _norm(v: Any) -> Any:

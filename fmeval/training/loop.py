@@ -16,7 +16,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from fmeval.training.checkpoint import (
     save_train_state,
     set_rng_state,
 )
+from fmeval.training.hooks import TrainHooks
 from fmeval.training.losses import task_rule
 from fmeval.training.methods import Classifier, Method
 from fmeval.training.optim import ScheduleSpec, build_optimizer, build_scheduler, param_groups
@@ -70,10 +71,6 @@ class FitResult:
 
 
 EpochHook = Callable[[int, TrainState], None]
-#: Called with ``(global step, {name: value})`` after every optimiser step and every epoch
-#: (``train/step_loss``, ``train/lr``; ``train/loss``, ``train/val_loss``, ``train/val_<metric>``,
-#: ``train/epoch``). Experiment trackers are fed through it (fmeval.tracking.step_callbacks).
-StepCallback = Callable[[int, Mapping[str, float]], None]
 
 
 @dataclass
@@ -141,8 +138,10 @@ class _Trainer:
     pass, the selection/stopping rule) reads on its own.
     """
 
+    hooks: TrainHooks | None = None  # set by run_epochs: observers of every step
+
     def __init__(self, model: Classifier, data: TrainData, cfg: TrainConfig, method: Method,
-                 setup: RunSetup, seed: int, callbacks: Sequence[StepCallback] = ()) -> None:
+                 setup: RunSetup, seed: int) -> None:
         from fmeval.metrics import METRICS, higher_is_better
 
         self.model, self.data, self.cfg, self.method, self.setup, self.seed = (
@@ -177,12 +176,6 @@ class _Trainer:
         self.metric_fn = None if self.by_loss else METRICS.get(cfg.select_metric)
         self.better_high = False if self.by_loss else higher_is_better(cfg.select_metric)
         self.keys = method.state_keys(model)
-        self.callbacks = tuple(callbacks)
-
-    def emit(self, step: int, metrics: dict[str, float]) -> None:
-        """-- step callbacks: what the loop reports as it goes (nothing it decides depends on them) --"""
-        for cb in self.callbacks:
-            cb(step, metrics)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         sd = self.model.state_dict()
@@ -225,12 +218,13 @@ class _Trainer:
                 )
             (loss / cfg.accum_steps).backward()
             if (b + 1) % cfg.accum_steps == 0 or b + 1 == self.n_batches:
-                if self.callbacks:  # the lr this step used, read before the schedule moves it
-                    self.emit(epoch * self.n_batches + b + 1, {"train/step_loss": loss.item(),
-                                                               "train/lr": self.optimizer.param_groups[-1]["lr"]})
+                lr = self.optimizer.param_groups[-1]["lr"]
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.hooks is not None:  # callback point (issue 24): one optimiser step done
+                    self.hooks.step(epoch * self.n_batches + b + 1,
+                                    {"epoch": epoch + 1, "train_loss": loss.item(), "lr": lr})
             run_loss += loss.item() * len(idx)
             seen += len(idx)
             tick(1, info=f"ep {epoch + 1} loss {run_loss / seen:.4f}")
@@ -246,6 +240,10 @@ class _Trainer:
             return val_loss, val_loss
         scores = self.rule.scores(val_logits).numpy()
         return val_loss, float(self.metric_fn(self.data.task, self.y_val, scores))
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Numbers of the last epoch beyond the common ones (for observers); none here."""
+        return {}
 
     def update(self, state: TrainState, epoch: int, train_loss: float, val_loss: float,
                val_metric: float, lr: float) -> None:
@@ -284,23 +282,52 @@ def fit(
     resume: bool = False,
     on_epoch_end: EpochHook | None = None,
     description: str = "fine-tune",
-    callbacks: Sequence[StepCallback] = (),
+    hooks: TrainHooks | None = None,
 ) -> FitResult:
     """Train ``model`` (its trainable parameters already chosen by ``method``).
 
     On return the model holds the best weights by ``cfg.select_metric`` on
     validation. With ``run_dir`` the state is checkpointed after every epoch;
-    ``resume=True`` continues from that checkpoint. ``callbacks``: see
-    :data:`StepCallback`; steps count from the run's start, so a resumed run continues the numbering.
+    ``resume=True`` continues from that checkpoint. ``hooks``: observers of
+    every step and epoch (:mod:`fmeval.training.hooks`).
     """
     cfg.validate()
-    device = setup.device
-    model.to(device)
+    place_model(model, setup)
+    tr = _Trainer(model, data, cfg, method, setup, seed)
+    return run_epochs(tr, model, cfg, setup=setup, run_dir=run_dir, resume=resume, on_epoch_end=on_epoch_end,
+                      description=description, hooks=hooks)
+
+
+def place_model(model: torch.nn.Module, setup: RunSetup) -> None:
+    """Move the model to the run's device (and memory format) before its optimiser is built."""
+    model.to(setup.device)
     if setup.channels_last:
         model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    tr = _Trainer(model, data, cfg, method, setup, seed, callbacks)
+    if setup.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(setup.device)
+
+
+def run_epochs(
+    tr: "_Trainer",
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    *,
+    setup: RunSetup,
+    run_dir: Path | None,
+    resume: bool,
+    on_epoch_end: EpochHook | None,
+    description: str,
+    hooks: TrainHooks | None = None,
+) -> FitResult:
+    """The epoch loop every trainer shares: resume, train, validate, select/stop, checkpoint.
+
+    ``tr`` is any trainer with ``optimizer``, ``scheduler``, ``n_batches``,
+    ``fresh_state()``, ``snapshot()``, ``train_epoch(epoch, tick)``,
+    ``validate()``, ``update(...)`` and ``epoch_metrics()`` (the single-dataset
+    :class:`_Trainer`; the multi-domain trainer of :mod:`fmeval.training.multidomain`).
+    """
+    device = setup.device
+    tr.hooks = hooks
     state = load_train_state(run_dir) if (resume and run_dir is not None) else None
     resumed_at: int | None = None
     if state is not None:
@@ -321,9 +348,6 @@ def fit(
             train_loss = tr.train_epoch(epoch, tick)
             val_loss, val_metric = tr.validate()
             tr.update(state, epoch, train_loss, val_loss, val_metric, lr)
-            tr.emit((epoch + 1) * tr.n_batches, {"train/epoch": epoch + 1, "train/loss": train_loss,
-                                                 "train/val_loss": val_loss,
-                                                 f"train/val_{cfg.select_metric}": val_metric, "train/lr_epoch": lr})
             state.epoch_times.append(time.perf_counter() - t0)
             tick(0, info=f"ep {epoch + 1} loss {train_loss:.4f} val_loss {val_loss:.4f} "
                          f"val_{cfg.select_metric} {val_metric:.4f}")
@@ -331,6 +355,13 @@ def fit(
                 state.model, state.rng = tr.snapshot(), rng_state()
                 state.optimizer, state.scheduler = tr.optimizer.state_dict(), tr.scheduler.state_dict()
                 save_train_state(run_dir, state)
+            # -- callback point (issue 24): observers of the finished epoch ------------------
+            if hooks is not None:
+                hooks.epoch(epoch + 1, {"train_loss": train_loss, "val_loss": val_loss,
+                                        f"val_{cfg.select_metric}": val_metric, "lr": lr,
+                                        "best_epoch": state.best_epoch, "epoch_time_s": state.epoch_times[-1],
+                                        **tr.epoch_metrics()})
+            # ---------------------------------------------------------------------------------
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, state)
             epoch += 1
