@@ -58,3 +58,24 @@ def test_observers_see_every_step_and_epoch_and_a_failing_one_changes_nothing():
     res2, weights2 = _fit(TrainHooks(on_step=[broken], on_epoch=[broken]))
     assert res2.curves == res.curves
     assert all(torch.equal(a, b) for a, b in zip(weights, weights2))
+
+
+def test_trackers_subscribe_through_the_hooks_on_one_step_axis(monkeypatch):
+    """Experiment trackers see optimiser steps and, at each epoch's last step, the epoch's numbers
+    renamed for the trackers (train_loss -> train/loss); a multi-domain step's dataset is not a number."""
+    import fmeval.training.hooks as hooks_mod
+
+    assert hooks_mod.with_trackers(None) is None  # no tracked run: nothing subscribes, nothing costs
+    seen: list[tuple[int, dict]] = []
+    monkeypatch.setattr(hooks_mod, "step_callbacks", lambda: [lambda step, m: seen.append((step, dict(m)))])
+    hooks = hooks_mod.with_trackers(None)
+    hooks.step(1, {"epoch": 1, "train_loss": 0.75, "lr": 1e-3, "domain": "breastmnist"})
+    hooks.step(2, {"epoch": 1, "train_loss": 0.5, "lr": 5e-4})
+    hooks.epoch(1, {"train_loss": 0.625, "val_loss": 0.7, "val_auc": 0.81, "lr": 5e-4, "best_epoch": 1,
+                    "val_loss/breastmnist": 0.9})
+    assert seen == [
+        (1, {"train/step_loss": 0.75, "train/lr": 1e-3}),
+        (2, {"train/step_loss": 0.5, "train/lr": 5e-4}),
+        (2, {"train/loss": 0.625, "train/val_loss": 0.7, "train/val_auc": 0.81, "train/lr_epoch": 5e-4,
+             "train/best_epoch": 1.0, "train/val_loss/breastmnist": 0.9, "train/epoch": 1.0}),
+    ]
