@@ -49,10 +49,25 @@ class ZeroshotSettings:
 class LinprobeSettings:
     init: str = "zeros"  # "zeros" | "zeroshot" (start from the prompt bank's classifier)
     feature_norm: str = "standardize"  # "standardize" | "l2" | "none"
+    # "eval": the head trains on cached eval-mode features. "train": the MedMNIST+ reference's
+    # probe - the frozen backbone runs in train() mode while the head trains (BatchNorm running
+    # statistics adapt to the dataset, dropout stays on), so features change every batch and
+    # cannot be cached (fmeval.modes.linprobe_train).
+    backbone: str = "eval"
 
     def __post_init__(self) -> None:
         check_choice(self.init, ("zeros", "zeroshot"), "--init", "probe initialisation")
         check_choice(self.feature_norm, ("standardize", "l2", "none"), "--feature-norm", "feature normalisation")
+        check_choice(self.backbone, ("eval", "train"), "--probe-backbone", "probe backbone mode")
+
+    def check_train_backbone(self) -> None:
+        """Checked when a linear probe runs (a protocol sets ``backbone`` per model, for every mode)."""
+        if self.backbone == "train" and (self.feature_norm != "none" or self.init != "zeros"):
+            raise ConfigError(
+                "--probe-backbone train needs --feature-norm none and --init zeros: the features change "
+                "with every batch (train-mode BatchNorm/dropout), so there are no fixed statistics to "
+                "normalise with."
+            )
         if self.init == "zeroshot" and self.feature_norm != "l2":
             raise ConfigError(
                 "--init zeroshot needs --feature-norm l2: the zero-shot classifier is linear in "
