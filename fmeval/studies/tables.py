@@ -23,8 +23,9 @@ TABLE_METRICS = ("auc", "acc", "balanced_acc")
 SHORT = {"auc": "AUC", "acc": "ACC", "balanced_acc": "bACC", "f1_macro": "F1"}
 
 POOLING_NOTE = ("With several seeds a value is the mean over seeds ± the sample standard deviation "
-                "across seeds (ddof 1; min-max in leaderboard.csv) and the 95% CI the mean of the per-seed "
-                "bootstrap CIs; with one seed, that run's value and bootstrap CI.")
+                "across seeds (ddof 1; min-max in leaderboard.csv) and the 95% CI a bootstrap of that mean that "
+                "resamples the seeds and the test images together; with one seed, that run's value and "
+                "bootstrap CI.")
 
 
 @dataclass(frozen=True)
