@@ -179,6 +179,24 @@ def test_multi_seed_ci_resamples_seeds_and_images_together(study):
     assert checked == 2 * 2 * 2  # datasets x sizes x models (kNN)
 
 
+def test_a_study_ranked_by_a_loss_like_metric_ranks_its_summary_by_that_metric(study, tmp_path):
+    """Ranked by ECE (lower is better), the summary averages ECE over the datasets and ranks ascending;
+    expectations from the runs' own ECE values (mean over seeds, then over the 2 datasets)."""
+    files = write_study_outputs("ece", study["runs"], tmp_path / "out", metric="ece", n_boot=0)
+    per: dict[tuple, dict[str, list[float]]] = {}
+    for r in study["runs"]:
+        key = (int(r.dataset["size"]), r.model_name, r.mode, C.style_of(r))
+        per.setdefault(key, {}).setdefault(r.dataset_flag, []).append(r.test.metrics["ece"].value)
+    md = files["leaderboard.md"].read_text()
+    for size in SIZES:
+        want = sorted((np.mean([np.mean(v) for v in by_ds.values()]), m, mode, style)
+                      for (sz, m, mode, style), by_ds in per.items() if sz == size)
+        block = md.split(f"## Summary @ {size} px: mean over 2 dataset(s)\n")[1].split("\n## ")[0]
+        table = [line.split(" | ") for line in block.splitlines() if re.match(r"^\| \d+ \|", line)]
+        assert [float(c[4]) for c in table] == pytest.approx([w[0] for w in want], abs=6e-5)
+        assert [(c[1], c[2]) for c in table] == [(w[1], w[2]) for w in want]
+
+
 def test_summary_averages_exactly_the_listed_datasets(study):
     entries = C.pool_entries([C.cell_row(r) for r in study["runs"]])
     default = read_csv(study["out"] / "summary.csv")

@@ -195,7 +195,7 @@ def write_study_outputs(name: str, runs: list[RunResult], out_dir: Path, *,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
         ci_notes = C.resample_pooled_cis(entries, scores_of, n_boot=n_boot)
-    summaries = T.summarise(entries, chosen)
+    summaries = T.summarise(entries, chosen, T.summary_metrics(metric))
     notes = [f"summary dataset {d} has no runs at {s.size} px: no summary row is complete."
              for s in summaries for d in s.datasets
              if d not in {e.group.dataset for e in entries if e.group.size == s.size}] + ci_notes
