@@ -178,6 +178,8 @@ class RunConfig:
                 d.pop(name, None)
         if isinstance(d.get("lora"), dict) and d["lora"].get("targets") is None:
             d["lora"].pop("targets", None)
+        if isinstance(d.get("probe"), dict) and d["probe"].get("decay_bias") is False:
+            d["probe"].pop("decay_bias", None)  # the default: earlier probe hashes unchanged
         if isinstance(d.get("linprobe"), dict) and d["linprobe"].get("backbone") == "eval":
             d["linprobe"].pop("backbone", None)  # the default (cached eval-mode features): hashes unchanged
         for path in NON_SEMANTIC:

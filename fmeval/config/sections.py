@@ -215,6 +215,9 @@ class ProbeConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     schedule: str = "constant"  # "constant" | "cosine-epoch" (timm's per-epoch cosine, MedMNIST+)
+    # Decoupled weight decay on the bias too (timm's AdamW over model.parameters(), the MedMNIST+
+    # recipe); False: weights only (DINOv2-style linear evaluation).
+    decay_bias: bool = False
 
     def __post_init__(self) -> None:
         checks = {

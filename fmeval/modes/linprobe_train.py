@@ -12,9 +12,9 @@ it for its BatchNorm/dropout CNNs) reproduces it here.
 The features change with every batch, so nothing is cached: every epoch runs the backbone over
 the training split (no gradients into it: its parameters are frozen) and over validation. The
 head is trained by the fine-tuning loop (:func:`fmeval.training.fit`) with the probe's
-hyper-parameters (``probe.*``: lr x wd grid, epochs, batch size, patience, schedule), AdamW
-decaying every parameter (``timm.optim.AdamW(model.parameters())``), best epoch by validation
-loss. Each grid point starts from the same backbone state (running statistics restored).
+hyper-parameters (``probe.*``: lr x wd grid, epochs, batch size, patience, schedule, and
+``decay_bias``: the protocol decays the bias too, as ``timm.optim.AdamW(model.parameters())``),
+best epoch by validation loss. Each grid point starts from the same backbone state (running statistics restored).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ WHY = ("the frozen backbone ran in train() mode while the head trained (BatchNor
 def probe_train_config(cfg: RunConfig, lr: float, wd: float) -> TrainConfig:
     """The fine-tuning loop's settings for one grid point of the probe."""
     p = cfg.probe
-    return TrainConfig(epochs=p.epochs, lr=lr, optimizer="adamw", weight_decay=wd, decay_scope="all",
+    return TrainConfig(epochs=p.epochs, lr=lr, optimizer="adamw", weight_decay=wd,
+                       decay_scope="all" if p.decay_bias else "matrices",
                        batch_size=p.batch_size, schedule=p.schedule, warmup_epochs=0.0, patience=p.patience,
                        select_metric="loss")
 
