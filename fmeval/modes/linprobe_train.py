@@ -116,6 +116,7 @@ def run_trainmode_probe(cfg: RunConfig, *, backbone_train: bool = True):
                      "epoch_rule": "last epoch (fixed, no early stopping)"}
     extras = {"grid": grid, "curves": best_res.curves, "epochs_run": best_res.epochs_run,
               "feature_norm": {"requested": cfg.linprobe.feature_norm, "used": cfg.linprobe.feature_norm},
+              "head_init": model.head_init,
               "probe_backbone": {"mode": "train" if backbone_train else "eval", "cached_features": False,
                                  "rule": WHY if backbone_train else "control: eval() backbone, same loop"}}
     return result_of(p, test_scores=scores["test"], val_scores=scores.get("val"), extras=extras,

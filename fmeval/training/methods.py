@@ -35,7 +35,10 @@ class Classifier(nn.Module):
     def __init__(self, adapter: Adapter, n_outputs: int) -> None:
         super().__init__()
         self.adapter = adapter
-        self.head = nn.Linear(adapter.feature_dim, n_outputs)
+        # the model's own head initialisation (timm's, as the MedMNIST+ reference), else PyTorch's
+        own = adapter.classifier_init(n_outputs)
+        self.head_init = "model" if own is not None else "torch-default"
+        self.head = own if own is not None else nn.Linear(adapter.feature_dim, n_outputs)
 
     @property
     def backbone(self) -> nn.Module:
