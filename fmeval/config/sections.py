@@ -59,6 +59,11 @@ class LinprobeSettings:
         check_choice(self.init, ("zeros", "zeroshot"), "--init", "probe initialisation")
         check_choice(self.feature_norm, ("standardize", "l2", "none"), "--feature-norm", "feature normalisation")
         check_choice(self.backbone, ("eval", "train"), "--probe-backbone", "probe backbone mode")
+        if self.init == "zeroshot" and self.feature_norm != "l2":
+            raise ConfigError(
+                "--init zeroshot needs --feature-norm l2: the zero-shot classifier is linear in "
+                "L2-normalised image features (use --feature-norm l2 for the zeros baseline too)."
+            )
 
     def check_train_backbone(self) -> None:
         """Checked when a linear probe runs (a protocol sets ``backbone`` per model, for every mode)."""
@@ -67,11 +72,6 @@ class LinprobeSettings:
                 "--probe-backbone train needs --feature-norm none and --init zeros: the features change "
                 "with every batch (train-mode BatchNorm/dropout), so there are no fixed statistics to "
                 "normalise with."
-            )
-        if self.init == "zeroshot" and self.feature_norm != "l2":
-            raise ConfigError(
-                "--init zeroshot needs --feature-norm l2: the zero-shot classifier is linear in "
-                "L2-normalised image features (use --feature-norm l2 for the zeros baseline too)."
             )
 
 
