@@ -81,3 +81,29 @@ def test_summary_ranks_a_loss_like_metric_by_its_own_mean():
 def test_summary_metrics_lead_with_the_study_metric():
     assert T.summary_metrics("ece") == ("ece", "auc", "acc", "balanced_acc")
     assert T.summary_metrics("acc") == ("acc", "auc", "balanced_acc")
+
+
+def test_pool_edges_by_hand():
+    """No finite value: everything NaN and n 0; one seed: no SD; two: the SD; a run with only one finite
+    CI bound gives no CI."""
+    empty = C.pool([math.nan, math.nan], [0.1, 0.2], [0.3, 0.4])
+    assert empty.n == 0 and all(math.isnan(v) for v in (empty.mean, empty.sd, empty.lo, empty.hi,
+                                                         empty.ci_low, empty.ci_high))
+    one = C.pool([0.7, math.nan], [0.6, 0.1], [0.8, 0.2])
+    assert one.n == 1 and math.isnan(one.sd) and (one.lo, one.hi, one.ci_low, one.ci_high) == (0.7, 0.7, 0.6, 0.8)
+    two = C.pool([0.6, 0.8], [0.5, 0.7], [0.7, 0.9])
+    assert two.sd == pytest.approx(math.sqrt(0.02)) and two.n == 2
+    half = C.pool([0.7], [math.nan], [0.8])
+    assert math.isnan(half.ci_low) and math.isnan(half.ci_high)
+
+
+def test_summary_records_its_size_subset_and_how_the_datasets_were_chosen():
+    rows = [row("a", d, auc=v, acc=v, balanced_acc=v, size=64) for d, v in (("d1", 0.9), ("d2", 0.7))]
+    rows += [{**row("a", "d1", auc=0.5, acc=0.5, balanced_acc=0.5, size=64), "limit": 20, "run_id": "lim"}]
+    by = {(s.size, s.limit): s for s in T.summarise(C.pool_entries(rows), ["d1", "d2"])}
+    full, sub = by[(64, 0)], by[(64, 20)]
+    assert full.chosen_by == "study" and full.datasets == ["d1", "d2"]
+    assert full.rows[0]["per_dataset"] == {"d1": {m: pytest.approx(0.9) for m in T.TABLE_METRICS},
+                                           "d2": {m: pytest.approx(0.7) for m in T.TABLE_METRICS}}
+    assert sub.rows[0]["missing"] == ["d2"]
+    assert T.summarise(C.pool_entries(rows), None)[0].chosen_by == "default"

@@ -139,3 +139,15 @@ def test_ece_bins_are_right_closed_at_the_edges():
     want = sum(abs(correct[idx == k].mean() - conf[idx == k].mean()) * (idx == k).sum() for k in range(15)
                if (idx == k).any()) / 200
     assert rep.metrics["ece"].value == pytest.approx(want, abs=1e-12)
+
+
+def test_warmup_cosine_edges_by_hand():
+    from fmeval.training.optim import WarmupCosine
+
+    one = WarmupCosine(warmup_steps=1, total_steps=3)
+    assert one(0) == pytest.approx(0.5)  # (0 + 1) / (1 + 1)
+    assert [one(s) for s in (1, 2)] == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 2))])
+    short = WarmupCosine(warmup_steps=4, total_steps=5)  # a one-step cosine: 1 at its start, 0 after it
+    assert short(4) == pytest.approx(1.0) and short(5) == pytest.approx(0.0) and short(9) == pytest.approx(0.0)
+    none = WarmupCosine(warmup_steps=0, total_steps=4)
+    assert none(0) == pytest.approx(1.0) and none(2) == pytest.approx(0.5)
