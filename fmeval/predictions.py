@@ -12,7 +12,9 @@ The header is optional (``medmnist.Evaluator.evaluate(save_folder=...)``
 writes none); when present, the first column is named ``index`` / ``id`` /
 ``idx`` (or left blank, as pandas does) and the others are either all class
 names (any order, case-insensitive) or all class indices ``0..C-1``.
-Spreadsheet exports (UTF-8 BOM, CRLF line ends, blank trailing lines) are
+A binary task also accepts ONE probability column, the positive (second) class's, as
+``medmnist.Evaluator`` does (it scores ``y_score[:, -1]``): headerless, or headed by that
+class's name or ``1``; it is read as ``[1 - p, p]``. Spreadsheet exports (UTF-8 BOM, CRLF line ends, blank trailing lines) are
 accepted. Anything else is refused with one line that says what and where,
 because a silently misread column is a wrong leaderboard entry.
 
@@ -34,6 +36,7 @@ import numpy as np
 
 from fmeval.data.info import is_multilabel
 from fmeval.errors import DataError
+from fmeval.tasks import BINARY
 from fmeval.io import atomic_write_bytes
 
 INDEX_COLUMNS = ("index", "id", "idx", "")
@@ -231,6 +234,16 @@ def _check_probabilities(path: Path, idx: np.ndarray, scores: np.ndarray, lines:
             )
 
 
+def _positive_column_only(rows: list[list[str]], headerless: bool, task: str, class_names: Sequence[str]) -> bool:
+    """A binary file with one probability column, P(second class) (``medmnist.Evaluator``'s ``[:, -1]``)."""
+    if task != BINARY or len(class_names) != 2 or len(rows[0]) != 2:
+        return False
+    if headerless:
+        return True
+    head = [c.strip().lower() for c in rows[0]]
+    return head[0] in INDEX_COLUMNS and head[1] in (class_names[1].strip().lower(), "1")
+
+
 def load_predictions(
     path: str | Path, *, task: str, n_expected: int, class_names: Sequence[str]
 ) -> Predictions:
@@ -240,12 +253,16 @@ def load_predictions(
     headerless = _is_int(rows[0][0])
     columns: tuple[str, ...] = ()
     order = list(range(len(class_names)))
+    positive_only = _positive_column_only(rows, headerless, task, class_names)
     if not headerless:
-        order = _column_order(path, rows[0], class_names)
+        if not positive_only:
+            order = _column_order(path, rows[0], class_names)
         columns, rows, lines = tuple(rows[0][1:]), rows[1:], lines[1:]
         if not rows:
             raise PredictionsError(f"{path} has a header but no rows.")
-    idx, scores = _parse_table(path, rows, lines, 1 + len(class_names))
+    idx, scores = _parse_table(path, rows, lines, 2 if positive_only else 1 + len(class_names))
+    if positive_only:
+        scores = np.concatenate([1.0 - scores, scores], axis=1)
     _check_indices(path, idx, lines, n_expected)
     _check_probabilities(path, idx, scores, lines, task)
     by_class = np.empty_like(scores)

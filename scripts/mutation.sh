@@ -64,6 +64,26 @@ SCOPE=(
   "fmeval.metrics.comparisons.*"
   "fmeval.metrics.resampling.x_paired_difference__mutmut_*"
   "fmeval.studies.paired.*"
+  # issue 22 second pass: tables/cells (tests/test_study_tables.py, by hand), predictions column
+  # order (tests/test_predictions_columns.py), ECE bins, warm-up, accumulation, the balanced sampler
+  # (tests/test_training_edges.py), episodes at K (tests/test_episode_edges.py), the pooled CI
+  "fmeval.studies.tables.x_summarise__mutmut_*"
+  "fmeval.studies.tables.x_default_datasets__mutmut_*"
+  "fmeval.studies.tables.x_summary_metrics__mutmut_*"
+  "fmeval.studies.tables.x_group_table__mutmut_*"
+  "fmeval.studies.cells.x_pool__mutmut_*"
+  "fmeval.studies.cells.x_pool_entries__mutmut_*"
+  "fmeval.studies.cells.x_resample_pooled_cis__mutmut_*"
+  "fmeval.predictions.x__column_order__mutmut_*"
+  "fmeval.predictions.x__positive_column_only__mutmut_*"
+  "fmeval.metrics.calibration.*"
+  "fmeval.training.optim.xǁWarmupCosineǁ*"
+  "fmeval.training.loop.x_balanced_sample_weights__mutmut_*"
+  "fmeval.training.loop.x_epoch_order__mutmut_*"
+  "fmeval.training.loop.xǁ_Trainerǁtrain_epoch__mutmut_*"
+  "fmeval.data.episodes.x__single_label__mutmut_*"
+  "fmeval.data.episodes.x_make_episode__mutmut_*"
+  "fmeval.data.episodes.x_check_shots_fit__mutmut_*"
 )
 
 "$PY" -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install 'mutmut==3.8.1'" >&2; exit 2; }

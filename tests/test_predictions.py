@@ -120,7 +120,7 @@ def test_every_bad_file_gets_one_line(tmp_path):
         ("index,normal,NORMAL\n0,0.9,0.1\n", r"column\(s\) 'NORMAL', 'normal' appear more than once"),
         ("index,0,5\n0,0.9,0.1\n", r"unknown column\(s\) '5'"),
         ("normal,pneumonia\n0.9,0.1\n", r"first column must be the sample index"),
-        ("0,0.9\n1,0.2\n2,0.5\n", r"line 1: 2 cells, expected 3"),
+        ("0,0.9\n1,0.2,0.8\n2,0.5\n", r"line 2: 3 cells, expected 2"),  # one-column binary (issue 22): every row alike
         ('index,normal,pneumonia\n0,"0.9,0.1\n', r"not a valid CSV file|cells, expected"),
     ]
     for text, match in cases:

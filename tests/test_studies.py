@@ -116,12 +116,16 @@ def test_quick_study_plans_and_skips_text_modes_for_vision_models(tmp_path):
         assert frozen == sorted(frozen, reverse=True)
 
 
-@pytest.mark.parametrize("name,n_cells", [("medmnist-plus", 10 * 12 * 4 * 3 * 3), ("resolution", 5 * 9)])
+@pytest.mark.parametrize("name,n_cells", [("medmnist-plus", 10 * 12 * 4 * (2 * 3 + 1)), ("resolution", 5 * 9)])
 def test_shipped_gpu_studies_validate_and_plan(tmp_path, name, n_cells):
     spec, digest = load_study(REPO / "studies" / f"{name}.yaml")
     plan = plan_study(spec, digest, reports_root=tmp_path)
     assert len(plan.cells) == n_cells
     assert all(c.config.protocol == spec.protocol and not c.config.deviations for c in plan.cells)
+    if name == "medmnist-plus":  # kNN is deterministic: one seed (issue 22 item 11), the trained modes three
+        seeds = {m: {c.axes["seed"] for c in plan.cells if c.axes["mode"] == m} for m in spec.axes.modes}
+        assert seeds == {"knn": {9930641}, "linprobe": {9930641, 115149041, 252139603},
+                         "finetune-full": {9930641, 115149041, 252139603}}
 
 
 def test_frozen_modes_and_seeds_extract_features_once(tmp_path, monkeypatch):

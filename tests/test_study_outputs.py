@@ -150,6 +150,54 @@ def test_tables_pool_seeds_within_one_dataset_and_size(study):
             assert auc == pytest.approx(np.mean(expected[(flag, int(size), m, mode, style)]), abs=6e-5)
 
 
+def test_multi_seed_ci_resamples_seeds_and_images_together(study):
+    """Issue 22 item 8: the kNN entries (2 seeds) get the CI of the mean over seeds from a bootstrap that
+    resamples the seeds and the 40 test images together, recomputed here with a loop and scikit-learn
+    from the runs' predictions.csv; the one-seed entries keep their run's own CI."""
+    from sklearn.metrics import roc_auc_score
+
+    runs: dict[tuple, list[RunResult]] = {}
+    for r in study["runs"]:
+        runs.setdefault(run_key(r), []).append(r)
+    rows = read_csv(study["out"] / "leaderboard.csv")
+    checked = 0
+    for row in rows:
+        rs = sorted(runs[(row["dataset"], int(row["size"]), row["model"], row["mode"], row["style"])],
+                    key=lambda r: r.seed)
+        if len(rs) == 1:
+            assert float(row["auc_ci_low"]) == pytest.approx(rs[0].test.metrics["auc"].ci_low, abs=1e-6)
+            continue
+        # clipped to [0, 1] as the metrics do (kNN's float32 votes can sum a few ulps past 1)
+        loaded = [(np.clip(s, 0.0, 1.0), y) for s, y in (scores_and_labels(r, study["data"]) for r in rs)]
+        y = loaded[0][1]
+        idx = np.random.default_rng(0).integers(0, y.size, size=(N_BOOT, y.size))  # image stream, seed min(seeds)
+        pick = np.random.default_rng([0, 1]).integers(0, len(rs), size=(N_BOOT, len(rs)))
+        vals = [np.mean([roc_auc_score(y[idx[b]], loaded[j][0][idx[b], 1]) for j in pick[b]])
+                for b in range(N_BOOT) if 0 < y[idx[b]].sum() < y.size]
+        lo, hi = np.quantile(vals, [0.025, 0.975])
+        assert (float(row["auc_ci_low"]), float(row["auc_ci_high"])) == pytest.approx((lo, hi), abs=1e-6)
+        checked += 1
+    assert checked == 2 * 2 * 2  # datasets x sizes x models (kNN)
+
+
+def test_a_study_ranked_by_a_loss_like_metric_ranks_its_summary_by_that_metric(study, tmp_path):
+    """Ranked by ECE (lower is better), the summary averages ECE over the datasets and ranks ascending;
+    expectations from the runs' own ECE values (mean over seeds, then over the 2 datasets)."""
+    files = write_study_outputs("ece", study["runs"], tmp_path / "out", metric="ece", n_boot=0)
+    per: dict[tuple, dict[str, list[float]]] = {}
+    for r in study["runs"]:
+        key = (int(r.dataset["size"]), r.model_name, r.mode, C.style_of(r))
+        per.setdefault(key, {}).setdefault(r.dataset_flag, []).append(r.test.metrics["ece"].value)
+    md = files["leaderboard.md"].read_text()
+    for size in SIZES:
+        want = sorted((np.mean([np.mean(v) for v in by_ds.values()]), m, mode, style)
+                      for (sz, m, mode, style), by_ds in per.items() if sz == size)
+        block = md.split(f"## Summary @ {size} px: mean over 2 dataset(s)\n")[1].split("\n## ")[0]
+        table = [line.split(" | ") for line in block.splitlines() if re.match(r"^\| \d+ \|", line)]
+        assert [float(c[4]) for c in table] == pytest.approx([w[0] for w in want], abs=6e-5)
+        assert [(c[1], c[2]) for c in table] == [(w[1], w[2]) for w in want]
+
+
 def test_summary_averages_exactly_the_listed_datasets(study):
     entries = C.pool_entries([C.cell_row(r) for r in study["runs"]])
     default = read_csv(study["out"] / "summary.csv")

@@ -169,3 +169,32 @@ def test_medclip_prompts_are_encoded_per_class(tmp_path, monkeypatch):
 
     per_class = resolve_bank("pneumonia", "pneumoniamnist").prompts("templates")
     assert batches == per_class
+
+
+def test_prompt_compare_test_all_deltas_from_separate_zeroshot_runs_and_sklearn(tmp_path):
+    """Issue 22 item 12: each style's test AUC and its delta to the chosen style (style minus chosen), and the
+    paired CI, recomputed from separate zero-shot runs of each style with scikit-learn and a resampling loop."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    write_synthetic(tmp_path, "pneumoniamnist", 28, n=(30, 20, 40))
+    res = execute(_cfg(tmp_path, "prompts-compare", **{"zeroshot.test_all": True}), write=False)
+    rows = {r["style"]: r for r in res.extras["comparison"]}
+    y = None
+    test_scores = {}
+    for style in rows:
+        one = execute(_cfg(tmp_path, "zeroshot", **{"zeroshot.style": style}), write=False)
+        test_scores[style] = one.test_scores[:, 1]
+        from fmeval.data import load_dataset
+
+        y = load_dataset("pneumoniamnist", 28, tmp_path, md5="off").labels("test")[:, 0]
+    auc = {s: roc_auc_score(y, v) for s, v in test_scores.items()}
+    chosen = res.selection["style"]
+    idx = np.random.default_rng(res.seed).integers(0, y.size, size=(100, y.size))
+    for style, row in rows.items():
+        assert row["auc"] == pytest.approx(auc[style], abs=1e-12)
+        assert row["delta_auc_vs_selected"] == pytest.approx(auc[style] - auc[chosen], abs=1e-12)
+        diffs = [roc_auc_score(y[i], test_scores[style][i]) - roc_auc_score(y[i], test_scores[chosen][i])
+                 for i in idx if 0 < y[i].sum() < y.size]
+        assert row["delta_auc_ci"] == pytest.approx(list(np.quantile(diffs, [0.025, 0.975])), abs=1e-9)
+    assert len({round(v, 9) for v in auc.values()}) > 1  # the styles really differ (a delta is not always 0)

@@ -104,6 +104,12 @@ class Adapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode_image(x)
 
+    def classifier_init(self, n_outputs: int) -> nn.Linear | None:
+        """A freshly initialised ``feature_dim -> n_outputs`` head as the model's own library builds
+        it (timm: the model's init of its classifier), for the fine-tuning head; None: nn.Linear's
+        PyTorch default."""
+        return None
+
     # -- vision-language adapters override these ------------------------------
     @property
     def supports_text(self) -> bool:

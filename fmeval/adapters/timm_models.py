@@ -218,6 +218,9 @@ class TimmAdapter(Adapter):
             if use_hub:
                 raise fetch_error(spec.name, spec.arch, exc) from None
             raise ModelError(f"cannot build {spec.name}: {exc}") from None
+        # how to rebuild this model with a classifier (classifier_init); None: no such build
+        self._head_build = None if (cfg.tiny and spec.tiny_build is not None) or spec.medmnist_stem else (
+            spec.arch, kwargs)
         medmnist_size = cfg.input_size or 28
         self.native_input = spec.medmnist_stem  # takes its input size as is: never a silent resize
         if spec.medmnist_stem and medmnist_size <= MEDMNIST_SMALL_STEM_MAX:
@@ -273,6 +276,25 @@ class TimmAdapter(Adapter):
     @property
     def backbone(self) -> nn.Module:
         return self.model
+
+    def classifier_init(self, n_outputs: int) -> nn.Linear | None:
+        """timm's own classifier initialisation for this model: ``create_model(num_classes=n)`` runs the
+        model's init on its head (ViT: truncated normal std 0.02 and zero bias; EfficientNet: uniform
+        +-1/sqrt(n) and zero bias; ResNet: PyTorch's default), which is the head the MedMNIST+ reference
+        trains. A random build of the same architecture, kept for its head only (seeded by the caller).
+        None when the build is not a plain timm one (tiny builders, MedMNIST v2 stems: PyTorch default
+        there, as their reference) or the head is not one Linear of ``feature_dim`` inputs."""
+        if self._head_build is None:
+            return None
+        import timm
+
+        arch, kwargs = self._head_build
+        try:
+            head = timm.create_model(arch, pretrained=False, num_classes=n_outputs, **kwargs).get_classifier()
+        except Exception:  # an architecture timm cannot rebuild with a classifier: PyTorch's default
+            return None
+        ok = isinstance(head, nn.Linear) and head.in_features == self.feature_dim and head.out_features == n_outputs
+        return head if ok else None
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -215,6 +215,9 @@ LINPROBE = PROMPTS + (
        "(needs --feature-norm l2).", default_text="zeros"),
     _o("feature_norm", "linprobe.feature_norm", str, "standardize (train statistics), l2 or none.",
        "--feature-norm", default_text="standardize"),
+    _o("probe_backbone", "linprobe.backbone", str, "eval (cached eval-mode features), or train: the frozen "
+       "backbone runs in train() mode while the head trains, as the MedMNIST+ reference (no feature cache; "
+       "needs --feature-norm none).", "--probe-backbone", default_text="eval"),
 )
 
 FINETUNE = (

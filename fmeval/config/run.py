@@ -48,6 +48,7 @@ NON_SEMANTIC = frozenset({
 HASHED_WHEN_SET: dict[str, Any] = {
     "split_ratios": None, "group_by": None, "split_seed": 0,
     "pool": None, "mean": None, "std": None, "lora.targets": None,
+    "probe.decay_bias": False, "linprobe.backbone": "eval",  # issue 22: the MedMNIST+ probe rules
 }
 
 

@@ -49,14 +49,29 @@ class ZeroshotSettings:
 class LinprobeSettings:
     init: str = "zeros"  # "zeros" | "zeroshot" (start from the prompt bank's classifier)
     feature_norm: str = "standardize"  # "standardize" | "l2" | "none"
+    # "eval": the head trains on cached eval-mode features. "train": the MedMNIST+ reference's
+    # probe - the frozen backbone runs in train() mode while the head trains (BatchNorm running
+    # statistics adapt to the dataset, dropout stays on), so features change every batch and
+    # cannot be cached (fmeval.modes.linprobe_train).
+    backbone: str = "eval"
 
     def __post_init__(self) -> None:
         check_choice(self.init, ("zeros", "zeroshot"), "--init", "probe initialisation")
         check_choice(self.feature_norm, ("standardize", "l2", "none"), "--feature-norm", "feature normalisation")
+        check_choice(self.backbone, ("eval", "train"), "--probe-backbone", "probe backbone mode")
         if self.init == "zeroshot" and self.feature_norm != "l2":
             raise ConfigError(
                 "--init zeroshot needs --feature-norm l2: the zero-shot classifier is linear in "
                 "L2-normalised image features (use --feature-norm l2 for the zeros baseline too)."
+            )
+
+    def check_train_backbone(self) -> None:
+        """Checked when a linear probe runs (a protocol sets ``backbone`` per model, for every mode)."""
+        if self.backbone == "train" and (self.feature_norm != "none" or self.init != "zeros"):
+            raise ConfigError(
+                "--probe-backbone train needs --feature-norm none and --init zeros: the features change "
+                "with every batch (train-mode BatchNorm/dropout), so there are no fixed statistics to "
+                "normalise with."
             )
 
 
@@ -134,6 +149,9 @@ class TrainConfig:
     pos_weight: float | None = None
     class_weights: str | None = None  # None | "balanced"
     sampler: str = "shuffle"  # "shuffle" | "balanced" (class-balanced sampling)
+    # the new head: "model" = the model's own classifier init where it has one (timm's, as the MedMNIST+
+    # reference), else PyTorch's nn.Linear default; "torch" = always nn.Linear's default (what runs recorded before 2026-12-06 used)
+    head_init: str = "model"
     augment: bool = False
     layer_decay: float | None = None
     max_steps_per_epoch: int | None = None  # cap on minibatches per epoch (quick looks)
@@ -159,6 +177,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg + ".")
         check_choice(self.sampler, ("shuffle", "balanced"), "--sampler", "sampler")
+        check_choice(self.head_init, ("model", "torch"), "train.head_init", "head initialisation")
         check_choice(self.decay_scope, ("matrices", "all"), "--decay-scope", "weight-decay scope")
 
     @property
@@ -227,6 +246,9 @@ class ProbeConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     schedule: str = "constant"  # "constant" | "cosine-epoch" (timm's per-epoch cosine, MedMNIST+)
+    # Decoupled weight decay on the bias too (timm's AdamW over model.parameters(), the MedMNIST+
+    # recipe); False: weights only (DINOv2-style linear evaluation).
+    decay_bias: bool = False
 
     def __post_init__(self) -> None:
         checks = {

@@ -88,6 +88,12 @@ class ImageTransform:
     canvas: int | None = None  # pad only
     pad_fill: str = "mean"  # pad only: "mean" colour (0 after normalising) or pixel "zero"
     norm: str = "model"  # provenance: which normalisation rule gave mean/std
+    # Bilinear/bicubic resampling computes PIL's kernels (torch ``antialias=True``) for up- AND
+    # down-sampling, as the timm/open_clip/torchvision transforms the encoders were trained with
+    # (PIL): without it torch's bicubic upsampling uses a = -0.75, not PIL's -0.5 (0.72 grey levels
+    # mean difference from PIL 28 -> 224 on PneumoniaMNIST, 0.31 with it: scripts/measure_resampling.py).
+    # A field so the feature-cache key of earlier (non-antialiased) features differs.
+    resampler: str = "pil-antialias"
 
     def __post_init__(self) -> None:
         GEOMETRIES.get(self.geometry)
@@ -197,7 +203,7 @@ def _normalise(x: torch.Tensor, t: ImageTransform) -> torch.Tensor:
 def _resize_to(x: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
-    kw = {} if interpolation == "nearest" else {"align_corners": False, "antialias": x.shape[-1] > size}
+    kw = {} if interpolation == "nearest" else {"align_corners": False, "antialias": True}  # PIL's kernels
     gray = x.shape[1] == 3 and x.stride(1) == 0  # one channel broadcast to three
     if gray:
         x = x[:, :1]  # resize it once, not three times

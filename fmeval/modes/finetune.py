@@ -114,7 +114,7 @@ def prepare(cfg: RunConfig, *, train_method: bool = True) -> Trainable:
         else:
             for w in adapter.parameters():
                 w.requires_grad_(False)
-        model = Classifier(adapter, data.info.n_classes).to(p.device)
+        model = Classifier(adapter, data.info.n_classes, cfg.train.head_init).to(p.device)
     return Trainable(p, setup, model, method)
 
 
@@ -217,7 +217,8 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None, hooks=None):
     scores = _scores(p)
     record.update(status="done", result=_fit_summary(res), test_scores_sha256=scores_digest(scores["test"]))
     write_run_record(run_dir, record)
-    extras = {"training": _training(res, trainable, total, run_dir), "curves": _curves(res, cfg)}
+    extras = {"training": {**_training(res, trainable, total, run_dir), "head_init": model.head_init},
+              "curves": _curves(res, cfg)}
     if p.has("val"):
         selection = {"best_epoch": res.best_epoch, "select_metric": cfg.train.select_metric,
                      f"val_{cfg.train.select_metric}": res.best_metric}
@@ -311,6 +312,8 @@ def load_finetuned(folder: str | Path, cfg: RunConfig | None = None, **overrides
     p = prepare(cfg, train_method=False)  # the same episode and validation data as in training
     p.method.load(p.model, folder)
     p.model.eval()
+    if p.setup.channels_last:  # as training left it (fit): bf16 convolutions differ between memory formats
+        p.model.to(memory_format=torch.channels_last)
     return cfg, p
 
 

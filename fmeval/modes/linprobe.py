@@ -46,6 +46,11 @@ def _bank(cfg: RunConfig):
 
 
 def prepare(cfg: RunConfig):
+    if cfg.linprobe.backbone == "train":  # reached by robustness only (run_linprobe dispatches first)
+        from fmeval.errors import ConfigError
+
+        raise ConfigError("a robustness linprobe head scores cached eval-mode features; "
+                          "--probe-backbone train is not available there.")
     bank = _bank(cfg)  # validated before any model loads
     return prepare_frozen(cfg, splits=training_splits(cfg), require_text=bank is not None)
 
@@ -112,4 +117,8 @@ def fit_head(cfg: RunConfig, fz) -> FittedHead:
 @register_mode("linprobe", frozen=True,
                description="linear probe on frozen features (lr x wd grid, selected on validation)")
 def run_linprobe(cfg: RunConfig):
+    from fmeval.modes.linprobe_train import run_trainmode_probe, train_mode
+
+    if train_mode(cfg):  # the MedMNIST+ reference's probe: train()-mode backbone, no feature cache
+        return run_trainmode_probe(cfg)
     return run_frozen(cfg, prepare, fit_head)

@@ -328,8 +328,9 @@ class _EpochRunner:
         perm = torch.randperm(n, generator=self.gen).to(dev)
         gh = len(h.idx)
         lr = self.lr_all[h.idx].view(1, gh, 1) * probe_lr_factor(self.config, epoch)
-        decay = torch.ones(d + 1, gh, 1, device=dev)  # decoupled weight decay, not on the bias
-        decay[:d] -= lr * self.wd_all[h.idx].view(1, gh, 1)
+        decay = torch.ones(d + 1, gh, 1, device=dev)  # decoupled weight decay; on the bias row only
+        rows = slice(None) if self.config.decay_bias else slice(0, d)  # with probe.decay_bias (timm AdamW)
+        decay[rows] -= lr * self.wd_all[h.idx].view(1, gh, 1)
         total = torch.zeros(gh, device=dev)
         for start in range(0, n, bs):
             idx = perm[start : start + bs]

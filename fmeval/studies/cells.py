@@ -7,7 +7,8 @@ these rows, so the same grouping rules hold everywhere:
   one test set (a ``--limit`` subset is another test set);
 - an *entry* is one contender inside a group: model x mode x prompt style x
   config variant; its runs differ only by seed and are pooled (mean over seeds,
-  sample SD and min-max across seeds, mean of the per-seed bootstrap CIs).
+  sample SD and min-max across seeds; the 95% CI of the mean over seeds resamples seeds and test
+  images together, :func:`resample_pooled_cis`).
 
 The *variant* is a short digest of everything the run computes except the
 study's axes (model, mode, dataset, size, seed, prompt style), so two cells
@@ -142,7 +143,9 @@ class Pooled:
     sd: float  # sample SD across seeds (ddof 1); NaN with one seed
     lo: float  # min over seeds
     hi: float  # max over seeds
-    ci_low: float  # mean over seeds of the per-run 95% bootstrap CI bounds
+    # With one seed: that run's 95% bootstrap CI. With several: NaN from ``pool`` (the per-run bounds
+    # cannot be pooled), filled in by :func:`resample_pooled_cis` (seeds and test images resampled).
+    ci_low: float
     ci_high: float
     n: int  # seeds with a finite value
 
@@ -160,8 +163,8 @@ def pool(values: list[float], lows: list[float], highs: list[float]) -> Pooled:
         mean=float(vo.mean()),
         sd=float(vo.std(ddof=1)) if vo.size > 1 else math.nan,
         lo=float(vo.min()), hi=float(vo.max()),
-        ci_low=float(lo_ci[ci_ok].mean()) if ci_ok.any() else math.nan,
-        ci_high=float(hi_ci[ci_ok].mean()) if ci_ok.any() else math.nan,
+        ci_low=float(lo_ci[ci_ok][0]) if vo.size == 1 and ci_ok.any() else math.nan,
+        ci_high=float(hi_ci[ci_ok][0]) if vo.size == 1 and ci_ok.any() else math.nan,
         n=int(vo.size),
     )
 
@@ -261,3 +264,43 @@ def entry_label(key: EntryKey, ambiguous: dict, *, with_mode: bool = True) -> st
 
 def run_dir_of(row: dict[str, Any]) -> Path | None:
     return Path(row["run_dir"]) if row.get("run_dir") else None
+
+
+def resample_pooled_cis(entries: list[Entry], scores_of, *, n_boot: int = 1000) -> list[str]:
+    """Give every multi-seed entry the CI of its mean over seeds, seeds and test images resampled together.
+
+    ``pool`` cannot: it sees only each run's CI bounds, and their mean leaves out the spread
+    between training runs (:func:`fmeval.metrics.comparisons.mean_over_seeds_ci`). ``scores_of(row)``
+    loads a run's test scores (:func:`fmeval.studies.samples.load_run_scores`). An entry whose
+    scores cannot be loaded, or whose seeds scored different test images, gets no pooled CI
+    (NaN, never the mean of bounds) and a note. The image stream is seeded by the entry's
+    smallest seed. Returns the notes.
+    """
+    from fmeval.metrics.comparisons import mean_over_seeds_ci
+
+    notes = []
+    for e in entries:
+        if len(e.rows) < 2:
+            continue
+        names = [m for m, p in e.metrics.items() if m != "baseline_acc" and p.n > 0]
+        label = f"{e.group.title}, {entry_label(e.key, {})}"
+        try:
+            loaded = [scores_of(r) for r in e.rows]
+        except FmevalError as exc:
+            loaded, why = None, str(exc)
+        else:
+            why = "its seeds scored different test images"
+            if any(not np.array_equal(x.indices, loaded[0].indices) for x in loaded):
+                loaded = None
+        if loaded is None:
+            for m in names:
+                e.metrics[m].ci_low = e.metrics[m].ci_high = math.nan
+            notes.append(f"{label}: no CI over seeds ({why}).")
+            continue
+        multilabel = loaded[0].labels.ndim > 1
+        cis = mean_over_seeds_ci(str(e.rows[0].get("task")), loaded[0].labels, [x.scores for x in loaded], names,
+                                 n_boot=n_boot, seed=min(e.seeds),
+                                 n_classes=None if multilabel else loaded[0].scores.shape[1])
+        for m, (lo, hi) in cis.items():
+            e.metrics[m].ci_low, e.metrics[m].ci_high = lo, hi
+    return notes

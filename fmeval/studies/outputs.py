@@ -191,17 +191,20 @@ def write_study_outputs(name: str, runs: list[RunResult], out_dir: Path, *,
     rows = [C.cell_row(r) for r in runs]
     chosen = check_summary_datasets(summary_datasets, {str(r["dataset"]) for r in rows})
     entries = C.pool_entries(rows)
-    summaries = T.summarise(entries, chosen)
+    scores_of = _per_sample(rows, data_root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        ci_notes = C.resample_pooled_cis(entries, scores_of, n_boot=n_boot)
+    summaries = T.summarise(entries, chosen, T.summary_metrics(metric))
     notes = [f"summary dataset {d} has no runs at {s.size} px: no summary row is complete."
              for s in summaries for d in s.datasets
-             if d not in {e.group.dataset for e in entries if e.group.size == s.size}]
+             if d not in {e.group.dataset for e in entries if e.group.size == s.size}] + ci_notes
     sum_tables, grp_tables, files = _write_tables(out, name, metric, rows, entries, summaries)
 
     with warnings.catch_warnings():  # a class absent from a bootstrap resample is expected, not news
         warnings.simplefilter("ignore", MetricWarning)
         plots = _write_plots(out, entries, summaries, metric)
         files.update({f"plot_{p.name}.png": p.path for p in plots if p.path})
-        scores_of = _per_sample(rows, data_root)
         pairs, pair_notes = compare_pairs(entries, scores_of, metric=metric, n_boot=n_boot)
         atomic_write_text(out / "paired.md", paired_markdown(name, pairs, pair_notes, metric))
         atomic_write_text(out / "paired.csv", paired_csv(pairs))

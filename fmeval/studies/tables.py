@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from fmeval.metrics import higher_is_better, rank_order
+from fmeval.metrics import rank_order
 from fmeval.report.fmt import csv_num, fmt, fmt_ci, md_table
 from fmeval.studies.cells import Entry, EntryKey, GroupKey, ambiguous_variants, csv_columns, variant_label
 
@@ -23,8 +23,9 @@ TABLE_METRICS = ("auc", "acc", "balanced_acc")
 SHORT = {"auc": "AUC", "acc": "ACC", "balanced_acc": "bACC", "f1_macro": "F1"}
 
 POOLING_NOTE = ("With several seeds a value is the mean over seeds ± the sample standard deviation "
-                "across seeds (ddof 1; min-max in leaderboard.csv) and the 95% CI the mean of the per-seed "
-                "bootstrap CIs; with one seed, that run's value and bootstrap CI.")
+                "across seeds (ddof 1; min-max in leaderboard.csv) and the 95% CI a bootstrap of that mean that "
+                "resamples the seeds and the test images together; with one seed, that run's value and "
+                "bootstrap CI.")
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,11 @@ class Summary:
     rows: list[dict[str, Any]]  # key, per_dataset {flag: {metric: mean}}, mean {metric: value}, missing
 
 
+def summary_metrics(metric: str) -> tuple[str, ...]:
+    """What a summary averages: the study's ranking metric first (ECE or NLL too), then the table metrics."""
+    return tuple(dict.fromkeys([metric, *TABLE_METRICS]))
+
+
 def default_datasets(entries: list[Entry]) -> list[str]:
     """The datasets on which every model of these entries has at least one run."""
     per_model: dict[str, set[str]] = {}
@@ -176,12 +182,10 @@ def summarise(entries: list[Entry], summary_datasets: Sequence[str] | None,
 
 
 def summary_table(s: Summary, metric: str, *, show_style: bool, ambiguous: dict) -> Table:
-    metrics = list(dict.fromkeys([metric, *TABLE_METRICS]))
-    sign = -1.0 if higher_is_better(metric) else 1.0
+    metrics = list(summary_metrics(metric))
 
     def key(row):
-        v = row["mean"].get(metric, math.nan)
-        return (0 if math.isfinite(v) else 1, sign * v if math.isfinite(v) else 0.0, row["key"])
+        return rank_order(metric, row["mean"].get(metric, math.nan), row["key"])
 
     rows = []
     for i, row in enumerate(sorted(s.rows, key=key), 1):

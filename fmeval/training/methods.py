@@ -32,10 +32,13 @@ MODEL_FILE = "model.safetensors"
 class Classifier(nn.Module):
     """An adapter's image features followed by one linear layer."""
 
-    def __init__(self, adapter: Adapter, n_outputs: int) -> None:
+    def __init__(self, adapter: Adapter, n_outputs: int, head_init: str = "model") -> None:
         super().__init__()
         self.adapter = adapter
-        self.head = nn.Linear(adapter.feature_dim, n_outputs)
+        # the model's own head initialisation (timm's, as the MedMNIST+ reference), else PyTorch's
+        own = adapter.classifier_init(n_outputs) if head_init == "model" else None
+        self.head_init = "model" if own is not None else "torch-default"
+        self.head = own if own is not None else nn.Linear(adapter.feature_dim, n_outputs)
 
     @property
     def backbone(self) -> nn.Module:
