@@ -462,6 +462,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="knn: the GEMM roofline and the kNN-vs-scikit-learn matrix only (bench_knn.json/.md)")
     ap.add_argument("--knn-sizes", default=None, help="comma list of kNN training sizes (default: the preset's)")
     ap.add_argument("--knn-test", type=int, default=None, help="kNN test rows (default: the preset's)")
+    ap.add_argument("--knn-scoring", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="fmeval kNN candidate precision (fp32: the path of a CPU without native bf16)")
     return ap.parse_args(argv)
 
 
@@ -474,6 +476,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg["knn_train"] = max(cfg["knn_sizes"])
     if args.knn_test:
         cfg["knn_test"] = args.knn_test
+    cfg["knn_scoring"] = args.knn_scoring
     import torch
 
     if args.devices == "auto":

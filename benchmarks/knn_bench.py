@@ -73,7 +73,8 @@ def bench_knn_matrix(run, cfg: dict, tmp: Path, devices: list[str], gemm: dict, 
             sk = run("knn", {**p, "impl": "sklearn", "algorithm": "brute", "save_pred": str(sk_pred)})
             for dev in devices:
                 fm_pred = tmp / f"knn25_fm_{rule}_{n}_{dev}.npy"
-                fm = run("knn", {**p, "impl": "fmeval", "device": dev, "save_pred": str(fm_pred)})
+                fm = run("knn", {**p, "impl": "fmeval", "device": dev, "save_pred": str(fm_pred),
+                                 "scoring": cfg.get("knn_scoring", "auto")})
                 a, b = np.load(sk_pred), np.load(fm_pred)
                 train_mb = fm["train_matrix_mb"]
                 bound = 1.5 * train_mb + TILE_MB
@@ -96,7 +97,7 @@ def bench_compete(cfg: dict, dev: str) -> dict:
     p = dict(n_train=n, n_test=cfg["knn_test"], dim=cfg["dim"], n_classes=cfg["n_classes"], k=cfg["k"],
              rule="euclidean-majority")
     out: dict = {"n_train": n, "n_test": cfg["knn_test"], "rule": "euclidean-majority", "device": dev}
-    for impl, extra in (("sklearn", {"algorithm": "brute"}), ("fmeval", {"device": dev})):
+    for impl, extra in (("sklearn", {"algorithm": "brute"}), ("fmeval", {"device": dev, "scoring": cfg.get("knn_scoring", "auto")})):
         t0 = time.perf_counter()
         a, b = _pair("knn", {**p, "impl": impl, **extra})
         both = time.perf_counter() - t0
