@@ -131,3 +131,34 @@ def test_resolution_study_feeds_efficientnetv2_s_at_its_own_384():
 def test_protocols_show_prints_per_model_settings(capsys):
     code, out, _ = run(capsys, "protocols", "show", "resolution-study")
     assert code == 0 and "--model tv-efficientnetv2-s" in out and "384" in out
+
+
+def _user_protocol(tmp_path, name: str):
+    """A copy of the shipped medmnist-v2 protocol with its ``name:`` and ``version:`` changed."""
+    import yaml
+
+    src = load_protocol("medmnist-v2")
+    data = yaml.safe_load(open(src.source))
+    data["name"] = name
+    data["version"] = int(data.get("version", 1)) + 100  # a different file from the shipped one
+    path = tmp_path / f"{name}-file.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("name", ["my-lab-recipe", "medmnist-v2"])
+def test_a_protocol_file_is_recorded_by_its_path_and_reloads_as_itself(tmp_path, name):
+    """A protocol given as a YAML path: the run records that file (not its ``name:``, which may be
+    unknown or a shipped protocol's), and the report describes that same file."""
+    from fmeval.modes.base import protocol_record
+
+    path = _user_protocol(tmp_path, name)
+    cfg = make_config("finetune-full", {"model": "resnet18-medmnist", "dataset": "pneumoniamnist",
+                                        "protocol": str(path)})
+    rec = protocol_record(cfg)  # the report's protocol section: raised for an unknown name before
+    assert rec["name"] == name and rec["sha256"] == load_protocol(str(path)).sha256
+    assert cfg.protocol_hash == load_protocol(str(path)).sha256
+    assert rec["sha256"] != load_protocol("medmnist-v2").sha256  # not the shipped file of that name
+    shipped = make_config("finetune-full", {"model": "resnet18-medmnist", "dataset": "pneumoniamnist",
+                                            "protocol": "medmnist-v2"})
+    assert shipped.protocol == "medmnist-v2"  # shipped protocols keep their short name

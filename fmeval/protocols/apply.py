@@ -38,6 +38,15 @@ def load_protocol(name: str) -> Protocol:
     return Protocol.load(shipped[key])
 
 
+def protocol_reference(protocol: Protocol) -> str:
+    """What a run records to reload ``protocol``: a shipped protocol's name, else its file's absolute path
+    (a user file's ``name:`` may be unknown here, or a shipped protocol's name on a different file)."""
+    shipped = _shipped().get(protocol.name)
+    if shipped is not None and shipped.resolve() == Path(protocol.source).resolve():
+        return protocol.name
+    return str(Path(protocol.source).resolve())
+
+
 def apply_protocol(protocol: Protocol, base: RunConfig, explicit: dict[str, Any]) -> RunConfig:
     """``base`` (built-in defaults and user defaults) -> the run under ``protocol``.
 
@@ -84,7 +93,7 @@ def apply_protocol(protocol: Protocol, base: RunConfig, explicit: dict[str, Any]
     recipe = RunConfig(mode=mode, model=cfg.model, dataset=cfg.dataset).with_values(values)
     deviations = recipe_deviations(protocol, cfg, recipe, requested_size=int(size), recipe_mode=recipe_mode,
                                    variant=variant is not None)
-    return cfg.with_values({"protocol": protocol.name, "protocol_hash": protocol.sha256,
+    return cfg.with_values({"protocol": protocol_reference(protocol), "protocol_hash": protocol.sha256,
                             "protocol_variant": str(size) if variant is not None else None,
                             "deviations": tuple(deviations)})
 
