@@ -280,6 +280,7 @@ def hide(submission_id: Annotated[int, typer.Argument(help="Submission id.")], d
 def tokens(db: DbOption = "sqlite:///leaderboard.sqlite3",
            team: Annotated[Optional[str], typer.Option(help="Only this team's tokens.")] = None) -> None:
     """List the API tokens (id, team, prefix, created, revoked); the server keeps no token itself."""
+    _need_extra()
     from sqlalchemy import select
 
     from fmeval.server.models import ApiToken, Team
@@ -308,6 +309,7 @@ def revoke_token(
     team: Annotated[Optional[str], typer.Option(help="Revoke every token of this team instead.")] = None,
 ) -> None:
     """Revoke an API token (or all of a team's): the server refuses it from then on."""
+    _need_extra()
     from sqlalchemy import select
 
     from fmeval.server.models import ApiToken, Team
