@@ -79,8 +79,9 @@ class TrackerKind:
         """One line naming the extra when a package is missing (a usage error, exit 2)."""
         missing = self.missing()
         if missing:
+            verb = "is" if len(missing) == 1 else "are"
             raise ConfigError(f"--track {self.name} needs the {self.extra} extra ({', '.join(missing)} "
-                              f"is not installed): pip install 'fmeval[{self.extra}]'.")
+                              f"{verb} not installed): pip install 'fmeval[{self.extra}]'.")
 
 
 TRACKERS: Registry[TrackerKind] = Registry("tracker", ConfigError)
