@@ -9,9 +9,10 @@ fine-tuned and probed numbers are comparable.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -162,6 +163,19 @@ def _run_record(cfg: RunConfig, p: Trainable, run_dir: Path, trainable: int, tot
     }
 
 
+@contextmanager
+def resume_hints(run_dir: Path) -> Iterator[None]:
+    """An interrupted training (test hook or Ctrl-C) ends with the command that continues it."""
+    try:
+        yield
+    except TrainingInterrupted as exc:
+        raise TrainingInterrupted(f"{exc} Continue with: {_resume_hint(run_dir)}", run_dir) from None
+    except KeyboardInterrupt:
+        progress_console.print(f"interrupted; continue with: {_resume_hint(run_dir)}", markup=False,
+                               highlight=False, soft_wrap=True)
+        raise
+
+
 def _resume_hint(run_dir: Path) -> str:
     """The command that continues this run as typed (its options are read from run.json)."""
     import shlex
@@ -202,17 +216,11 @@ def run_finetune(cfg: RunConfig, *, on_epoch_end=None, hooks=None):
     tdata = TrainData(p.images["train"], p.labels["train"], p.images["val"], p.labels["val"],
                       data.task, data.info.n_classes)
     hook = on_epoch_end or _stop_hook()
-    try:
+    with resume_hints(run_dir):
         res = fit(model, tdata, cfg.train, method=p.method, setup=p.setup, seed=cfg.seed, run_dir=run_dir,
                   resume=bool(cfg.resume), on_epoch_end=hook,
                   hooks=with_trackers(hooks),  # observers + the run's experiment trackers (fmeval.tracking)
                   description=f"{method_of(cfg)} {cfg.model} {data.flag}")
-    except TrainingInterrupted as exc:
-        raise TrainingInterrupted(f"{exc} Continue with: {_resume_hint(run_dir)}", run_dir) from None
-    except KeyboardInterrupt:
-        progress_console.print(f"interrupted; continue with: {_resume_hint(run_dir)}", markup=False,
-                               highlight=False, soft_wrap=True)
-        raise
     p.method.save(model, cfg.lora, run_dir)
     scores = _scores(p)
     record.update(status="done", result=_fit_summary(res), test_scores_sha256=scores_digest(scores["test"]))

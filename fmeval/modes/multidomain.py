@@ -31,7 +31,7 @@ from fmeval.device import use_channels_last
 from fmeval.errors import ConfigError
 from fmeval.io import file_lock, new_run_id
 from fmeval.modes.base import Timer, register_mode, result_of
-from fmeval.modes.finetune import TrainingInterrupted, _resume_hint, _stop_hook, scores_digest
+from fmeval.modes.finetune import _resume_hint, _stop_hook, resume_hints, scores_digest
 from fmeval.pipeline import Prepared
 from fmeval.progress import console as progress_console
 from fmeval.settings import adapters_root
@@ -187,17 +187,11 @@ def _train(cfg: RunConfig, tcfg: RunConfig, run_dir: Path, rec: dict | None, on_
     write_run_record(run_dir, record)
     progress_console.print(f"run folder: {run_dir}  (if interrupted: {_resume_hint(run_dir)})",
                            markup=False, highlight=False, soft_wrap=True)
-    try:
+    with resume_hints(run_dir):
         res, plan = fit_multidomain(model, _domains(prepared), tcfg.train, tcfg.multidomain, method=method,
                                     setup=setup, seed=tcfg.seed, run_dir=run_dir, resume=resume,
                                     on_epoch_end=on_epoch_end or _stop_hook(), hooks=with_trackers(hooks),
                                     description=f"{tcfg.mode} {tcfg.model} {len(prepared)} datasets")
-    except TrainingInterrupted as exc:
-        raise TrainingInterrupted(f"{exc} Continue with: {_resume_hint(run_dir)}", run_dir) from None
-    except KeyboardInterrupt:
-        progress_console.print(f"interrupted; continue with: {_resume_hint(run_dir)}", markup=False,
-                               highlight=False, soft_wrap=True)
-        raise
     method.save(model, tcfg.lora, run_dir)
     times = res.epoch_times
     record.update(status="done", schedule=plan, curves=res.curves, result={
