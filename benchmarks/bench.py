@@ -416,6 +416,8 @@ def knn_markdown(res: dict) -> str:
     km = res["knn_matrix"]
     parts = [f"kNN vs scikit-learn, measured {res['date']} with `{res['command']}`: "
              f"{knn_bench.machine_line(res['machine'])}; load through the run {res.get('load_trace')}.", "",
+             *[f"GEMM roofline ({g['device']}, kNN tile {g['shapes']['knn']}): {knn_bench.roofline_line(g)}."
+               for g in res["gemm"].values()], "",
              _md_table(knn_bench.HEAD, knn_bench.table_rows(km)), ""]
     if knn_bench.compete_rows(km):
         parts += [_md_table(knn_bench.COMPETE_HEAD, knn_bench.compete_rows(km)), ""]
@@ -432,7 +434,7 @@ def print_knn(res: dict) -> None:
     con.print(f"machine: {knn_bench.machine_line(res['machine'])}")
     for g in res["gemm"].values():
         con.print(f"GEMM roofline ({g['device']}, kNN tile {g['shapes']['knn']}): "
-                  f"fp32 {g['knn_fp32_gflops']} GFLOP/s, bf16 {g['knn_bf16_gflops']} GFLOP/s")
+                  f"{knn_bench.roofline_line(g)}")
     for title, head, rows in (("kNN vs scikit-learn brute (issue 25)", knn_bench.HEAD, knn_bench.table_rows(km)),
                               ("kNN on a shared machine", knn_bench.COMPETE_HEAD, knn_bench.compete_rows(km))):
         if not rows:

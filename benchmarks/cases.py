@@ -175,8 +175,6 @@ def case_knn(p: dict) -> dict:
     scikit-learn with ``metric="cosine"`` and the same weights as a callable
     of its cosine distance, so the two predictions must agree.
     """
-    import torch
-
     data = _features(p, ("train", "test"))
     (xtr, ytr), (xte, yte) = data["train"], data["test"]
     n_classes = int(max(ytr.max(), yte.max())) + 1
@@ -184,7 +182,7 @@ def case_knn(p: dict) -> dict:
     rule = p.get("rule", "euclidean-majority")
     extra: dict = {"rule": rule}
     if p["impl"] == "fmeval":
-        from fmeval.probes.knn import knn_predict, resolve_scoring
+        from fmeval.probes.knn import knn_predict
         from fmeval.probes.knn_search import SearchStats
 
         xtr_d, ytr_d, xte_d = xtr.to(dev), ytr.to(dev), xte.to(dev)
@@ -195,11 +193,12 @@ def case_knn(p: dict) -> dict:
                                scoring=scoring, stats=stats, threads=p.get("threads"))[k]
             pred = prob.argmax(1).cpu().numpy()
         gemm_flops = 2.0 * len(xtr) * len(xte) * xtr.shape[1]
-        extra.update(scoring=resolve_scoring(scoring, torch.device(dev)),
+        extra.update(scoring=stats.precision,
                      rows_by_precision=stats.by_precision, rows_full_exact=stats.full_exact,
                      switched_to_fp32=stats.switched_to_fp32, reranked_per_row=stats.reranked / len(xte),
                      gathered_per_row=stats.gathered / len(xte),
                      tiles_by_threads=stats.tiles_by_threads, thread_probe_s=stats.probe,
+                     gemm=stats.gemm, gemm_probe_s=stats.gemm_probe,
                      gemm_gflop=gemm_flops / 1e9, achieved_gflops=gemm_flops / m.seconds / 1e9)
     else:
         from sklearn.neighbors import KNeighborsClassifier

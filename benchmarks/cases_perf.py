@@ -42,6 +42,19 @@ def gemm_rate(m: int, k: int, n: int, dtype: str, device: str = "cpu", repeats: 
     return 2.0 * m * k * n / best / 1e9
 
 
+def numpy_rate(m: int, k: int, n: int, dtype: str, repeats: int = 3) -> float:
+    """Best-of-``repeats`` GFLOP/s of numpy's ``[m, k] @ [k, n]`` at its BLAS's own thread count."""
+    dt = {"fp32": np.float32, "fp64": np.float64}[dtype]
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k)).astype(dt), rng.standard_normal((k, n)).astype(dt)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * m * k * n / best / 1e9
+
+
 def case_gemm(p: dict) -> dict:
     """This machine's fp32 and bf16 GEMM throughput: square, and the kNN's scoring shape."""
     dev = p.get("device", "cpu")
@@ -63,6 +76,14 @@ def case_gemm(p: dict) -> dict:
             out[f"knn_{dt}_gflops_{saved}_threads"] = out[f"knn_{dt}_gflops"]
             out[f"knn_{dt}_gflops"] = max(one, out[f"knn_{dt}_gflops"])
         torch.set_num_threads(saved)
+    if dev == "cpu":  # numpy's BLAS: fp32 (the kNN may use it, probes.blas) and fp64 (scikit-learn's
+        m, k, n = shapes["knn"]  # brute kNN multiplies in float64: the most fp32 scoring can gain on it)
+        for dt in ("fp32", "fp64"):
+            out[f"knn_{dt}_gflops_numpy"] = round(numpy_rate(m, k, n, dt), 1)
+        out["knn_fp32_gflops_torch"] = out["knn_fp32_gflops"]
+        out["knn_fp32_gflops"] = max(out["knn_fp32_gflops"], out["knn_fp32_gflops_numpy"])
+        out["knn_fp64_gflops"] = out["knn_fp64_gflops_numpy"]
+        out["fp32_over_fp64"] = round(out["knn_fp32_gflops"] / out["knn_fp64_gflops"], 3)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     out["peak_rss_delta_mb"] = 0.0
     out["bf16_over_fp32"] = round(out["square_bf16_gflops"] / out["square_fp32_gflops"], 3)

@@ -146,7 +146,8 @@ def table_rows(res: dict) -> list[list[str]]:
     for r in res["rows"]:
         fm, sk, roof = r["fmeval"], r["sklearn"], r["roofline"]
         out.append([
-            f"{r['n_train']:,} x {fm['dim']}, {r['n_test']:,} test, {r['rule']} ({r['device']}, {fm.get('scoring')})",
+            f"{r['n_train']:,} x {fm['dim']}, {r['n_test']:,} test, {r['rule']} ({r['device']}, {fm.get('scoring')}, "
+            f"{fm.get('gemm', 'torch')} GEMM)",
             f"{fm['seconds']:.2f}", f"{sk['seconds']:.2f}", f"{r['speedup_vs_sklearn']:.2f}x",
             "yes" if r["identical_predictions"] else f"NO ({r['mismatches']} differ)",
             f"{fm['peak_rss_delta_mb']:.0f} MB = {r['rss_growth_over_train']:.2f}x of {r['train_mb']:.0f} MB "
@@ -169,6 +170,15 @@ def compete_rows(res: dict) -> list[list[str]]:
 
 
 COMPETE_HEAD = ["kNN with a rival process of the same kind", "alone s", "competing s (both)", "slow-down"]
+
+
+def roofline_line(g: dict) -> str:
+    """The GEMM rates of the same run; fp64 is scikit-learn's, so fp32/fp64 caps what fp32 scoring can gain."""
+    line = f"fp32 {g['knn_fp32_gflops']} GFLOP/s, bf16 {g['knn_bf16_gflops']} GFLOP/s"
+    if g.get("knn_fp64_gflops"):
+        line += (f", fp64 {g['knn_fp64_gflops']} GFLOP/s (scikit-learn's brute kNN multiplies in float64: "
+                 f"fp32 scoring can be at most {g['fp32_over_fp64']}x faster than its GEMM)")
+    return line
 
 
 def machine_line(m: dict) -> str:

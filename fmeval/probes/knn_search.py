@@ -47,12 +47,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fmeval.probes.blas import TORCH
 from fmeval.probes.threads import ThreadChooser
 
 U32 = 2.0**-24  # unit roundoff of float32
 U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 SAFETY = 2.0  # on top of the rigorous bound: GEMM kernels may round partial sums more often
-_SUB = 16  # test rows per float64 re-rank batch ([16, m, D] float64 gathered)
+_SUB = 64  # most test rows per float64 re-rank batch ([rows, m, D] float64 gathered) ...
+_SUB_ELEMS = 1 << 21  # ... and at most this many gathered float64 elements (16 MiB)
 _FALLBACK_ROWS = 16  # test rows per full float64 scoring batch
 _NORM_CHUNK = 1024
 _FULL_COLS = 256  # training rows per float64 batch of the last-resort search
@@ -91,10 +93,13 @@ class Prepared:
 class Scorer:
     """Approximate scan-domain scores of test rows against all training rows, with an error bound.
 
-    ``mat`` holds the training side of the GEMM (fp32: the features themselves;
-    bf16: a centred copy with the column term and a ones column appended). The
-    norms and residual maxima of the training side, measured once, turn a test
-    row's own norms into the bound on all its scores.
+    ``mat`` holds the training side of the GEMM (fp32: the features themselves,
+    the column term applied after each GEMM, or a copy that makes every tile
+    one plain GEMM - Euclidean rows with ``||b||^2`` appended, cosine rows
+    normalised; bf16: a centred copy with the column term and a ones column
+    appended). The norms and residual maxima of the training side, measured
+    once, turn a test row's own norms into the bound on all its scores.
+    ``gemm`` (``probes.blas``) multiplies the tiles.
     """
 
     precision: str  # fp32 | bf16
@@ -112,6 +117,7 @@ class Scorer:
     extra_err: float = 0.0  # absolute error independent of the row (normalisation of b)
     split_err: float = 0.0  # largest residual of the three-piece column term
     norms64: torch.Tensor | None = None  # [N] float64 ||b||^2 (Euclidean) or ||b|| (cosine)
+    gemm: object = TORCH  # probes.blas backend of the tile GEMMs
 
     @property
     def n(self) -> int:
@@ -133,13 +139,16 @@ class Scorer:
         a_n = a.norm(dim=1).double()
         if self.precision == "fp32":
             alpha = 2.0 if not self.cosine else 1.0
-            op = a if not self.cosine else -a
+            op = -alpha * a  # exact: a power of two
+            k = self.mat.shape[1]
+            if k > d:  # the copy carries ||b||^2 as a last coordinate: times one
+                op = torch.cat([op, op.new_ones(len(op), k - d)], dim=1)
             g = _gamma(d)
             err_dot = g * a_n * self.b_max + 4 * U32 * a_n * self.b_max
             if self.cosine:  # dot of unit-scaled columns: relative error of the scale
                 err_dot = err_dot + 4 * U32 * a_n
             err = alpha * err_dot + self.col_err + self.extra_err \
-                + 2 * U32 * (self.col_max + alpha * a_n * self.b_max)
+                + 2 * U32 * (self.col_max + alpha * a_n * self.b_max) + _gamma(k) * self.col_max
             return Prepared(op.contiguous(), SAFETY * err, torch.zeros_like(a_n))
         at = a.to(torch.bfloat16)
         at_n = at.float().norm(dim=1).double()
@@ -177,13 +186,12 @@ class Scorer:
 
     def tile(self, op: torch.Tensor, j0: int, j1: int, out: torch.Tensor) -> torch.Tensor:
         """Scan-domain scores [j1 - j0, r] of training rows j0:j1 against the prepared test rows."""
-        o = out[: j1 - j0]
-        b = self.mat[j0:j1]
-        if self.precision == "bf16":
-            return torch.mm(b, op.T, out=o)
-        if self.cosine:
-            return torch.mm(b, op.T, out=o).mul_(self.col_scale[j0:j1, None])
-        return torch.addmm(self.col[j0:j1, None], b, op.T, alpha=-2.0, out=o)
+        o = self.gemm.mm(self.mat[j0:j1], op, out[: j1 - j0])
+        if self.col is not None:
+            o.add_(self.col[j0:j1, None])
+        elif self.col_scale is not None:
+            o.mul_(self.col_scale[j0:j1, None])
+        return o
 
 
 def _transformed_stats(train: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None,
@@ -255,14 +263,25 @@ def _augmented_copy(train: torch.Tensor, scale, shift, col: torch.Tensor | None)
     return mat, sq, b_max, bt_max, rb_max, res
 
 
-def euclidean_scorer(train: torch.Tensor, precision: str, norms64: torch.Tensor | None = None) -> Scorer:
-    """Scores ``||b||^2 - 2 a.b`` (squared distance less the row's ``||a||^2``), shifted by a row constant."""
+def euclidean_scorer(train: torch.Tensor, precision: str, norms64: torch.Tensor | None = None,
+                     copy: bool = False, gemm=TORCH) -> Scorer:
+    """Scores ``||b||^2 - 2 a.b`` (squared distance less the row's ``||a||^2``), shifted by a row constant.
+
+    fp32 with ``copy``: the rows with ``||b||^2`` appended (one more training
+    matrix in memory), so each tile is a single GEMM with nothing added after.
+    """
     d = train.shape[1]
     norms64 = norms64 if norms64 is not None else _norms64(train, False)
     if precision == "fp32":
         sq, _, b_max, _, _ = _transformed_stats(train, None, None, None)
-        return Scorer("fp32", train, False, sq, None, None, b_max, b_max, 0.0,
-                      _gamma(d) * b_max**2, b_max**2, U32, norms64=norms64)
+        mat, col = train, sq
+        if copy:  # padded with zero columns to a multiple of 8: MKL's sgemm was 6% slower at K = 769
+            mat = torch.zeros(train.shape[0], -(-(d + 1) // 8) * 8, dtype=torch.float32, device=train.device)
+            mat[:, :d] = train
+            mat[:, d] = sq
+            col = None
+        return Scorer("fp32", mat, False, col, None, None, b_max, b_max, 0.0,
+                      _gamma(d) * b_max**2, b_max**2, U32, norms64=norms64, gemm=gemm)
     mu = _mean_rows(train)
     mat, sq, b_max, bt_max, rb_max, res = _augmented_copy(train, None, mu, None)
     return Scorer("bf16", mat, False, None, None, mu, b_max, bt_max, rb_max,
@@ -271,14 +290,22 @@ def euclidean_scorer(train: torch.Tensor, precision: str, norms64: torch.Tensor 
 
 
 def cosine_scorer(train: torch.Tensor, precision: str, inv_norm: torch.Tensor,
-                  norms64: torch.Tensor | None = None) -> Scorer:
-    """Scores minus the cosine similarity (plus a row constant for bf16)."""
+                  norms64: torch.Tensor | None = None, copy: bool = False, gemm=TORCH) -> Scorer:
+    """Scores minus the cosine similarity (plus a row constant for bf16).
+
+    fp32 with ``copy``: a normalised copy of the rows (one more training
+    matrix in memory), so each tile is a single GEMM with nothing scaled after.
+    """
     d = train.shape[1]
     norms64 = norms64 if norms64 is not None else _norms64(train, True)
     if precision == "fp32":
-        # inv_norm is itself rounded: a relative error of gamma/2 + 2u on every similarity
-        return Scorer("fp32", train, True, None, inv_norm, None, 1.0, 1.0, 0.0, 0.0, 0.0, U32,
-                      _gamma(d) + 4 * U32, norms64=norms64)
+        # inv_norm is itself rounded: a relative error of gamma/2 + 2u on every similarity;
+        # the copy rounds each element once more (a relative u per element: 4u more of slack)
+        mat, scale = train, inv_norm
+        if copy:
+            mat, scale = torch.mul(train, inv_norm[:, None]), None
+        return Scorer("fp32", mat, True, None, scale, None, 1.0, 1.0, 0.0, 0.0, 0.0, U32,
+                      _gamma(d) + (8 if copy else 4) * U32, norms64=norms64, gemm=gemm)
     mu = _mean_rows(train, inv_norm)  # mean of the unit rows
     col = torch.empty(train.shape[0], dtype=torch.float32, device=train.device)
     for i in range(0, train.shape[0], _NORM_CHUNK):  # col_j = mu . unit(b_j)
@@ -359,7 +386,10 @@ class SearchStats:
     reranked: int = 0  # candidates re-ranked in float64, summed over rows
     switched_to_fp32: bool = False  # bf16 settled too few rows; later chunks scored in fp32
     gathered: int = 0  # scan: approximate scores gathered past the block filter
-    tiles_by_threads: dict[int, int] | None = None  # scan tiles run with each torch thread count
+    tiles_by_threads: dict[int, int] | None = None  # scan tiles run with each GEMM thread count
+    precision: str = ""  # the scoring precision of the primary pass (fp32 | bf16)
+    gemm: str = "torch"  # probes.blas backend of the scan GEMMs
+    gemm_probe: dict[str, float] | None = None  # seconds of one tile with each backend (when timed)
     probe: dict[int, float] | None = None  # seconds of the thread probe, per thread count
 
     def add(self, precision: str, n: int) -> None:
@@ -398,8 +428,9 @@ def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats,
         if wp > w:
             buf[w:wp].fill_(math.inf)
         o = buf[:wp]
-        bmin = o.view(wp // _GROUP, _GROUP, r).amin(1).float()  # [blocks, r]
-        if j0 == 0 and bmin.shape[0] >= m:
+        nb = wp // _GROUP
+        bmin = o.view(nb, _GROUP, r).amin(1).float()  # [blocks, r]
+        if j0 == 0 and nb >= m:
             theta = torch.minimum(theta, bmin.kthvalue(m, dim=0).values)
         blk, rr = (bmin <= theta).nonzero(as_tuple=True)
         if len(blk):
@@ -466,12 +497,13 @@ def settle(test: torch.Tensor, train: torch.Tensor, scorer: Scorer, prep: Prepar
     near = torch.empty(len(test), k, dtype=torch.float64, device=test.device)
     idx = torch.empty(len(test), k, dtype=torch.long, device=test.device)
     largest = scorer.cosine
-    for i in range(0, len(test), _SUB):
-        w = int(need[i : i + _SUB].max())
-        c = cand[i : i + _SUB, :w]
+    sub = max(1, min(_SUB, _SUB_ELEMS // max(1, int(need.max()) * train.shape[1])))
+    for i in range(0, len(test), sub):
+        w = int(need[i : i + sub].max())
+        c = cand[i : i + sub, :w]
         stats.reranked += c.numel()
-        x = exact_values(test[i : i + _SUB], train, c, scorer.cosine, scorer.norms64)
-        near[i : i + _SUB], idx[i : i + _SUB] = _stable_top(x, c, k, largest)
+        x = exact_values(test[i : i + sub], train, c, scorer.cosine, scorer.norms64)
+        near[i : i + sub], idx[i : i + sub] = _stable_top(x, c, k, largest)
     t = scorer.sign * near[:, k - 1] + prep.offset
     ok = lo[:, m - 1] > t
     if m >= scorer.n:

@@ -1,0 +1,111 @@
+"""The kNN's GEMM backends (probes.blas) and thread choice (probes.threads).
+
+Whichever BLAS multiplies the tiles and however many threads it uses, the
+neighbours are scikit-learn's; the settings of both libraries are restored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import KNeighborsClassifier
+
+from fmeval.probes import blas
+from fmeval.probes.knn import BF16_MIN_WORK, knn_predict, resolve_scoring
+from fmeval.probes.knn_search import SearchStats
+from fmeval.probes.threads import ThreadChooser
+from tests.test_knn_exact import _exact_cosine, _near_ties
+
+
+def _numpy_or_skip():
+    g = blas.numpy_gemm()
+    if g is None:
+        pytest.skip("threadpoolctl sees no BLAS under numpy here: the numpy backend is never chosen")
+    return g
+
+
+@pytest.mark.parametrize("rule", ["euclidean-majority", "cosine"])
+def test_numpy_blas_path_matches_the_reference_on_near_ties(monkeypatch, rule):
+    """The search forced onto numpy's BLAS (as the timing picks it on large fp32 searches):
+    near-tie data, exact duplicates, both rules; the tiles really went through numpy."""
+    g = _numpy_or_skip()
+    monkeypatch.setattr(blas, "MIN_WORK_TO_TIME", 0.0)
+    monkeypatch.setattr(blas, "_fastest", lambda *a: ("numpy", (("numpy", 0.01), ("torch", 0.02))))
+    calls = []
+    real_mm = type(g).mm
+    monkeypatch.setattr(type(g), "mm", lambda self, b, op, out: calls.append(1) or real_mm(self, b, op, out))
+    torch_threads, blas_threads = torch.get_num_threads(), g.threads()
+    g.set_threads(1)  # the search sets numpy's BLAS to torch's thread count: it must put 1 back
+    xtr, ytr, xte = _near_ties()
+    stats = SearchStats()
+    ours = knn_predict(xtr, ytr, xte, [5, 11], n_classes=3, rule=rule, scoring="fp32", stats=stats)
+    assert stats.gemm == "numpy" and stats.gemm_probe == {"numpy": 0.01, "torch": 0.02} and calls
+    for k in (5, 11):
+        if rule == "cosine":
+            torch.testing.assert_close(ours[k], _exact_cosine(xtr, ytr, xte, k, 3), atol=1e-5, rtol=0)
+        else:
+            clf = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(xtr.numpy(), ytr.numpy())
+            np.testing.assert_array_equal(ours[k].argmax(1).numpy(), clf.predict(xte.numpy()))
+            np.testing.assert_allclose(ours[k].numpy(), clf.predict_proba(xte.numpy()), atol=1e-6)
+    assert torch.get_num_threads() == torch_threads and g.threads() == 1
+    g.set_threads(blas_threads)
+
+
+def test_the_backend_is_timed_only_for_large_fp32_cpu_searches(monkeypatch):
+    cpu = torch.device("cpu")
+    timed = []
+    monkeypatch.setattr(blas, "_fastest", lambda *a: timed.append(a) or ("torch", (("torch", 1.0),)))
+    assert blas.fastest(cpu, "bf16", 2, 769, 512, 4096, 1e15) == (blas.TORCH, {})  # numpy has no bf16
+    assert blas.fastest(cpu, "fp32", 2, 769, 512, 4096, blas.MIN_WORK_TO_TIME / 2) == (blas.TORCH, {})
+    assert blas.fastest(torch.device("cuda"), "fp32", 2, 769, 512, 4096, 1e15) == (blas.TORCH, {})
+    assert not timed
+    gemm, times = blas.fastest(cpu, "fp32", 2, 769, 512, 4096, blas.MIN_WORK_TO_TIME)
+    assert gemm is blas.TORCH and times == {"torch": 1.0} and timed == [(2, 769, 512, 4096)]
+
+
+def test_timing_picks_the_faster_backend_and_restores_threads():
+    g = _numpy_or_skip()
+    torch_threads, blas_threads = torch.get_num_threads(), g.threads()
+    blas._fastest.cache_clear()
+    name, times = blas._fastest(1, 64, 32, 256)
+    assert set(dict(times)) == {"torch", "numpy"} and all(t > 0 for _, t in times)
+    assert name == min(dict(times), key=dict(times).get)
+    assert torch.get_num_threads() == torch_threads and g.threads() == blas_threads
+    blas._fastest.cache_clear()
+
+
+def test_auto_scores_small_cpu_searches_in_fp32(monkeypatch):
+    import fmeval.device as fd
+
+    monkeypatch.setattr(fd, "cpu_flags", lambda path=fd.CPUINFO: frozenset({"amx_bf16"}))
+    cpu = torch.device("cpu")
+    assert resolve_scoring("auto", cpu, work=BF16_MIN_WORK / 10) == "fp32"
+    assert resolve_scoring("auto", cpu, work=BF16_MIN_WORK) == "bf16"
+    assert resolve_scoring("bf16", cpu, work=1.0) == "bf16"  # asked for: kept
+    stats = SearchStats()
+    x = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    knn_predict(x, torch.arange(200) % 2, x[:20], [3], n_classes=2, rule="euclidean-majority", stats=stats)
+    assert stats.precision == "fp32" and stats.by_precision == {"fp32": 20}
+
+
+def test_thread_trials_back_off_while_the_other_option_loses():
+    """Trials of the other option at tile 7, then 64, 128, 256, 256 tiles apart while it loses;
+    when the kept option's own tiles slow past the other's timing, the other is kept."""
+    saved = torch.get_num_threads()
+    tc = ThreadChooser(2, every=32)
+    tc.current = 2
+    trials = []
+    for tile in range(900):
+        tc.pick()
+        if tc.last == 1:
+            trials.append(tile)
+        tc.record(2.0 if tc.last == 1 else 1.0, 100)  # one thread: twice as slow
+    assert trials == [7, 71, 199, 455, 711]
+    assert tc.current == 2
+    tc.pick()  # 900: no trial due
+    assert tc.last == 2
+    tc.record(5.0, 100)  # two threads got much slower (a rival arrived): one thread is kept
+    tc.pick()
+    assert tc.current == 1 and tc.last == 1 and torch.get_num_threads() == 1
+    torch.set_num_threads(saved)
