@@ -13,9 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from fmeval.errors import ConfigError
 from fmeval.predictions import read_run_predictions, write_predictions
 from fmeval.report.schema import RESULTS_FILE, ReportError, RunResult
 from fmeval.report.writer import PREDICTIONS_FILE

@@ -15,8 +15,6 @@ same way.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

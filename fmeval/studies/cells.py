@@ -18,8 +18,6 @@ override) are never averaged together.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
