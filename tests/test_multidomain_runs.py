@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import require_shared
 from fmeval.data.synthetic import synthetic_arrays, write_synthetic
@@ -28,13 +27,7 @@ DATASETS = REAL + ("chestmnist",)
 FAST = ("--canvas", "32", "--input-size", "32", "--limit", "96", "--bootstrap", "20", "--md5", "off")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("FMEVAL_PROGRESS", "0")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 @pytest.fixture(scope="module")
