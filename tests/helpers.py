@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -72,6 +74,15 @@ def checkpoint_roundtrip(name: str, head: str, tmp_path: Path):
     assert torch.equal(encode(src, x), encode(loaded, x))
     assert loaded.weights_id.startswith("file:") and loaded.load_report.clean
     return src, sd, loaded
+
+
+def make_zip(files: dict[str, bytes]) -> bytes:
+    """A deflated zip archive of ``files`` (member name -> bytes), in memory."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in files.items():
+            zf.writestr(name, body)
+    return buf.getvalue()
 
 
 def in_ci() -> bool:
