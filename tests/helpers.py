@@ -25,6 +25,22 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return exc.value.code, out.out, out.err
 
 
+def show_protocol(capsys, name: str, mode: str) -> tuple[object, str, str]:
+    """``fmeval protocols show name``, checked to print every setting of the protocol and of its
+    ``mode`` with the start of its source sentence: (the protocol, the output, the output with
+    white space folded)."""
+    from fmeval.protocols import load_protocol
+
+    code, out, _ = run(capsys, "protocols", "show", name)
+    assert code == 0
+    p = load_protocol(name)
+    flat = " ".join(out.split())
+    for key, setting in {**p.spec.settings, **p.spec.mode_settings[mode]}.items():
+        assert key in flat
+        assert " ".join(setting.source.split())[:20] in flat  # the source sentence is printed
+    return p, out, flat
+
+
 def only_report(root: Path) -> dict:
     """The results.json of the single run under ``root`` (fails when there are zero or several)."""
     (path,) = list(root.glob("*/results.json"))
