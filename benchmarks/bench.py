@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -347,6 +348,18 @@ def to_markdown(res: dict) -> str:
     return "\n".join(parts)
 
 
+def _rich_table(title: str, head: list[str], rows: list[list[str]]):
+    """A rich table: the first column (the row's name) left-aligned, the numbers right-aligned."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for i, h in enumerate(head):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
 def print_rich(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -357,12 +370,7 @@ def print_rich(res: dict) -> None:
         ("Scaling", SCALING_HEAD, scaling_rows(res)),
         ("Peak RSS", MEMORY_HEAD, memory_rows(res)),
     ):
-        t = Table(title=title)
-        for i, h in enumerate(head):
-            t.add_column(h, justify="left" if i == 0 else "right")
-        for r in rows:
-            t.add_row(*r)
-        con.print(t)
+        con.print(_rich_table(title, head, rows))
     goals = res.get("goals", {})
     if goals:
         t = Table(title="Issue 15 goals (measured in this run)")
@@ -401,15 +409,8 @@ def _main_knn_only(args: argparse.Namespace, res: dict, run: Runner, cfg: dict, 
     res["load_trace"]["end"] = sections.load_trace()
     res["goals"] = {"issue_25": knn_bench.goals(res["knn_matrix"], cfg)}
     res["suite_seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    res["out"] = str(out)
-    if not args.no_write:
-        dump_json(out / "bench_knn.json", res)
-        (out / "bench_knn.md").write_text(knn_markdown(res))
-    print_knn(res)
-    if not res["goals"]["issue_25"]["identical_everywhere"]:
-        raise SystemExit("kNN predictions differ from scikit-learn (see bench_knn.json)")
-    return res
+    return _finish(args, res, "bench_knn", knn_markdown, print_knn,
+                   identical=res["goals"]["issue_25"]["identical_everywhere"])
 
 
 def knn_markdown(res: dict) -> str:
@@ -427,7 +428,6 @@ def knn_markdown(res: dict) -> str:
 
 def print_knn(res: dict) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     con = Console()
     km = res["knn_matrix"]
@@ -437,14 +437,8 @@ def print_knn(res: dict) -> None:
                   f"{knn_bench.roofline_line(g)}")
     for title, head, rows in (("kNN vs scikit-learn brute (issue 25)", knn_bench.HEAD, knn_bench.table_rows(km)),
                               ("kNN on a shared machine", knn_bench.COMPETE_HEAD, knn_bench.compete_rows(km))):
-        if not rows:
-            continue
-        t = Table(title=title)
-        for i, h in enumerate(head):
-            t.add_column(h, justify="left" if i == 0 else "right")
-        for r in rows:
-            t.add_row(*r)
-        con.print(t)
+        if rows:
+            con.print(_rich_table(title, head, rows))
     con.print(f"goals (issue 25): {res['goals']['issue_25']}")
     con.print(f"load average (1, 5, 15 min) through the run: {res.get('load_trace')}")
 
@@ -565,14 +559,23 @@ def main(argv: list[str] | None = None) -> dict:
     res["goals"] = sections.goals(res)
     res["goals"]["issue_25"] = knn_bench.goals(res["knn_matrix"], cfg)
     res["checks"]["knn_identical_predictions"] &= res["goals"]["issue_25"]["identical_everywhere"]
+    return _finish(args, res, "bench", to_markdown, print_rich,
+                   identical=res["checks"]["knn_identical_predictions"])
+
+
+def _finish(args: argparse.Namespace, res: dict, stem: str, markdown: Callable[[dict], str],
+            show: Callable[[dict], None], *, identical: bool) -> dict:
+    """The end both suites share: record the output folder, write ``<stem>.json`` and ``<stem>.md``
+    (unless --no-write), print the tables, and exit non-zero when kNN predictions differ from
+    scikit-learn - after writing, so the files show where."""
     out = Path(args.out)
     res["out"] = str(out)
     if not args.no_write:
-        dump_json(out / "bench.json", res)
-        (out / "bench.md").write_text(to_markdown(res))
-    print_rich(res)
-    if not res["checks"]["knn_identical_predictions"]:
-        raise SystemExit("kNN predictions differ from scikit-learn (see bench.json)")
+        dump_json(out / f"{stem}.json", res)
+        (out / f"{stem}.md").write_text(markdown(res))
+    show(res)
+    if not identical:
+        raise SystemExit(f"kNN predictions differ from scikit-learn (see {stem}.json)")
     return res
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Hub lookups hang ~30 s before failing without these; offline they fail at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +28,18 @@ def _isolated_dirs(tmp_path, monkeypatch):
     for var in ("FMEVAL_WEIGHTS_DIR", "FMEVAL_WEIGHTS_MIRROR", "FMEVAL_OFFLINE"):
         monkeypatch.delenv(var, raising=False)  # weights cache under the per-test cache dir
     yield
+
+
+@pytest.fixture
+def quiet_one_thread(monkeypatch):
+    """No progress bars, one intra-op thread: tiny models gain nothing from threads, and on a
+    busy 2-core machine extra threads spin against other processes. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("quiet_one_thread")``."""
+    monkeypatch.setenv("FMEVAL_PROGRESS", "0")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def require_shared(path: Path) -> Path:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -18,6 +23,22 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
         main(list(argv))
     out = capsys.readouterr()
     return exc.value.code, out.out, out.err
+
+
+def show_protocol(capsys, name: str, mode: str) -> tuple[object, str, str]:
+    """``fmeval protocols show name``, checked to print every setting of the protocol and of its
+    ``mode`` with the start of its source sentence: (the protocol, the output, the output with
+    white space folded)."""
+    from fmeval.protocols import load_protocol
+
+    code, out, _ = run(capsys, "protocols", "show", name)
+    assert code == 0
+    p = load_protocol(name)
+    flat = " ".join(out.split())
+    for key, setting in {**p.spec.settings, **p.spec.mode_settings[mode]}.items():
+        assert key in flat
+        assert " ".join(setting.source.split())[:20] in flat  # the source sentence is printed
+    return p, out, flat
 
 
 def only_report(root: Path) -> dict:
@@ -71,6 +92,15 @@ def checkpoint_roundtrip(name: str, head: str, tmp_path: Path):
     return src, sd, loaded
 
 
+def make_zip(files: dict[str, bytes]) -> bytes:
+    """A deflated zip archive of ``files`` (member name -> bytes), in memory."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in files.items():
+            zf.writestr(name, body)
+    return buf.getvalue()
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -98,3 +128,48 @@ def require_extra(module: str, extra: str, install: str) -> None:
 
 
 ROBUSTNESS_INSTALL = "scripts/install-robustness.sh"
+
+
+# -- the training loop on toy data: each image is one value, its sample index ---------------------
+class BatchRecorder(nn.Module):
+    """Identity backbone + Linear(1, 2) head; records the sample indices of every training batch.
+
+    ``head_value``: a constant head weight (bias 0), for tests that compute gradients by hand;
+    None keeps torch's random initialisation."""
+
+    def __init__(self, head_value: float | None = None):
+        super().__init__()
+        self.backbone, self.head = nn.Identity(), nn.Linear(1, 2)
+        if head_value is not None:
+            torch.nn.init.constant_(self.head.weight, head_value)
+            torch.nn.init.constant_(self.head.bias, 0.0)
+        self.batches: list[list[int]] = []
+
+    def forward(self, x):
+        if self.training:
+            self.batches.append(x[:, 0].round().long().tolist())
+        return self.head(x)
+
+
+class FloatPrep:
+    """The loop's transform, reduced to a float tensor of the images as they are."""
+
+    def prepare(self, images, device, train=False, generator=None):
+        return torch.as_tensor(images, dtype=torch.float32)
+
+
+def plain_method() -> SimpleNamespace:
+    """A training method that trains every weight (the loop's ``method`` argument)."""
+    return SimpleNamespace(state_keys=lambda m: list(m.state_dict()), set_train_mode=lambda m: m.train())
+
+
+def fit_on_indices(model: nn.Module, labels, config) -> None:
+    """``loop.fit`` of ``model`` on images whose one value is their sample index (binary labels, no
+    validation split), on the CPU with seed 0."""
+    from fmeval.training import loop
+
+    n = len(labels)
+    data = loop.TrainData(np.arange(n, dtype=np.uint8)[:, None], np.asarray(labels)[:, None], None, None,
+                          task="binary-class", n_outputs=2)
+    loop.fit(model, data, config, method=plain_method(),
+             setup=loop.RunSetup(transform=FloatPrep(), device=torch.device("cpu")), seed=0)

@@ -6,7 +6,6 @@ Servers bind 127.0.0.1 on a free port and are killed (and reaped) when the test 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import signal
@@ -14,13 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import REPO, require_shared
+from helpers import make_zip
 
 SHARED = REPO.parent / "shared" / "data"
 THREE = ("pneumoniamnist", "breastmnist", "retinamnist")
@@ -125,14 +124,6 @@ def csv_bytes(scores: np.ndarray, extra: dict[str, np.ndarray] | None = None) ->
     for i, row in enumerate(scores.tolist()):
         lines.append(",".join([str(i), *map(repr, row), *(str(v[i]) for v in extra.values())]))
     return ("\n".join(lines) + "\n").encode()
-
-
-def make_zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, body in files.items():
-            zf.writestr(name, body)
-    return buf.getvalue()
 
 
 def submission_zip(seed: int = 0, datasets=THREE) -> bytes:

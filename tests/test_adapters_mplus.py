@@ -13,7 +13,7 @@ import fmeval.adapters.timm_models as tm
 from fmeval.adapters import ADAPTERS, MEDMNIST_PLUS_MODELS, create_adapter
 from fmeval.errors import ConfigError, ModelError
 from fmeval.training.lora import LoraSettings, apply_lora, load_lora, save_lora
-from helpers import checkpoint_roundtrip, encode, image_batch
+from helpers import checkpoint_roundtrip, encode, image_batch, run
 
 # fmeval name -> (pinned weights tag shown by `fmeval ls models`, pre-logits width at full size,
 # and native input size (the pinned weights' own config; protocols override it)
@@ -89,13 +89,9 @@ def test_pins_are_timms_default_tags_under_the_locked_timm():
 
 
 def test_ls_models_lists_them_with_their_pinned_tags(capsys, monkeypatch):
-    from fmeval.cli import main
-
     monkeypatch.setenv("COLUMNS", "300")  # a table too narrow for the tags would elide them
-    with pytest.raises(SystemExit) as exc:
-        main(["ls", "models"])
-    out = capsys.readouterr().out
-    assert exc.value.code == 0
+    code, out, _ = run(capsys, "ls", "models")
+    assert code == 0
     for name in MEDMNIST_PLUS_MODELS:
         assert name in out
     for tag, _, _ in NEW.values():

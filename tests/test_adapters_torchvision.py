@@ -12,7 +12,7 @@ import fmeval.adapters.torchvision_models as tvm
 from fmeval.adapters import ADAPTERS, create_adapter
 from fmeval.errors import ConfigError, ModelError
 from fmeval.training.lora import LoraSettings, apply_lora, count_parameters, load_lora, save_lora
-from helpers import checkpoint_roundtrip, encode, image_batch
+from helpers import checkpoint_roundtrip, encode, image_batch, run
 
 SPECS = {s.name: s for s in tvm.SPECS}
 NAMES = list(SPECS)
@@ -221,11 +221,7 @@ def test_pretrained_loads_from_torchvision_cache(tmp_path, monkeypatch):
 
 
 def test_ls_models_lists_them(capsys):
-    from fmeval.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(["ls", "models"])
-    out = capsys.readouterr().out
-    assert exc.value.code == 0
+    code, out, _ = run(capsys, "ls", "models")
+    assert code == 0
     for name in NAMES:
         assert name in out

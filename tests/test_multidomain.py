@@ -25,13 +25,7 @@ from fmeval.training.multidomain.losses import sord_loss, sord_targets
 from fmeval.training.multidomain.sampler import batch_rows, domain_order, domain_weights
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("FMEVAL_PROGRESS", "0")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 # -- the schedule ----------------------------------------------------------------------------

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import require_shared
 from fmeval.data.synthetic import synthetic_arrays, write_synthetic
 from fmeval.io import atomic_path
 from fmeval.runner import execute, make_config
-from helpers import run
+from helpers import run, show_protocol
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL = ("pneumoniamnist", "breastmnist", "retinamnist")
@@ -28,13 +27,7 @@ DATASETS = REAL + ("chestmnist",)
 FAST = ("--canvas", "32", "--input-size", "32", "--limit", "96", "--bootstrap", "20", "--md5", "off")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("FMEVAL_PROGRESS", "0")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -261,15 +254,7 @@ def test_saved_model_reads_back_to_the_same_scores(tmp_path, monkeypatch, mode, 
 
 
 def test_mm_pt_protocol_shows_every_setting_with_its_source_and_conforms_as_published(capsys):
-    from fmeval.protocols import load_protocol
-
-    code, out, _ = run(capsys, "protocols", "show", "mm-pt")
-    assert code == 0
-    p = load_protocol("mm-pt")
-    flat = " ".join(out.split())
-    for key, setting in {**p.spec.settings, **p.spec.mode_settings["multidomain"]}.items():
-        assert key in flat
-        assert " ".join(setting.source.split())[:20] in flat
+    p, out, flat = show_protocol(capsys, "mm-pt", "multidomain")
     assert "9930641" in out and "8,104" in flat
     # the published configuration: both models, all 12 datasets, every size - no deviation
     for model in ("vit-b16", "resnet18"):

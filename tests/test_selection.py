@@ -20,6 +20,8 @@ import torch
 from sklearn.metrics import accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
 
+from helpers import plain_method
+
 from fmeval.config import KnnSettings, RunConfig
 from fmeval.metrics import bootstrap, class_prior, compute_metrics, percentile_ci, predict_labels
 from fmeval.modes.base import build_result
@@ -353,10 +355,9 @@ def _scripted_fit(monkeypatch, val_loss, val_metric, *, patience, epochs=None, s
     data = loop.TrainData(np.zeros((8, 2), np.uint8), np.array([[0], [1]] * 4),
                           np.zeros((4, 2), np.uint8) if has_val else None,
                           np.array([[0], [1]] * 2) if has_val else None, task="binary-class", n_outputs=2)
-    method = SimpleNamespace(state_keys=lambda m: list(m.state_dict()), set_train_mode=lambda m: m.train())
     cfg = loop.TrainConfig(epochs=epochs, patience=patience, select_metric=select_metric, batch_size=4)
-    fit = loop.fit(model, data, cfg, method=method, setup=loop.RunSetup(transform=None, device=torch.device("cpu")),
-                   seed=0, on_epoch_end=hook)
+    fit = loop.fit(model, data, cfg, method=plain_method(),
+                   setup=loop.RunSetup(transform=None, device=torch.device("cpu")), seed=0, on_epoch_end=hook)
     held = {float(v) for p in model.parameters() for v in p.detach().flatten()}
     return fit, held
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fmeval.data.synthetic import synthetic_arrays
 from fmeval.io import atomic_path
@@ -42,13 +41,7 @@ def roots(tmp_path_factory) -> dict[str, str]:
     return {"clean": _write(base / "clean", arrays), "garbage": _write(base / "garbage", garbage)}
 
 
-@pytest.fixture(autouse=True)
-def _quiet_single_thread(monkeypatch):
-    monkeypatch.setenv("FMEVAL_PROGRESS", "0")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 #: extras that hold choices or validation numbers (timings and cache hits are left out)

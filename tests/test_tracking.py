@@ -78,6 +78,42 @@ def untracked_results(work: Path, capsys, monkeypatch, argv) -> dict:
     return results
 
 
+def tracked_results(work: Path, capsys, monkeypatch, argv, tracker: str) -> dict:
+    """``argv`` run untracked, then with ``--track tracker``: the tracked run's results.json, after
+    checking that it ran without a tracking warning and that the tracker changed nothing."""
+    plain = untracked_results(work, capsys, monkeypatch, argv)
+    code, _, err = run(capsys, *argv, "--track", tracker)
+    assert code == 0 and "warning: tracking" not in err, err
+    results = the_results(work)
+    assert comparable(results) == comparable(plain)  # the tracker changed nothing
+    return results
+
+
+def mlflow_runs(uri: str, experiment: str) -> tuple:
+    """(client, runs of ``experiment``) read back from the MLflow store at ``uri``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def tensorboard_events(work: Path, run_id: str):
+    """The TensorBoard events of run ``run_id`` (every scalar and tensor kept), loaded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(work / "reports" / "tracking" / "tensorboard" / "fmeval" / run_id),
+                          size_guidance={"scalars": 0, "tensors": 0})
+    ea.Reload()
+    return ea
+
+
+def assert_final_metrics(logged: dict, results: dict) -> dict:
+    """The tracker logged exactly results.json's final numbers (see ``final_metrics``); returns them."""
+    final = final_metrics(results)
+    assert {k: v for k, v in logged.items() if k in final} == final
+    return final
+
+
 # -- the fan-out: a tracker that fails is one warning line and is not called again ------------------
 class Recorder:
     def __init__(self, ctx: TrackerContext, fail: str = "") -> None:
@@ -191,19 +227,11 @@ def test_final_metrics_are_the_numbers_of_results_json():
 # -- each tracker, local, read back with its own reader ---------------------------------------------
 def test_finetune_lora_track_mlflow_reads_back_the_results(work, capsys, monkeypatch):
     require_extra("mlflow", "track-mlflow", EXTRA_INSTALL["mlflow"])
-    from mlflow.tracking import MlflowClient
-
-    plain = untracked_results(work, capsys, monkeypatch, LORA)
-    code, _, err = run(capsys, *LORA, "--track", "mlflow")
-    assert code == 0 and "warning: tracking" not in err, err
-    results = the_results(work)
-    assert comparable(results) == comparable(plain)  # the tracker changed nothing
-    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'reports' / 'tracking' / 'mlflow.db'}")
-    (r,) = client.search_runs([client.get_experiment_by_name("fmeval").experiment_id])
+    results = tracked_results(work, capsys, monkeypatch, LORA, "mlflow")
+    client, (r,) = mlflow_runs(f"sqlite:///{work / 'reports' / 'tracking' / 'mlflow.db'}", "fmeval")
     assert r.info.status == "FINISHED" and r.info.run_name == results["run_id"]
     assert r.data.tags["fmeval.run_id"] == results["run_id"]
-    final = final_metrics(results)
-    assert {k: v for k, v in r.data.metrics.items() if k in final} == final  # exact: float64 in SQLite
+    final = assert_final_metrics(r.data.metrics, results)  # exact: float64 in SQLite
     assert "test/auc_ci_low" in final and "test/auc_ci_high" in final
     curves = results["extras"]["curves"]
     epochs = client.get_metric_history(r.info.run_id, "train/loss")
@@ -230,17 +258,12 @@ def _wandb_inspect(folder: Path, *args: str) -> str:
 
 def test_finetune_lora_track_wandb_offline_reads_back_the_results(work, capsys, monkeypatch):
     require_extra("wandb", "track-wandb", EXTRA_INSTALL["wandb"])
-    plain = untracked_results(work, capsys, monkeypatch, LORA)
-    code, _, err = run(capsys, *LORA, "--track", "wandb")
-    assert code == 0 and "warning: tracking" not in err, err
-    results = the_results(work)
-    assert comparable(results) == comparable(plain)  # the tracker changed nothing
+    results = tracked_results(work, capsys, monkeypatch, LORA, "wandb")
     (folder,) = (work / "reports" / "tracking" / "wandb").glob("offline-run-*")  # offline: nothing uploaded
     summary = json.loads(_wandb_inspect(folder, "--summary", "--json"))
     assert summary["state"] == "finished" and summary["name"] == results["run_id"]
     assert summary["project"] == "fmeval"
-    final = final_metrics(results)
-    assert {k: v for k, v in summary["summary"].items() if k in final} == final
+    assert_final_metrics(summary["summary"], results)
     assert summary["config"]["config"]["model"] == "vit-s16" and summary["config"]["fmeval_run_id"] == results["run_id"]
     records = [json.loads(line) for line in _wandb_inspect(folder, "--json").splitlines() if line.strip()]
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
@@ -253,14 +276,10 @@ def test_finetune_lora_track_wandb_offline_reads_back_the_results(work, capsys, 
 
 def test_finetune_lora_track_tensorboard_reads_back_the_results(work, capsys):
     require_extra("tensorboard", "track-tensorboard", EXTRA_INSTALL["tensorboard"])
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     code, _, err = run(capsys, *LORA, "--track", "tensorboard")
     assert code == 0 and "warning: tracking" not in err, err
     results = the_results(work)
-    folder = work / "reports" / "tracking" / "tensorboard" / "fmeval" / results["run_id"]
-    ea = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
-    ea.Reload()
+    ea = tensorboard_events(work, results["run_id"])
     final = final_metrics(results)
     got = {tag: ea.Scalars(tag)[-1].value for tag in ea.Tags()["scalars"] if tag in final}
     assert got == {k: float(np.float32(v)) for k, v in final.items()}  # TensorBoard keeps float32
@@ -275,15 +294,8 @@ def test_finetune_lora_track_tensorboard_reads_back_the_results(work, capsys):
 def test_linprobe_epochs_reach_the_tracker_and_a_tracked_run_is_unchanged(work, capsys, monkeypatch):
     """A real tracker changes nothing either (no RNG draw, no extra work in the result)."""
     require_extra("tensorboard", "track-tensorboard", EXTRA_INSTALL["tensorboard"])
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    plain = untracked_results(work, capsys, monkeypatch, LINPROBE)
-    code, _, err = run(capsys, *LINPROBE, "--track", "tensorboard")
-    assert code == 0 and "warning: tracking" not in err, err
-    results = the_results(work)
-    assert comparable(results) == comparable(plain)
-    ea = EventAccumulator(str(work / "reports" / "tracking" / "tensorboard" / "fmeval" / results["run_id"]))
-    ea.Reload()
+    results = tracked_results(work, capsys, monkeypatch, LINPROBE, "tensorboard")
+    ea = tensorboard_events(work, results["run_id"])
     best = [e.value for e in ea.Scalars("probe/best_val_loss")]
     assert len(best) == results["extras"]["epochs_run"] and best == sorted(best, reverse=True)
     assert best[-1] == pytest.approx(results["selection"]["val_loss"], rel=1e-6)
@@ -308,7 +320,6 @@ def test_study_track_groups_its_runs_under_the_study(work, capsys):
     require_extra("mlflow", "track-mlflow", EXTRA_INSTALL["mlflow"])
     require_extra("tensorboard", "track-tensorboard", EXTRA_INSTALL["tensorboard"])
     import yaml
-    from mlflow.tracking import MlflowClient
 
     from fmeval.studies.plan import plan_study
     from fmeval.studies.spec import load_study
@@ -326,13 +337,11 @@ def test_study_track_groups_its_runs_under_the_study(work, capsys):
     run_ids = sorted(plan.state(c)["run_id"] for c in plan.cells)
     assert len(run_ids) == 2
     root = work / "reports" / "studies" / "tracked" / "tracking"
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    _, runs = mlflow_runs(f"sqlite:///{root / 'mlflow.db'}", "tracked")
     assert sorted(r.data.tags["fmeval.run_id"] for r in runs) == run_ids
     for r in runs:
         (res,) = (work / "reports" / "studies" / "tracked" / "runs").glob(f"{r.data.tags['fmeval.run_id']}/results.json")
-        final = final_metrics(json.loads(res.read_text()))
-        assert {k: v for k, v in r.data.metrics.items() if k in final} == final
+        assert_final_metrics(r.data.metrics, json.loads(res.read_text()))
     assert sorted(p.name for p in (root / "tensorboard" / "tracked").iterdir()) == run_ids
     code, _, err = run(capsys, "study", "run", str(path), "--reports-dir", "reports", "--track", "mlfow")
     assert code == 2 and "unknown tracker 'mlfow'" in err
@@ -355,12 +364,9 @@ def test_parallel_study_workers_share_one_mlflow_store(tmp_path):
     require_extra("mlflow", "track-mlflow", EXTRA_INSTALL["mlflow"])
     import multiprocessing as mp
 
-    from mlflow.tracking import MlflowClient
-
     with mp.get_context("spawn").Pool(2) as pool:
         assert pool.starmap(_mlflow_worker, [(str(tmp_path), i) for i in range(2)]) == ["ok"] * 2
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
+    client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "parallel")
     assert sorted((r.data.tags["fmeval.run_id"], r.data.metrics["test/auc"]) for r in runs) == [
         ("cell0", 0.5), ("cell1", 0.6)]
     assert all(len(client.get_metric_history(r.info.run_id, "train/loss")) == 10 for r in runs)
@@ -382,16 +388,12 @@ def test_run_params_carry_the_protocol_and_its_deviations():
 
 def test_mlflow_tracking_uri_set_by_the_user_wins(work, capsys, monkeypatch):
     require_extra("mlflow", "track-mlflow", EXTRA_INSTALL["mlflow"])
-    from mlflow.tracking import MlflowClient
-
     uri = f"sqlite:///{work / 'elsewhere.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     code, _, err = run(capsys, "knn", *MODEL, "--track", "mlflow")
     assert code == 0 and "warning: tracking" not in err, err
     assert not (work / "reports" / "tracking" / "mlflow.db").exists()
-    client = MlflowClient(tracking_uri=uri)
-    (r,) = client.search_runs([client.get_experiment_by_name("fmeval").experiment_id])
+    _, (r,) = mlflow_runs(uri, "fmeval")
     results = the_results(work)
     assert r.data.tags["fmeval.run_id"] == results["run_id"]
-    final = final_metrics(results)
-    assert {k: v for k, v in r.data.metrics.items() if k in final} == final and "selection/k" in final
+    assert "selection/k" in assert_final_metrics(r.data.metrics, results)

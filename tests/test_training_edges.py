@@ -4,7 +4,6 @@ accumulation scaling, the class-balanced sampler, and ECE's right-closed bin edg
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,37 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class _Toy(nn.Module):
-    """Identity backbone + Linear(1, 2) head; the image value is the sample index. Records training batches."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone, self.head = nn.Identity(), nn.Linear(1, 2)
-        torch.nn.init.constant_(self.head.weight, 0.1)
-        torch.nn.init.constant_(self.head.bias, 0.0)
-        self.batches: list[list[int]] = []
-
-    def forward(self, x):
-        if self.training:
-            self.batches.append(x[:, 0].round().long().tolist())
-        return self.head(x)
-
-
-class _Prep:
-    def prepare(self, images, device, train=False, generator=None):
-        return torch.as_tensor(images, dtype=torch.float32)
+from helpers import BatchRecorder, fit_on_indices
 
 
 def _fit(monkeypatch, labels, **cfg):
     from fmeval.training import loop
 
     monkeypatch.setenv("FMEVAL_PROGRESS", "0")
-    model = _Toy()
-    n = len(labels)
-    data = loop.TrainData(np.arange(n, dtype=np.uint8)[:, None], np.asarray(labels)[:, None], None, None,
-                          task="binary-class", n_outputs=2)
-    method = SimpleNamespace(state_keys=lambda m: list(m.state_dict()), set_train_mode=lambda m: m.train())
+    model = BatchRecorder(head_value=0.1)
     config = loop.TrainConfig(**{"patience": 0, "warmup_epochs": 0, **cfg})
     steps: list[dict] = []
     original = torch.optim.AdamW.step
@@ -53,8 +29,7 @@ def _fit(monkeypatch, labels, **cfg):
         return original(self, *a, **kw)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
-    loop.fit(model, data, config, method=method, setup=loop.RunSetup(transform=_Prep(), device=torch.device("cpu")),
-             seed=0)
+    fit_on_indices(model, labels, config)
     return model, steps
 
 

@@ -11,13 +11,7 @@ from fmeval.config import TrainConfig
 from fmeval.training.hooks import TrainHooks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("FMEVAL_PROGRESS", "0")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 def _fit(hooks):

@@ -17,7 +17,6 @@ import re
 import socket
 import threading
 import time
-import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +30,7 @@ from fmeval.registry import Registry
 from fmeval.weights import download as dl
 from fmeval.weights.registry import ASSETS, MIRROR_ENV, Asset, AssetFile
 from fmeval.weights.store import MANIFEST, WeightStore, resolve_weights
+from helpers import make_zip
 
 GOOD = bytes(range(256)) * 4096  # 1 MiB, spans several read chunks
 OTHER = bytes(reversed(GOOD))
@@ -157,6 +157,16 @@ def one_file_store(tmp_path, server, route: Route, *, sha256: str | None = None,
     return WeightStore(tmp_path / "weights", reg)
 
 
+def interrupted_store(tmp_path, server) -> tuple[Route, WeightStore]:
+    """A store whose one download dropped mid-way (every automatic retry too): (its route, the store).
+    Setting ``route.mode`` then decides how the server answers the next fetch."""
+    route = Route(GOOD, mode="drop")
+    store = one_file_store(tmp_path, server, route, sha256=sha(GOOD), size=len(GOOD))
+    with pytest.raises(dl.DownloadInterrupted):
+        store.fetch("asset")
+    return route, store
+
+
 def assert_no_half_written(store: WeightStore, name: str = "asset", *, partial_kept: bool = False):
     """The asset's name is absent; only hidden bookkeeping folders exist."""
     assert not (store.root / name).exists()
@@ -195,14 +205,6 @@ def test_good_file_is_verified_and_installed(tmp_path, server):
     assert store.fetch("asset", force=True).downloaded and len(server.log) == n + 1
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def zip_store(tmp_path, server, archive: bytes, vocab: bytes = b"[PAD]\n[UNK]\n",
               name: str = "bundle") -> WeightStore:
     reg: Registry[Asset] = Registry("weights asset", WeightsError)
@@ -216,7 +218,7 @@ def zip_store(tmp_path, server, archive: bytes, vocab: bytes = b"[PAD]\n[UNK]\n"
 
 
 def test_zip_is_unpacked_with_its_top_folder_dropped(tmp_path, server):
-    archive = _zip({"release/pytorch_model.bin": GOOD, "release/config.json": b"{}",
+    archive = make_zip({"release/pytorch_model.bin": GOOD, "release/config.json": b"{}",
                     "__MACOSX/release/._pytorch_model.bin": b"junk"})
     store = zip_store(tmp_path, server, archive)
     res = store.fetch("bundle")
@@ -232,7 +234,7 @@ def test_zip_is_unpacked_with_its_top_folder_dropped(tmp_path, server):
 
 
 def test_zip_without_required_files_fails_and_leaves_nothing(tmp_path, server):
-    store = zip_store(tmp_path, server, _zip({"weights.pt": GOOD}))
+    store = zip_store(tmp_path, server, make_zip({"weights.pt": GOOD}))
     with pytest.raises(WeightsError, match="does not contain pytorch_model.bin") as err:
         store.fetch("bundle")
     one_line(err)
@@ -240,7 +242,7 @@ def test_zip_without_required_files_fails_and_leaves_nothing(tmp_path, server):
 
 
 def test_zip_slip_is_refused(tmp_path, server):
-    store = zip_store(tmp_path, server, _zip({"../evil.txt": b"x", "pytorch_model.bin": GOOD}))
+    store = zip_store(tmp_path, server, make_zip({"../evil.txt": b"x", "pytorch_model.bin": GOOD}))
     with pytest.raises(WeightsError, match="unsafe path") as err:
         store.fetch("bundle")
     one_line(err)
@@ -298,10 +300,7 @@ def test_dropped_connection_keeps_only_a_hidden_partial(tmp_path, server):
 
 
 def test_next_fetch_resumes_a_partial_download(tmp_path, server):
-    route = Route(GOOD, mode="drop")
-    store = one_file_store(tmp_path, server, route, sha256=sha(GOOD), size=len(GOOD))
-    with pytest.raises(dl.DownloadInterrupted):
-        store.fetch("asset")
+    route, store = interrupted_store(tmp_path, server)
     route.mode = "ok"
     sent_before = server.sent("/asset/model.pth")
     res = store.fetch("asset")
@@ -337,10 +336,7 @@ def test_unwritable_weights_cache_is_one_line(tmp_path, server):
 
 
 def test_server_that_ignores_range_restarts_from_zero(tmp_path, server):
-    route = Route(GOOD, mode="drop")
-    store = one_file_store(tmp_path, server, route, sha256=sha(GOOD), size=len(GOOD))
-    with pytest.raises(dl.DownloadInterrupted):
-        store.fetch("asset")
+    route, store = interrupted_store(tmp_path, server)
     route.mode = "norange"
     assert store.fetch("asset").entry.read_bytes() == GOOD  # not partial + whole file
 
@@ -562,7 +558,7 @@ def test_weights_name_loads_a_fetched_medclip_zip(server, monkeypatch):
     buf = io.BytesIO()
     torch.save(src.model.state_dict(), buf)
     server.add("/medclip/medclip-vit-pretrained.zip",
-               Route(_zip({"medclip-vit/pytorch_model.bin": buf.getvalue()})))
+               Route(make_zip({"medclip-vit/pytorch_model.bin": buf.getvalue()})))
     server.add("/medclip/vocab.txt", Route(b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nlung\n"))
     monkeypatch.setenv(MIRROR_ENV, server.base)
     WeightStore().fetch("medclip")

@@ -107,7 +107,18 @@ def prepare(cfg: RunConfig, *, train_method: bool = True) -> Trainable:
                      channels_last=use_channels_last(adapter.family, p.device, p.precision),
                      eval_batch_size=cfg.batch_size,
                      augment=None if data.info.is_volume else augment_policy(data.flag))
-    # LoRA init and head init are seeded on their own, independent of what ran before.
+    with seeded_init(cfg, method, adapter, train_method=train_method):
+        model = Classifier(adapter, data.info.n_classes, cfg.train.head_init).to(p.device)
+    return Trainable(p, setup, model, method)
+
+
+@contextmanager
+def seeded_init(cfg: RunConfig, method, adapter, *, train_method: bool) -> Iterator[None]:
+    """The method's layers (LoRA init) and the head(s) built in the block, seeded with ``cfg.seed``
+    on their own, independent of what ran before (fine-tuning and multi-domain alike).
+
+    ``train_method``: the method marks trainable parameters and inserts its layers; ``False``
+    freezes the backbone (the bare classifier a saved run is reloaded into)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         if train_method:
@@ -115,8 +126,7 @@ def prepare(cfg: RunConfig, *, train_method: bool = True) -> Trainable:
         else:
             for w in adapter.parameters():
                 w.requires_grad_(False)
-        model = Classifier(adapter, data.info.n_classes, cfg.train.head_init).to(p.device)
-    return Trainable(p, setup, model, method)
+        yield
 
 
 def _classifier_params(model: Classifier) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from fmeval.device import use_channels_last
 from fmeval.errors import ConfigError
 from fmeval.io import file_lock, new_run_id
 from fmeval.modes.base import Timer, register_mode, result_of
-from fmeval.modes.finetune import _resume_hint, _stop_hook, resume_hints, scores_digest
+from fmeval.modes.finetune import _resume_hint, _stop_hook, resume_hints, scores_digest, seeded_init
 from fmeval.pipeline import Prepared
 from fmeval.progress import console as progress_console
 from fmeval.settings import adapters_root
@@ -141,13 +141,7 @@ def _prepare_all(tcfg: RunConfig, *, train_method: bool) -> tuple[MultiHeadClass
     outputs = {head_key(p.data.flag): p.data.info.n_classes for p in prepared.values()}
     if len(outputs) != len(prepared):
         raise ConfigError("two datasets of --datasets map to the same head name; rename one.")
-    with torch.random.fork_rng(devices=[]):  # LoRA and head init seeded on their own
-        torch.manual_seed(tcfg.seed)
-        if train_method:
-            method.prepare(adapter, tcfg.lora)
-        else:
-            for w in adapter.parameters():
-                w.requires_grad_(False)
+    with seeded_init(tcfg, method, adapter, train_method=train_method):
         model = MultiHeadClassifier(adapter, outputs, domain_bn=tcfg.multidomain.domain_bn).to(first.device)
     setup = RunSetup(transform=first.transform, device=first.device, precision=first.precision,
                      channels_last=use_channels_last(adapter.family, first.device, first.precision),
