@@ -198,7 +198,7 @@ def case_knn(p: dict) -> dict:
                      switched_to_fp32=stats.switched_to_fp32, reranked_per_row=stats.reranked / len(xte),
                      gathered_per_row=stats.gathered / len(xte),
                      tiles_by_threads=stats.tiles_by_threads, thread_probe_s=stats.probe,
-                     gemm=stats.gemm, gemm_probe_s=stats.gemm_probe,
+                     gemm=stats.gemm, gemm_probe_s=stats.gemm_probe, core_share=stats.core_share,
                      gemm_gflop=gemm_flops / 1e9, achieved_gflops=gemm_flops / m.seconds / 1e9)
     else:
         from sklearn.neighbors import KNeighborsClassifier

@@ -109,3 +109,32 @@ def test_thread_trials_back_off_while_the_other_option_loses():
     tc.pick()
     assert tc.current == 1 and tc.last == 1 and torch.get_num_threads() == 1
     torch.set_num_threads(saved)
+
+
+def test_a_shared_machine_keeps_one_thread_even_when_two_time_faster():
+    """Two threads got 40 % of their cores (a rival search on the same cores): one thread is kept
+    although its tiles time slower (each process would keep two otherwise, and both lose); a later
+    trial of two threads that gets its cores back (the rival finished) brings two threads back."""
+    saved = torch.get_num_threads()
+    tc = ThreadChooser(2, every=32)
+    tc.pick()
+    assert tc.last == 2
+    tc.record(1.0, 100, cpu_seconds=0.8)  # 0.8 CPU-seconds in 1 s on 2 threads: 40 % of 2 cores
+    assert tc.shared and tc.current == 1
+    trials = []
+    for tile in range(1, 200):
+        tc.pick()
+        if tc.last == 2:
+            trials.append(tile)
+            tc.record(1.0, 100, cpu_seconds=1.2)  # still shared (60 %), though faster than one thread
+        else:
+            tc.record(1.5, 100, cpu_seconds=1.5)
+        assert tc.current == 1
+    assert trials == [7, 71, 199]  # the trials back off while the machine stays shared
+    for _ in range(300):  # the rival is gone: the next trial of two threads gets its cores
+        tc.pick()
+        tc.record(*((0.5, 100, 1.0) if tc.last == 2 else (1.5, 100, 1.5)))
+        if tc.last == 2:
+            break
+    assert tc.tiles == 456 and not tc.shared and tc.current == 2
+    torch.set_num_threads(saved)

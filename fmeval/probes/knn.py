@@ -183,9 +183,10 @@ def _neighbour_chunks(train: torch.Tensor, test: torch.Tensor, r: KnnRule, kmax:
                       chunk: int, stats: SearchStats, threads: int | None):
     """Yield (start, near [c, kmax] float64, idx [c, kmax]) chunk by chunk of test rows.
 
-    Scorers are built once (the fp32 fallback only if a row needs it, without
-    the copy that makes the primary fp32 tiles plain GEMMs: a bf16 copy is
-    already in memory); the GEMM backend is the faster BLAS here
+    Scorers are built once (the fp32 fallback only if a row needs it); the
+    primary fp32 scorer copies the training rows only for numpy's BLAS, whose
+    tiles must be plain GEMMs (one more training matrix: within the 1.5x
+    memory bound, which a bf16 copy plus an fp32 one would not be); the GEMM backend is the faster BLAS here
     (``probes.blas``), its thread count chosen per tile on CPU; every thread
     setting is restored at the end.
     """
@@ -217,7 +218,8 @@ def _neighbour_chunks(train: torch.Tensor, test: torch.Tensor, r: KnnRule, kmax:
         def make() -> Scorer:
             if p not in made:
                 primary = p == precision
-                made[p] = r.scorer(train, p, norms64, copy=primary and p == "fp32",
+                # numpy's BLAS has no fused epilogue: its fp32 tiles are plain GEMMs on a copy
+                made[p] = r.scorer(train, p, norms64, copy=primary and gemm is not TORCH,
                                    gemm=gemm if primary else TORCH)
             return made[p]
         return make

@@ -186,7 +186,10 @@ class Scorer:
 
     def tile(self, op: torch.Tensor, j0: int, j1: int, out: torch.Tensor) -> torch.Tensor:
         """Scan-domain scores [j1 - j0, r] of training rows j0:j1 against the prepared test rows."""
-        o = self.gemm.mm(self.mat[j0:j1], op, out[: j1 - j0])
+        o, b = out[: j1 - j0], self.mat[j0:j1]
+        if self.col is not None and self.gemm is TORCH:  # the column term as addmm's input: one pass
+            return torch.addmm(self.col[j0:j1, None], b, op.T, out=o)
+        o = self.gemm.mm(b, op, o)
         if self.col is not None:
             o.add_(self.col[j0:j1, None])
         elif self.col_scale is not None:
@@ -387,6 +390,7 @@ class SearchStats:
     switched_to_fp32: bool = False  # bf16 settled too few rows; later chunks scored in fp32
     gathered: int = 0  # scan: approximate scores gathered past the block filter
     tiles_by_threads: dict[int, int] | None = None  # scan tiles run with each GEMM thread count
+    core_share: float | None = None  # fraction of its cores the all-threads tiles got (last reading)
     precision: str = ""  # the scoring precision of the primary pass (fp32 | bf16)
     gemm: str = "torch"  # probes.blas backend of the scan GEMMs
     gemm_probe: dict[str, float] | None = None  # seconds of one tile with each backend (when timed)
@@ -423,7 +427,7 @@ def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats,
         wp = -(-w // _GROUP) * _GROUP
         if threads is not None:
             threads.pick()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
         scorer.tile(op, j0, j1, buf)
         if wp > w:
             buf[w:wp].fill_(math.inf)
@@ -439,9 +443,10 @@ def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats,
             stats.gathered += vals.numel()
             _merge(run_v, run_i, theta, rr, vals, members + j0, m)
         if threads is not None:
-            threads.record(time.perf_counter() - t0, w)
+            threads.record(time.perf_counter() - t0, w, time.process_time() - c0)
             stats.tiles_by_threads = stats.tiles_by_threads or {}
             stats.tiles_by_threads[threads.last] = stats.tiles_by_threads.get(threads.last, 0) + 1
+            stats.core_share = threads.share
     run_v, order = run_v.sort(dim=1)
     return run_v, run_i.gather(1, order)
 

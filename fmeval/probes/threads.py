@@ -23,7 +23,19 @@ class ThreadChooser:
     trial the other option loses doubles that wait (up to ``cap``), so
     on a steady machine trials cost a few tiles rather than one in ``every``,
     and a trial it wins resets it. ``gemm`` (``probes.blas``) owns the threads.
+
+    Timing alone is a prisoner's dilemma when the rival is another search like
+    this one: with a BLAS that does not wait at barriers (OpenBLAS), each
+    process's two threads beat its one thread *given* the other keeps two, so
+    both keep two and both run slower than if each took one core (measured,
+    100k x 768 fp32, numpy's BLAS, 2 cores: 22.3 s each against about 17 s).
+    So the CPU time the process got per wall second is also read: when the
+    all-threads tiles got less than ``SHARED`` of their cores, the machine is
+    shared and one thread is kept, whatever the timing says, until a trial
+    of all threads gets its cores again.
     """
+
+    SHARED = 0.75  # below this fraction of the cores the all-threads tiles got, the machine is shared
 
     def __init__(self, threads: int, every: int = 32, gemm=TORCH, cap: int = 256):
         self.options = sorted({max(1, threads), 1}, reverse=True)
@@ -36,6 +48,7 @@ class ThreadChooser:
         self.current = self.options[0]
         self.probed: dict[int, float] = {}
         self.last = self.current
+        self.share: float | None = None  # fraction of its cores the all-threads option got (EMA)
 
     def probe(self, repeats: int = 3) -> int:
         """Time a GEMM (0.8 GFLOP: big enough that BLAS splits it over threads) with one thread and
@@ -70,20 +83,33 @@ class ThreadChooser:
         choice = self.current
         if len(self.options) > 1 and self.tiles >= self.next_trial:
             choice = next(t for t in self.options if t != self.current)
-        elif len(self.per_col) == len(self.options) > 1:
-            choice = min(self.options, key=self.per_col.__getitem__)
         self.gemm.set_threads(choice)
         self.last = choice
 
-    def record(self, seconds: float, cols: int) -> None:
+    @property
+    def shared(self) -> bool:
+        return self.share is not None and self.share < self.SHARED
+
+    def record(self, seconds: float, cols: int, cpu_seconds: float | None = None) -> None:
+        """One tile's wall time for ``cols`` training rows, and the process's CPU time over it.
+
+        A trial (a tile of the option not kept) that leaves the choice as it was
+        doubles the wait for the next trial; one that changes it resets the wait.
+        """
         v = seconds / max(1, cols)
+        trial = self.last != self.current
+        if cpu_seconds is not None and self.last > 1 and seconds > 0:
+            got = cpu_seconds / seconds / self.last
+            # a trial is the only fresh reading of the all-threads option: it replaces the average
+            self.share = got if trial or self.share is None else 0.5 * (self.share + got)
         old = self.per_col.get(self.last)
         self.per_col[self.last] = v if old is None else 0.5 * (old + v)
-        if self.last != self.current:  # a trial of the other option: schedule the next one
-            lost = v > self.per_col.get(self.current, v)
+        if self.shared:
+            self.current = 1
+        elif len(self.per_col) == len(self.options):
+            self.current = min(self.options, key=self.per_col.__getitem__)
+        if trial:
+            lost = self.current != self.last
             self.every = min(self.cap, 2 * self.every) if lost else self.base
             self.next_trial = self.tiles + self.every
-
-        if len(self.per_col) == len(self.options):
-            self.current = min(self.options, key=self.per_col.__getitem__)
         self.tiles += 1
