@@ -119,22 +119,42 @@ def test_a_shared_machine_keeps_one_thread_even_when_two_time_faster():
     tc = ThreadChooser(2, every=32)
     tc.pick()
     assert tc.last == 2
-    tc.record(1.0, 100, cpu_seconds=0.8)  # 0.8 CPU-seconds in 1 s on 2 threads: 40 % of 2 cores
+    tc.record(1.0, 100, share=0.4)  # the GEMM got 40 % of its 2 cores
     assert tc.shared and tc.current == 1
     trials = []
     for tile in range(1, 200):
         tc.pick()
         if tc.last == 2:
             trials.append(tile)
-            tc.record(1.0, 100, cpu_seconds=1.2)  # still shared (60 %), though faster than one thread
+            tc.record(1.0, 100, share=0.6)  # still shared, though faster than one thread
         else:
-            tc.record(1.5, 100, cpu_seconds=1.5)
+            tc.record(1.5, 100)
         assert tc.current == 1
     assert trials == [7, 71, 199]  # the trials back off while the machine stays shared
     for _ in range(300):  # the rival is gone: the next trial of two threads gets its cores
         tc.pick()
-        tc.record(*((0.5, 100, 1.0) if tc.last == 2 else (1.5, 100, 1.5)))
+        tc.record(*((0.5, 100, 1.0) if tc.last == 2 else (1.5, 100)))
         if tc.last == 2:
             break
     assert tc.tiles == 456 and not tc.shared and tc.current == 2
     torch.set_num_threads(saved)
+
+
+def test_the_share_is_read_from_the_scheduler_statistics():
+    """The share comes from the process's run and run-queue wait times between two tiles: a tile
+    whose threads waited as long as they ran got half their cores; threads that ended between
+    readings (a count going down) give no reading rather than a wrong one."""
+    from fmeval.probes.threads import runqueue
+
+    readings = iter([(0, 0), (4_000_000, 4_000_000), (5_000_000, 4_000_000), (1_000_000, 4_000_000)])
+    tc = ThreadChooser(2, runqueue=lambda: next(readings))
+    tc.pick()
+    tc.record(1.0, 100)
+    assert tc.share == 0.5 and tc.shared
+    assert tc._read_share() == 1.0 and tc._read_share() is None
+    real = runqueue()
+    if real is None:
+        pytest.skip("no /proc/self/task/*/schedstat here: the timing alone chooses")
+    sum(i * i for i in range(300_000))  # run for a few ms
+    later = runqueue()
+    assert later[0] > real[0] >= 0 and later[1] >= 0

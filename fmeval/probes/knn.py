@@ -41,7 +41,7 @@ from fmeval.probes.knn_search import (
     inverse_norms,
     search,
 )
-from fmeval.probes.threads import ThreadChooser
+from fmeval.probes.threads import ThreadChooser, runqueue
 from fmeval.registry import Registry
 
 SCORINGS = ("auto", "fp32", "bf16")
@@ -208,7 +208,7 @@ def _neighbour_chunks(train: torch.Tensor, test: torch.Tensor, r: KnnRule, kmax:
         elif work < blas.MIN_WORK_TO_TIME / 10:  # well under a second: timing would cost more than it saves
             gemm.set_threads(saved)
         else:
-            chooser = ThreadChooser(saved, gemm=gemm)
+            chooser = ThreadChooser(saved, gemm=gemm, runqueue=runqueue)
             chooser.probe()
             stats.probe = {t: round(v, 5) for t, v in chooser.probed.items()}
     norms64 = _norms64(train, r.cosine)

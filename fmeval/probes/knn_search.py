@@ -427,7 +427,7 @@ def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats,
         wp = -(-w // _GROUP) * _GROUP
         if threads is not None:
             threads.pick()
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0 = time.perf_counter()
         scorer.tile(op, j0, j1, buf)
         if wp > w:
             buf[w:wp].fill_(math.inf)
@@ -443,7 +443,7 @@ def scan(scorer: Scorer, prep: Prepared, m: int, stats: SearchStats,
             stats.gathered += vals.numel()
             _merge(run_v, run_i, theta, rr, vals, members + j0, m)
         if threads is not None:
-            threads.record(time.perf_counter() - t0, w, time.process_time() - c0)
+            threads.record(time.perf_counter() - t0, w)
             stats.tiles_by_threads = stats.tiles_by_threads or {}
             stats.tiles_by_threads[threads.last] = stats.tiles_by_threads.get(threads.last, 0) + 1
             stats.core_share = threads.share

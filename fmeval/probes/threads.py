@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import torch
@@ -29,15 +30,19 @@ class ThreadChooser:
     process's two threads beat its one thread *given* the other keeps two, so
     both keep two and both run slower than if each took one core (measured,
     100k x 768 fp32, numpy's BLAS, 2 cores: 22.3 s each against about 17 s).
-    So the CPU time the process got per wall second is also read: when the
-    all-threads tiles got less than ``SHARED`` of their cores, the machine is
-    shared and one thread is kept, whatever the timing says, until a trial
-    of all threads gets its cores again.
+    So ``runqueue`` (Linux's per-thread scheduler statistics) is also read
+    after each tile: when the process's threads, running all of them, were
+    on a CPU for less than ``SHARED`` of the time they were ready to run
+    (the rest they waited for a core), the machine is shared and one thread
+    is kept, whatever the timing says, until a trial of all threads runs
+    unhindered again. (The process's CPU time per wall second was tried
+    first: other threads' CPU time is accounted at scheduler ticks, too
+    coarse for 5-20 ms tiles, and read as sharing on a quiet machine.)
     """
 
     SHARED = 0.75  # below this fraction of the cores the all-threads tiles got, the machine is shared
 
-    def __init__(self, threads: int, every: int = 32, gemm=TORCH, cap: int = 256):
+    def __init__(self, threads: int, every: int = 32, gemm=TORCH, cap: int = 256, runqueue=None):
         self.options = sorted({max(1, threads), 1}, reverse=True)
         self.per_col: dict[int, float] = {}
         self.tiles = 0
@@ -48,7 +53,9 @@ class ThreadChooser:
         self.current = self.options[0]
         self.probed: dict[int, float] = {}
         self.last = self.current
-        self.share: float | None = None  # fraction of its cores the all-threads option got (EMA)
+        self.share: float | None = None  # fraction of its ready time the all-threads option ran (EMA)
+        self.runqueue = runqueue  # () -> (ns running, ns waiting for a CPU) of this process, or None
+        self._rq = runqueue() if runqueue else None
 
     def probe(self, repeats: int = 3) -> int:
         """Time a GEMM (0.8 GFLOP: big enough that BLAS splits it over threads) with one thread and
@@ -90,16 +97,29 @@ class ThreadChooser:
     def shared(self) -> bool:
         return self.share is not None and self.share < self.SHARED
 
-    def record(self, seconds: float, cols: int, cpu_seconds: float | None = None) -> None:
-        """One tile's wall time for ``cols`` training rows, and the process's CPU time over it.
+    def _read_share(self) -> float | None:
+        """Of the time this process's threads were ready to run since the last reading, the
+        fraction they ran (None: no reading, or threads came and went in between)."""
+        now = self.runqueue()
+        prev, self._rq = self._rq, now
+        if now is None or prev is None:
+            return None
+        ran, waited = now[0] - prev[0], now[1] - prev[1]
+        return ran / (ran + waited) if ran >= 0 and waited >= 0 and ran + waited > 0 else None
+
+    def record(self, seconds: float, cols: int, share: float | None = None) -> None:
+        """One tile's wall time for ``cols`` training rows; ``share`` (default: read through
+        ``runqueue``) is the fraction of their ready time the tile's threads ran.
 
         A trial (a tile of the option not kept) that leaves the choice as it was
         doubles the wait for the next trial; one that changes it resets the wait.
         """
         v = seconds / max(1, cols)
         trial = self.last != self.current
-        if cpu_seconds is not None and self.last > 1 and seconds > 0:
-            got = cpu_seconds / seconds / self.last
+        if share is None and self.runqueue is not None:
+            share = self._read_share()
+        if share is not None and self.last > 1:
+            got = share
             # a trial is the only fresh reading of the all-threads option: it replaces the average
             self.share = got if trial or self.share is None else 0.5 * (self.share + got)
         old = self.per_col.get(self.last)
@@ -113,3 +133,21 @@ class ThreadChooser:
             self.every = min(self.cap, 2 * self.every) if lost else self.base
             self.next_trial = self.tiles + self.every
         self.tiles += 1
+
+
+def runqueue() -> tuple[int, int] | None:
+    """(ns on a CPU, ns ready but waiting for one), summed over this process's threads: Linux's
+    ``/proc/self/task/*/schedstat``; None where there is none."""
+    run = wait = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for t in tasks:
+        try:
+            with open(f"/proc/self/task/{t}/schedstat") as f:
+                fields = f.read().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+        except (OSError, ValueError, IndexError):  # a thread that just ended; no schedstat
+            continue
+    return (run, wait) if run else None
