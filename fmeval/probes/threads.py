@@ -40,7 +40,8 @@ class ThreadChooser:
     coarse for 5-20 ms tiles, and read as sharing on a quiet machine.)
     """
 
-    SHARED = 0.75  # below this fraction of the cores the all-threads tiles got, the machine is shared
+    SHARED = 0.75  # below this fraction of their ready time the all-threads tiles ran, the machine is shared
+    SHARED_CAP = 64  # the longest wait between trials while the machine reads as shared
 
     def __init__(self, threads: int, every: int = 32, gemm=TORCH, cap: int = 256, runqueue=None):
         self.options = sorted({max(1, threads), 1}, reverse=True)
@@ -121,7 +122,10 @@ class ThreadChooser:
         if share is not None and self.last > 1:
             got = share
             # a trial is the only fresh reading of the all-threads option: it replaces the average
-            self.share = got if trial or self.share is None else 0.5 * (self.share + got)
+            # (otherwise a slow average - one busy moment of the machine is not a rival -
+            # from an unshared start: the probe chose all threads)
+            prior = 1.0 if self.share is None else self.share
+            self.share = got if trial else 0.75 * prior + 0.25 * got
         old = self.per_col.get(self.last)
         self.per_col[self.last] = v if old is None else 0.5 * (old + v)
         if self.shared:
@@ -130,7 +134,10 @@ class ThreadChooser:
             self.current = min(self.options, key=self.per_col.__getitem__)
         if trial:
             lost = self.current != self.last
-            self.every = min(self.cap, 2 * self.every) if lost else self.base
+            # while shared, trials come at least every SHARED_CAP tiles: a busy moment read as a
+            # rival costs at most that many one-thread tiles
+            cap = min(self.cap, self.SHARED_CAP) if self.shared else self.cap
+            self.every = min(cap, 2 * self.every) if lost else self.base
             self.next_trial = self.tiles + self.every
         self.tiles += 1
 
