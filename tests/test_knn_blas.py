@@ -105,7 +105,10 @@ def test_thread_trials_back_off_while_the_other_option_loses():
     assert tc.current == 2
     tc.pick()  # 900: no trial due
     assert tc.last == 2
-    tc.record(5.0, 100)  # two threads got much slower (a rival arrived): one thread is kept
+    tc.record(5.0, 100)  # one slow tile (a busy moment) does not flip the choice ...
+    tc.pick()
+    assert tc.current == 2 and tc.last == 2
+    tc.record(5.0, 100)  # ... a second does (two threads got slower): one thread is kept
     tc.pick()
     assert tc.current == 1 and tc.last == 1 and torch.get_num_threads() == 1
     torch.set_num_threads(saved)
