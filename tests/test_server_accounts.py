@@ -33,4 +33,4 @@ def test_an_unknown_email_costs_the_same_scrypt_as_a_wrong_password(tmp_path, mo
     assert calls == [auth.SCRYPT_N, auth.SCRYPT_N]  # one scrypt each, same parameters
     with sessions() as db:
         cookie, csrf = lb.login(db, "known@example.org", "correct horse battery", "10.0.0.1")
-        assert lb.session_of(db, cookie).csrf == csrf
+        assert lb.session_of(db, cookie) is not None and lb.session_csrf(db, cookie) == csrf
