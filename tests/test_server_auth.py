@@ -204,6 +204,16 @@ def test_already_registered_answers_count_against_the_address(strict_server):
     assert r.status_code == 429  # the address is spent, whatever it registers
 
 
+def test_parallel_registrations_of_one_team_make_one_account_and_plain_refusals(server):
+    """The name/email check and the insert are two steps; a parallel twin that commits first is answered
+    "already registered" (the database's unique constraint decides), never a server error."""
+    answers = _parallel([lambda i=i: _register(server.url, "Twin", f"10.6.0.{i}") for i in range(8)])
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [303] + [400] * 7, codes
+    assert all("already registered" in r.text for r in answers if r.status_code == 400)
+    assert rows(server.db, "select count(*) from teams where name = 'Twin'") == [(1,)]
+
+
 # -- the session CSRF token ------------------------------------------------------------------------------
 def test_the_session_csrf_token_is_derived_not_stored_and_a_forged_one_is_refused(server):
     import hashlib

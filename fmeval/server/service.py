@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from fmeval.errors import FmevalError
@@ -129,7 +130,11 @@ class Leaderboard:
             raise AuthError("that team name or email is already registered.")
         team = Team(name=name, email=email, password_hash=auth.hash_password(password))
         db.add(team)
-        db.commit()
+        try:
+            db.commit()
+        except IntegrityError:  # a parallel registration of this name or email committed first
+            db.rollback()
+            raise AuthError("that team name or email is already registered.") from None
         return team
 
     def login(self, db: Session, email: str, password: str, address: str = "",
@@ -204,8 +209,6 @@ class Leaderboard:
 
     def secret(self, db: Session, name: str = "csrf") -> str:
         """A random value made once per database and shared by every worker (first writer wins)."""
-        from sqlalchemy.exc import IntegrityError
-
         cached = self._secrets.get(name)
         if cached is None:
             row = db.get(ServerSecret, name)
