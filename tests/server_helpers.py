@@ -55,6 +55,8 @@ class Server:
         self.db = db or f"sqlite:///{tmp / 'lb.sqlite3'}"
         self.log = tmp / f"server-{self.port}.log"
         env = {**os.environ, "FMEVAL_DATA_ROOT": str(SHARED), "FMEVAL_CACHE_DIR": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
+        if "--registrations-per-address" not in args:  # tests register many teams from 127.0.0.1
+            args = ("--registrations-per-address", "1000", *args)
         cmd = [sys.executable, "-m", "fmeval", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--db", self.db, "--datasets", ",".join(THREE), "--sizes", "28", *args]
         self._fh = open(self.log, "wb")

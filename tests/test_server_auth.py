@@ -8,6 +8,7 @@ One server with two uvicorn worker processes, so the rate limit is shown to hold
 
 from __future__ import annotations
 
+import contextlib
 import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from helpers import run
-from server_helpers import postgres  # noqa: F401  (the fixture)
+from server_helpers import db_url, postgres  # noqa: F401  (the fixtures)
 from server_helpers import Browserless, api_upload, form_csrf, require_server_extra, rows, running, submission_zip
 
 pytestmark = pytest.mark.slow
@@ -23,14 +24,33 @@ pytestmark = pytest.mark.slow
 PER_ACCOUNT, PER_ADDRESS = 3, 6
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def server(request, tmp_path_factory):
-    """One server per backend (a SQLite file; a database on the test PostgreSQL server)."""
+PER_REGISTRATION = 4
+
+
+@contextlib.contextmanager
+def _two_workers(request, tmp_path_factory, *args: str):
+    """A server with two worker processes on the backend of ``request.param`` (a SQLite file; a database
+    on the test PostgreSQL server)."""
     require_server_extra()
     tmp = tmp_path_factory.mktemp("lb-auth")
     db = f"sqlite:///{tmp / 'lb.sqlite3'}" if request.param == "sqlite" else request.getfixturevalue("postgres").new_db()
-    with running(tmp, "--bootstrap", "0", "--workers", "2", "--login-attempts", str(PER_ACCOUNT),
-                 "--login-attempts-per-address", str(PER_ADDRESS), "--login-window", "10", db=db) as srv:
+    with running(tmp, "--bootstrap", "0", "--workers", "2", *args, db=db) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory):
+    """One server per backend; registrations are not limited (every helper team comes from 127.0.0.1)."""
+    with _two_workers(request, tmp_path_factory, "--login-attempts", str(PER_ACCOUNT), "--login-attempts-per-address",
+                      str(PER_ADDRESS), "--login-window", "10") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def strict_server(request, tmp_path_factory):
+    """One server per backend with a tight registration limit (PER_REGISTRATION an address in 10 minutes)."""
+    with _two_workers(request, tmp_path_factory, "--registrations-per-address", str(PER_REGISTRATION),
+                      "--registration-window", "10") as srv:
         yield srv
 
 
@@ -136,6 +156,141 @@ def test_a_successful_login_does_not_count_as_a_guess(server):
     for _ in range(PER_ACCOUNT + 2):
         r = _login(server.url, "regular@example.org", "correct horse battery", "10.3.0.1")
         assert r.status_code == 303
+
+
+# -- the registration limit ----------------------------------------------------------------------------
+def _register(url: str, team: str, address: str, email: str | None = None, password: str = "correct horse battery"):
+    with _client(url) as c:
+        token = form_csrf(c, "/register")
+        return c.post("/register", data={"team": team, "email": email or f"{team.lower()}@example.org",
+                                         "password": password, "csrf": token}, headers={"X-Forwarded-For": address})
+
+
+def test_parallel_registrations_from_one_address_get_exactly_the_limit_through(strict_server):
+    url = strict_server.url
+    answers = _parallel([lambda i=i: _register(url, f"Flood{i}", "10.4.0.1") for i in range(10)])
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [303] * PER_REGISTRATION + [429] * (10 - PER_REGISTRATION), codes
+    teams = [t for (t,) in rows(strict_server.db, "select name from teams where name like 'Flood%'")]
+    assert len(teams) == PER_REGISTRATION
+    refused = next(r for r in answers if r.status_code == 429)
+    msg = re.search(r'id="message">([^<]+)<', refused.text).group(1)
+    assert msg.startswith(f"too many registrations from this address ({PER_REGISTRATION} in 10 minutes); "
+                          "try again at "), msg
+    retry = datetime.strptime(msg.rsplit("at ", 1)[1], "%Y-%m-%d %H:%M:%S UTC.")
+    assert timedelta(minutes=9) < retry - datetime.utcnow() <= timedelta(minutes=10, seconds=5)
+    assert 500 <= int(refused.headers["retry-after"]) <= 601
+    assert 'action="/register"' in refused.text  # the register page, with its message
+    # another address still registers; an invalid form is answered without counting
+    assert _register(url, "Elsewhere", "10.4.0.2").status_code == 303
+    for i in range(PER_REGISTRATION + 1):
+        r = _register(url, f"Short{i}", "10.4.0.3", password="short")
+        assert r.status_code == 400 and "at least 8 characters" in r.text
+    assert _register(url, "Valid", "10.4.0.3").status_code == 303
+
+
+def test_already_registered_answers_count_against_the_address(strict_server):
+    """Probing which emails have accounts costs registrations too (it slows email enumeration)."""
+    url = strict_server.url
+    assert _register(url, "Probed", "10.5.0.1").status_code == 303
+    for i in range(PER_REGISTRATION - 1):
+        r = _register(url, f"Probe{i}", "10.5.0.2", email="probed@example.org")
+        assert r.status_code == 400 and "already registered" in r.text
+    r = _register(url, "ProbeLast", "10.5.0.2", email="probed@example.org")
+    assert r.status_code == 400  # the limit-th attempt is still answered
+    r = _register(url, "ProbeOver", "10.5.0.2", email="probed@example.org")
+    assert r.status_code == 429 and "too many registrations from this address" in r.text
+    r = _register(url, "Fresh", "10.5.0.2")
+    assert r.status_code == 429  # the address is spent, whatever it registers
+
+
+def test_parallel_registrations_of_one_team_make_one_account_and_plain_refusals(server):
+    """The name/email check and the insert are two steps; a parallel twin that commits first is answered
+    "already registered" (the database's unique constraint decides), never a server error."""
+    answers = _parallel([lambda i=i: _register(server.url, "Twin", f"10.6.0.{i}") for i in range(8)])
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [303] + [400] * 7, codes
+    assert all("already registered" in r.text for r in answers if r.status_code == 400)
+    assert rows(server.db, "select count(*) from teams where name = 'Twin'") == [(1,)]
+
+
+# -- the session CSRF token ------------------------------------------------------------------------------
+def test_the_session_csrf_token_is_derived_not_stored_and_a_forged_one_is_refused(server):
+    import hashlib
+    import hmac
+
+    import httpx
+
+    team = Browserless(server.url, "Derived")
+    cookie = team.client.cookies["fmeval_session"]
+    # the sessions table keeps no secret of a session: no csrf column, only the cookie's SHA-256
+    cols = _columns(server.db, "sessions")
+    assert "csrf" not in cols and "token_hash" in cols
+    dump = repr(rows(server.db, "select * from sessions"))
+    assert team.csrf not in dump and cookie not in dump
+    # the token is the same on every page of the session, and another session's token differs
+    assert re.search(r'name="csrf" value="([^"]+)"', team.client.get("/").text).group(1) == team.csrf
+    other = Browserless(server.url, "Derived2")
+    assert other.csrf != team.csrf
+    # forged: another session's token, a token keyed by anything but the server's secret, a near miss
+    guess = hmac.new(b"not the secret", b"session:" + cookie.encode(), hashlib.sha256).hexdigest()
+    near = team.csrf[:-1] + ("0" if team.csrf[-1] != "0" else "1")
+    for bad in (other.csrf, guess, near, "", hashlib.sha256(cookie.encode()).hexdigest()):
+        r = team.client.post("/tokens", data={"csrf": bad})
+        assert r.status_code == 403 and "CSRF" in r.text, bad
+    assert team.client.post("/tokens", data={"csrf": team.csrf}).status_code == 200
+    with httpx.Client(base_url=server.url, cookies={"fmeval_session": cookie}) as thief:  # the token needs the cookie
+        assert thief.post("/logout", data={"csrf": other.csrf}).status_code == 403
+        assert thief.post("/logout", data={"csrf": team.csrf}).status_code == 303
+
+
+def _columns(db_url: str, table: str) -> list[str]:
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(db_url)
+    try:
+        return [c["name"] for c in inspect(engine).get_columns(table)]
+    finally:
+        engine.dispose()
+
+
+def test_a_database_at_0002_with_a_live_session_upgrades_and_the_session_keeps_working(tmp_path, db_url):
+    """The csrf column is dropped by migration 0003; a session made before it still logs in and its
+    (now derived) token works on the forms."""
+    require_server_extra()
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from fmeval.server import auth
+    from fmeval.server.db import MIGRATIONS
+
+    engine = create_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cookie = auth.new_secret()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        conn.execute(text("insert into teams (name, email, password_hash, is_admin, created) values "
+                          "('Old', 'old@example.org', :pw, false, :now)"),
+                     {"pw": auth.hash_password("correct horse battery"), "now": datetime.utcnow()})
+        conn.execute(text("insert into sessions (token_hash, csrf, team_id, expires) select :h, :c, id, :e "
+                          "from teams where name = 'Old'"),
+                     {"h": auth.digest(cookie), "c": "plain-text-csrf", "e": datetime.utcnow() + timedelta(days=1)})
+    engine.dispose()
+    assert "csrf" in _columns(db_url, "sessions")
+    with running(tmp_path, "--bootstrap", "0", db=db_url) as srv:
+        assert "csrf" not in _columns(db_url, "sessions")
+        assert rows(db_url, "select count(*) from sessions") == [(1,)]
+        with _client(srv.url) as c:
+            c.cookies.set("fmeval_session", cookie)
+            me = c.get("/me")
+            assert me.status_code == 200 and "Old" in me.text
+            token = re.search(r'name="csrf" value="([^"]+)"', me.text).group(1)
+            assert token != "plain-text-csrf"
+            assert c.post("/tokens", data={"csrf": "plain-text-csrf"}).status_code == 403
+            assert c.post("/tokens", data={"csrf": token}).status_code == 200
 
 
 # -- API-token revocation --------------------------------------------------------------------------------

@@ -114,6 +114,11 @@ def serve(
     login_attempts_per_address: Annotated[int, typer.Option(help="Login attempts per client address in the window.",
                                                             min=1)] = 20,
     login_window: Annotated[int, typer.Option(help="The login rate limit's sliding window, in minutes.", min=1)] = 15,
+    registrations_per_address: Annotated[int, typer.Option(
+        help="Registration attempts per client address in the window (a valid form counts, even one "
+        "answered 'already registered').", min=1)] = 5,
+    registration_window: Annotated[int, typer.Option(help="The registration limit's sliding window, in minutes.",
+                                                     min=1)] = 60,
 ) -> None:
     """Run the leaderboard server: teams upload prediction zips, the server scores them against its own labels."""
     _need_extra()
@@ -130,10 +135,12 @@ def serve(
 
     settings.n_boot = bootstrap
     settings.limits = replace(settings.limits, max_upload_bytes=max_upload_mb << 20)
-    from fmeval.server.throttle import LoginLimits
+    from fmeval.server.throttle import LoginLimits, RegistrationLimits
 
     settings.login = LoginLimits(per_account=login_attempts, per_address=login_attempts_per_address,
                                  window_s=login_window * 60)
+    settings.registration = RegistrationLimits(per_address=registrations_per_address,
+                                               window_s=registration_window * 60)
     lb, asgi = build(settings)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     console.print(f"leaderboard: {len(settings.datasets)} datasets, sizes {', '.join(map(str, lb.labels.sizes))} open"

@@ -59,7 +59,8 @@ class _Site:
         pre = request.cookies.get(PRE_COOKIE) or None
         with self.lb.sessions() as db:
             s = self.lb.session_of(db, request.cookies.get(COOKIE))
-            me = {"name": db.get(Team, s.team_id).name, "csrf": s.csrf} if s else None
+            me = {"name": db.get(Team, s.team_id).name, "csrf": self.lb.session_csrf(db, request.cookies[COOKIE])} \
+                if s else None
             fresh = None
             if pre is None:
                 pre = fresh = auth.new_secret()
@@ -100,10 +101,19 @@ class _Site:
             return (db.get(Team, s.team_id), s) if s else (None, None)
 
     async def form_with_csrf(self, request: Request, session) -> dict:
+        """The form of a logged-in page; its token must be the session's (derived from the cookie, constant time)."""
         form = await request.form(max_files=1, max_fields=20, max_part_size=self.lb.settings.limits.max_upload_bytes)
-        if session is not None and not auth.same(form.get("csrf"), session.csrf):
-            raise AuthError(STALE)
+        if session is not None:
+            with self.lb.sessions() as db:
+                expected = self.lb.session_csrf(db, request.cookies.get(COOKIE, ""))
+            if not auth.same(form.get("csrf"), expected):
+                raise AuthError(STALE)
         return form
+
+    def too_many(self, request: Request, name: str, exc: TooManyAttempts) -> Response:
+        """429 on the form's page with the refusal and ``Retry-After`` (seconds until one more attempt is let in)."""
+        wait = max(1, int((exc.retry_at - utcnow()).total_seconds()) + 1)
+        return self.page(request, name, status=429, message=str(exc), headers={"Retry-After": str(wait)})
 
     # -- pages ------------------------------------------------------------------------------
     async def index(self, request: Request) -> Response:
@@ -172,20 +182,20 @@ class _Site:
         try:
             with self.lb.sessions() as db:
                 await run_in_threadpool(self.lb.register, db, str(form.get("team", "")), str(form.get("email", "")),
-                                        str(form.get("password", "")))
+                                        str(form.get("password", "")), _address(request))
+        except TooManyAttempts as exc:
+            return self.too_many(request, "register.html", exc)
         except AuthError as exc:
             return self.page(request, "register.html", status=400, message=str(exc))
         return await self._login_response(request, str(form.get("email", "")), str(form.get("password", "")),
                                      throttled=False)  # the password was set a moment ago: not a guess
 
     async def _login_response(self, request: Request, email: str, password: str, throttled: bool = True) -> Response:
-        address = request.client.host if request.client else ""
         try:
             with self.lb.sessions() as db:
-                cookie, _ = await run_in_threadpool(self.lb.login, db, email, password, address, throttled)
+                cookie, _ = await run_in_threadpool(self.lb.login, db, email, password, _address(request), throttled)
         except TooManyAttempts as exc:
-            wait = max(1, int((exc.retry_at - utcnow()).total_seconds()) + 1)
-            return self.page(request, "login.html", status=429, message=str(exc), headers={"Retry-After": str(wait)})
+            return self.too_many(request, "login.html", exc)
         except AuthError as exc:
             return self.page(request, "login.html", status=400, message=str(exc))
         resp = RedirectResponse("/me", status_code=303, headers=HEADERS)
@@ -345,6 +355,11 @@ def _size(value) -> int:
     if not text.isdigit():
         raise SubmissionError(f"resolution must be a number of pixels (28, 64, 128 or 224), got {text!r}.")
     return int(text)
+
+
+def _address(request: Request) -> str:
+    """The client's address (uvicorn puts a trusted proxy's X-Forwarded-For here): the rate limits' key."""
+    return request.client.host if request.client else ""
 
 
 def _wants_json(request: Request) -> bool:

@@ -2,9 +2,10 @@
 
 Passwords are hashed with scrypt (``hashlib.scrypt``: memory-hard, in the
 standard library, so the KDF needs no compiled extra); the stored string holds
-its parameters so they can be raised later. Session cookies, CSRF tokens and
-API tokens are 256-bit random values; the database keeps only their SHA-256, so
-a leaked database opens no account. An API token is shown once, at creation.
+its parameters so they can be raised later. Session cookies and API tokens are
+256-bit random values; the database keeps only their SHA-256, so a leaked
+database opens no account. CSRF tokens are not stored at all: each is an HMAC
+of its cookie under the server's secret. An API token is shown once, at creation.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ def form_token(key: str, cookie: str) -> str:
     """The CSRF token of a form shown before login: an HMAC of the visitor's pre-session cookie under
     the server's secret, so it is bound to that cookie and cannot be minted without the secret."""
     return hmac.new(key.encode(), b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()
+
+
+def session_token(key: str, cookie: str) -> str:
+    """The CSRF token of a logged-in session: an HMAC of the session cookie under the server's secret.
+    Derived on each request rather than stored, so the database (which keeps only the cookie's SHA-256)
+    holds nothing that forges a session's forms; a different label from :func:`form_token` keeps the
+    two kinds of token apart."""
+    return hmac.new(key.encode(), b"session:" + cookie.encode(), hashlib.sha256).hexdigest()
 
 
 def same(given: object, expected: str | None) -> bool:

@@ -39,7 +39,7 @@ class LoginSession(Base):
     __tablename__ = "sessions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the cookie value
-    csrf: Mapped[str] = mapped_column(String(64))
+    # no CSRF column: a session's token is derived from its cookie (auth.session_token; migration 0003)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
     expires: Mapped[datetime] = mapped_column(DateTime)
 
@@ -91,19 +91,20 @@ class Score(Base):
 
 
 class LoginAttempt(Base):
-    """One login attempt that was let through to the password check, kept for the length of the
-    rate-limit window (a successful login removes its own rows; a refused one is never stored)."""
+    """One login attempt that was let through to the password check, or one registration attempt, kept for
+    the length of its rate-limit window (a successful login removes its own rows; a refused attempt is
+    never stored)."""
 
     __tablename__ = "login_attempts"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "account" or "address"
+    kind: Mapped[str] = mapped_column(String(16))  # "account" or "address" (logins), "register" (an address)
     key: Mapped[str] = mapped_column(String(254))
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class ServerSecret(Base):
     """Random values made once per database (shared by every worker): the key that signs the
-    CSRF tokens of the login and register forms."""
+    CSRF tokens (of the login and register forms, and of every session)."""
 
     __tablename__ = "server_secrets"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from fmeval.errors import FmevalError
@@ -26,7 +27,7 @@ from fmeval.server.models import ApiToken, LoginSession, Score, ServerSecret, Su
 from fmeval.server.scoring import (
     LEADERBOARD_METRICS, RANKED, DatasetScore, SubmissionError, ZipLimits, score_arrays, score_zip,
 )
-from fmeval.server.throttle import LoginLimits, admit, forget
+from fmeval.server.throttle import LoginLimits, RegistrationLimits, admit_login, admit_registration, forget
 
 LOG = logging.getLogger("fmeval.server")
 BASELINE_TEAM = "baseline"
@@ -59,6 +60,7 @@ class ServerSettings:
     secure_cookies: bool = False  # set behind TLS (--secure-cookies)
     limits: ZipLimits = field(default_factory=ZipLimits)
     login: LoginLimits = field(default_factory=LoginLimits)
+    registration: RegistrationLimits = field(default_factory=RegistrationLimits)
 
     def to_json(self) -> dict:
         from dataclasses import asdict
@@ -67,7 +69,8 @@ class ServerSettings:
 
     @classmethod
     def from_json(cls, raw: dict) -> "ServerSettings":
-        return cls(**{**raw, "limits": ZipLimits(**raw.get("limits", {})), "login": LoginLimits(**raw.get("login", {}))})
+        return cls(**{**raw, "limits": ZipLimits(**raw.get("limits", {})), "login": LoginLimits(**raw.get("login", {})),
+                      "registration": RegistrationLimits(**raw.get("registration", {}))})
 
 
 #: the range a metric's mean can take; the t-interval is clipped to it (3 datasets give wide intervals)
@@ -111,7 +114,10 @@ class Leaderboard:
         return file_lock(path) if path else contextlib.nullcontext()
 
     # -- accounts ---------------------------------------------------------------------------
-    def register(self, db: Session, name: str, email: str, password: str) -> Team:
+    def register(self, db: Session, name: str, email: str, password: str, address: str = "") -> Team:
+        """A new team, once the form is valid and the address's registration limit lets the attempt through
+        (``TooManyAttempts`` otherwise). An "already registered" answer counts too: probing which emails
+        have accounts costs as much as making them."""
         name, email = name.strip(), email.strip().lower()
         if not (1 <= len(name) <= 64) or name.lower() == BASELINE_TEAM:
             raise AuthError("team name must be 1-64 characters and not 'baseline'.")
@@ -119,31 +125,41 @@ class Leaderboard:
             raise AuthError("give a valid email address.")
         if len(password) < 8:
             raise AuthError("the password must have at least 8 characters.")
+        admit_registration(db, self.settings.registration, address)
         if db.scalar(select(Team).where((func.lower(Team.name) == name.lower()) | (Team.email == email))):
             raise AuthError("that team name or email is already registered.")
         team = Team(name=name, email=email, password_hash=auth.hash_password(password))
         db.add(team)
-        db.commit()
+        try:
+            db.commit()
+        except IntegrityError:  # a parallel registration of this name or email committed first
+            db.rollback()
+            raise AuthError("that team name or email is already registered.") from None
         return team
 
     def login(self, db: Session, email: str, password: str, address: str = "",
               throttled: bool = True) -> tuple[str, str]:
         """A new session (cookie, CSRF token), after the rate limit let the attempt through
-        (:func:`fmeval.server.throttle.admit` raises ``TooManyAttempts`` otherwise; ``throttled=False``
+        (:func:`fmeval.server.throttle.admit_login` raises ``TooManyAttempts`` otherwise; ``throttled=False``
         only for the login that follows a registration, whose password is not a guess)."""
         email = email.strip().lower()
-        attempt = admit(db, self.settings.login, email, address) if throttled else []
+        attempt = admit_login(db, self.settings.login, email, address) if throttled else []
         team = db.scalar(select(Team).where(Team.email == email))
         stored = team.password_hash if team is not None and team.password_hash else auth.dummy_hash()
         if not auth.verify_password(password, stored) or team is None or not team.password_hash:
             raise AuthError("wrong email or password.")  # same scrypt work either way: no account enumeration by time
         if attempt:
             forget(db, attempt)
-        cookie, csrf = auth.new_secret(), auth.new_secret()
-        db.add(LoginSession(token_hash=auth.digest(cookie), csrf=csrf, team_id=team.id,
+        cookie = auth.new_secret()
+        db.add(LoginSession(token_hash=auth.digest(cookie), team_id=team.id,
                             expires=utcnow() + timedelta(days=SESSION_DAYS)))
         db.commit()
-        return cookie, csrf
+        return cookie, self.session_csrf(db, cookie)
+
+    def session_csrf(self, db: Session, cookie: str) -> str:
+        """The CSRF token of the session of ``cookie``: derived (an HMAC under the server's secret), never
+        stored, so the database holds nothing that forges a session's forms."""
+        return auth.session_token(self.secret(db), cookie)
 
     def session_of(self, db: Session, cookie: str | None) -> LoginSession | None:
         if not cookie:
@@ -193,8 +209,6 @@ class Leaderboard:
 
     def secret(self, db: Session, name: str = "csrf") -> str:
         """A random value made once per database and shared by every worker (first writer wins)."""
-        from sqlalchemy.exc import IntegrityError
-
         cached = self._secrets.get(name)
         if cached is None:
             row = db.get(ServerSecret, name)
