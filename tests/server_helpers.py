@@ -59,6 +59,9 @@ class Server:
             args = ("--registrations-per-address", "1000", *args)
         cmd = [sys.executable, "-m", "fmeval", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--db", self.db, "--datasets", ",".join(THREE), "--sizes", "28", *args]
+        # with --workers N every worker must be serving before a test runs: a test of what holds
+        # "across worker processes" would otherwise run on one (seen under load)
+        self.workers = int(args[list(args).index("--workers") + 1]) if "--workers" in args else 1
         self._fh = open(self.log, "wb")
         self.proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=self._fh, stderr=subprocess.STDOUT)
         self._wait()
@@ -71,10 +74,15 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/api/leaderboard", timeout=5).status_code == 200:
+                if httpx.get(self.url + "/api/leaderboard", timeout=5).status_code == 200 \
+                        and self.started() >= self.workers:
                     return
             time.sleep(0.3)
         raise AssertionError(f"server did not start: {self.log.read_text()[-2000:]}")
+
+    def started(self) -> int:
+        """Worker processes that have logged their start."""
+        return len(set(re.findall(r"Started server process \[(\d+)\]", self.log.read_text(errors="replace"))))
 
     def kill(self) -> None:
         if self.proc.poll() is None:
