@@ -3,8 +3,8 @@
 A kNN over 100k training rows is a GEMM of 1.5 TFLOP and little else, so the
 BLAS decides the time. torch's CPU BLAS (MKL or oneDNN in the PyPI wheels)
 and numpy's (OpenBLAS in the PyPI wheels) differ by machine: on an AMD EPYC
-with AVX-512, numpy's sgemm ran a [4096, 769] x [769, 512] tile at
-205 GFLOP/s where torch's ran it at 187. Neither wins everywhere, so the
+with AVX-512, numpy's sgemm ran a [4096, 768] x [768, 512] tile at
+204 GFLOP/s where torch's ``addmm`` ran it at 187. Neither wins everywhere, so the
 faster is measured once per process (``fastest``) on the tile shape the
 search uses; bf16 and GPU GEMMs stay with torch (numpy has neither).
 

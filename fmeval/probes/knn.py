@@ -16,9 +16,10 @@ and a float64 re-rank of the candidates that could still change places. So
 neighbour sets (and the majority votes) are those of an exact float64
 computation such as scikit-learn's whatever the scoring precision. Memory: one
 score tile plus, for bf16, one half-size copy of the training features; no
-per-sample Python loop. The torch thread count is chosen by timing (all
-threads vs one: on a shared machine one thread is often several times faster)
-and restored afterwards. All k of a sweep come out of one pass: neighbours are
+per-sample Python loop. The fp32 GEMM runs on the faster of torch's and
+numpy's BLAS (``probes.blas``); its thread count is chosen per tile (all
+threads vs one, ``probes.threads``) and every thread setting is restored
+afterwards. All k of a sweep come out of one pass: neighbours are
 sorted, so the votes of the first k are a prefix of the same neighbour list.
 """
 
@@ -135,10 +136,10 @@ def knn_predict(
     that one score tile (``[_TILE training rows, rows]``) stays within a fixed
     memory budget. ``scoring`` is the precision of the candidate GEMM
     (``auto``: bf16 where native); the neighbours are exact either way.
-    ``stats`` (optional) counts how the rows were settled. ``threads``: torch
-    threads for the search (default: timed per tile, all of torch's threads
-    vs one, the faster kept; see ``ThreadChooser``); torch's setting is
-    restored afterwards.
+    ``stats`` (optional) counts how the rows were settled. ``threads``: the
+    GEMM's threads for the search (default: chosen per tile, all of torch's
+    threads vs one; see ``ThreadChooser``); torch's and numpy's BLAS's
+    settings are restored afterwards.
     """
     r = KNN_RULES.get(rule)
     ks = sorted({int(k) for k in ks})
@@ -186,16 +187,17 @@ def _neighbour_chunks(train: torch.Tensor, test: torch.Tensor, r: KnnRule, kmax:
     Scorers are built once (the fp32 fallback only if a row needs it); the
     primary fp32 scorer copies the training rows only for numpy's BLAS, whose
     tiles must be plain GEMMs (one more training matrix: within the 1.5x
-    memory bound, which a bf16 copy plus an fp32 one would not be); the GEMM backend is the faster BLAS here
-    (``probes.blas``), its thread count chosen per tile on CPU; every thread
-    setting is restored at the end.
+    memory bound, which a bf16 copy plus an fp32 one would not be); the GEMM
+    backend is the faster BLAS here (``probes.blas``, timed on the dot length
+    both multiply: torch's fused ``addmm`` runs on the rows themselves), its
+    thread count chosen per tile on CPU; every thread setting is restored.
     """
     n_train, dev = train.shape[0], train.device
     budget = _SCORE_BUDGET["cuda" if dev.type == "cuda" else "cpu"]
     rows = max(1, min(int(chunk), budget // min(_TILE, max(1, n_train))))
     saved = torch.get_num_threads()
     work = float(n_train) * test.shape[0] * train.shape[1]
-    gemm, probe = blas.fastest(dev, precision, int(threads or saved), train.shape[1] + 1, rows,
+    gemm, probe = blas.fastest(dev, precision, int(threads or saved), train.shape[1], rows,
                                min(_TILE, n_train), work)
     stats.gemm, stats.gemm_probe = gemm.name, probe or None
     saved_gemm = gemm.threads()
@@ -205,9 +207,7 @@ def _neighbour_chunks(train: torch.Tensor, test: torch.Tensor, r: KnnRule, kmax:
             torch.set_num_threads(1)
         if threads:
             gemm.set_threads(int(threads))
-        elif work < blas.MIN_WORK_TO_TIME / 10:  # well under a second: timing would cost more than it saves
-            gemm.set_threads(saved)
-        else:
+        elif work >= blas.MIN_WORK_TO_TIME / 10:  # well under a second: timing would cost more than it saves
             chooser = ThreadChooser(saved, gemm=gemm, runqueue=runqueue)
             chooser.probe()
             stats.probe = {t: round(v, 5) for t, v in chooser.probed.items()}

@@ -278,7 +278,7 @@ def euclidean_scorer(train: torch.Tensor, precision: str, norms64: torch.Tensor 
     if precision == "fp32":
         sq, _, b_max, _, _ = _transformed_stats(train, None, None, None)
         mat, col = train, sq
-        if copy:  # padded with zero columns to a multiple of 8: MKL's sgemm was 6% slower at K = 769
+        if copy:  # padded with zero columns to a multiple of 8 (MKL's sgemm was 6% slower at K = 769)
             mat = torch.zeros(train.shape[0], -(-(d + 1) // 8) * 8, dtype=torch.float32, device=train.device)
             mat[:, :d] = train
             mat[:, d] = sq
@@ -390,7 +390,7 @@ class SearchStats:
     switched_to_fp32: bool = False  # bf16 settled too few rows; later chunks scored in fp32
     gathered: int = 0  # scan: approximate scores gathered past the block filter
     tiles_by_threads: dict[int, int] | None = None  # scan tiles run with each GEMM thread count
-    core_share: float | None = None  # fraction of its cores the all-threads tiles got (last reading)
+    core_share: float | None = None  # fraction of their ready time the all-threads tiles ran (last reading)
     precision: str = ""  # the scoring precision of the primary pass (fp32 | bf16)
     gemm: str = "torch"  # probes.blas backend of the scan GEMMs
     gemm_probe: dict[str, float] | None = None  # seconds of one tile with each backend (when timed)
