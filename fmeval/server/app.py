@@ -246,25 +246,32 @@ class _Site:
         return self.page(request, "me.html", status=status, rows=rows, next_allowed=nxt, token=token,
                     tokens=tokens, message=message)
 
-    async def new_token(self, request: Request) -> Response:
+    async def session_form(self, request: Request, action: str):
+        """(team, None) for a logged-in browser's form with its session's CSRF token, else (None, the
+        refusal: 401 "log in to <action>." without a session, 403 for a missing or stale token)."""
         t, s = self.current(request)
         if t is None or s is None:
-            return self.error(request, "log in to create an API token.", 401)
+            return None, self.error(request, f"log in to {action}.", 401)
         try:
             await self.form_with_csrf(request, s)
         except AuthError as exc:
-            return self.error(request, str(exc), 403)
+            return None, self.error(request, str(exc), 403)
+        return t, None
+
+    async def new_token(self, request: Request) -> Response:
+        t, refused = await self.session_form(request, "create an API token")
+        if refused is not None:
+            return refused
         with self.lb.sessions() as db:
             token = self.lb.new_token(db, t.id)
         return self.my_page(request, t, token=token)
 
     async def revoke_token(self, request: Request) -> Response:
         """POST /tokens/{id}/revoke: the team's own token, from its page (session + CSRF)."""
-        t, s = self.current(request)
-        if t is None or s is None:
-            return self.error(request, "log in to revoke an API token.", 401)
+        t, refused = await self.session_form(request, "revoke an API token")
+        if refused is not None:
+            return refused
         try:
-            await self.form_with_csrf(request, s)
             with self.lb.sessions() as db:
                 row = self.lb.revoke_token(db, request.path_params["tid"], t.id)
         except AuthError as exc:
